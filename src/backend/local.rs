@@ -1,0 +1,241 @@
+//! The local-directory backend: temp file, fsync, rename, directory fsync for every object.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{Backend, ObjectWriter};
+use crate::error::{Error, Result};
+
+const TMP_PREFIX: &str = ".tmp.";
+const MAX_OPEN_READERS: usize = 256;
+
+pub struct LocalDir {
+    root: PathBuf,
+    /// Read handles kept open across `read_at` calls: restore reads many chunks of few packs.
+    readers: Mutex<HashMap<String, Arc<File>>>,
+}
+
+impl LocalDir {
+    pub fn new(root: impl Into<PathBuf>) -> LocalDir {
+        LocalDir {
+            root: root.into(),
+            readers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn full(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+
+    fn temp_for(&self, target: &Path) -> PathBuf {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let name = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("object");
+        let unique = format!(
+            "{TMP_PREFIX}{name}.{}.{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        target.with_file_name(unique)
+    }
+
+    fn reader(&self, path: &str) -> Result<Arc<File>> {
+        let mut map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get(path) {
+            return Ok(f.clone());
+        }
+        let full = self.full(path);
+        let f = Arc::new(File::open(&full).map_err(|e| Error::io("open", &full, e))?);
+        if map.len() >= MAX_OPEN_READERS {
+            map.clear();
+        }
+        map.insert(path.to_string(), f.clone());
+        Ok(f)
+    }
+}
+
+/// fsync of the directory makes a rename inside it durable (restic #3436).
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("sync directory", dir, e))
+}
+
+fn ensure_parent(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        if !parent.exists() {
+            fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+            if let Some(grand) = parent.parent() {
+                sync_dir(grand)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+struct LocalWriter {
+    tmp: PathBuf,
+    target: PathBuf,
+    out: Option<BufWriter<File>>,
+}
+
+impl Write for LocalWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("writer already committed"))?
+            .write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.out.as_mut() {
+            Some(o) => o.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ObjectWriter for LocalWriter {
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        let out = self
+            .out
+            .take()
+            .ok_or_else(|| Error::io("commit", &self.target, std::io::Error::other("twice")))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io("write", &self.tmp, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| Error::io("fsync", &self.tmp, e))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.target).map_err(|e| Error::io("rename", &self.tmp, e))?;
+        sync_dir(self.target.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Backend for LocalDir {
+    fn put(&self, path: &str, data: &[u8]) -> Result<()> {
+        let mut w = self.create(path)?;
+        w.write_all(data)
+            .map_err(|e| Error::io("write", self.full(path), e))?;
+        w.commit()
+    }
+
+    fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>> {
+        let target = self.full(path);
+        ensure_parent(&target)?;
+        let tmp = self.temp_for(&target);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        Ok(Box::new(LocalWriter {
+            tmp,
+            target,
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+        }))
+    }
+
+    fn get(&self, path: &str) -> Result<Vec<u8>> {
+        let full = self.full(path);
+        fs::read(&full).map_err(|e| Error::io("read", &full, e))
+    }
+
+    fn open(&self, path: &str) -> Result<Box<dyn Read + Send>> {
+        let full = self.full(path);
+        let f = File::open(&full).map_err(|e| Error::io("open", &full, e))?;
+        Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, f)))
+    }
+
+    fn read_at(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let f = self.reader(path)?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset)
+            .map_err(|e| Error::io("read", self.full(path), e))?;
+        Ok(buf)
+    }
+
+    fn size(&self, path: &str) -> Result<u64> {
+        let full = self.full(path);
+        fs::metadata(&full)
+            .map(|m| m.len())
+            .map_err(|e| Error::io("stat", &full, e))
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let base = self.full(dir);
+        if !base.exists() {
+            return Ok(out);
+        }
+        let mut stack = vec![(base, dir.trim_end_matches('/').to_string())];
+        while let Some((path, rel)) = stack.pop() {
+            for entry in fs::read_dir(&path).map_err(|e| Error::io("list", &path, e))? {
+                let entry = entry.map_err(|e| Error::io("list", &path, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(TMP_PREFIX) {
+                    continue;
+                }
+                let child_rel = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let ft = entry
+                    .file_type()
+                    .map_err(|e| Error::io("stat", entry.path(), e))?;
+                if ft.is_dir() {
+                    stack.push((entry.path(), child_rel));
+                } else {
+                    out.push(child_rel);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn remove(&self, path: &str) -> Result<()> {
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
+        let full = self.full(path);
+        fs::remove_file(&full).map_err(|e| Error::io("remove", &full, e))?;
+        sync_dir(full.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_list_and_uncommitted_writers_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalDir::new(dir.path());
+        b.put("packs/ab/abc", b"hello").unwrap();
+        assert_eq!(b.get("packs/ab/abc").unwrap(), b"hello");
+        assert_eq!(b.read_at("packs/ab/abc", 1, 3).unwrap(), b"ell");
+        assert!(b.read_at("packs/ab/abc", 3, 5).is_err());
+        let mut w = b.create("images/x").unwrap();
+        w.write_all(b"partial").unwrap();
+        drop(w); // never committed
+        assert_eq!(b.list("").unwrap(), vec!["packs/ab/abc".to_string()]);
+        assert_eq!(b.list("missing").unwrap(), Vec::<String>::new());
+    }
+}

@@ -1,0 +1,33 @@
+//! Where packs and manifests live: a small trait so that object storage can come later; the
+//! local directory is the embedded default. The RocksDB index is always local and not behind it.
+
+mod local;
+
+pub use local::LocalDir;
+
+use std::io::{Read, Write};
+
+use crate::error::Result;
+
+/// Storage for immutable objects named by slash-separated relative paths.
+pub trait Backend: Send + Sync {
+    /// Stores `data` under `path`, durably and atomically: after `Ok`, a crash cannot lose it, and
+    /// before it no reader ever sees a partial object.
+    fn put(&self, path: &str, data: &[u8]) -> Result<()>;
+    /// Begins a streamed object, invisible under `path` until it is committed.
+    fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>>;
+    fn get(&self, path: &str) -> Result<Vec<u8>>;
+    fn open(&self, path: &str) -> Result<Box<dyn Read + Send>>;
+    /// Reads exactly `len` bytes at `offset`; fewer bytes is an error.
+    fn read_at(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    fn size(&self, path: &str) -> Result<u64>;
+    /// Object paths under `dir` (recursively), relative to the backend root; a missing folder is
+    /// an empty list, while a folder that cannot be read is an error, never an empty list.
+    fn list(&self, dir: &str) -> Result<Vec<String>>;
+    fn remove(&self, path: &str) -> Result<()>;
+}
+
+pub trait ObjectWriter: Write + Send {
+    /// Makes the object durable and visible under its name (the commit point for manifests).
+    fn commit(self: Box<Self>) -> Result<()>;
+}

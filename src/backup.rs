@@ -1,0 +1,349 @@
+//! The backup pipeline: read → cut (FastCDC) → hash (BLAKE3), segments in parallel → compare
+//! with the base image → batched dedup lookups → zstd + verify in parallel → packs → index →
+//! manifest → catalog. Memory is bounded by a window of segments, whatever the disk size.
+//!
+//! Write order (docs/FORMAT.md, "Write order"): each pack is durable (fsync, rename, directory
+//! fsync) before its index batch is committed (synced); all of an image's packs are indexed
+//! before its manifest is published (the commit point); the catalog entry comes last.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::chunker::split_segment;
+use crate::config::ChunkerParams;
+use crate::error::{Error, Result};
+use crate::extent::{Content, Extent};
+use crate::id::{ChunkId, ImageId};
+use crate::index::ChunkLookup;
+use crate::manifest::{ChangeFilter, ImageInfo, Kind, ManifestWriter};
+use crate::pack::{compress_chunk, Codec, PackBuilder};
+use crate::progress::Progress;
+use crate::repository::Repository;
+use crate::source::Source;
+
+/// Which kind of image to make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindRequest {
+    /// Full when the source has no backup set yet, else incremental.
+    Auto,
+    Full,
+    Differential,
+    Incremental,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    pub kind: KindRequest,
+    /// Identity that joins repeated backups of one disk into sets; default: the canonical path.
+    pub source_id: Option<String>,
+    /// Read a regular file even when its stat says it is unchanged since the base image.
+    pub force_read: bool,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            kind: KindRequest::Auto,
+            source_id: None,
+            force_read: false,
+        }
+    }
+}
+
+/// Chooses kind and base from the catalog: the base of a differential is the set's full, the base
+/// of an incremental is the newest image of the set.
+pub fn plan_kind(
+    images: &[ImageInfo],
+    source_id: &str,
+    req: KindRequest,
+) -> Result<(Kind, Option<ImageInfo>)> {
+    let of_source: Vec<&ImageInfo> = images.iter().filter(|i| i.source_id == source_id).collect();
+    let latest_full = of_source
+        .iter()
+        .rev()
+        .find(|i| i.kind == Kind::Full)
+        .copied();
+    let kind = match req {
+        KindRequest::Full => return Ok((Kind::Full, None)),
+        KindRequest::Auto if latest_full.is_none() => return Ok((Kind::Full, None)),
+        KindRequest::Auto | KindRequest::Incremental => Kind::Incremental,
+        KindRequest::Differential => Kind::Differential,
+    };
+    let full = latest_full.ok_or(Error::NoBaseImage {
+        source_id: source_id.into(),
+        kind: kind.name(),
+    })?;
+    let base = match kind {
+        Kind::Differential => full,
+        _ => of_source
+            .iter()
+            .rev()
+            .find(|i| i.set == full.id)
+            .copied()
+            .unwrap_or(full),
+    };
+    Ok((kind, Some(base.clone())))
+}
+
+/// Backs up `source_path` into `repo` (opened for writing) and returns the published image.
+pub fn backup(
+    repo: &Repository,
+    source_path: &Path,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<ImageInfo> {
+    let started = Instant::now();
+    let src = Source::open(source_path)?;
+    let source_id = opts.source_id.clone().unwrap_or_else(|| src.canonical_id());
+    let images = repo.images()?;
+    let (kind, base) = plan_kind(&images, &source_id, opts.kind)?;
+    // Strictly after every earlier image, so that catalog order is backup order even within one
+    // millisecond (writers are exclusive, so this cannot race).
+    let created_ms = images
+        .iter()
+        .map(|i| i.created_ms + 1)
+        .max()
+        .unwrap_or(0)
+        .max(crate::timefmt::now_ms());
+    let id = ImageId::generate(&source_id);
+    let mut info = ImageInfo {
+        id,
+        kind,
+        source_id,
+        set: base.as_ref().map_or(id, |b| b.set),
+        base: base.as_ref().map(|b| b.id),
+        created_ms,
+        logical_bytes: src.size(),
+        changed_bytes: 0,
+        new_stored_bytes: 0,
+        new_raw_bytes: 0,
+        new_chunks: 0,
+        changed_zero_bytes: 0,
+        extent_count: 0,
+        depth: base.as_ref().map_or(0, |b| b.depth + 1),
+        seconds: 0.0,
+        source_stat: src.stat(),
+        read_skipped: false,
+    };
+    let mut manifest = ManifestWriter::create(repo.backend(), &id)?;
+
+    let unchanged_file = !opts.force_read
+        && src.stat().is_some()
+        && base
+            .as_ref()
+            .is_some_and(|b| b.source_stat == src.stat() && b.logical_bytes == src.size());
+    if unchanged_file {
+        // Same size, inode, mtime and ctime as when the base was read: an empty delta.
+        info.read_skipped = true;
+    } else {
+        let filter = ChangeFilter::new(match &base {
+            Some(b) => Some(repo.view(&repo.chain(b)?)?),
+            None => None,
+        });
+        let mut run = Run::new(repo, filter, &mut manifest, &mut info);
+        run.read_all(&src, progress)?;
+        run.finish()?;
+        // A file that changed while it was read must not let a later backup skip reading it.
+        if src.current_size()? < src.size() {
+            return Err(Error::SourceShrank {
+                path: src.path().into(),
+                expected: src.size(),
+                found: src.current_size()?,
+            });
+        }
+        if src.current_stat() != src.stat() {
+            info.source_stat = None;
+        }
+    }
+    info.extent_count = manifest.count();
+    info.seconds = started.elapsed().as_secs_f64();
+    manifest.finish(&info)?; // the commit point
+    repo.index().put_image(&info)?;
+    Ok(info)
+}
+
+/// One segment of the disk after reading and chunking.
+struct Segment {
+    buf: Vec<u8>,
+    offset: u64,
+    extents: Vec<Extent>,
+}
+
+/// Buffers are recycled: a fresh 16 MiB allocation costs thousands of page faults.
+struct BufferPool(Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut b = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+    fn give(&self, b: Vec<u8>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(b);
+    }
+}
+
+fn read_segment(
+    src: &Source,
+    offset: u64,
+    len: usize,
+    data: &[Range<u64>],
+    p: &ChunkerParams,
+    pool: &BufferPool,
+) -> Result<Segment> {
+    let mut buf = pool.take(len);
+    let mut local = Vec::with_capacity(data.len());
+    for r in data {
+        let (s, e) = ((r.start - offset) as usize, (r.end - offset) as usize);
+        src.read_exact_at(&mut buf[s..e], r.start)?;
+        local.push(s..e);
+    }
+    let mut extents = Vec::with_capacity(len / p.avg_size as usize + 4);
+    split_segment(&buf, offset, &local, p, &mut extents);
+    Ok(Segment {
+        buf,
+        offset,
+        extents,
+    })
+}
+
+struct Run<'a> {
+    repo: &'a Repository,
+    filter: ChangeFilter,
+    manifest: &'a mut ManifestWriter,
+    info: &'a mut ImageInfo,
+    pack: PackBuilder,
+    /// Chunks in the pack being built (not yet in the index).
+    pending: HashSet<ChunkId>,
+    pool: BufferPool,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        repo: &'a Repository,
+        filter: ChangeFilter,
+        manifest: &'a mut ManifestWriter,
+        info: &'a mut ImageInfo,
+    ) -> Self {
+        Run {
+            repo,
+            filter,
+            manifest,
+            info,
+            pack: PackBuilder::new(),
+            pending: HashSet::new(),
+            pool: BufferPool(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn read_all(&mut self, src: &Source, progress: &dyn Progress) -> Result<()> {
+        let params = self.repo.config().chunker.clone();
+        let seg = params.segment_size as u64;
+        let size = src.size();
+        let window = (rayon::current_num_threads() * 2).max(2) as u64;
+        progress.begin("backup", size);
+        let mut start = 0u64;
+        while start < size {
+            let mut specs = Vec::new();
+            for i in 0..window {
+                let off = start + i * seg;
+                if off >= size {
+                    break;
+                }
+                let end = (off + seg).min(size);
+                specs.push((off, (end - off) as usize, src.data_ranges(off, end)?));
+            }
+            start += window * seg;
+            let segments: Vec<Segment> = specs
+                .par_iter()
+                .map(|(off, len, data)| read_segment(src, *off, *len, data, &params, &self.pool))
+                .collect::<Result<_>>()?;
+            let bytes: u64 = segments.iter().map(|s| s.buf.len() as u64).sum();
+            self.store_window(&segments)?;
+            for s in segments {
+                self.pool.give(s.buf);
+            }
+            progress.advance(bytes);
+        }
+        progress.end();
+        Ok(())
+    }
+
+    /// Records the changed extents of a window and stores the chunks the repository lacks.
+    fn store_window(&mut self, segments: &[Segment]) -> Result<()> {
+        let mut candidates: Vec<(ChunkId, &[u8])> = Vec::new();
+        let mut seen: HashSet<ChunkId> = HashSet::new();
+        for s in segments {
+            for e in &s.extents {
+                if !self.filter.is_changed(e)? {
+                    continue;
+                }
+                self.manifest.push(e)?;
+                self.info.changed_bytes += e.len;
+                match e.content {
+                    Content::Zero => self.info.changed_zero_bytes += e.len,
+                    Content::Chunk { id, .. } => {
+                        if !self.pending.contains(&id) && seen.insert(id) {
+                            let at = (e.offset - s.offset) as usize;
+                            candidates.push((id, &s.buf[at..at + e.len as usize]));
+                        }
+                    }
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<ChunkId> = candidates.iter().map(|(id, _)| *id).collect();
+        let known = self.repo.index().locate(&ids)?;
+        let level = self.repo.config().compression_level;
+        let fresh: Vec<(ChunkId, u32, Codec, Vec<u8>)> = candidates
+            .par_iter()
+            .zip(known.par_iter())
+            .filter(|(_, loc)| loc.is_none())
+            .map(|((id, data), _)| {
+                compress_chunk(*id, data, level)
+                    .map(|(codec, stored)| (*id, data.len() as u32, codec, stored))
+            })
+            .collect::<Result<_>>()?;
+        for (id, raw_len, codec, stored) in fresh {
+            self.pack.add(id, codec, raw_len, &stored);
+            self.pending.insert(id);
+            self.info.new_chunks += 1;
+            self.info.new_raw_bytes += raw_len as u64;
+            if self.pack.len() as u64 >= self.repo.config().pack_target_size {
+                self.seal_pack()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pack durable first, then its index batch.
+    fn seal_pack(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let (pid, bytes, entries) = std::mem::take(&mut self.pack).finish();
+        self.repo.backend().put(&pid.path(), &bytes)?;
+        self.repo
+            .index()
+            .add_pack(pid, bytes.len() as u64, &entries)?;
+        self.info.new_stored_bytes += bytes.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.seal_pack()
+    }
+}

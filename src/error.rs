@@ -1,0 +1,134 @@
+//! The library's error type: one typed, matchable enum; messages name the object and say what to do.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::lock::LockHolder;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(
+        "{path} is not a Strata repository (no readable config); create one with `strata init`"
+    )]
+    NotARepository { path: PathBuf },
+
+    #[error("{path} already exists and is not empty; choose a new directory for the repository")]
+    RepositoryExists { path: PathBuf },
+
+    #[error(
+        "repository format version {found} is not supported by this strata (supports {supported})"
+    )]
+    UnsupportedFormat { found: u32, supported: u32 },
+
+    #[error("the repository config is invalid: {reason}")]
+    BadConfig { reason: String },
+
+    #[error("the repository is locked by {holder}; wait for it to finish (a lock held by a dead process is released automatically)")]
+    RepositoryLocked { holder: LockHolder },
+
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+
+    #[error("no space left on the device holding {path}; free space and run the backup again (the repository is unchanged)")]
+    NoSpace { path: PathBuf },
+
+    #[error("cannot open source {path}: {source}")]
+    SourceOpen { path: PathBuf, source: io::Error },
+
+    #[error("source {path} is neither a regular file nor a block device")]
+    SourceNotDisk { path: PathBuf },
+
+    #[error("cannot read source {path} at offset {offset}: {source}")]
+    SourceRead {
+        path: PathBuf,
+        offset: u64,
+        source: io::Error,
+    },
+
+    #[error("source {path} shrank while it was read (expected {expected} bytes, it ended at {found}); nothing was recorded")]
+    SourceShrank {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+
+    #[error("no image matches {spec:?}; list them with `strata images`")]
+    ImageNotFound { spec: String },
+
+    #[error("{spec:?} matches several images ({candidates}); give more characters of the id")]
+    AmbiguousImage { spec: String, candidates: String },
+
+    #[error("source {source_id:?} has no full image yet, so a {kind} image has no base; run with --kind full or --kind auto")]
+    NoBaseImage {
+        source_id: String,
+        kind: &'static str,
+    },
+
+    #[error("manifest of image {image} is damaged: {reason}")]
+    CorruptManifest { image: String, reason: String },
+
+    #[error("manifest of image {image} is missing; the images whose chains include it cannot be restored")]
+    MissingManifest { image: String },
+
+    #[error("pack {pack} is damaged: {reason}")]
+    CorruptPack { pack: String, reason: String },
+
+    #[error("chunk {id} in pack {pack} is damaged: {reason}")]
+    CorruptChunk {
+        id: String,
+        pack: String,
+        reason: String,
+    },
+
+    #[error("chunk {id} needed by image {image} is not in the index")]
+    ChunkMissing { id: String, image: String },
+
+    #[error("restore target {target} holds {available} bytes but the image needs {needed}; nothing was written")]
+    TargetTooSmall {
+        target: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+
+    #[error("restore target {target} is neither a regular file nor a block device")]
+    TargetNotDisk { target: PathBuf },
+
+    #[error("index error: {reason}")]
+    Index { reason: String },
+
+    #[error("chunk {id} failed verification before it was stored ({reason}); this points at memory or compressor trouble, nothing was published")]
+    VerifyFailed { id: String, reason: String },
+}
+
+impl Error {
+    /// Wraps an I/O error with the operation and path, turning ENOSPC into the typed `NoSpace`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        let path = path.into();
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
+        {
+            Error::NoSpace { path }
+        } else {
+            Error::Io { op, path, source }
+        }
+    }
+}
+
+impl From<rocksdb::Error> for Error {
+    fn from(e: rocksdb::Error) -> Self {
+        let reason = e.into_string();
+        if reason.contains("No space left") {
+            return Error::NoSpace {
+                path: PathBuf::from("index"),
+            };
+        }
+        Error::Index { reason }
+    }
+}

@@ -1,0 +1,61 @@
+//! The index: chunk id → where the chunk is stored, plus the image catalog. It is an accelerator
+//! rebuilt from packs and manifests; losing it loses no backup.
+//!
+//! Keys and values (docs/FORMAT.md, "Index", version 1):
+//! ```text
+//! "c" ++ chunk id [32]  → pack id [32] | offset u64 LE | stored_len u32 LE | raw_len u32 LE | codec u8
+//! "p" ++ pack id [32]   → pack size u64 LE | chunk count u32 LE
+//! "i" ++ image id [16]  → ImageInfo (bincode, as in the manifest footer)
+//! "v"                   → index version u32 LE
+//! ```
+
+mod rocks;
+
+pub use rocks::RocksIndex;
+
+use crate::error::Result;
+use crate::id::{ChunkId, PackId};
+use crate::pack::Codec;
+
+/// Where one chunk is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLoc {
+    pub pack: PackId,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+}
+
+pub const LOC_LEN: usize = 49;
+
+impl ChunkLoc {
+    pub fn encode(&self) -> [u8; LOC_LEN] {
+        let mut b = [0u8; LOC_LEN];
+        b[0..32].copy_from_slice(&self.pack.0);
+        b[32..40].copy_from_slice(&self.offset.to_le_bytes());
+        b[40..44].copy_from_slice(&self.stored_len.to_le_bytes());
+        b[44..48].copy_from_slice(&self.raw_len.to_le_bytes());
+        b[48] = self.codec as u8;
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<ChunkLoc> {
+        if b.len() != LOC_LEN {
+            return None;
+        }
+        Some(ChunkLoc {
+            pack: PackId(b[0..32].try_into().ok()?),
+            offset: u64::from_le_bytes(b[32..40].try_into().ok()?),
+            stored_len: u32::from_le_bytes(b[40..44].try_into().ok()?),
+            raw_len: u32::from_le_bytes(b[44..48].try_into().ok()?),
+            codec: Codec::from_u8(b[48])?,
+        })
+    }
+}
+
+/// The narrow view that backup (dedup) and restore need of the index.
+pub trait ChunkLookup: Sync {
+    /// Locations of `ids`, in order; `None` for a chunk the index does not know.
+    fn locate(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkLoc>>>;
+}

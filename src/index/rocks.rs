@@ -1,0 +1,165 @@
+//! The RocksDB implementation of the index. Every commit is one synced `WriteBatch`.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{BlockBasedOptions, Options, WriteBatch, WriteOptions, DB};
+
+use super::{ChunkLoc, ChunkLookup};
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, ImageId, PackId};
+use crate::manifest::ImageInfo;
+use crate::pack::PackEntry;
+
+pub const INDEX_VERSION: u32 = 1;
+
+pub struct RocksIndex {
+    db: DB,
+    path: PathBuf,
+}
+
+fn options() -> Options {
+    let mut opts = Options::default();
+    let mut table = BlockBasedOptions::default();
+    // Misses are the common case when a backup meets new data: a bloom filter answers them
+    // without reading blocks.
+    table.set_bloom_filter(10.0, false);
+    opts.set_block_based_table_factory(&table);
+    opts.set_keep_log_file_num(2);
+    opts.set_max_open_files(512);
+    opts
+}
+
+fn info_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<{ 64 * 1024 }>()
+}
+
+impl RocksIndex {
+    pub fn create(path: &Path) -> Result<RocksIndex> {
+        let mut opts = options();
+        opts.create_if_missing(true);
+        let db = DB::open(&opts, path)?;
+        let idx = RocksIndex {
+            db,
+            path: path.into(),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(b"v", INDEX_VERSION.to_le_bytes());
+        idx.commit(batch)?;
+        Ok(idx)
+    }
+
+    pub fn open(path: &Path) -> Result<RocksIndex> {
+        let db = DB::open(&options(), path)?;
+        Ok(RocksIndex {
+            db,
+            path: path.into(),
+        })
+    }
+
+    /// Opens a view that works beside a running writer (RocksDB's read-only mode takes no lock).
+    pub fn open_read_only(path: &Path) -> Result<RocksIndex> {
+        let db = DB::open_for_read_only(&options(), path, false)?;
+        Ok(RocksIndex {
+            db,
+            path: path.into(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn commit(&self, batch: WriteBatch) -> Result<()> {
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        Ok(self.db.write_opt(batch, &w)?)
+    }
+
+    /// Records a pack and all its chunks in one durable batch; called only after the pack
+    /// itself is durable.
+    pub fn add_pack(&self, pack: PackId, size: u64, entries: &[PackEntry]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for e in entries {
+            let loc = ChunkLoc {
+                pack,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+                codec: e.codec,
+            };
+            batch.put(chunk_key(&e.id), loc.encode());
+        }
+        let mut v = size.to_le_bytes().to_vec();
+        v.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        batch.put(pack_key(&pack), v);
+        self.commit(batch)
+    }
+
+    /// Adds an image to the catalog; called only after its manifest is durable.
+    pub fn put_image(&self, info: &ImageInfo) -> Result<()> {
+        let v = bincode::serde::encode_to_vec(info, info_config()).map_err(|e| Error::Index {
+            reason: e.to_string(),
+        })?;
+        let mut batch = WriteBatch::default();
+        batch.put(image_key(&info.id), v);
+        self.commit(batch)
+    }
+
+    /// The catalog, in no particular order. An entry that does not decode is an index error.
+    pub fn images(&self) -> Result<Vec<ImageInfo>> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(b"i") {
+            let (k, v) = item?;
+            if k.first() != Some(&b'i') {
+                break;
+            }
+            let (info, _): (ImageInfo, usize) =
+                bincode::serde::decode_from_slice(&v, info_config()).map_err(|e| Error::Index {
+                    reason: format!("catalog entry does not decode: {e}"),
+                })?;
+            out.push(info);
+        }
+        Ok(out)
+    }
+}
+
+impl ChunkLookup for RocksIndex {
+    fn locate(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkLoc>>> {
+        let keys: Vec<[u8; 33]> = ids.iter().map(chunk_key).collect();
+        self.db
+            .multi_get(keys.iter())
+            .into_iter()
+            .zip(ids)
+            .map(|(r, id)| match r? {
+                None => Ok(None),
+                Some(v) => ChunkLoc::decode(&v).map(Some).ok_or_else(|| Error::Index {
+                    reason: format!("entry of chunk {id} does not decode"),
+                }),
+            })
+            .collect()
+    }
+}
+
+fn chunk_key(id: &ChunkId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = b'c';
+    k[1..].copy_from_slice(&id.0);
+    k
+}
+
+fn pack_key(id: &PackId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = b'p';
+    k[1..].copy_from_slice(&id.0);
+    k
+}
+
+fn image_key(id: &ImageId) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = b'i';
+    k[1..].copy_from_slice(&id.0);
+    k
+}

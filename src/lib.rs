@@ -1,0 +1,28 @@
+//! Strata: deduplicating backups of whole disks as full, differential and incremental images.
+//!
+//! The modules follow the data: [`source`] → [`chunker`] → [`pack`] → [`index`] → [`manifest`],
+//! driven by [`backup`] and read back by [`restore`]; [`repository`] is the thin facade that opens
+//! and creates repositories. The library never prints; progress goes to a [`progress::Progress`].
+
+pub mod backend;
+pub mod backup;
+pub mod chunker;
+pub mod config;
+pub mod error;
+pub mod extent;
+pub mod id;
+pub mod index;
+pub mod lock;
+pub mod manifest;
+pub mod pack;
+pub mod progress;
+pub mod repository;
+pub mod restore;
+pub mod source;
+pub mod timefmt;
+
+pub use backup::{backup, BackupOptions, KindRequest};
+pub use error::{Error, Result};
+pub use manifest::{ImageInfo, Kind};
+pub use repository::{InitOptions, Repository};
+pub use restore::{restore, RestoreReport};

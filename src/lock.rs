@@ -1,0 +1,88 @@
+//! One writer at a time: an exclusive `flock` on `<repo>/lock`, released by the kernel when the
+//! holder exits or dies, so a kill -9 never leaves a stale lock. The file names the holder.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::timefmt::format_ms;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHolder {
+    pub pid: u32,
+    pub host: String,
+    pub command: String,
+    pub since_ms: u64,
+}
+
+impl fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.pid == 0 {
+            return write!(f, "another process (it has not written its name yet)");
+        }
+        write!(
+            f,
+            "pid {} on {} running `{}` since {}",
+            self.pid,
+            self.host,
+            self.command,
+            format_ms(self.since_ms)
+        )
+    }
+}
+
+/// Held while it lives.
+pub struct RepoLock {
+    _file: File,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+pub fn acquire(repo: &Path, command: &str) -> Result<RepoLock> {
+    let path = repo.join("lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = serde_json::from_str(&text).unwrap_or(LockHolder {
+                pid: 0,
+                host: String::new(),
+                command: String::new(),
+                since_ms: 0,
+            });
+            return Err(Error::RepositoryLocked { holder });
+        }
+        return Err(Error::io("lock", &path, err));
+    }
+    let holder = LockHolder {
+        pid: std::process::id(),
+        host: hostname(),
+        command: command.to_string(),
+        since_ms: crate::timefmt::now_ms(),
+    };
+    let text = serde_json::to_vec(&holder).unwrap_or_default();
+    file.set_len(0).map_err(|e| Error::io("write", &path, e))?;
+    file.write_all_at(&text, 0)
+        .map_err(|e| Error::io("write", &path, e))?;
+    Ok(RepoLock { _file: file })
+}

@@ -1,0 +1,350 @@
+//! Manifest encoding, streamed in both directions so memory never grows with the disk.
+//!
+//! Layout (docs/FORMAT.md, "Manifest file", version 1):
+//! ```text
+//! header   magic "STRATAIM" (8) | version u16 LE = 1 | flags u16 LE = 0 (reserved: encryption)
+//! records  sorted by offset, disjoint:
+//!            0x00 zero  | offset u64 LE | len u64 LE                             (17 bytes)
+//!            0x01 chunk | offset u64 LE | len u32 LE | skip u32 LE | id [32]      (49 bytes)
+//! footer   info (bincode, see FORMAT.md) | info_len u32 LE | extent_count u64 LE
+//!          | BLAKE3 of every preceding byte [32] | magic "STRATAIE" (8)
+//! ```
+
+use std::io::{Read, Write};
+
+use super::ImageInfo;
+use crate::backend::{Backend, ObjectWriter};
+use crate::error::{Error, Result};
+use crate::extent::{Content, Extent};
+use crate::id::{ChunkId, ImageId};
+use crate::pack::MAX_CHUNK_LEN;
+
+pub const MANIFEST_VERSION: u16 = 1;
+const HEADER_MAGIC: &[u8; 8] = b"STRATAIM";
+const FOOTER_MAGIC: &[u8; 8] = b"STRATAIE";
+const HEADER_LEN: u64 = 12;
+const FOOTER_FIXED: u64 = 4 + 8 + 32 + 8;
+const TAG_ZERO: u8 = 0;
+const TAG_CHUNK: u8 = 1;
+/// An info larger than this is damage, not an image.
+const MAX_INFO_LEN: u32 = 64 * 1024;
+
+pub fn manifest_path(id: &ImageId) -> String {
+    format!("images/{id}")
+}
+
+fn info_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<{ 64 * 1024 }>()
+}
+
+pub struct ManifestWriter {
+    out: Box<dyn ObjectWriter>,
+    hasher: blake3::Hasher,
+    count: u64,
+    end: u64,
+    path: String,
+}
+
+impl ManifestWriter {
+    pub fn create(backend: &dyn Backend, id: &ImageId) -> Result<ManifestWriter> {
+        let path = manifest_path(id);
+        let out = backend.create(&path)?;
+        let mut w = ManifestWriter {
+            out,
+            hasher: blake3::Hasher::new(),
+            count: 0,
+            end: 0,
+            path,
+        };
+        let mut header = Vec::with_capacity(12);
+        header.extend_from_slice(HEADER_MAGIC);
+        header.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
+        header.extend_from_slice(&0u16.to_le_bytes());
+        w.write(&header)?;
+        Ok(w)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        self.out
+            .write_all(bytes)
+            .map_err(|e| Error::io("write", &self.path, e))
+    }
+
+    /// Appends one extent; extents must come in increasing offset order without overlap.
+    pub fn push(&mut self, e: &Extent) -> Result<()> {
+        debug_assert!(e.offset >= self.end && e.len > 0, "extents out of order");
+        let mut rec = [0u8; 49];
+        let n = match e.content {
+            Content::Zero => {
+                rec[0] = TAG_ZERO;
+                rec[1..9].copy_from_slice(&e.offset.to_le_bytes());
+                rec[9..17].copy_from_slice(&e.len.to_le_bytes());
+                17
+            }
+            Content::Chunk { id, skip } => {
+                rec[0] = TAG_CHUNK;
+                rec[1..9].copy_from_slice(&e.offset.to_le_bytes());
+                rec[9..13].copy_from_slice(&(e.len as u32).to_le_bytes());
+                rec[13..17].copy_from_slice(&skip.to_le_bytes());
+                rec[17..49].copy_from_slice(&id.0);
+                49
+            }
+        };
+        self.end = e.end();
+        self.count += 1;
+        self.write(&rec[..n])
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Writes the footer and makes the manifest durable under its name: the commit point.
+    pub fn finish(mut self, info: &ImageInfo) -> Result<()> {
+        let encoded = bincode::serde::encode_to_vec(info, info_config()).map_err(|e| {
+            Error::CorruptManifest {
+                image: info.id.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        self.write(&encoded)?;
+        self.write(&(encoded.len() as u32).to_le_bytes())?;
+        let count = self.count;
+        self.write(&count.to_le_bytes())?;
+        let sum = *self.hasher.finalize().as_bytes();
+        self.out
+            .write_all(&sum)
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        self.out
+            .write_all(FOOTER_MAGIC)
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        self.out.commit()
+    }
+}
+
+struct Footer {
+    info: ImageInfo,
+    records_len: u64,
+    count: u64,
+}
+
+fn corrupt(id: &ImageId, reason: impl Into<String>) -> Error {
+    Error::CorruptManifest {
+        image: id.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn missing_to_typed(id: &ImageId, e: Error) -> Error {
+    match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::MissingManifest {
+                image: id.to_string(),
+            }
+        }
+        e => e,
+    }
+}
+
+/// Reads and checks the footer, and the checksum over the whole file (one streaming pass).
+fn read_footer(backend: &dyn Backend, id: &ImageId) -> Result<Footer> {
+    let path = manifest_path(id);
+    let size = backend.size(&path).map_err(|e| missing_to_typed(id, e))?;
+    if size < HEADER_LEN + FOOTER_FIXED {
+        return Err(corrupt(id, "shorter than header and footer"));
+    }
+    let tail = backend.read_at(&path, size - FOOTER_FIXED, FOOTER_FIXED as usize)?;
+    if &tail[44..52] != FOOTER_MAGIC {
+        return Err(corrupt(id, "bad footer magic (truncated?)"));
+    }
+    let info_len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    let count = u64::from_le_bytes(tail[4..12].try_into().map_err(|_| corrupt(id, "footer"))?);
+    if info_len > MAX_INFO_LEN || (info_len as u64) > size - HEADER_LEN - FOOTER_FIXED {
+        return Err(corrupt(id, "info length out of range"));
+    }
+    // Checksum over everything before the sum, streamed.
+    let mut r = backend.open(&path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut left = size - 40;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut head = [0u8; 12];
+    let mut first = true;
+    while left > 0 {
+        let n = (left as usize).min(buf.len());
+        r.read_exact(&mut buf[..n])
+            .map_err(|e| Error::io("read", &path, e))?;
+        if first {
+            head.copy_from_slice(&buf[..12]);
+            first = false;
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    if hasher.finalize().as_bytes() != &tail[12..44] {
+        return Err(corrupt(id, "checksum mismatch"));
+    }
+    if &head[..8] != HEADER_MAGIC {
+        return Err(corrupt(id, "bad header magic"));
+    }
+    let version = u16::from_le_bytes([head[8], head[9]]);
+    if version != MANIFEST_VERSION {
+        return Err(corrupt(
+            id,
+            format!("unsupported manifest version {version}"),
+        ));
+    }
+    let info_at = size - FOOTER_FIXED - info_len as u64;
+    let raw = backend.read_at(&path, info_at, info_len as usize)?;
+    let (info, used): (ImageInfo, usize) = bincode::serde::decode_from_slice(&raw, info_config())
+        .map_err(|e| corrupt(id, format!("info: {e}")))?;
+    if used != raw.len() {
+        return Err(corrupt(id, "trailing bytes after info"));
+    }
+    if info.id != *id {
+        return Err(corrupt(id, format!("file holds image {}", info.id)));
+    }
+    Ok(Footer {
+        info,
+        records_len: info_at - HEADER_LEN,
+        count,
+    })
+}
+
+/// The image info stored in a manifest, after checking the whole file.
+pub fn read_info(backend: &dyn Backend, id: &ImageId) -> Result<ImageInfo> {
+    Ok(read_footer(backend, id)?.info)
+}
+
+/// Opens a manifest (checked as a whole first) and returns its info and a stream of its extents.
+pub fn open_manifest(backend: &dyn Backend, id: &ImageId) -> Result<(ImageInfo, ExtentReader)> {
+    let f = read_footer(backend, id)?;
+    let path = manifest_path(id);
+    let mut r = backend.open(&path)?;
+    let mut head = [0u8; 12];
+    r.read_exact(&mut head)
+        .map_err(|e| Error::io("read", &path, e))?;
+    Ok((
+        f.info,
+        ExtentReader {
+            r,
+            left: f.records_len,
+            id: *id,
+            end: 0,
+            count: 0,
+            expected: f.count,
+        },
+    ))
+}
+
+/// The extents of one manifest, in order, validated one by one.
+pub struct ExtentReader {
+    r: Box<dyn Read + Send>,
+    left: u64,
+    id: ImageId,
+    end: u64,
+    count: u64,
+    expected: u64,
+}
+
+impl ExtentReader {
+    fn take(&mut self, buf: &mut [u8]) -> Result<()> {
+        if (buf.len() as u64) > self.left {
+            return Err(corrupt(&self.id, "record runs past the record area"));
+        }
+        self.r
+            .read_exact(buf)
+            .map_err(|e| Error::io("read", manifest_path(&self.id), e))?;
+        self.left -= buf.len() as u64;
+        Ok(())
+    }
+
+    fn next_extent(&mut self) -> Result<Option<Extent>> {
+        if self.left == 0 {
+            if self.count != self.expected {
+                return Err(corrupt(&self.id, "extent count differs from the footer"));
+            }
+            return Ok(None);
+        }
+        let mut tag = [0u8; 1];
+        self.take(&mut tag)?;
+        let e = match tag[0] {
+            TAG_ZERO => {
+                let mut b = [0u8; 16];
+                self.take(&mut b)?;
+                let offset = u64::from_le_bytes(
+                    b[0..8]
+                        .try_into()
+                        .map_err(|_| corrupt(&self.id, "record"))?,
+                );
+                let len = u64::from_le_bytes(
+                    b[8..16]
+                        .try_into()
+                        .map_err(|_| corrupt(&self.id, "record"))?,
+                );
+                Extent::zero(offset, len)
+            }
+            TAG_CHUNK => {
+                let mut b = [0u8; 48];
+                self.take(&mut b)?;
+                let offset = u64::from_le_bytes(
+                    b[0..8]
+                        .try_into()
+                        .map_err(|_| corrupt(&self.id, "record"))?,
+                );
+                let len = u32::from_le_bytes(
+                    b[8..12]
+                        .try_into()
+                        .map_err(|_| corrupt(&self.id, "record"))?,
+                );
+                let skip = u32::from_le_bytes(
+                    b[12..16]
+                        .try_into()
+                        .map_err(|_| corrupt(&self.id, "record"))?,
+                );
+                if len > MAX_CHUNK_LEN || skip > MAX_CHUNK_LEN - len {
+                    return Err(corrupt(&self.id, "chunk extent larger than any chunk"));
+                }
+                let id = ChunkId(
+                    b[16..48]
+                        .try_into()
+                        .map_err(|_| corrupt(&self.id, "record"))?,
+                );
+                Extent {
+                    offset,
+                    len: len as u64,
+                    content: Content::Chunk { id, skip },
+                }
+            }
+            t => return Err(corrupt(&self.id, format!("unknown record tag {t}"))),
+        };
+        if e.len == 0 || e.offset < self.end || e.offset.checked_add(e.len).is_none() {
+            return Err(corrupt(
+                &self.id,
+                format!("extent at {} is empty, out of order or overflows", e.offset),
+            ));
+        }
+        self.end = e.end();
+        self.count += 1;
+        Ok(Some(e))
+    }
+}
+
+impl Iterator for ExtentReader {
+    type Item = Result<Extent>;
+
+    fn next(&mut self) -> Option<Result<Extent>> {
+        match self.next_extent() {
+            Ok(Some(e)) => Some(Ok(e)),
+            Ok(None) => None,
+            Err(e) => {
+                self.left = 0;
+                self.expected = self.count; // stop after the first error
+                Some(Err(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Image manifests: what one image records (its info and its extents), how manifests are encoded,
+//! and how a chain of them resolves to the full view of a disk.
+
+mod chain;
+mod codec;
+
+pub use chain::{ChangeFilter, Overlay, View};
+pub use codec::{open_manifest, read_info, ExtentReader, ManifestWriter, MANIFEST_VERSION};
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::ImageId;
+
+/// The three image kinds known from Macrium Reflect and AOMEI Backupper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// Lists every extent of the disk.
+    Full,
+    /// Lists the extents that differ from its set's full.
+    Differential,
+    /// Lists the extents that differ from the previous image of its set.
+    Incremental,
+}
+
+impl Kind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Full => "full",
+            Kind::Differential => "differential",
+            Kind::Incremental => "incremental",
+        }
+    }
+}
+
+/// What a regular-file source looked like when it was read; equal stats mean unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+/// Everything the catalog knows of an image; stored in the manifest's footer and, as a cache,
+/// in the index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub id: ImageId,
+    pub kind: Kind,
+    pub source_id: String,
+    /// The full that starts this image's backup set (its own id for a full).
+    pub set: ImageId,
+    /// The image whose view this manifest's extents are applied on (None for a full).
+    pub base: Option<ImageId>,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Size of the disk when it was read.
+    pub logical_bytes: u64,
+    /// Bytes of the extents this manifest lists (that differ from the base).
+    pub changed_bytes: u64,
+    /// Bytes this image added to packs (compressed), and their raw size and count.
+    pub new_stored_bytes: u64,
+    pub new_raw_bytes: u64,
+    pub new_chunks: u64,
+    /// Bytes of zero extents among the changed ones.
+    pub changed_zero_bytes: u64,
+    pub extent_count: u64,
+    /// Number of images below this one in its chain (0 for a full).
+    pub depth: u32,
+    pub seconds: f64,
+    /// Present for regular-file sources.
+    pub source_stat: Option<SourceStat>,
+    /// True when the source was found unchanged by its stat and not read.
+    pub read_skipped: bool,
+}

@@ -1,0 +1,154 @@
+//! How one chunk is stored inside a pack: zstd-compressed, or raw when compression does not help.
+
+use std::cell::RefCell;
+
+use crate::error::{Error, Result};
+use crate::id::ChunkId;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    Raw = 0,
+    Zstd = 1,
+}
+
+impl Codec {
+    pub fn from_u8(b: u8) -> Option<Codec> {
+        match b {
+            0 => Some(Codec::Raw),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
+
+thread_local! {
+    // One context per thread, reused across chunks: up to 2x faster than a context per chunk.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Compresses `raw` at `level`, falls back to raw storage when that is not smaller, and verifies
+/// the result by decoding and re-hashing it against `id` before anyone may store it.
+pub fn compress_chunk(id: ChunkId, raw: &[u8], level: i32) -> Result<(Codec, Vec<u8>)> {
+    let compressed = COMPRESSOR.with(|cell| -> std::io::Result<Vec<u8>> {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, c) = slot
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no compressor"))?;
+        c.compress(raw)
+    });
+    let (codec, stored) = match compressed {
+        Ok(c) if c.len() < raw.len() => (Codec::Zstd, c),
+        _ => (Codec::Raw, raw.to_vec()),
+    };
+    decode_chunk(id, codec, &stored, raw.len() as u32).map_err(|e| Error::VerifyFailed {
+        id: id.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok((codec, stored))
+}
+
+/// Decodes stored chunk bytes and checks them against the chunk id. Bounded: never allocates
+/// more than `raw_len`, and a frame that decodes to another length is an error.
+pub fn decode_chunk(
+    id: ChunkId,
+    codec: Codec,
+    stored: &[u8],
+    raw_len: u32,
+) -> Result<Vec<u8>, ChunkError> {
+    if raw_len > MAX_CHUNK_LEN {
+        return Err(ChunkError::TooLarge(raw_len));
+    }
+    let raw = match codec {
+        Codec::Raw => stored.to_vec(),
+        Codec::Zstd => DECOMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(
+                    zstd::bulk::Decompressor::new()
+                        .map_err(|e| ChunkError::Decompress(e.to_string()))?,
+                );
+            }
+            let d = slot
+                .as_mut()
+                .ok_or_else(|| ChunkError::Decompress("no decompressor".into()))?;
+            d.decompress(stored, raw_len as usize)
+                .map_err(|e| ChunkError::Decompress(e.to_string()))
+        })?,
+    };
+    if raw.len() != raw_len as usize {
+        return Err(ChunkError::Length {
+            expected: raw_len,
+            found: raw.len(),
+        });
+    }
+    if ChunkId::of(&raw) != id {
+        return Err(ChunkError::Hash);
+    }
+    Ok(raw)
+}
+
+/// No chunk is larger than FastCDC's largest maximum size; a recorded length above it is damage.
+pub const MAX_CHUNK_LEN: u32 = fastcdc::v2020::MAXIMUM_MAX;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error("recorded length {0} is larger than any chunk")]
+    TooLarge(u32),
+    #[error("zstd frame does not decode: {0}")]
+    Decompress(String),
+    #[error("decoded length {found} differs from the recorded {expected}")]
+    Length { expected: u32, found: usize },
+    #[error("content does not match its id")]
+    Hash,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_chunks_are_zstd_random_ones_raw() {
+        let text = b"hello strata ".repeat(1000);
+        let id = ChunkId::of(&text);
+        let (codec, stored) = compress_chunk(id, &text, 3).unwrap();
+        assert_eq!(codec, Codec::Zstd);
+        assert!(stored.len() < text.len() / 10);
+        assert_eq!(
+            decode_chunk(id, codec, &stored, text.len() as u32).unwrap(),
+            text
+        );
+
+        let random: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let rid = ChunkId::of(&random);
+        let (codec, stored) = compress_chunk(rid, &random, 3).unwrap();
+        if codec == Codec::Raw {
+            assert_eq!(stored, random);
+        }
+    }
+
+    #[test]
+    fn damaged_frames_are_errors_not_panics() {
+        let text = b"abcabcabc".repeat(500);
+        let id = ChunkId::of(&text);
+        let (_, mut stored) = compress_chunk(id, &text, 3).unwrap();
+        assert!(
+            decode_chunk(id, Codec::Zstd, &stored, 10).is_err(),
+            "length lie"
+        );
+        assert!(matches!(
+            decode_chunk(id, Codec::Zstd, &stored, u32::MAX),
+            Err(ChunkError::TooLarge(_))
+        ));
+        let mid = stored.len() / 2;
+        stored[mid] ^= 0x40;
+        assert!(decode_chunk(id, Codec::Zstd, &stored, text.len() as u32).is_err());
+        assert!(decode_chunk(id, Codec::Zstd, &[], 100).is_err());
+    }
+}

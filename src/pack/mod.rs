@@ -1,0 +1,107 @@
+//! Pack files: immutable containers of compressed chunks, each ending in a trailer that lists its
+//! chunks, so that the index can always be rebuilt from the packs alone.
+//!
+//! Layout (docs/FORMAT.md, "Pack file", version 1):
+//! ```text
+//! header   magic "STRATAPK" (8) | version u16 LE = 1 | flags u16 LE = 0 (reserved: encryption)
+//! frames   the stored bytes of each chunk, back to back (a zstd frame, or the raw bytes)
+//! trailer  entry_count × entry (49 bytes each):
+//!            chunk id [32] | offset u64 LE | stored_len u32 LE | raw_len u32 LE | codec u8
+//! footer   entry_count u32 LE | BLAKE3 of the trailer entries [32] | magic "STRATAPE" (8)
+//! ```
+//! The pack's name is the BLAKE3 hash of the whole file.
+
+mod builder;
+mod codec;
+
+pub use builder::PackBuilder;
+pub use codec::{compress_chunk, decode_chunk, ChunkError, Codec, MAX_CHUNK_LEN};
+
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, PackId};
+
+pub const HEADER_MAGIC: &[u8; 8] = b"STRATAPK";
+pub const FOOTER_MAGIC: &[u8; 8] = b"STRATAPE";
+pub const PACK_VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 12;
+pub const ENTRY_LEN: usize = 49;
+pub const FOOTER_LEN: usize = 4 + 32 + 8;
+
+/// One chunk inside a pack, as its trailer lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+}
+
+impl PackEntry {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id.0);
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.stored_len.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        out.push(self.codec as u8);
+    }
+
+    pub fn decode(b: &[u8]) -> Option<PackEntry> {
+        if b.len() != ENTRY_LEN {
+            return None;
+        }
+        Some(PackEntry {
+            id: ChunkId(b[0..32].try_into().ok()?),
+            offset: u64::from_le_bytes(b[32..40].try_into().ok()?),
+            stored_len: u32::from_le_bytes(b[40..44].try_into().ok()?),
+            raw_len: u32::from_le_bytes(b[44..48].try_into().ok()?),
+            codec: Codec::from_u8(b[48])?,
+        })
+    }
+}
+
+/// Reads the trailer of a complete pack file, checking magic numbers, checksum and that every
+/// entry lies inside the frame area. Never panics on arbitrary bytes.
+pub fn read_trailer(pack: &PackId, file: &[u8]) -> Result<Vec<PackEntry>> {
+    let corrupt = |reason: &str| Error::CorruptPack {
+        pack: pack.to_string(),
+        reason: reason.to_string(),
+    };
+    if file.len() < HEADER_LEN + FOOTER_LEN {
+        return Err(corrupt("shorter than header and footer"));
+    }
+    if &file[..8] != HEADER_MAGIC {
+        return Err(corrupt("bad header magic"));
+    }
+    let version = u16::from_le_bytes([file[8], file[9]]);
+    if version != PACK_VERSION {
+        return Err(corrupt(&format!("unsupported pack version {version}")));
+    }
+    let footer = &file[file.len() - FOOTER_LEN..];
+    if &footer[36..44] != FOOTER_MAGIC {
+        return Err(corrupt("bad footer magic (truncated?)"));
+    }
+    let count =
+        u32::from_le_bytes(footer[0..4].try_into().map_err(|_| corrupt("footer"))?) as usize;
+    let trailer_len = count
+        .checked_mul(ENTRY_LEN)
+        .ok_or_else(|| corrupt("entry count overflows"))?;
+    let frames_end = (file.len() - FOOTER_LEN)
+        .checked_sub(trailer_len)
+        .filter(|&e| e >= HEADER_LEN);
+    let frames_end = frames_end.ok_or_else(|| corrupt("entry count larger than the file"))?;
+    let trailer = &file[frames_end..file.len() - FOOTER_LEN];
+    if blake3::hash(trailer).as_bytes() != &footer[4..36] {
+        return Err(corrupt("trailer checksum mismatch"));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for raw in trailer.chunks_exact(ENTRY_LEN) {
+        let e = PackEntry::decode(raw).ok_or_else(|| corrupt("unknown codec in trailer entry"))?;
+        let end = e.offset.checked_add(e.stored_len as u64);
+        if e.offset < HEADER_LEN as u64 || end.is_none_or(|end| end > frames_end as u64) {
+            return Err(corrupt("trailer entry points outside the pack"));
+        }
+        entries.push(e);
+    }
+    Ok(entries)
+}

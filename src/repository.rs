@@ -1,0 +1,228 @@
+//! The repository facade: creates and opens repositories and hands out the pieces (config,
+//! storage, index, catalog) that the operations work with. Operations live in their own modules.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::{Backend, LocalDir};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::id::ImageId;
+use crate::index::RocksIndex;
+use crate::lock::RepoLock;
+use crate::manifest::{open_manifest, read_info, ImageInfo, Kind, Overlay, View};
+
+pub struct Repository {
+    root: PathBuf,
+    config: Config,
+    backend: Arc<dyn Backend>,
+    index: RocksIndex,
+    _lock: Option<RepoLock>,
+}
+
+/// Options fixed when a repository is created.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub chunker: crate::config::ChunkerParams,
+    pub compression_level: i32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: Default::default(),
+            compression_level: 3,
+        }
+    }
+}
+
+fn read_config(root: &Path) -> Result<Config> {
+    let path = root.join("config");
+    match std::fs::read(&path) {
+        Ok(bytes) => Config::decode(&bytes),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.kind() == std::io::ErrorKind::NotADirectory =>
+        {
+            Err(Error::NotARepository { path: root.into() })
+        }
+        Err(e) => Err(Error::io("read", &path, e)),
+    }
+}
+
+impl Repository {
+    /// Creates a repository in `path`, which must not exist or be an empty directory. The config
+    /// is written last, so a directory is a repository only once it is complete.
+    pub fn init(path: &Path, opts: &InitOptions) -> Result<Config> {
+        if path.exists() {
+            let mut entries = std::fs::read_dir(path).map_err(|e| Error::io("list", path, e))?;
+            if entries.next().is_some() {
+                return Err(Error::RepositoryExists { path: path.into() });
+            }
+        }
+        let config = Config::new(opts.chunker.clone(), opts.compression_level);
+        config.validate()?;
+        for dir in ["packs", "images", "index"] {
+            let d = path.join(dir);
+            std::fs::create_dir_all(&d).map_err(|e| Error::io("create directory", &d, e))?;
+        }
+        drop(RocksIndex::create(&path.join("index"))?);
+        LocalDir::new(path).put("config", &config.encode())?;
+        Ok(config)
+    }
+
+    /// Opens for reading: takes no lock and works beside a running writer.
+    pub fn open(path: &Path) -> Result<Repository> {
+        let config = read_config(path)?;
+        let index = RocksIndex::open_read_only(&path.join("index"))?;
+        Ok(Repository {
+            root: path.into(),
+            config,
+            backend: Arc::new(LocalDir::new(path)),
+            index,
+            _lock: None,
+        })
+    }
+
+    /// Opens for writing: takes the exclusive lock (naming `command` as the holder) and brings
+    /// the catalog up to date with manifests published by a run that died before cataloguing.
+    pub fn open_writer(path: &Path, command: &str) -> Result<Repository> {
+        let config = read_config(path)?;
+        let lock = crate::lock::acquire(path, command)?;
+        let index = RocksIndex::open(&path.join("index"))?;
+        let repo = Repository {
+            root: path.into(),
+            config,
+            backend: Arc::new(LocalDir::new(path)),
+            index,
+            _lock: Some(lock),
+        };
+        for info in repo.uncatalogued()? {
+            repo.index.put_image(&info)?;
+        }
+        Ok(repo)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn index(&self) -> &RocksIndex {
+        &self.index
+    }
+
+    /// Manifests that are published but not (yet) in the catalog. Damaged ones are left for
+    /// `check` to report rather than hiding the rest.
+    fn uncatalogued(&self) -> Result<Vec<ImageInfo>> {
+        let known: HashSet<ImageId> = self.index.images()?.into_iter().map(|i| i.id).collect();
+        let mut out = Vec::new();
+        for name in self.backend.list("images")? {
+            let Some(id) = name.strip_prefix("images/").and_then(ImageId::parse) else {
+                continue;
+            };
+            if !known.contains(&id) {
+                if let Ok(info) = read_info(self.backend(), &id) {
+                    out.push(info);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every image, oldest first: the catalog plus manifests not yet catalogued.
+    pub fn images(&self) -> Result<Vec<ImageInfo>> {
+        let mut all = self.index.images()?;
+        if self._lock.is_none() {
+            all.extend(self.uncatalogued()?);
+        }
+        all.sort_by(|a, b| (a.created_ms, a.id).cmp(&(b.created_ms, b.id)));
+        Ok(all)
+    }
+
+    /// Finds an image by full id, unique id prefix, or `latest` (the newest image).
+    pub fn find_image(&self, spec: &str) -> Result<ImageInfo> {
+        let images = self.images()?;
+        if spec == "latest" {
+            return images
+                .into_iter()
+                .last()
+                .ok_or_else(|| Error::ImageNotFound { spec: spec.into() });
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let matches: Vec<ImageInfo> = images
+            .into_iter()
+            .filter(|i| i.id.to_string().starts_with(&spec_l))
+            .collect();
+        match matches.len() {
+            0 => Err(Error::ImageNotFound { spec: spec.into() }),
+            1 => Ok(matches
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::ImageNotFound { spec: spec.into() })?),
+            _ if spec_l.is_empty() => Err(Error::ImageNotFound { spec: spec.into() }),
+            _ => Err(Error::AmbiguousImage {
+                spec: spec.into(),
+                candidates: matches
+                    .iter()
+                    .map(|i| i.id.short())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// The images needed to restore `image`, full first.
+    pub fn chain(&self, image: &ImageInfo) -> Result<Vec<ImageInfo>> {
+        let all = self.images()?;
+        let mut chain = vec![image.clone()];
+        let mut cur = image.clone();
+        while let Some(base) = cur.base {
+            if chain.len() > all.len() + 1 {
+                return Err(Error::CorruptManifest {
+                    image: image.id.to_string(),
+                    reason: "chain loops".into(),
+                });
+            }
+            let next = match all.iter().find(|i| i.id == base) {
+                Some(i) => i.clone(),
+                None => read_info(self.backend(), &base)?,
+            };
+            chain.push(next.clone());
+            cur = next;
+        }
+        if cur.kind != Kind::Full {
+            return Err(Error::CorruptManifest {
+                image: cur.id.to_string(),
+                reason: "chain does not start at a full".into(),
+            });
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    /// The resolved extents of the last image of `chain`, streamed; every manifest in the chain
+    /// is checked (checksum, footer) before the first extent comes out.
+    pub fn view(&self, chain: &[ImageInfo]) -> Result<View> {
+        let mut view: View = Box::new(std::iter::empty());
+        for info in chain {
+            let (stored, extents) = open_manifest(self.backend(), &info.id)?;
+            if stored.id != info.id || stored.base != info.base {
+                return Err(Error::CorruptManifest {
+                    image: info.id.to_string(),
+                    reason: "does not match the catalog".into(),
+                });
+            }
+            view = Box::new(Overlay::new(view, extents, info.logical_bytes));
+        }
+        Ok(view)
+    }
+}

@@ -1,0 +1,220 @@
+//! Where bytes come from: a raw image file or a block device, read hole-aware.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::manifest::SourceStat;
+
+pub struct Source {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    is_block_device: bool,
+    stat: Option<SourceStat>,
+}
+
+impl Source {
+    pub fn open(path: &Path) -> Result<Source> {
+        let file = File::open(path).map_err(|e| Error::SourceOpen {
+            path: path.into(),
+            source: e,
+        })?;
+        let meta = file.metadata().map_err(|e| Error::SourceOpen {
+            path: path.into(),
+            source: e,
+        })?;
+        let ft = meta.file_type();
+        let (size, is_block_device, stat) = if ft.is_file() {
+            (meta.len(), false, Some(stat_of(&meta)))
+        } else if ft.is_block_device() {
+            let size = (&file)
+                .seek(SeekFrom::End(0))
+                .map_err(|e| Error::SourceOpen {
+                    path: path.into(),
+                    source: e,
+                })?;
+            (size, true, None)
+        } else {
+            return Err(Error::SourceNotDisk { path: path.into() });
+        };
+        Ok(Source {
+            path: path.into(),
+            file,
+            size,
+            is_block_device,
+            stat,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_block_device(&self) -> bool {
+        self.is_block_device
+    }
+
+    /// Size, inode and times of a regular file (None for block devices, which are always read).
+    pub fn stat(&self) -> Option<SourceStat> {
+        self.stat
+    }
+
+    /// The default identity of a source: its canonical path.
+    pub fn canonical_id(&self) -> String {
+        std::fs::canonicalize(&self.path)
+            .unwrap_or_else(|_| self.path.clone())
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Ranges of `start..end` that hold data, from SEEK_DATA/SEEK_HOLE; the rest are holes that
+    /// read as zeros and need not be read. A filesystem without support reports all data.
+    pub fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<Range<u64>>> {
+        if self.is_block_device {
+            return Ok(vec![start..end]);
+        }
+        let fd = self.file.as_raw_fd();
+        let mut out = Vec::new();
+        let mut pos = start;
+        while pos < end {
+            // SAFETY: lseek on a file descriptor we own; it only moves the file position, which
+            // nothing else uses (all reads are positional).
+            let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+            if data < 0 {
+                let err = std::io::Error::last_os_error();
+                return match err.raw_os_error() {
+                    Some(libc::ENXIO) => Ok(out), // only a hole remains
+                    Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
+                        out.push(pos..end);
+                        Ok(out)
+                    }
+                    _ => Err(Error::SourceRead {
+                        path: self.path.clone(),
+                        offset: pos,
+                        source: err,
+                    }),
+                };
+            }
+            let data = data as u64;
+            if data >= end {
+                break;
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+            let hole = if hole < 0 {
+                end
+            } else {
+                (hole as u64).min(end)
+            };
+            out.push(data..hole);
+            pos = hole;
+        }
+        Ok(out)
+    }
+
+    /// Fills `buf` from `offset`; a source that ends early has shrunk while being read.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                let found = self.current_size().unwrap_or(offset);
+                Error::SourceShrank {
+                    path: self.path.clone(),
+                    expected: self.size,
+                    found,
+                }
+            } else {
+                Error::SourceRead {
+                    path: self.path.clone(),
+                    offset,
+                    source: e,
+                }
+            }
+        })
+    }
+
+    /// The size now, to detect a source that shrank during the backup.
+    pub fn current_size(&self) -> Result<u64> {
+        if self.is_block_device {
+            return (&self.file)
+                .seek(SeekFrom::End(0))
+                .map_err(|e| Error::SourceRead {
+                    path: self.path.clone(),
+                    offset: 0,
+                    source: e,
+                });
+        }
+        let meta = self.file.metadata().map_err(|e| Error::SourceRead {
+            path: self.path.clone(),
+            offset: 0,
+            source: e,
+        })?;
+        Ok(meta.len())
+    }
+
+    /// The stat now, to notice a file changed while it was read (then it is not recorded as a
+    /// stat that later backups may skip on).
+    pub fn current_stat(&self) -> Option<SourceStat> {
+        self.file
+            .metadata()
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .map(|m| stat_of(&m))
+    }
+}
+
+fn stat_of(m: &std::fs::Metadata) -> SourceStat {
+    SourceStat {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.len(),
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn sparse_file_reports_its_data_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse.img");
+        let f = File::create(&p).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.write_all_at(&[1u8; 4096], 4 << 20).unwrap();
+        drop(f);
+        let s = Source::open(&p).unwrap();
+        let ranges = s.data_ranges(0, s.size()).unwrap();
+        let data: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        // tmpfs and ext4 report the one written block; a filesystem without SEEK_DATA says all data.
+        assert!(data == 4096 || data == 8 << 20, "data ranges {ranges:?}");
+        assert!(ranges.iter().any(|r| r.contains(&(4 << 20))));
+    }
+
+    #[test]
+    fn a_directory_is_not_a_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Source::open(dir.path()),
+            Err(Error::SourceNotDisk { .. })
+        ));
+        assert!(matches!(
+            Source::open(&dir.path().join("nope")),
+            Err(Error::SourceOpen { .. })
+        ));
+        let mut f = File::create(dir.path().join("f")).unwrap();
+        f.write_all(b"x").unwrap();
+        assert_eq!(Source::open(&dir.path().join("f")).unwrap().size(), 1);
+    }
+}
