@@ -26,6 +26,9 @@ use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::source::Source;
 
+/// A file changed this close to the backup's start is read again by the next backup.
+const RACY_WINDOW_NS: i128 = 1_000_000_000;
+
 /// Which kind of image to make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KindRequest {
@@ -160,9 +163,20 @@ pub fn backup(
             info.source_stat = None;
         }
     }
+    // Timestamps come from a coarse clock: a file changed within the same tick as this backup
+    // could keep its mtime and ctime. Such a "racy" stat is not recorded, so the next backup reads.
+    let started_ns = created_ms as i128 * 1_000_000;
+    if info
+        .source_stat
+        .is_some_and(|s| s.mtime_ns.max(s.ctime_ns) + RACY_WINDOW_NS > started_ns)
+    {
+        info.source_stat = None;
+    }
     info.extent_count = manifest.count();
     info.seconds = started.elapsed().as_secs_f64();
+    crate::failpoint::hit("before-manifest");
     manifest.finish(&info)?; // the commit point
+    crate::failpoint::hit("manifest-before-catalog");
     repo.index().put_image(&info)?;
     Ok(info)
 }
@@ -335,6 +349,7 @@ impl<'a> Run<'a> {
         }
         let (pid, bytes, entries) = std::mem::take(&mut self.pack).finish();
         self.repo.backend().put(&pid.path(), &bytes)?;
+        crate::failpoint::hit("pack-before-index");
         self.repo
             .index()
             .add_pack(pid, bytes.len() as u64, &entries)?;

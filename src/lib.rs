@@ -10,6 +10,7 @@ pub mod chunker;
 pub mod config;
 pub mod error;
 pub mod extent;
+pub mod failpoint;
 pub mod id;
 pub mod index;
 pub mod lock;

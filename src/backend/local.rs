@@ -113,6 +113,7 @@ impl ObjectWriter for LocalWriter {
         file.sync_all()
             .map_err(|e| Error::io("fsync", &self.tmp, e))?;
         drop(file);
+        crate::failpoint::hit("object-before-rename");
         fs::rename(&self.tmp, &self.target).map_err(|e| Error::io("rename", &self.tmp, e))?;
         sync_dir(self.target.parent().unwrap_or(Path::new(".")))
     }

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""The reference workload of the brief: a real ext4 disk image, aged day by day.
+
+  workload.py build IMAGE SIZE_MIB     make IMAGE: ext4 via `mkfs.ext4 -d` from real files of
+                                       this machine (libraries, documentation, a JVM) plus a few
+                                       large "database" files, filled to about 60 %
+  workload.py day IMAGE N              change IMAGE in place as on day N: files removed and new
+                                       files written through ext4's own allocator (`debugfs -w`),
+                                       and scattered 4 KiB page rewrites inside the database
+                                       files; prints a JSON line with the 4 KiB blocks that changed
+
+Deterministic for a given machine and N (seeded), so reruns and comparisons see the same days.
+Only the Python standard library, e2fsprogs and coreutils are used.
+"""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+
+BLOCK = 4096
+# Real content, in order of preference; whatever exists on the machine is used.
+SOURCES = [
+    "/usr/lib/jvm",
+    "/usr/share/doc",
+    "/usr/lib/gcc",
+    "/usr/lib/python3.11",
+    "/usr/share/locale",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/share",
+    "/usr/lib",
+    "/usr/bin",
+]
+DB_FILES = 4
+
+
+def run(*cmd, **kw):
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def real_files(limit_bytes, rng=None, skip=()):
+    """Regular files from SOURCES, in a stable order (or shuffled with rng), up to limit_bytes."""
+    picked, total = [], 0
+    for root in SOURCES:
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                p = os.path.join(dirpath, name)
+                if p in skip or not os.path.isfile(p) or os.path.islink(p):
+                    continue
+                size = os.path.getsize(p)
+                if size == 0 or size > 256 << 20:
+                    continue
+                if total + size > limit_bytes:
+                    return picked
+                picked.append(p)
+                total += size
+    return picked
+
+
+def build(image, size_mib):
+    size = size_mib << 20
+    stage = tempfile.mkdtemp(prefix="strata-stage-")
+    try:
+        fill = int(size * 0.55)
+        db_size = max(size // 40, 1 << 20) // BLOCK * BLOCK
+        files = real_files(fill - DB_FILES * db_size)
+        listing = []
+        for p in files:
+            dest = os.path.join(stage, "root", p.lstrip("/"))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            try:
+                os.link(p, dest)
+            except OSError:
+                shutil.copy2(p, dest)
+            listing.append("/root/" + p.lstrip("/"))
+        # Database files: real bytes (libraries and docs), later rewritten page by page.
+        os.makedirs(os.path.join(stage, "db"))
+        src = iter(real_files(1 << 40))
+        for i in range(DB_FILES):
+            with open(os.path.join(stage, "db", f"db{i}.bin"), "wb") as out:
+                while out.tell() < db_size:
+                    with open(next(src), "rb") as f:
+                        out.write(f.read(db_size - out.tell()))
+        if os.path.exists(image):
+            os.remove(image)
+        run("mkfs.ext4", "-q", "-F", "-b", "4096", "-d", stage, image, f"{size_mib}M")
+        with open(image + ".files.json", "w") as f:
+            json.dump({"files": listing, "day": 0}, f)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def file_blocks(image, path):
+    """Physical 4 KiB blocks of a file inside the image, from debugfs."""
+    out = run("debugfs", "-R", f"blocks {path}", image).stdout.decode()
+    return [int(b) for b in out.split()]
+
+
+def changed_blocks(before, after):
+    n = 0
+    with open(before, "rb") as a, open(after, "rb") as b:
+        while True:
+            x, y = a.read(1 << 20), b.read(1 << 20)
+            if not x and not y:
+                return n
+            if x != y:
+                for i in range(0, max(len(x), len(y)), BLOCK):
+                    n += x[i:i + BLOCK] != y[i:i + BLOCK]
+
+
+def day(image, n):
+    rng = random.Random(n * 7919)
+    state_path = image + ".files.json"
+    with open(state_path) as f:
+        state = json.load(f)
+    before = image + ".before"
+    run("cp", "--sparse=always", image, before)
+    try:
+        cmds = []
+        # Files removed: their blocks are freed, not zeroed, as on a real disk.
+        victims = rng.sample(state["files"], min(40, len(state["files"]) // 10))
+        for v in victims:
+            cmds.append(f'rm "{v}"')
+            state["files"].remove(v)
+        # New files written through ext4's allocator (about 0.5 % of the disk).
+        size = os.path.getsize(image)
+        pool = real_files(1 << 40)
+        rng.shuffle(pool)
+        added, budget = 0, size // 200
+        cmds.append(f"mkdir /day{n}")
+        for i, p in enumerate(pool):
+            if added >= budget:
+                break
+            s = os.path.getsize(p)
+            if s > budget // 2:
+                continue
+            dest = f"/day{n}/f{i}_{os.path.basename(p)}"
+            cmds.append(f'write "{p}" "{dest}"')
+            state["files"].append(dest)
+            added += s
+        with tempfile.NamedTemporaryFile("w", suffix=".cmds", delete=False) as cf:
+            cf.write("\n".join(cmds) + "\n")
+        try:
+            run("debugfs", "-w", "-f", cf.name, image)
+        finally:
+            os.unlink(cf.name)
+        # Scattered page rewrites inside the database files (about 0.4 % of the disk): half new
+        # random pages, half pages of real content, as a database would write them.
+        blocks = []
+        for i in range(DB_FILES):
+            blocks += file_blocks(image, f"/db/db{i}.bin")
+        pages = rng.sample(blocks, min(len(blocks), max(1, size // 250 // BLOCK)))
+        donors = [p for p in pool[:200] if os.path.getsize(p) >= BLOCK]
+        with open(image, "r+b") as img:
+            for b in pages:
+                if rng.random() < 0.5 or not donors:
+                    data = rng.randbytes(BLOCK)
+                else:
+                    with open(rng.choice(donors), "rb") as d:
+                        d.seek(rng.randrange(0, os.path.getsize(d.name) - BLOCK + 1))
+                        data = d.read(BLOCK)
+                img.seek(b * BLOCK)
+                img.write(data)
+        changed = changed_blocks(before, image)
+    finally:
+        os.remove(before)
+    state["day"] = n
+    with open(state_path, "w") as f:
+        json.dump(state, f)
+    run("e2fsck", "-fn", image)  # the image stays a valid filesystem
+    print(json.dumps({"day": n, "changed_blocks": changed, "changed_bytes": changed * BLOCK,
+                      "files_removed": len(victims), "bytes_added": added, "pages_rewritten": len(pages)}))
+
+
+def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "build":
+        build(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "day":
+        day(sys.argv[2], int(sys.argv[3]))
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+//! Test helpers: a temporary repository, a seeded synthetic disk builder, and a CLI runner.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use strata::config::ChunkerParams;
+use strata::progress::Silent;
+use strata::{BackupOptions, ImageInfo, InitOptions, KindRequest, Repository};
+
+/// Small chunks and segments, so that small disks exercise many chunks, segments and packs.
+pub fn small_params() -> ChunkerParams {
+    ChunkerParams {
+        min_size: 1024,
+        avg_size: 4096,
+        max_size: 16384,
+        segment_size: 256 * 1024,
+        zero_run_min: 16384,
+    }
+}
+
+/// A repository in a temporary directory, removed when dropped.
+pub struct TestRepo {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl TestRepo {
+    /// A repository with the default parameters of `strata init`.
+    pub fn new() -> TestRepo {
+        Self::with(InitOptions::default())
+    }
+
+    /// A repository with small chunks (see `small_params`).
+    pub fn small() -> TestRepo {
+        Self::with(InitOptions {
+            chunker: small_params(),
+            compression_level: 1,
+        })
+    }
+
+    pub fn with(opts: InitOptions) -> TestRepo {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("repo");
+        Repository::init(&path, &opts).expect("init");
+        TestRepo { dir, path }
+    }
+
+    /// A scratch path beside the repository.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn backup(&self, source: &Path, kind: KindRequest) -> ImageInfo {
+        self.try_backup(source, kind, false).expect("backup")
+    }
+
+    pub fn try_backup(
+        &self,
+        source: &Path,
+        kind: KindRequest,
+        force_read: bool,
+    ) -> strata::Result<ImageInfo> {
+        let repo = Repository::open_writer(&self.path, "test backup")?;
+        let opts = BackupOptions {
+            kind,
+            source_id: Some("disk".into()),
+            force_read,
+        };
+        strata::backup(&repo, source, &opts, &Silent)
+    }
+
+    /// Restores `image` to a fresh file and returns its bytes.
+    pub fn restore_bytes(&self, image: &ImageInfo) -> Vec<u8> {
+        let target = self.file(&format!("restore-{}", image.id));
+        self.try_restore(&image.id.to_string(), &target)
+            .expect("restore");
+        let bytes = std::fs::read(&target).expect("read restored");
+        std::fs::remove_file(&target).ok();
+        bytes
+    }
+
+    pub fn try_restore(&self, spec: &str, target: &Path) -> strata::Result<strata::RestoreReport> {
+        let repo = Repository::open(&self.path)?;
+        let info = repo.find_image(spec)?;
+        strata::restore(&repo, &info, target, &Silent)
+    }
+
+    pub fn images(&self) -> Vec<ImageInfo> {
+        Repository::open(&self.path)
+            .expect("open")
+            .images()
+            .expect("images")
+    }
+
+    /// Runs the strata binary with `-r <repo>` and the given arguments.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        strata_cmd()
+            .arg("-r")
+            .arg(&self.path)
+            .args(args)
+            .output()
+            .expect("run strata")
+    }
+
+    /// Paths of all files below the repository matching `dir` (e.g. "packs", "images").
+    pub fn files_in(&self, dir: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.path.join(dir)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+pub fn strata_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+}
+
+/// Asserts that a CLI run failed cleanly: non-zero exit, an error message, no panic.
+pub fn assert_clean_failure(out: &Output, expect_in_message: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(
+        stderr
+            .to_lowercase()
+            .contains(&expect_in_message.to_lowercase()),
+        "stderr lacks {expect_in_message:?}: {stderr}"
+    );
+}
+
+/// A seeded synthetic disk: its bytes in memory plus the ranges that are holes in its file.
+#[derive(Clone)]
+pub struct Disk {
+    pub bytes: Vec<u8>,
+    pub holes: Vec<Range<usize>>,
+    rng: u64,
+}
+
+impl Disk {
+    /// `size` bytes of zeros, all a hole.
+    pub fn new(seed: u64, size: usize) -> Disk {
+        Disk {
+            bytes: vec![0; size],
+            holes: vec![0..size],
+            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64*: fast, seeded, good enough for test data.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn unhole(&mut self, r: Range<usize>) {
+        let mut out = Vec::new();
+        for h in self.holes.drain(..) {
+            if h.end <= r.start || h.start >= r.end {
+                out.push(h);
+            } else {
+                if h.start < r.start {
+                    out.push(h.start..r.start);
+                }
+                if h.end > r.end {
+                    out.push(r.end..h.end);
+                }
+            }
+        }
+        self.holes = out;
+    }
+
+    /// Incompressible bytes.
+    pub fn random(mut self, r: Range<usize>) -> Disk {
+        self.unhole(r.clone());
+        for i in r.clone().step_by(8) {
+            let v = self.next().to_le_bytes();
+            let n = (r.end - i).min(8);
+            self.bytes[i..i + n].copy_from_slice(&v[..n]);
+        }
+        self
+    }
+
+    /// Compressible, text-like bytes.
+    pub fn text(mut self, r: Range<usize>) -> Disk {
+        const WORDS: [&str; 8] = [
+            "disk ",
+            "image ",
+            "chunk ",
+            "backup ",
+            "strata ",
+            "restore\n",
+            "the ",
+            "of ",
+        ];
+        self.unhole(r.clone());
+        let mut i = r.start;
+        while i < r.end {
+            let w = WORDS[self.below(WORDS.len())].as_bytes();
+            let n = w.len().min(r.end - i);
+            self.bytes[i..i + n].copy_from_slice(&w[..n]);
+            i += n;
+        }
+        self
+    }
+
+    /// Written zeros (data, not a hole).
+    pub fn zeros(mut self, r: Range<usize>) -> Disk {
+        self.unhole(r.clone());
+        self.bytes[r].fill(0);
+        self
+    }
+
+    /// A hole: reads as zeros and is not allocated in the file.
+    pub fn hole(mut self, r: Range<usize>) -> Disk {
+        self.unhole(r.clone());
+        self.bytes[r.clone()].fill(0);
+        self.holes.push(r);
+        self.holes.sort_by_key(|h| h.start);
+        self
+    }
+
+    /// Copies `len` bytes from `from` to `to` (repeated blocks).
+    pub fn repeat(mut self, from: usize, to: usize, len: usize) -> Disk {
+        self.unhole(to..to + len);
+        self.bytes.copy_within(from..from + len, to);
+        self
+    }
+
+    /// Overwrites `count` random 4 KiB blocks with new random bytes, like database pages.
+    pub fn scatter_blocks(mut self, count: usize) -> Disk {
+        let blocks = self.bytes.len() / 4096;
+        for _ in 0..count {
+            if blocks == 0 {
+                break;
+            }
+            let b = self.below(blocks) * 4096;
+            self = self.random(b..b + 4096);
+        }
+        self
+    }
+
+    /// Grows (with a hole) or shrinks the disk.
+    pub fn resize(mut self, size: usize) -> Disk {
+        let old = self.bytes.len();
+        self.bytes.resize(size, 0);
+        self.holes.retain_mut(|h| {
+            h.end = h.end.min(size);
+            h.start < h.end
+        });
+        if size > old {
+            self.holes.push(old..size);
+        }
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Writes the disk to `path` as a sparse file: holes are left unallocated.
+    pub fn write_to(&self, path: &Path) {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .expect("create disk");
+        f.set_len(self.bytes.len() as u64).expect("size disk");
+        let mut pos = 0;
+        let mut holes = self.holes.clone();
+        holes.sort_by_key(|h| h.start);
+        holes.push(self.bytes.len()..self.bytes.len());
+        for h in holes {
+            if h.start > pos {
+                f.write_all_at(&self.bytes[pos..h.start], pos as u64)
+                    .expect("write disk");
+            }
+            pos = pos.max(h.end);
+        }
+        f.sync_all().ok();
+    }
+
+    /// Overwrites the disk file in place (same inode), as a disk that changes between backups.
+    pub fn write_in_place(&self, path: &Path) {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open disk");
+        f.set_len(self.bytes.len() as u64).expect("size disk");
+        f.write_all_at(&self.bytes, 0).expect("write disk");
+    }
+}
+
+/// Allocated bytes of a file (to check that holes stay holes).
+pub fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
+}
+
+pub fn open(path: &Path) -> File {
+    File::open(path).expect("open")
+}
