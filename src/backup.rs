@@ -50,45 +50,25 @@ pub struct BackupOptions {
 
 impl Default for BackupOptions {
     fn default() -> Self {
-        BackupOptions {
-            kind: KindRequest::Auto,
-            source_id: None,
-            force_read: false,
-        }
+        BackupOptions { kind: KindRequest::Auto, source_id: None, force_read: false }
     }
 }
 
 /// Chooses kind and base from the catalog: the base of a differential is the set's full, the base
 /// of an incremental is the newest image of the set.
-pub fn plan_kind(
-    images: &[ImageInfo],
-    source_id: &str,
-    req: KindRequest,
-) -> Result<(Kind, Option<ImageInfo>)> {
+pub fn plan_kind(images: &[ImageInfo], source_id: &str, req: KindRequest) -> Result<(Kind, Option<ImageInfo>)> {
     let of_source: Vec<&ImageInfo> = images.iter().filter(|i| i.source_id == source_id).collect();
-    let latest_full = of_source
-        .iter()
-        .rev()
-        .find(|i| i.kind == Kind::Full)
-        .copied();
+    let latest_full = of_source.iter().rev().find(|i| i.kind == Kind::Full).copied();
     let kind = match req {
         KindRequest::Full => return Ok((Kind::Full, None)),
         KindRequest::Auto if latest_full.is_none() => return Ok((Kind::Full, None)),
         KindRequest::Auto | KindRequest::Incremental => Kind::Incremental,
         KindRequest::Differential => Kind::Differential,
     };
-    let full = latest_full.ok_or(Error::NoBaseImage {
-        source_id: source_id.into(),
-        kind: kind.name(),
-    })?;
+    let full = latest_full.ok_or(Error::NoBaseImage { source_id: source_id.into(), kind: kind.name() })?;
     let base = match kind {
         Kind::Differential => full,
-        _ => of_source
-            .iter()
-            .rev()
-            .find(|i| i.set == full.id)
-            .copied()
-            .unwrap_or(full),
+        _ => of_source.iter().rev().find(|i| i.set == full.id).copied().unwrap_or(full),
     };
     Ok((kind, Some(base.clone())))
 }
@@ -107,12 +87,7 @@ pub fn backup(
     let (kind, base) = plan_kind(&images, &source_id, opts.kind)?;
     // Strictly after every earlier image, so that catalog order is backup order even within one
     // millisecond (writers are exclusive, so this cannot race).
-    let created_ms = images
-        .iter()
-        .map(|i| i.created_ms + 1)
-        .max()
-        .unwrap_or(0)
-        .max(crate::timefmt::now_ms());
+    let created_ms = images.iter().map(|i| i.created_ms + 1).max().unwrap_or(0).max(crate::timefmt::now_ms());
     let id = ImageId::generate(&source_id);
     let mut info = ImageInfo {
         id,
@@ -137,9 +112,7 @@ pub fn backup(
 
     let unchanged_file = !opts.force_read
         && src.stat().is_some()
-        && base
-            .as_ref()
-            .is_some_and(|b| b.source_stat == src.stat() && b.logical_bytes == src.size());
+        && base.as_ref().is_some_and(|b| b.source_stat == src.stat() && b.logical_bytes == src.size());
     if unchanged_file {
         // Same size, inode, mtime and ctime as when the base was read: an empty delta.
         info.read_skipped = true;
@@ -166,10 +139,7 @@ pub fn backup(
     // Timestamps come from a coarse clock: a file changed within the same tick as this backup
     // could keep its mtime and ctime. Such a "racy" stat is not recorded, so the next backup reads.
     let started_ns = created_ms as i128 * 1_000_000;
-    if info
-        .source_stat
-        .is_some_and(|s| s.mtime_ns.max(s.ctime_ns) + RACY_WINDOW_NS > started_ns)
-    {
+    if info.source_stat.is_some_and(|s| s.mtime_ns.max(s.ctime_ns) + RACY_WINDOW_NS > started_ns) {
         info.source_stat = None;
     }
     info.extent_count = manifest.count();
@@ -193,12 +163,7 @@ struct BufferPool(Mutex<Vec<Vec<u8>>>);
 
 impl BufferPool {
     fn take(&self, len: usize) -> Vec<u8> {
-        let mut b = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default();
+        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
         b.resize(len, 0);
         b
     }
@@ -224,11 +189,7 @@ fn read_segment(
     }
     let mut extents = Vec::with_capacity(len / p.avg_size as usize + 4);
     split_segment(&buf, offset, &local, p, &mut extents);
-    Ok(Segment {
-        buf,
-        offset,
-        extents,
-    })
+    Ok(Segment { buf, offset, extents })
 }
 
 struct Run<'a> {
@@ -326,8 +287,7 @@ impl<'a> Run<'a> {
             .zip(known.par_iter())
             .filter(|(_, loc)| loc.is_none())
             .map(|((id, data), _)| {
-                compress_chunk(*id, data, level)
-                    .map(|(codec, stored)| (*id, data.len() as u32, codec, stored))
+                compress_chunk(*id, data, level).map(|(codec, stored)| (*id, data.len() as u32, codec, stored))
             })
             .collect::<Result<_>>()?;
         for (id, raw_len, codec, stored) in fresh {
@@ -350,9 +310,7 @@ impl<'a> Run<'a> {
         let (pid, bytes, entries) = std::mem::take(&mut self.pack).finish();
         self.repo.backend().put(&pid.path(), &bytes)?;
         crate::failpoint::hit("pack-before-index");
-        self.repo
-            .index()
-            .add_pack(pid, bytes.len() as u64, &entries)?;
+        self.repo.index().add_pack(pid, bytes.len() as u64, &entries)?;
         self.info.new_stored_bytes += bytes.len() as u64;
         self.pending.clear();
         Ok(())

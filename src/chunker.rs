@@ -13,9 +13,7 @@ const BLOCK: usize = 4096;
 pub fn is_zero(buf: &[u8]) -> bool {
     let (head, words, tail) = unsafe { buf.align_to::<u64>() };
     head.iter().all(|&b| b == 0)
-        && words
-            .chunks(64)
-            .all(|w| w.iter().fold(0u64, |acc, &x| acc | x) == 0)
+        && words.chunks(64).all(|w| w.iter().fold(0u64, |acc, &x| acc | x) == 0)
         && tail.iter().all(|&b| b == 0)
 }
 
@@ -23,40 +21,22 @@ pub fn is_zero(buf: &[u8]) -> bool {
 /// `data` lists the ranges of `buf` that hold data (sorted, disjoint); everything else is a hole.
 /// The result is deterministic in the bytes and the offset alone, which is what makes unchanged
 /// regions of a disk produce the same chunks in every backup.
-pub fn split_segment(
-    buf: &[u8],
-    seg_offset: u64,
-    data: &[Range<usize>],
-    p: &ChunkerParams,
-    out: &mut Vec<Extent>,
-) {
+pub fn split_segment(buf: &[u8], seg_offset: u64, data: &[Range<usize>], p: &ChunkerParams, out: &mut Vec<Extent>) {
     let mut pos = 0usize;
     for r in data {
         if r.start > pos {
-            push_coalesced(
-                out,
-                Extent::zero(seg_offset + pos as u64, (r.start - pos) as u64),
-            );
+            push_coalesced(out, Extent::zero(seg_offset + pos as u64, (r.start - pos) as u64));
         }
         split_data(buf, seg_offset, r.clone(), p, out);
         pos = r.end;
     }
     if pos < buf.len() {
-        push_coalesced(
-            out,
-            Extent::zero(seg_offset + pos as u64, (buf.len() - pos) as u64),
-        );
+        push_coalesced(out, Extent::zero(seg_offset + pos as u64, (buf.len() - pos) as u64));
     }
 }
 
 /// Separates long zero runs (whole 4 KiB blocks, aligned on the disk) from the data in between.
-fn split_data(
-    buf: &[u8],
-    seg_offset: u64,
-    r: Range<usize>,
-    p: &ChunkerParams,
-    out: &mut Vec<Extent>,
-) {
+fn split_data(buf: &[u8], seg_offset: u64, r: Range<usize>, p: &ChunkerParams, out: &mut Vec<Extent>) {
     let min_run = p.zero_run_min as usize;
     // Block alignment is relative to the disk; segments start on 4 KiB multiples.
     let first = r.start.next_multiple_of(BLOCK);
@@ -107,13 +87,7 @@ mod tests {
     use crate::extent::Content;
 
     fn params() -> ChunkerParams {
-        ChunkerParams {
-            min_size: 1024,
-            avg_size: 4096,
-            max_size: 16384,
-            segment_size: 65536,
-            zero_run_min: 8192,
-        }
+        ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16384, segment_size: 65536, zero_run_min: 8192 }
     }
 
     fn noise(n: usize, seed: u64) -> Vec<u8> {
@@ -159,10 +133,7 @@ mod tests {
         split_segment(&buf, 1 << 20, &data, &params(), &mut out);
         assert_covers(&out, 1 << 20, 65536);
         let zero_bytes: u64 = out.iter().filter(|e| e.is_zero()).map(|e| e.len).sum();
-        assert!(
-            zero_bytes >= 24576 + 2000,
-            "zero run and hole recorded as zeros, got {zero_bytes}"
-        );
+        assert!(zero_bytes >= 24576 + 2000, "zero run and hole recorded as zeros, got {zero_bytes}");
         for e in &out {
             if let Content::Chunk { id, skip } = e.content {
                 assert_eq!(skip, 0);
@@ -189,11 +160,6 @@ mod tests {
         split_segment(&a, 0, &[0..65536], &params(), &mut ea);
         split_segment(&b, 0, &[0..65536], &params(), &mut eb);
         let same = ea.iter().filter(|e| eb.contains(e)).count();
-        assert!(
-            same + 3 >= ea.len(),
-            "an edit of 100 bytes changed {} of {} chunks",
-            ea.len() - same,
-            ea.len()
-        );
+        assert!(same + 3 >= ea.len(), "an edit of 100 bytes changed {} of {} chunks", ea.len() - same, ea.len());
     }
 }

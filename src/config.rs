@@ -70,14 +70,9 @@ impl Config {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Config> {
-        let c: Config = serde_json::from_slice(bytes).map_err(|e| Error::BadConfig {
-            reason: e.to_string(),
-        })?;
+        let c: Config = serde_json::from_slice(bytes).map_err(|e| Error::BadConfig { reason: e.to_string() })?;
         if c.format_version != FORMAT_VERSION {
-            return Err(Error::UnsupportedFormat {
-                found: c.format_version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(Error::UnsupportedFormat { found: c.format_version, supported: FORMAT_VERSION });
         }
         c.validate()?;
         Ok(c)
@@ -88,9 +83,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(Error::BadConfig { reason });
         let p = &self.chunker;
-        use fastcdc::v2020::{
-            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
-        };
+        use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
         if !(MINIMUM_MIN..=MINIMUM_MAX).contains(&p.min_size)
             || !(AVERAGE_MIN..=AVERAGE_MAX).contains(&p.avg_size)
             || !(MAXIMUM_MIN..=MAXIMUM_MAX).contains(&p.max_size)
@@ -101,17 +94,14 @@ impl Config {
                 p.min_size, p.avg_size, p.max_size
             ));
         }
-        if p.segment_size % 4096 != 0
-            || p.segment_size < p.max_size
-            || p.segment_size > 256 * 1024 * 1024
-        {
-            return bad(format!("segment size {} must be a multiple of 4096 between the maximum chunk size and 256 MiB", p.segment_size));
+        if p.segment_size % 4096 != 0 || p.segment_size < p.max_size || p.segment_size > 256 * 1024 * 1024 {
+            return bad(format!(
+                "segment size {} must be a multiple of 4096 between the maximum chunk size and 256 MiB",
+                p.segment_size
+            ));
         }
         if p.zero_run_min % 4096 != 0 || p.zero_run_min == 0 {
-            return bad(format!(
-                "zero run minimum {} must be a positive multiple of 4096",
-                p.zero_run_min
-            ));
+            return bad(format!("zero run minimum {} must be a positive multiple of 4096", p.zero_run_min));
         }
         if self.compression != "zstd" || !(1..=22).contains(&self.compression_level) {
             return bad(format!(
@@ -120,16 +110,10 @@ impl Config {
             ));
         }
         if self.encryption != "none" {
-            return bad(format!(
-                "encryption {:?} is not supported by this version",
-                self.encryption
-            ));
+            return bad(format!("encryption {:?} is not supported by this version", self.encryption));
         }
         if !(1024 * 1024..=1024 * 1024 * 1024).contains(&self.pack_target_size) {
-            return bad(format!(
-                "pack target size {} must be between 1 MiB and 1 GiB",
-                self.pack_target_size
-            ));
+            return bad(format!("pack target size {} must be between 1 MiB and 1 GiB", self.pack_target_size));
         }
         Ok(())
     }
@@ -145,16 +129,10 @@ mod tests {
         assert_eq!(Config::decode(&c.encode()).unwrap(), c);
         let mut bad = c.clone();
         bad.chunker.avg_size = 1;
-        assert!(matches!(
-            Config::decode(&bad.encode()),
-            Err(Error::BadConfig { .. })
-        ));
+        assert!(matches!(Config::decode(&bad.encode()), Err(Error::BadConfig { .. })));
         let mut future = c;
         future.format_version = 99;
-        assert!(matches!(
-            Config::decode(&future.encode()),
-            Err(Error::UnsupportedFormat { found: 99, .. })
-        ));
+        assert!(matches!(Config::decode(&future.encode()), Err(Error::UnsupportedFormat { found: 99, .. })));
         assert!(Config::decode(b"\xff\x00garbage").is_err());
     }
 }

@@ -10,17 +10,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error(
-        "{path} is not a Strata repository (no readable config); create one with `strata init`"
-    )]
+    #[error("{path} is not a Strata repository (no readable config); create one with `strata init`")]
     NotARepository { path: PathBuf },
 
     #[error("{path} already exists and is not empty; choose a new directory for the repository")]
     RepositoryExists { path: PathBuf },
 
-    #[error(
-        "repository format version {found} is not supported by this strata (supports {supported})"
-    )]
+    #[error("repository format version {found} is not supported by this strata (supports {supported})")]
     UnsupportedFormat { found: u32, supported: u32 },
 
     #[error("the repository config is invalid: {reason}")]
@@ -29,35 +25,28 @@ pub enum Error {
     #[error("the repository is locked by {holder}; wait for it to finish (a lock held by a dead process is released automatically)")]
     RepositoryLocked { holder: LockHolder },
 
-    #[error("cannot {op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    // The cause is part of the message (and not also a `source`, which would print it twice).
+    #[error("cannot {op} {path}: {cause}")]
+    Io { op: &'static str, path: PathBuf, cause: io::Error },
 
-    #[error("no space left on the device holding {path}; free space and run the backup again (the repository is unchanged)")]
+    #[error(
+        "no space left on the device holding {path}; free space and run the backup again (the repository is unchanged)"
+    )]
     NoSpace { path: PathBuf },
 
-    #[error("cannot open source {path}: {source}")]
-    SourceOpen { path: PathBuf, source: io::Error },
+    #[error("cannot open source {path}: {cause}")]
+    SourceOpen { path: PathBuf, cause: io::Error },
 
     #[error("source {path} is neither a regular file nor a block device")]
     SourceNotDisk { path: PathBuf },
 
-    #[error("cannot read source {path} at offset {offset}: {source}")]
-    SourceRead {
-        path: PathBuf,
-        offset: u64,
-        source: io::Error,
-    },
+    #[error("cannot read source {path} at offset {offset}: {cause}")]
+    SourceRead { path: PathBuf, offset: u64, cause: io::Error },
 
-    #[error("source {path} shrank while it was read (expected {expected} bytes, it ended at {found}); nothing was recorded")]
-    SourceShrank {
-        path: PathBuf,
-        expected: u64,
-        found: u64,
-    },
+    #[error(
+        "source {path} shrank while it was read (expected {expected} bytes, it ended at {found}); nothing was recorded"
+    )]
+    SourceShrank { path: PathBuf, expected: u64, found: u64 },
 
     #[error("no image matches {spec:?}; list them with `strata images`")]
     ImageNotFound { spec: String },
@@ -66,10 +55,7 @@ pub enum Error {
     AmbiguousImage { spec: String, candidates: String },
 
     #[error("source {source_id:?} has no full image yet, so a {kind} image has no base; run with --kind full or --kind auto")]
-    NoBaseImage {
-        source_id: String,
-        kind: &'static str,
-    },
+    NoBaseImage { source_id: String, kind: &'static str },
 
     #[error("manifest of image {image} is damaged: {reason}")]
     CorruptManifest { image: String, reason: String },
@@ -81,21 +67,13 @@ pub enum Error {
     CorruptPack { pack: String, reason: String },
 
     #[error("chunk {id} in pack {pack} is damaged: {reason}")]
-    CorruptChunk {
-        id: String,
-        pack: String,
-        reason: String,
-    },
+    CorruptChunk { id: String, pack: String, reason: String },
 
     #[error("chunk {id} needed by image {image} is not in the index")]
     ChunkMissing { id: String, image: String },
 
     #[error("restore target {target} holds {available} bytes but the image needs {needed}; nothing was written")]
-    TargetTooSmall {
-        target: PathBuf,
-        needed: u64,
-        available: u64,
-    },
+    TargetTooSmall { target: PathBuf, needed: u64, available: u64 },
 
     #[error("restore target {target} is neither a regular file nor a block device")]
     TargetNotDisk { target: PathBuf },
@@ -109,14 +87,12 @@ pub enum Error {
 
 impl Error {
     /// Wraps an I/O error with the operation and path, turning ENOSPC into the typed `NoSpace`.
-    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Error {
         let path = path.into();
-        if source.raw_os_error() == Some(libc::ENOSPC)
-            || source.raw_os_error() == Some(libc::EDQUOT)
-        {
+        if cause.raw_os_error() == Some(libc::ENOSPC) || cause.raw_os_error() == Some(libc::EDQUOT) {
             Error::NoSpace { path }
         } else {
-            Error::Io { op, path, source }
+            Error::Io { op, path, cause }
         }
     }
 }
@@ -125,9 +101,7 @@ impl From<rocksdb::Error> for Error {
     fn from(e: rocksdb::Error) -> Self {
         let reason = e.into_string();
         if reason.contains("No space left") {
-            return Error::NoSpace {
-                path: PathBuf::from("index"),
-            };
+            return Error::NoSpace { path: PathBuf::from("index") };
         }
         Error::Index { reason }
     }

@@ -21,19 +21,11 @@ pub struct Extent {
 
 impl Extent {
     pub fn zero(offset: u64, len: u64) -> Extent {
-        Extent {
-            offset,
-            len,
-            content: Content::Zero,
-        }
+        Extent { offset, len, content: Content::Zero }
     }
 
     pub fn chunk(offset: u64, len: u64, id: ChunkId) -> Extent {
-        Extent {
-            offset,
-            len,
-            content: Content::Chunk { id, skip: 0 },
-        }
+        Extent { offset, len, content: Content::Chunk { id, skip: 0 } }
     }
 
     pub fn end(&self) -> u64 {
@@ -52,16 +44,9 @@ impl Extent {
         let content = match self.content {
             Content::Zero => Content::Zero,
             // The clipped length of a chunk extent is below the chunk length, a u32.
-            Content::Chunk { id, skip } => Content::Chunk {
-                id,
-                skip: skip + (start - self.offset) as u32,
-            },
+            Content::Chunk { id, skip } => Content::Chunk { id, skip: skip + (start - self.offset) as u32 },
         };
-        Extent {
-            offset: start,
-            len: end - start,
-            content,
-        }
+        Extent { offset: start, len: end - start, content }
     }
 }
 

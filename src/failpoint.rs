@@ -7,11 +7,7 @@ use std::sync::OnceLock;
 /// Aborts the process, as a kill -9 would, when `STRATA_FAILPOINT` names this point.
 pub fn hit(name: &str) {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
-    if ARMED
-        .get_or_init(|| std::env::var("STRATA_FAILPOINT").ok())
-        .as_deref()
-        == Some(name)
-    {
+    if ARMED.get_or_init(|| std::env::var("STRATA_FAILPOINT").ok()).as_deref() == Some(name) {
         std::process::abort();
     }
 }

@@ -26,14 +26,7 @@ impl fmt::Display for LockHolder {
         if self.pid == 0 {
             return write!(f, "another process (it has not written its name yet)");
         }
-        write!(
-            f,
-            "pid {} on {} running `{}` since {}",
-            self.pid,
-            self.host,
-            self.command,
-            format_ms(self.since_ms)
-        )
+        write!(f, "pid {} on {} running `{}` since {}", self.pid, self.host, self.command, format_ms(self.since_ms))
     }
 }
 
@@ -43,9 +36,7 @@ pub struct RepoLock {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
 }
 
 pub fn acquire(repo: &Path, command: &str) -> Result<RepoLock> {
@@ -82,7 +73,6 @@ pub fn acquire(repo: &Path, command: &str) -> Result<RepoLock> {
     };
     let text = serde_json::to_vec(&holder).unwrap_or_default();
     file.set_len(0).map_err(|e| Error::io("write", &path, e))?;
-    file.write_all_at(&text, 0)
-        .map_err(|e| Error::io("write", &path, e))?;
+    file.write_all_at(&text, 0).map_err(|e| Error::io("write", &path, e))?;
     Ok(RepoLock { _file: file })
 }

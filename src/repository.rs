@@ -26,14 +26,13 @@ pub struct Repository {
 pub struct InitOptions {
     pub chunker: crate::config::ChunkerParams,
     pub compression_level: i32,
+    /// A pack is sealed once it holds this many bytes.
+    pub pack_target_size: u64,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions {
-            chunker: Default::default(),
-            compression_level: 3,
-        }
+        InitOptions { chunker: Default::default(), compression_level: 3, pack_target_size: 32 * 1024 * 1024 }
     }
 }
 
@@ -41,10 +40,7 @@ fn read_config(root: &Path) -> Result<Config> {
     let path = root.join("config");
     match std::fs::read(&path) {
         Ok(bytes) => Config::decode(&bytes),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                || e.kind() == std::io::ErrorKind::NotADirectory =>
-        {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => {
             Err(Error::NotARepository { path: root.into() })
         }
         Err(e) => Err(Error::io("read", &path, e)),
@@ -61,7 +57,8 @@ impl Repository {
                 return Err(Error::RepositoryExists { path: path.into() });
             }
         }
-        let config = Config::new(opts.chunker.clone(), opts.compression_level);
+        let mut config = Config::new(opts.chunker.clone(), opts.compression_level);
+        config.pack_target_size = opts.pack_target_size;
         config.validate()?;
         for dir in ["packs", "images", "index"] {
             let d = path.join(dir);
@@ -76,13 +73,7 @@ impl Repository {
     pub fn open(path: &Path) -> Result<Repository> {
         let config = read_config(path)?;
         let index = RocksIndex::open_read_only(&path.join("index"))?;
-        Ok(Repository {
-            root: path.into(),
-            config,
-            backend: Arc::new(LocalDir::new(path)),
-            index,
-            _lock: None,
-        })
+        Ok(Repository { root: path.into(), config, backend: Arc::new(LocalDir::new(path)), index, _lock: None })
     }
 
     /// Opens for writing: takes the exclusive lock (naming `command` as the holder) and brings
@@ -91,13 +82,8 @@ impl Repository {
         let config = read_config(path)?;
         let lock = crate::lock::acquire(path, command)?;
         let index = RocksIndex::open(&path.join("index"))?;
-        let repo = Repository {
-            root: path.into(),
-            config,
-            backend: Arc::new(LocalDir::new(path)),
-            index,
-            _lock: Some(lock),
-        };
+        let repo =
+            Repository { root: path.into(), config, backend: Arc::new(LocalDir::new(path)), index, _lock: Some(lock) };
         for info in repo.uncatalogued()? {
             repo.index.put_image(&info)?;
         }
@@ -152,30 +138,17 @@ impl Repository {
     pub fn find_image(&self, spec: &str) -> Result<ImageInfo> {
         let images = self.images()?;
         if spec == "latest" {
-            return images
-                .into_iter()
-                .last()
-                .ok_or_else(|| Error::ImageNotFound { spec: spec.into() });
+            return images.into_iter().last().ok_or_else(|| Error::ImageNotFound { spec: spec.into() });
         }
         let spec_l = spec.to_ascii_lowercase();
-        let matches: Vec<ImageInfo> = images
-            .into_iter()
-            .filter(|i| i.id.to_string().starts_with(&spec_l))
-            .collect();
+        let matches: Vec<ImageInfo> = images.into_iter().filter(|i| i.id.to_string().starts_with(&spec_l)).collect();
         match matches.len() {
             0 => Err(Error::ImageNotFound { spec: spec.into() }),
-            1 => Ok(matches
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::ImageNotFound { spec: spec.into() })?),
+            1 => Ok(matches.into_iter().next().ok_or_else(|| Error::ImageNotFound { spec: spec.into() })?),
             _ if spec_l.is_empty() => Err(Error::ImageNotFound { spec: spec.into() }),
             _ => Err(Error::AmbiguousImage {
                 spec: spec.into(),
-                candidates: matches
-                    .iter()
-                    .map(|i| i.id.short())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                candidates: matches.iter().map(|i| i.id.short()).collect::<Vec<_>>().join(", "),
             }),
         }
     }
@@ -187,10 +160,7 @@ impl Repository {
         let mut cur = image.clone();
         while let Some(base) = cur.base {
             if chain.len() > all.len() + 1 {
-                return Err(Error::CorruptManifest {
-                    image: image.id.to_string(),
-                    reason: "chain loops".into(),
-                });
+                return Err(Error::CorruptManifest { image: image.id.to_string(), reason: "chain loops".into() });
             }
             let next = match all.iter().find(|i| i.id == base) {
                 Some(i) => i.clone(),

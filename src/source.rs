@@ -20,35 +20,18 @@ pub struct Source {
 
 impl Source {
     pub fn open(path: &Path) -> Result<Source> {
-        let file = File::open(path).map_err(|e| Error::SourceOpen {
-            path: path.into(),
-            source: e,
-        })?;
-        let meta = file.metadata().map_err(|e| Error::SourceOpen {
-            path: path.into(),
-            source: e,
-        })?;
+        let file = File::open(path).map_err(|e| Error::SourceOpen { path: path.into(), cause: e })?;
+        let meta = file.metadata().map_err(|e| Error::SourceOpen { path: path.into(), cause: e })?;
         let ft = meta.file_type();
         let (size, is_block_device, stat) = if ft.is_file() {
             (meta.len(), false, Some(stat_of(&meta)))
         } else if ft.is_block_device() {
-            let size = (&file)
-                .seek(SeekFrom::End(0))
-                .map_err(|e| Error::SourceOpen {
-                    path: path.into(),
-                    source: e,
-                })?;
+            let size = (&file).seek(SeekFrom::End(0)).map_err(|e| Error::SourceOpen { path: path.into(), cause: e })?;
             (size, true, None)
         } else {
             return Err(Error::SourceNotDisk { path: path.into() });
         };
-        Ok(Source {
-            path: path.into(),
-            file,
-            size,
-            is_block_device,
-            stat,
-        })
+        Ok(Source { path: path.into(), file, size, is_block_device, stat })
     }
 
     pub fn size(&self) -> u64 {
@@ -70,10 +53,7 @@ impl Source {
 
     /// The default identity of a source: its canonical path.
     pub fn canonical_id(&self) -> String {
-        std::fs::canonicalize(&self.path)
-            .unwrap_or_else(|_| self.path.clone())
-            .to_string_lossy()
-            .into_owned()
+        std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone()).to_string_lossy().into_owned()
     }
 
     /// Ranges of `start..end` that hold data, from SEEK_DATA/SEEK_HOLE; the rest are holes that
@@ -97,11 +77,7 @@ impl Source {
                         out.push(pos..end);
                         Ok(out)
                     }
-                    _ => Err(Error::SourceRead {
-                        path: self.path.clone(),
-                        offset: pos,
-                        source: err,
-                    }),
+                    _ => Err(Error::SourceRead { path: self.path.clone(), offset: pos, cause: err }),
                 };
             }
             let data = data as u64;
@@ -110,11 +86,7 @@ impl Source {
             }
             // SAFETY: as above.
             let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-            let hole = if hole < 0 {
-                end
-            } else {
-                (hole as u64).min(end)
-            };
+            let hole = if hole < 0 { end } else { (hole as u64).min(end) };
             out.push(data..hole);
             pos = hole;
         }
@@ -126,17 +98,9 @@ impl Source {
         self.file.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 let found = self.current_size().unwrap_or(offset);
-                Error::SourceShrank {
-                    path: self.path.clone(),
-                    expected: self.size,
-                    found,
-                }
+                Error::SourceShrank { path: self.path.clone(), expected: self.size, found }
             } else {
-                Error::SourceRead {
-                    path: self.path.clone(),
-                    offset,
-                    source: e,
-                }
+                Error::SourceRead { path: self.path.clone(), offset, cause: e }
             }
         })
     }
@@ -144,30 +108,21 @@ impl Source {
     /// The size now, to detect a source that shrank during the backup.
     pub fn current_size(&self) -> Result<u64> {
         if self.is_block_device {
-            return (&self.file)
-                .seek(SeekFrom::End(0))
-                .map_err(|e| Error::SourceRead {
-                    path: self.path.clone(),
-                    offset: 0,
-                    source: e,
-                });
+            return (&self.file).seek(SeekFrom::End(0)).map_err(|e| Error::SourceRead {
+                path: self.path.clone(),
+                offset: 0,
+                cause: e,
+            });
         }
-        let meta = self.file.metadata().map_err(|e| Error::SourceRead {
-            path: self.path.clone(),
-            offset: 0,
-            source: e,
-        })?;
+        let meta =
+            self.file.metadata().map_err(|e| Error::SourceRead { path: self.path.clone(), offset: 0, cause: e })?;
         Ok(meta.len())
     }
 
     /// The stat now, to notice a file changed while it was read (then it is not recorded as a
     /// stat that later backups may skip on).
     pub fn current_stat(&self) -> Option<SourceStat> {
-        self.file
-            .metadata()
-            .ok()
-            .filter(|m| m.file_type().is_file())
-            .map(|m| stat_of(&m))
+        self.file.metadata().ok().filter(|m| m.file_type().is_file()).map(|m| stat_of(&m))
     }
 }
 
@@ -205,14 +160,8 @@ mod tests {
     #[test]
     fn a_directory_is_not_a_disk() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            Source::open(dir.path()),
-            Err(Error::SourceNotDisk { .. })
-        ));
-        assert!(matches!(
-            Source::open(&dir.path().join("nope")),
-            Err(Error::SourceOpen { .. })
-        ));
+        assert!(matches!(Source::open(dir.path()), Err(Error::SourceNotDisk { .. })));
+        assert!(matches!(Source::open(&dir.path().join("nope")), Err(Error::SourceOpen { .. })));
         let mut f = File::create(dir.path().join("f")).unwrap();
         f.write_all(b"x").unwrap();
         assert_eq!(Source::open(&dir.path().join("f")).unwrap().size(), 1);

@@ -13,15 +13,10 @@ const MIB: usize = 1 << 20;
 fn re_reading_an_unchanged_disk_stores_under_one_percent() {
     let repo = TestRepo::new();
     let src = repo.file("disk.img");
-    let disk = Disk::new(10, 32 * MIB)
-        .random(0..12 * MIB)
-        .text(12 * MIB..24 * MIB)
-        .random(28 * MIB..32 * MIB);
+    let disk = Disk::new(10, 32 * MIB).random(0..12 * MIB).text(12 * MIB..24 * MIB).random(28 * MIB..32 * MIB);
     disk.write_to(&src);
     let full = repo.backup(&src, KindRequest::Full);
-    let again = repo
-        .try_backup(&src, KindRequest::Incremental, true)
-        .unwrap();
+    let again = repo.try_backup(&src, KindRequest::Incremental, true).unwrap();
     assert!(!again.read_skipped);
     assert_eq!(again.changed_bytes, 0);
     assert!(
@@ -41,10 +36,7 @@ fn re_reading_an_unchanged_disk_stores_under_one_percent() {
 fn repeated_blocks_inside_one_disk_are_stored_once() {
     let repo = TestRepo::small();
     let src = repo.file("disk.img");
-    let disk = Disk::new(11, 8 * MIB)
-        .random(0..2 * MIB)
-        .repeat(0, 2 * MIB, 2 * MIB)
-        .repeat(0, 4 * MIB, 2 * MIB);
+    let disk = Disk::new(11, 8 * MIB).random(0..2 * MIB).repeat(0, 2 * MIB, 2 * MIB).repeat(0, 4 * MIB, 2 * MIB);
     disk.write_to(&src);
     let info = repo.backup(&src, KindRequest::Full);
     assert!(

@@ -15,11 +15,7 @@ fn fixture() -> Vec<u8> {
         x ^= x >> 7;
         x ^= x << 17;
         // Low-entropy bytes half of the time, like real disk data.
-        let b = if (x >> 40) & 1 == 0 {
-            (x & 0x0F) as u8 + b'a'
-        } else {
-            x as u8
-        };
+        let b = if (x >> 40) & 1 == 0 { (x & 0x0F) as u8 + b'a' } else { x as u8 };
         v.push(b);
     }
     v[1 << 20..(1 << 20) + 200 * 1024].fill(0);
@@ -38,18 +34,11 @@ fn extents() -> Vec<Extent> {
 fn chunk_boundaries_are_pinned() {
     let ex = extents();
     let offsets: Vec<u64> = ex.iter().map(|e| e.offset).take(12).collect();
-    assert_eq!(
-        offsets, GOLDEN_OFFSETS,
-        "chunk boundaries changed: see the note at the top of this file"
-    );
+    assert_eq!(offsets, GOLDEN_OFFSETS, "chunk boundaries changed: see the note at the top of this file");
     assert_eq!(ex.len(), GOLDEN_COUNT);
     // Zero runs and holes are zero extents.
-    assert!(ex
-        .iter()
-        .any(|e| e.is_zero() && e.offset <= 1 << 20 && e.end() >= (1 << 20) + 196 * 1024));
-    assert!(ex
-        .iter()
-        .any(|e| e.is_zero() && e.offset <= 3 << 20 && e.end() >= (3 << 20) + 65536));
+    assert!(ex.iter().any(|e| e.is_zero() && e.offset <= 1 << 20 && e.end() >= (1 << 20) + 196 * 1024));
+    assert!(ex.iter().any(|e| e.is_zero() && e.offset <= 3 << 20 && e.end() >= (3 << 20) + 65536));
 }
 
 #[test]
@@ -63,10 +52,7 @@ fn chunk_ids_are_pinned() {
         })
         .take(3)
         .collect();
-    assert_eq!(
-        ids, GOLDEN_IDS,
-        "chunk ids changed: see the note at the top of this file"
-    );
+    assert_eq!(ids, GOLDEN_IDS, "chunk ids changed: see the note at the top of this file");
     let mut all = blake3::Hasher::new();
     for e in &ex {
         all.update(&e.offset.to_le_bytes());
@@ -80,9 +66,8 @@ fn chunk_ids_are_pinned() {
 
 // Recorded from this implementation on 2026-11-22 (fastcdc 3.1.0, v2020). The first id was
 // checked independently: BLAKE3 (the Python `blake3` package) of fixture bytes 0..15978.
-const GOLDEN_OFFSETS: [u64; 12] = [
-    0, 15978, 29291, 46241, 65239, 87682, 131437, 150620, 186613, 195803, 214800, 240087,
-];
+const GOLDEN_OFFSETS: [u64; 12] =
+    [0, 15978, 29291, 46241, 65239, 87682, 131437, 150620, 186613, 195803, 214800, 240087];
 const GOLDEN_COUNT: usize = 196;
 const GOLDEN_IDS: [&str; 3] = [
     "d74ce0de19e4377a393f7d97235f5cbcf31b8610a2ba0274e66a0a0fbe217db8",

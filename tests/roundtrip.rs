@@ -12,11 +12,8 @@ const MIB: usize = 1 << 20;
 fn a_chain_of_full_incrementals_and_a_differential_restores_every_image_byte_for_byte() {
     let repo = TestRepo::small();
     let src = repo.file("disk.img");
-    let mut disk = Disk::new(1, 4 * MIB)
-        .random(0..MIB)
-        .text(MIB..2 * MIB)
-        .hole(2 * MIB..3 * MIB)
-        .random(3 * MIB..4 * MIB);
+    let mut disk =
+        Disk::new(1, 4 * MIB).random(0..MIB).text(MIB..2 * MIB).hole(2 * MIB..3 * MIB).random(3 * MIB..4 * MIB);
     let mut expected = Vec::new();
     let steps = [
         KindRequest::Full,
@@ -30,9 +27,7 @@ fn a_chain_of_full_incrementals_and_a_differential_restores_every_image_byte_for
     ];
     for (day, kind) in steps.iter().enumerate() {
         if day > 0 {
-            disk = disk
-                .scatter_blocks(20)
-                .text(day * 100_000..day * 100_000 + 5000);
+            disk = disk.scatter_blocks(20).text(day * 100_000..day * 100_000 + 5000);
         }
         disk.write_to(&src);
         let info = repo.backup(&src, *kind);
@@ -42,16 +37,7 @@ fn a_chain_of_full_incrementals_and_a_differential_restores_every_image_byte_for
     use Kind::*;
     assert_eq!(
         kinds,
-        [
-            Full,
-            Incremental,
-            Incremental,
-            Differential,
-            Incremental,
-            Incremental,
-            Differential,
-            Incremental
-        ]
+        [Full, Incremental, Incremental, Differential, Incremental, Incremental, Differential, Incremental]
     );
     // Bases follow the brief: a differential's base is the set's full, an incremental's the
     // previous image of the set.
@@ -64,33 +50,16 @@ fn a_chain_of_full_incrementals_and_a_differential_restores_every_image_byte_for
         }
     }
     for (info, bytes) in &expected {
-        assert!(
-            repo.restore_bytes(info) == *bytes,
-            "image {} ({:?}) differs",
-            info.id,
-            info.kind
-        );
+        assert!(repo.restore_bytes(info) == *bytes, "image {} ({:?}) differs", info.id, info.kind);
     }
     // Deltas list only what changed: an incremental one day's changes; a differential everything
     // since the full, so the later differential holds at least what the earlier one did.
     let len = disk.len() as u64;
     for (info, _) in &expected[1..] {
-        let bound = if info.kind == Incremental {
-            len / 8
-        } else {
-            len / 2
-        };
-        assert!(
-            info.changed_bytes < bound,
-            "{:?} listed {} changed bytes",
-            info.kind,
-            info.changed_bytes
-        );
+        let bound = if info.kind == Incremental { len / 8 } else { len / 2 };
+        assert!(info.changed_bytes < bound, "{:?} listed {} changed bytes", info.kind, info.changed_bytes);
     }
-    assert!(
-        expected[6].0.changed_bytes > expected[3].0.changed_bytes,
-        "differentials accumulate"
-    );
+    assert!(expected[6].0.changed_bytes > expected[3].0.changed_bytes, "differentials accumulate");
 }
 
 #[test]
@@ -106,11 +75,7 @@ fn a_disk_that_grows_and_shrinks_between_images_restores_at_each_size() {
             disk = disk.random(size - 4096..size);
         }
         disk.write_to(&src);
-        let kind = if i == 0 {
-            KindRequest::Full
-        } else {
-            KindRequest::Incremental
-        };
+        let kind = if i == 0 { KindRequest::Full } else { KindRequest::Incremental };
         expected.push((repo.backup(&src, kind), disk.bytes.clone()));
     }
     for (info, bytes) in &expected {
@@ -142,10 +107,7 @@ fn edge_sizes_round_trip() {
     for (i, &size) in sizes.iter().enumerate() {
         let repo = TestRepo::small();
         let src = repo.file("disk.img");
-        for disk in [
-            Disk::new(i as u64, size).random(0..size),
-            Disk::new(i as u64, size).zeros(0..size),
-        ] {
+        for disk in [Disk::new(i as u64, size).random(0..size), Disk::new(i as u64, size).zeros(0..size)] {
             disk.write_to(&src);
             let info = repo.backup(&src, KindRequest::Full);
             assert_eq!(repo.restore_bytes(&info), disk.bytes, "size {size}");
@@ -157,10 +119,7 @@ fn edge_sizes_round_trip() {
 fn holes_and_zero_runs_cost_nothing_and_restore_as_holes() {
     let repo = TestRepo::new();
     let src = repo.file("sparse.img");
-    let disk = Disk::new(3, 64 * MIB)
-        .random(0..MIB)
-        .zeros(8 * MIB..16 * MIB)
-        .random(40 * MIB..41 * MIB);
+    let disk = Disk::new(3, 64 * MIB).random(0..MIB).zeros(8 * MIB..16 * MIB).random(40 * MIB..41 * MIB);
     disk.write_to(&src);
     let info = repo.backup(&src, KindRequest::Full);
     assert!(
@@ -172,10 +131,7 @@ fn holes_and_zero_runs_cost_nothing_and_restore_as_holes() {
     repo.try_restore("latest", &target).unwrap();
     assert!(std::fs::read(&target).unwrap() == disk.bytes);
     let allocated = allocated_bytes(&target);
-    assert!(
-        allocated < 8 * MIB as u64,
-        "restored file allocates {allocated} bytes; zero extents should be holes"
-    );
+    assert!(allocated < 8 * MIB as u64, "restored file allocates {allocated} bytes; zero extents should be holes");
 }
 
 #[test]

@@ -22,10 +22,7 @@ pub struct LocalDir {
 
 impl LocalDir {
     pub fn new(root: impl Into<PathBuf>) -> LocalDir {
-        LocalDir {
-            root: root.into(),
-            readers: Mutex::new(HashMap::new()),
-        }
+        LocalDir { root: root.into(), readers: Mutex::new(HashMap::new()) }
     }
 
     fn full(&self, path: &str) -> PathBuf {
@@ -34,15 +31,8 @@ impl LocalDir {
 
     fn temp_for(&self, target: &Path) -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
-        let name = target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("object");
-        let unique = format!(
-            "{TMP_PREFIX}{name}.{}.{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+        let unique = format!("{TMP_PREFIX}{name}.{}.{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         target.with_file_name(unique)
     }
 
@@ -63,9 +53,7 @@ impl LocalDir {
 
 /// fsync of the directory makes a rename inside it durable (restic #3436).
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("sync directory", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync directory", dir, e))
 }
 
 fn ensure_parent(path: &Path) -> Result<()> {
@@ -88,10 +76,7 @@ struct LocalWriter {
 
 impl Write for LocalWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.out
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("writer already committed"))?
-            .write(buf)
+        self.out.as_mut().ok_or_else(|| std::io::Error::other("writer already committed"))?.write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         match self.out.as_mut() {
@@ -103,15 +88,9 @@ impl Write for LocalWriter {
 
 impl ObjectWriter for LocalWriter {
     fn commit(mut self: Box<Self>) -> Result<()> {
-        let out = self
-            .out
-            .take()
-            .ok_or_else(|| Error::io("commit", &self.target, std::io::Error::other("twice")))?;
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io("write", &self.tmp, e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| Error::io("fsync", &self.tmp, e))?;
+        let out = self.out.take().ok_or_else(|| Error::io("commit", &self.target, std::io::Error::other("twice")))?;
+        let file = out.into_inner().map_err(|e| Error::io("write", &self.tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io("fsync", &self.tmp, e))?;
         drop(file);
         crate::failpoint::hit("object-before-rename");
         fs::rename(&self.tmp, &self.target).map_err(|e| Error::io("rename", &self.tmp, e))?;
@@ -130,8 +109,7 @@ impl Drop for LocalWriter {
 impl Backend for LocalDir {
     fn put(&self, path: &str, data: &[u8]) -> Result<()> {
         let mut w = self.create(path)?;
-        w.write_all(data)
-            .map_err(|e| Error::io("write", self.full(path), e))?;
+        w.write_all(data).map_err(|e| Error::io("write", self.full(path), e))?;
         w.commit()
     }
 
@@ -139,16 +117,9 @@ impl Backend for LocalDir {
         let target = self.full(path);
         ensure_parent(&target)?;
         let tmp = self.temp_for(&target);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        Ok(Box::new(LocalWriter {
-            tmp,
-            target,
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
-        }))
+        let file =
+            OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        Ok(Box::new(LocalWriter { tmp, target, out: Some(BufWriter::with_capacity(1 << 20, file)) }))
     }
 
     fn get(&self, path: &str) -> Result<Vec<u8>> {
@@ -165,16 +136,13 @@ impl Backend for LocalDir {
     fn read_at(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let f = self.reader(path)?;
         let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, offset)
-            .map_err(|e| Error::io("read", self.full(path), e))?;
+        f.read_exact_at(&mut buf, offset).map_err(|e| Error::io("read", self.full(path), e))?;
         Ok(buf)
     }
 
     fn size(&self, path: &str) -> Result<u64> {
         let full = self.full(path);
-        fs::metadata(&full)
-            .map(|m| m.len())
-            .map_err(|e| Error::io("stat", &full, e))
+        fs::metadata(&full).map(|m| m.len()).map_err(|e| Error::io("stat", &full, e))
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
@@ -191,14 +159,8 @@ impl Backend for LocalDir {
                 if name.starts_with(TMP_PREFIX) {
                     continue;
                 }
-                let child_rel = if rel.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{rel}/{name}")
-                };
-                let ft = entry
-                    .file_type()
-                    .map_err(|e| Error::io("stat", entry.path(), e))?;
+                let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+                let ft = entry.file_type().map_err(|e| Error::io("stat", entry.path(), e))?;
                 if ft.is_dir() {
                     stack.push((entry.path(), child_rel));
                 } else {
@@ -211,10 +173,7 @@ impl Backend for LocalDir {
     }
 
     fn remove(&self, path: &str) -> Result<()> {
-        self.readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(path);
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).remove(path);
         let full = self.full(path);
         fs::remove_file(&full).map_err(|e| Error::io("remove", &full, e))?;
         sync_dir(full.parent().unwrap_or(Path::new(".")))

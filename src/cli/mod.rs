@@ -12,11 +12,7 @@ use strata::config::ChunkerParams;
 use strata::{BackupOptions, InitOptions, KindRequest, Repository};
 
 #[derive(Parser)]
-#[command(
-    name = "strata",
-    version,
-    about = "Deduplicating full, differential and incremental disk images"
-)]
+#[command(name = "strata", version, about = "Deduplicating full, differential and incremental disk images")]
 struct Cli {
     /// Repository directory
     #[arg(short = 'r', long = "repo", env = "STRATA_REPO", global = true)]
@@ -77,40 +73,26 @@ enum KindArg {
 }
 
 fn repo_path(cli_repo: &Option<PathBuf>) -> Result<PathBuf> {
-    cli_repo
-        .clone()
-        .context("no repository given: pass -r/--repo or set STRATA_REPO")
+    cli_repo.clone().context("no repository given: pass -r/--repo or set STRATA_REPO")
 }
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Init {
-            path,
-            avg_chunk_kib,
-            compression_level,
-        } => {
+        Command::Init { path, avg_chunk_kib, compression_level } => {
             let path = match path {
                 Some(p) => p,
                 None => repo_path(&cli.repo)?,
             };
-            let avg = avg_chunk_kib
-                .checked_mul(1024)
-                .context("--avg-chunk-kib is too large")?;
+            let avg = avg_chunk_kib.checked_mul(1024).context("--avg-chunk-kib is too large")?;
             let chunker = ChunkerParams {
                 min_size: avg / 4,
                 avg_size: avg,
                 max_size: avg.saturating_mul(8),
                 ..ChunkerParams::default()
             };
-            let config = Repository::init(
-                &path,
-                &InitOptions {
-                    chunker,
-                    compression_level,
-                },
-            )
-            .with_context(|| format!("cannot create a repository in {}", path.display()))?;
+            let config = Repository::init(&path, &InitOptions { chunker, compression_level, ..InitOptions::default() })
+                .with_context(|| format!("cannot create a repository in {}", path.display()))?;
             println!(
                 "created repository {} in {} (chunks {}/{}/{} KiB, zstd level {})",
                 &config.repository_id[..8],
@@ -121,13 +103,7 @@ pub fn run() -> Result<()> {
                 config.compression_level
             );
         }
-        Command::Backup {
-            source,
-            kind,
-            source_id,
-            force_read,
-            json,
-        } => {
+        Command::Backup { source, kind, source_id, force_read, json } => {
             let path = repo_path(&cli.repo)?;
             let repo = Repository::open_writer(&path, &format!("backup {}", source.display()))
                 .with_context(|| format!("cannot open repository {}", path.display()))?;
@@ -137,11 +113,7 @@ pub fn run() -> Result<()> {
                 KindArg::Differential => KindRequest::Differential,
                 KindArg::Incremental => KindRequest::Incremental,
             };
-            let opts = BackupOptions {
-                kind,
-                source_id,
-                force_read,
-            };
+            let opts = BackupOptions { kind, source_id, force_read };
             let bar = progress::Bar::new(json);
             let info = strata::backup(&repo, &source, &opts, &bar)
                 .with_context(|| format!("backup of {} failed", source.display()))?;
@@ -150,27 +122,16 @@ pub fn run() -> Result<()> {
         }
         Command::Images { json } => {
             let path = repo_path(&cli.repo)?;
-            let repo = Repository::open(&path)
-                .with_context(|| format!("cannot open repository {}", path.display()))?;
+            let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
             output::images(&repo.images()?, json)?;
         }
-        Command::Restore {
-            image,
-            target,
-            json,
-        } => {
+        Command::Restore { image, target, json } => {
             let path = repo_path(&cli.repo)?;
-            let repo = Repository::open(&path)
-                .with_context(|| format!("cannot open repository {}", path.display()))?;
+            let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
             let info = repo.find_image(&image)?;
             let bar = progress::Bar::new(json);
-            let report = strata::restore(&repo, &info, &target, &bar).with_context(|| {
-                format!(
-                    "restore of image {} to {} failed",
-                    info.id.short(),
-                    target.display()
-                )
-            })?;
+            let report = strata::restore(&repo, &info, &target, &bar)
+                .with_context(|| format!("restore of image {} to {} failed", info.id.short(), target.display()))?;
             bar.clear();
             output::restore(&info, &report, &target, json)?;
         }

@@ -65,22 +65,9 @@ pub fn backup(i: &ImageInfo, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string(&to_json(i))?);
         return Ok(());
     }
-    let base = i
-        .base
-        .map(|b| format!(" on {}", b.short()))
-        .unwrap_or_default();
-    let rate = if i.seconds > 0.0 {
-        i.logical_bytes as f64 / i.seconds / 1e6
-    } else {
-        0.0
-    };
-    println!(
-        "image {} ({}{}) of {}",
-        i.id.short(),
-        i.kind.name(),
-        base,
-        i.source_id
-    );
+    let base = i.base.map(|b| format!(" on {}", b.short())).unwrap_or_default();
+    let rate = if i.seconds > 0.0 { i.logical_bytes as f64 / i.seconds / 1e6 } else { 0.0 };
+    println!("image {} ({}{}) of {}", i.id.short(), i.kind.name(), base, i.source_id);
     if i.read_skipped {
         println!("  source unchanged since its base (size, times, inode): not read; --force-read reads it");
     }
@@ -140,11 +127,7 @@ pub fn restore(i: &ImageInfo, r: &RestoreReport, target: &Path, json: bool) -> R
         println!("{v}");
         return Ok(());
     }
-    let rate = if r.seconds > 0.0 {
-        r.bytes as f64 / r.seconds / 1e6
-    } else {
-        0.0
-    };
+    let rate = if r.seconds > 0.0 { r.bytes as f64 / r.seconds / 1e6 } else { 0.0 };
     println!(
         "restored image {} ({}) to {}: {} ({} as holes or zeros), {:.2} s ({:.0} MB/s)",
         i.id.short(),

@@ -26,11 +26,10 @@ impl strata::progress::Progress for Bar {
     fn begin(&self, phase: &str, total: u64) {
         self.bar.set_length(total);
         self.bar.set_position(0);
-        let style = ProgressStyle::with_template(
-            "{msg:8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("{msg:8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
         self.bar.set_style(style);
         self.bar.set_message(phase.to_string());
     }

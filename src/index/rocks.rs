@@ -30,10 +30,7 @@ fn options() -> Options {
 }
 
 fn info_config() -> impl bincode::config::Config {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<{ 64 * 1024 }>()
+    bincode::config::standard().with_little_endian().with_fixed_int_encoding().with_limit::<{ 64 * 1024 }>()
 }
 
 impl RocksIndex {
@@ -41,10 +38,7 @@ impl RocksIndex {
         let mut opts = options();
         opts.create_if_missing(true);
         let db = DB::open(&opts, path)?;
-        let idx = RocksIndex {
-            db,
-            path: path.into(),
-        };
+        let idx = RocksIndex { db, path: path.into() };
         let mut batch = WriteBatch::default();
         batch.put(b"v", INDEX_VERSION.to_le_bytes());
         idx.commit(batch)?;
@@ -53,19 +47,13 @@ impl RocksIndex {
 
     pub fn open(path: &Path) -> Result<RocksIndex> {
         let db = DB::open(&options(), path)?;
-        Ok(RocksIndex {
-            db,
-            path: path.into(),
-        })
+        Ok(RocksIndex { db, path: path.into() })
     }
 
     /// Opens a view that works beside a running writer (RocksDB's read-only mode takes no lock).
     pub fn open_read_only(path: &Path) -> Result<RocksIndex> {
         let db = DB::open_for_read_only(&options(), path, false)?;
-        Ok(RocksIndex {
-            db,
-            path: path.into(),
-        })
+        Ok(RocksIndex { db, path: path.into() })
     }
 
     pub fn path(&self) -> &Path {
@@ -83,13 +71,7 @@ impl RocksIndex {
     pub fn add_pack(&self, pack: PackId, size: u64, entries: &[PackEntry]) -> Result<()> {
         let mut batch = WriteBatch::default();
         for e in entries {
-            let loc = ChunkLoc {
-                pack,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                raw_len: e.raw_len,
-                codec: e.codec,
-            };
+            let loc = ChunkLoc { pack, offset: e.offset, stored_len: e.stored_len, raw_len: e.raw_len, codec: e.codec };
             batch.put(chunk_key(&e.id), loc.encode());
         }
         let mut v = size.to_le_bytes().to_vec();
@@ -100,9 +82,8 @@ impl RocksIndex {
 
     /// Adds an image to the catalog; called only after its manifest is durable.
     pub fn put_image(&self, info: &ImageInfo) -> Result<()> {
-        let v = bincode::serde::encode_to_vec(info, info_config()).map_err(|e| Error::Index {
-            reason: e.to_string(),
-        })?;
+        let v =
+            bincode::serde::encode_to_vec(info, info_config()).map_err(|e| Error::Index { reason: e.to_string() })?;
         let mut batch = WriteBatch::default();
         batch.put(image_key(&info.id), v);
         self.commit(batch)
@@ -116,10 +97,8 @@ impl RocksIndex {
             if k.first() != Some(&b'i') {
                 break;
             }
-            let (info, _): (ImageInfo, usize) =
-                bincode::serde::decode_from_slice(&v, info_config()).map_err(|e| Error::Index {
-                    reason: format!("catalog entry does not decode: {e}"),
-                })?;
+            let (info, _): (ImageInfo, usize) = bincode::serde::decode_from_slice(&v, info_config())
+                .map_err(|e| Error::Index { reason: format!("catalog entry does not decode: {e}") })?;
             out.push(info);
         }
         Ok(out)
@@ -135,9 +114,9 @@ impl ChunkLookup for RocksIndex {
             .zip(ids)
             .map(|(r, id)| match r? {
                 None => Ok(None),
-                Some(v) => ChunkLoc::decode(&v).map(Some).ok_or_else(|| Error::Index {
-                    reason: format!("entry of chunk {id} does not decode"),
-                }),
+                Some(v) => ChunkLoc::decode(&v)
+                    .map(Some)
+                    .ok_or_else(|| Error::Index { reason: format!("entry of chunk {id} does not decode") }),
             })
             .collect()
     }

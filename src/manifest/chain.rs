@@ -25,14 +25,7 @@ where
     T: Iterator<Item = Result<Extent>>,
 {
     pub fn new(base: B, top: T, size: u64) -> Self {
-        Overlay {
-            base,
-            top: top.peekable(),
-            size,
-            pos: 0,
-            cur: None,
-            failed: false,
-        }
+        Overlay { base, top: top.peekable(), size, pos: 0, cur: None, failed: false }
     }
 
     fn step(&mut self) -> Result<Option<Extent>> {
@@ -43,13 +36,7 @@ where
         // valid manifest, but skip them rather than loop).
         let next_top = loop {
             match self.top.peek() {
-                Some(Err(_)) => {
-                    return Err(self
-                        .top
-                        .next()
-                        .and_then(|r| r.err())
-                        .unwrap_or_else(|| gap(self.pos)))
-                }
+                Some(Err(_)) => return Err(self.top.next().and_then(|r| r.err()).unwrap_or_else(|| gap(self.pos))),
                 Some(Ok(t)) if t.end() <= self.pos => {
                     self.top.next();
                 }
@@ -86,10 +73,7 @@ where
 }
 
 fn gap(at: u64) -> Error {
-    Error::CorruptManifest {
-        image: "chain".into(),
-        reason: format!("no image in the chain covers offset {at}"),
-    }
+    Error::CorruptManifest { image: "chain".into(), reason: format!("no image in the chain covers offset {at}") }
 }
 
 impl<B, T> Iterator for Overlay<B, T>
@@ -199,11 +183,7 @@ mod tests {
 
     /// Random partition of `0..size` into zero and chunk extents, ids from a small alphabet.
     fn partition(size: u64, cuts: &[u64], kinds: &[u8]) -> Vec<Extent> {
-        let mut points: Vec<u64> = cuts
-            .iter()
-            .map(|c| c % size.max(1))
-            .filter(|&c| c > 0)
-            .collect();
+        let mut points: Vec<u64> = cuts.iter().map(|c| c % size.max(1)).filter(|&c| c > 0).collect();
         points.push(0);
         points.push(size);
         points.sort();

@@ -34,10 +34,7 @@ pub fn manifest_path(id: &ImageId) -> String {
 }
 
 fn info_config() -> impl bincode::config::Config {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<{ 64 * 1024 }>()
+    bincode::config::standard().with_little_endian().with_fixed_int_encoding().with_limit::<{ 64 * 1024 }>()
 }
 
 pub struct ManifestWriter {
@@ -52,13 +49,7 @@ impl ManifestWriter {
     pub fn create(backend: &dyn Backend, id: &ImageId) -> Result<ManifestWriter> {
         let path = manifest_path(id);
         let out = backend.create(&path)?;
-        let mut w = ManifestWriter {
-            out,
-            hasher: blake3::Hasher::new(),
-            count: 0,
-            end: 0,
-            path,
-        };
+        let mut w = ManifestWriter { out, hasher: blake3::Hasher::new(), count: 0, end: 0, path };
         let mut header = Vec::with_capacity(12);
         header.extend_from_slice(HEADER_MAGIC);
         header.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
@@ -69,9 +60,7 @@ impl ManifestWriter {
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.hasher.update(bytes);
-        self.out
-            .write_all(bytes)
-            .map_err(|e| Error::io("write", &self.path, e))
+        self.out.write_all(bytes).map_err(|e| Error::io("write", &self.path, e))
     }
 
     /// Appends one extent; extents must come in increasing offset order without overlap.
@@ -105,23 +94,15 @@ impl ManifestWriter {
 
     /// Writes the footer and makes the manifest durable under its name: the commit point.
     pub fn finish(mut self, info: &ImageInfo) -> Result<()> {
-        let encoded = bincode::serde::encode_to_vec(info, info_config()).map_err(|e| {
-            Error::CorruptManifest {
-                image: info.id.to_string(),
-                reason: e.to_string(),
-            }
-        })?;
+        let encoded = bincode::serde::encode_to_vec(info, info_config())
+            .map_err(|e| Error::CorruptManifest { image: info.id.to_string(), reason: e.to_string() })?;
         self.write(&encoded)?;
         self.write(&(encoded.len() as u32).to_le_bytes())?;
         let count = self.count;
         self.write(&count.to_le_bytes())?;
         let sum = *self.hasher.finalize().as_bytes();
-        self.out
-            .write_all(&sum)
-            .map_err(|e| Error::io("write", &self.path, e))?;
-        self.out
-            .write_all(FOOTER_MAGIC)
-            .map_err(|e| Error::io("write", &self.path, e))?;
+        self.out.write_all(&sum).map_err(|e| Error::io("write", &self.path, e))?;
+        self.out.write_all(FOOTER_MAGIC).map_err(|e| Error::io("write", &self.path, e))?;
         self.out.commit()
     }
 }
@@ -133,18 +114,13 @@ struct Footer {
 }
 
 fn corrupt(id: &ImageId, reason: impl Into<String>) -> Error {
-    Error::CorruptManifest {
-        image: id.to_string(),
-        reason: reason.into(),
-    }
+    Error::CorruptManifest { image: id.to_string(), reason: reason.into() }
 }
 
 fn missing_to_typed(id: &ImageId, e: Error) -> Error {
     match e {
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            Error::MissingManifest {
-                image: id.to_string(),
-            }
+        Error::Io { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound => {
+            Error::MissingManifest { image: id.to_string() }
         }
         e => e,
     }
@@ -175,8 +151,7 @@ fn read_footer(backend: &dyn Backend, id: &ImageId) -> Result<Footer> {
     let mut first = true;
     while left > 0 {
         let n = (left as usize).min(buf.len());
-        r.read_exact(&mut buf[..n])
-            .map_err(|e| Error::io("read", &path, e))?;
+        r.read_exact(&mut buf[..n]).map_err(|e| Error::io("read", &path, e))?;
         if first {
             head.copy_from_slice(&buf[..12]);
             first = false;
@@ -192,26 +167,19 @@ fn read_footer(backend: &dyn Backend, id: &ImageId) -> Result<Footer> {
     }
     let version = u16::from_le_bytes([head[8], head[9]]);
     if version != MANIFEST_VERSION {
-        return Err(corrupt(
-            id,
-            format!("unsupported manifest version {version}"),
-        ));
+        return Err(corrupt(id, format!("unsupported manifest version {version}")));
     }
     let info_at = size - FOOTER_FIXED - info_len as u64;
     let raw = backend.read_at(&path, info_at, info_len as usize)?;
-    let (info, used): (ImageInfo, usize) = bincode::serde::decode_from_slice(&raw, info_config())
-        .map_err(|e| corrupt(id, format!("info: {e}")))?;
+    let (info, used): (ImageInfo, usize) =
+        bincode::serde::decode_from_slice(&raw, info_config()).map_err(|e| corrupt(id, format!("info: {e}")))?;
     if used != raw.len() {
         return Err(corrupt(id, "trailing bytes after info"));
     }
     if info.id != *id {
         return Err(corrupt(id, format!("file holds image {}", info.id)));
     }
-    Ok(Footer {
-        info,
-        records_len: info_at - HEADER_LEN,
-        count,
-    })
+    Ok(Footer { info, records_len: info_at - HEADER_LEN, count })
 }
 
 /// The image info stored in a manifest, after checking the whole file.
@@ -225,19 +193,8 @@ pub fn open_manifest(backend: &dyn Backend, id: &ImageId) -> Result<(ImageInfo, 
     let path = manifest_path(id);
     let mut r = backend.open(&path)?;
     let mut head = [0u8; 12];
-    r.read_exact(&mut head)
-        .map_err(|e| Error::io("read", &path, e))?;
-    Ok((
-        f.info,
-        ExtentReader {
-            r,
-            left: f.records_len,
-            id: *id,
-            end: 0,
-            count: 0,
-            expected: f.count,
-        },
-    ))
+    r.read_exact(&mut head).map_err(|e| Error::io("read", &path, e))?;
+    Ok((f.info, ExtentReader { r, left: f.records_len, id: *id, end: 0, count: 0, expected: f.count }))
 }
 
 /// The extents of one manifest, in order, validated one by one.
@@ -255,9 +212,7 @@ impl ExtentReader {
         if (buf.len() as u64) > self.left {
             return Err(corrupt(&self.id, "record runs past the record area"));
         }
-        self.r
-            .read_exact(buf)
-            .map_err(|e| Error::io("read", manifest_path(&self.id), e))?;
+        self.r.read_exact(buf).map_err(|e| Error::io("read", manifest_path(&self.id), e))?;
         self.left -= buf.len() as u64;
         Ok(())
     }
@@ -275,57 +230,26 @@ impl ExtentReader {
             TAG_ZERO => {
                 let mut b = [0u8; 16];
                 self.take(&mut b)?;
-                let offset = u64::from_le_bytes(
-                    b[0..8]
-                        .try_into()
-                        .map_err(|_| corrupt(&self.id, "record"))?,
-                );
-                let len = u64::from_le_bytes(
-                    b[8..16]
-                        .try_into()
-                        .map_err(|_| corrupt(&self.id, "record"))?,
-                );
+                let offset = u64::from_le_bytes(b[0..8].try_into().map_err(|_| corrupt(&self.id, "record"))?);
+                let len = u64::from_le_bytes(b[8..16].try_into().map_err(|_| corrupt(&self.id, "record"))?);
                 Extent::zero(offset, len)
             }
             TAG_CHUNK => {
                 let mut b = [0u8; 48];
                 self.take(&mut b)?;
-                let offset = u64::from_le_bytes(
-                    b[0..8]
-                        .try_into()
-                        .map_err(|_| corrupt(&self.id, "record"))?,
-                );
-                let len = u32::from_le_bytes(
-                    b[8..12]
-                        .try_into()
-                        .map_err(|_| corrupt(&self.id, "record"))?,
-                );
-                let skip = u32::from_le_bytes(
-                    b[12..16]
-                        .try_into()
-                        .map_err(|_| corrupt(&self.id, "record"))?,
-                );
+                let offset = u64::from_le_bytes(b[0..8].try_into().map_err(|_| corrupt(&self.id, "record"))?);
+                let len = u32::from_le_bytes(b[8..12].try_into().map_err(|_| corrupt(&self.id, "record"))?);
+                let skip = u32::from_le_bytes(b[12..16].try_into().map_err(|_| corrupt(&self.id, "record"))?);
                 if len > MAX_CHUNK_LEN || skip > MAX_CHUNK_LEN - len {
                     return Err(corrupt(&self.id, "chunk extent larger than any chunk"));
                 }
-                let id = ChunkId(
-                    b[16..48]
-                        .try_into()
-                        .map_err(|_| corrupt(&self.id, "record"))?,
-                );
-                Extent {
-                    offset,
-                    len: len as u64,
-                    content: Content::Chunk { id, skip },
-                }
+                let id = ChunkId(b[16..48].try_into().map_err(|_| corrupt(&self.id, "record"))?);
+                Extent { offset, len: len as u64, content: Content::Chunk { id, skip } }
             }
             t => return Err(corrupt(&self.id, format!("unknown record tag {t}"))),
         };
         if e.len == 0 || e.offset < self.end || e.offset.checked_add(e.len).is_none() {
-            return Err(corrupt(
-                &self.id,
-                format!("extent at {} is empty, out of order or overflows", e.offset),
-            ));
+            return Err(corrupt(&self.id, format!("extent at {} is empty, out of order or overflows", e.offset)));
         }
         self.end = e.end();
         self.count += 1;

@@ -21,22 +21,13 @@ impl PackBuilder {
         buf.extend_from_slice(HEADER_MAGIC);
         buf.extend_from_slice(&PACK_VERSION.to_le_bytes());
         buf.extend_from_slice(&0u16.to_le_bytes());
-        PackBuilder {
-            buf,
-            entries: Vec::new(),
-        }
+        PackBuilder { buf, entries: Vec::new() }
     }
 
     pub fn add(&mut self, id: ChunkId, codec: Codec, raw_len: u32, stored: &[u8]) {
         let offset = self.buf.len() as u64;
         self.buf.extend_from_slice(stored);
-        self.entries.push(PackEntry {
-            id,
-            offset,
-            stored_len: stored.len() as u32,
-            raw_len,
-            codec,
-        });
+        self.entries.push(PackEntry { id, offset, stored_len: stored.len() as u32, raw_len, codec });
     }
 
     /// Bytes so far, header and frames.
@@ -57,8 +48,7 @@ impl PackBuilder {
         }
         let sum = blake3::hash(&self.buf[trailer_start..]);
         // footer: entry_count u32 LE | BLAKE3(trailer) | magic
-        self.buf
-            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(sum.as_bytes());
         self.buf.extend_from_slice(FOOTER_MAGIC);
         (PackId::of(&self.buf), self.buf, self.entries)

@@ -36,30 +36,21 @@ pub fn compress_chunk(id: ChunkId, raw: &[u8], level: i32) -> Result<(Codec, Vec
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
             *slot = Some((level, zstd::bulk::Compressor::new(level)?));
         }
-        let (_, c) = slot
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("no compressor"))?;
+        let (_, c) = slot.as_mut().ok_or_else(|| std::io::Error::other("no compressor"))?;
         c.compress(raw)
     });
     let (codec, stored) = match compressed {
         Ok(c) if c.len() < raw.len() => (Codec::Zstd, c),
         _ => (Codec::Raw, raw.to_vec()),
     };
-    decode_chunk(id, codec, &stored, raw.len() as u32).map_err(|e| Error::VerifyFailed {
-        id: id.to_string(),
-        reason: e.to_string(),
-    })?;
+    decode_chunk(id, codec, &stored, raw.len() as u32)
+        .map_err(|e| Error::VerifyFailed { id: id.to_string(), reason: e.to_string() })?;
     Ok((codec, stored))
 }
 
 /// Decodes stored chunk bytes and checks them against the chunk id. Bounded: never allocates
 /// more than `raw_len`, and a frame that decodes to another length is an error.
-pub fn decode_chunk(
-    id: ChunkId,
-    codec: Codec,
-    stored: &[u8],
-    raw_len: u32,
-) -> Result<Vec<u8>, ChunkError> {
+pub fn decode_chunk(id: ChunkId, codec: Codec, stored: &[u8], raw_len: u32) -> Result<Vec<u8>, ChunkError> {
     if raw_len > MAX_CHUNK_LEN {
         return Err(ChunkError::TooLarge(raw_len));
     }
@@ -68,23 +59,14 @@ pub fn decode_chunk(
         Codec::Zstd => DECOMPRESSOR.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
-                *slot = Some(
-                    zstd::bulk::Decompressor::new()
-                        .map_err(|e| ChunkError::Decompress(e.to_string()))?,
-                );
+                *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| ChunkError::Decompress(e.to_string()))?);
             }
-            let d = slot
-                .as_mut()
-                .ok_or_else(|| ChunkError::Decompress("no decompressor".into()))?;
-            d.decompress(stored, raw_len as usize)
-                .map_err(|e| ChunkError::Decompress(e.to_string()))
+            let d = slot.as_mut().ok_or_else(|| ChunkError::Decompress("no decompressor".into()))?;
+            d.decompress(stored, raw_len as usize).map_err(|e| ChunkError::Decompress(e.to_string()))
         })?,
     };
     if raw.len() != raw_len as usize {
-        return Err(ChunkError::Length {
-            expected: raw_len,
-            found: raw.len(),
-        });
+        return Err(ChunkError::Length { expected: raw_len, found: raw.len() });
     }
     if ChunkId::of(&raw) != id {
         return Err(ChunkError::Hash);
@@ -118,14 +100,9 @@ mod tests {
         let (codec, stored) = compress_chunk(id, &text, 3).unwrap();
         assert_eq!(codec, Codec::Zstd);
         assert!(stored.len() < text.len() / 10);
-        assert_eq!(
-            decode_chunk(id, codec, &stored, text.len() as u32).unwrap(),
-            text
-        );
+        assert_eq!(decode_chunk(id, codec, &stored, text.len() as u32).unwrap(), text);
 
-        let random: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
+        let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         let rid = ChunkId::of(&random);
         let (codec, stored) = compress_chunk(rid, &random, 3).unwrap();
         if codec == Codec::Raw {
@@ -138,14 +115,8 @@ mod tests {
         let text = b"abcabcabc".repeat(500);
         let id = ChunkId::of(&text);
         let (_, mut stored) = compress_chunk(id, &text, 3).unwrap();
-        assert!(
-            decode_chunk(id, Codec::Zstd, &stored, 10).is_err(),
-            "length lie"
-        );
-        assert!(matches!(
-            decode_chunk(id, Codec::Zstd, &stored, u32::MAX),
-            Err(ChunkError::TooLarge(_))
-        ));
+        assert!(decode_chunk(id, Codec::Zstd, &stored, 10).is_err(), "length lie");
+        assert!(matches!(decode_chunk(id, Codec::Zstd, &stored, u32::MAX), Err(ChunkError::TooLarge(_))));
         let mid = stored.len() / 2;
         stored[mid] ^= 0x40;
         assert!(decode_chunk(id, Codec::Zstd, &stored, text.len() as u32).is_err());

@@ -63,10 +63,7 @@ impl PackEntry {
 /// Reads the trailer of a complete pack file, checking magic numbers, checksum and that every
 /// entry lies inside the frame area. Never panics on arbitrary bytes.
 pub fn read_trailer(pack: &PackId, file: &[u8]) -> Result<Vec<PackEntry>> {
-    let corrupt = |reason: &str| Error::CorruptPack {
-        pack: pack.to_string(),
-        reason: reason.to_string(),
-    };
+    let corrupt = |reason: &str| Error::CorruptPack { pack: pack.to_string(), reason: reason.to_string() };
     if file.len() < HEADER_LEN + FOOTER_LEN {
         return Err(corrupt("shorter than header and footer"));
     }
@@ -81,14 +78,9 @@ pub fn read_trailer(pack: &PackId, file: &[u8]) -> Result<Vec<PackEntry>> {
     if &footer[36..44] != FOOTER_MAGIC {
         return Err(corrupt("bad footer magic (truncated?)"));
     }
-    let count =
-        u32::from_le_bytes(footer[0..4].try_into().map_err(|_| corrupt("footer"))?) as usize;
-    let trailer_len = count
-        .checked_mul(ENTRY_LEN)
-        .ok_or_else(|| corrupt("entry count overflows"))?;
-    let frames_end = (file.len() - FOOTER_LEN)
-        .checked_sub(trailer_len)
-        .filter(|&e| e >= HEADER_LEN);
+    let count = u32::from_le_bytes(footer[0..4].try_into().map_err(|_| corrupt("footer"))?) as usize;
+    let trailer_len = count.checked_mul(ENTRY_LEN).ok_or_else(|| corrupt("entry count overflows"))?;
+    let frames_end = (file.len() - FOOTER_LEN).checked_sub(trailer_len).filter(|&e| e >= HEADER_LEN);
     let frames_end = frames_end.ok_or_else(|| corrupt("entry count larger than the file"))?;
     let trailer = &file[frames_end..file.len() - FOOTER_LEN];
     if blake3::hash(trailer).as_bytes() != &footer[4..36] {

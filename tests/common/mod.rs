@@ -13,13 +13,7 @@ use strata::{BackupOptions, ImageInfo, InitOptions, KindRequest, Repository};
 
 /// Small chunks and segments, so that small disks exercise many chunks, segments and packs.
 pub fn small_params() -> ChunkerParams {
-    ChunkerParams {
-        min_size: 1024,
-        avg_size: 4096,
-        max_size: 16384,
-        segment_size: 256 * 1024,
-        zero_run_min: 16384,
-    }
+    ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16384, segment_size: 256 * 1024, zero_run_min: 16384 }
 }
 
 /// A repository in a temporary directory, removed when dropped.
@@ -36,10 +30,7 @@ impl TestRepo {
 
     /// A repository with small chunks (see `small_params`).
     pub fn small() -> TestRepo {
-        Self::with(InitOptions {
-            chunker: small_params(),
-            compression_level: 1,
-        })
+        Self::with(InitOptions { chunker: small_params(), compression_level: 1, pack_target_size: 1 << 20 })
     }
 
     pub fn with(opts: InitOptions) -> TestRepo {
@@ -58,26 +49,16 @@ impl TestRepo {
         self.try_backup(source, kind, false).expect("backup")
     }
 
-    pub fn try_backup(
-        &self,
-        source: &Path,
-        kind: KindRequest,
-        force_read: bool,
-    ) -> strata::Result<ImageInfo> {
+    pub fn try_backup(&self, source: &Path, kind: KindRequest, force_read: bool) -> strata::Result<ImageInfo> {
         let repo = Repository::open_writer(&self.path, "test backup")?;
-        let opts = BackupOptions {
-            kind,
-            source_id: Some("disk".into()),
-            force_read,
-        };
+        let opts = BackupOptions { kind, source_id: Some("disk".into()), force_read };
         strata::backup(&repo, source, &opts, &Silent)
     }
 
     /// Restores `image` to a fresh file and returns its bytes.
     pub fn restore_bytes(&self, image: &ImageInfo) -> Vec<u8> {
         let target = self.file(&format!("restore-{}", image.id));
-        self.try_restore(&image.id.to_string(), &target)
-            .expect("restore");
+        self.try_restore(&image.id.to_string(), &target).expect("restore");
         let bytes = std::fs::read(&target).expect("read restored");
         std::fs::remove_file(&target).ok();
         bytes
@@ -90,20 +71,12 @@ impl TestRepo {
     }
 
     pub fn images(&self) -> Vec<ImageInfo> {
-        Repository::open(&self.path)
-            .expect("open")
-            .images()
-            .expect("images")
+        Repository::open(&self.path).expect("open").images().expect("images")
     }
 
     /// Runs the strata binary with `-r <repo>` and the given arguments.
     pub fn cli(&self, args: &[&str]) -> Output {
-        strata_cmd()
-            .arg("-r")
-            .arg(&self.path)
-            .args(args)
-            .output()
-            .expect("run strata")
+        strata_cmd().arg("-r").arg(&self.path).args(args).output().expect("run strata")
     }
 
     /// Paths of all files below the repository matching `dir` (e.g. "packs", "images").
@@ -131,15 +104,10 @@ pub fn strata_cmd() -> Command {
 /// Asserts that a CLI run failed cleanly: non-zero exit, an error message, no panic.
 pub fn assert_clean_failure(out: &Output, expect_in_message: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {stderr}"
-    );
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     assert!(
-        stderr
-            .to_lowercase()
-            .contains(&expect_in_message.to_lowercase()),
+        stderr.to_lowercase().contains(&expect_in_message.to_lowercase()),
         "stderr lacks {expect_in_message:?}: {stderr}"
     );
 }
@@ -155,11 +123,7 @@ pub struct Disk {
 impl Disk {
     /// `size` bytes of zeros, all a hole.
     pub fn new(seed: u64, size: usize) -> Disk {
-        Disk {
-            bytes: vec![0; size],
-            holes: vec![0..size],
-            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-        }
+        Disk { bytes: vec![0; size], holes: vec![0..size], rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 }
     }
 
     fn next(&mut self) -> u64 {
@@ -204,16 +168,7 @@ impl Disk {
 
     /// Compressible, text-like bytes.
     pub fn text(mut self, r: Range<usize>) -> Disk {
-        const WORDS: [&str; 8] = [
-            "disk ",
-            "image ",
-            "chunk ",
-            "backup ",
-            "strata ",
-            "restore\n",
-            "the ",
-            "of ",
-        ];
+        const WORDS: [&str; 8] = ["disk ", "image ", "chunk ", "backup ", "strata ", "restore\n", "the ", "of "];
         self.unhole(r.clone());
         let mut i = r.start;
         while i < r.end {
@@ -281,12 +236,7 @@ impl Disk {
 
     /// Writes the disk to `path` as a sparse file: holes are left unallocated.
     pub fn write_to(&self, path: &Path) {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .expect("create disk");
+        let f = OpenOptions::new().write(true).create(true).truncate(true).open(path).expect("create disk");
         f.set_len(self.bytes.len() as u64).expect("size disk");
         let mut pos = 0;
         let mut holes = self.holes.clone();
@@ -294,8 +244,7 @@ impl Disk {
         holes.push(self.bytes.len()..self.bytes.len());
         for h in holes {
             if h.start > pos {
-                f.write_all_at(&self.bytes[pos..h.start], pos as u64)
-                    .expect("write disk");
+                f.write_all_at(&self.bytes[pos..h.start], pos as u64).expect("write disk");
             }
             pos = pos.max(h.end);
         }
@@ -304,10 +253,7 @@ impl Disk {
 
     /// Overwrites the disk file in place (same inode), as a disk that changes between backups.
     pub fn write_in_place(&self, path: &Path) {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .expect("open disk");
+        let f = OpenOptions::new().write(true).open(path).expect("open disk");
         f.set_len(self.bytes.len() as u64).expect("size disk");
         f.write_all_at(&self.bytes, 0).expect("write disk");
     }
@@ -316,9 +262,7 @@ impl Disk {
 /// Allocated bytes of a file (to check that holes stay holes).
 pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path)
-        .map(|m| m.blocks() * 512)
-        .unwrap_or(0)
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
 pub fn open(path: &Path) -> File {

@@ -1,0 +1,138 @@
+//! The command-line shape that scripts and our own checks rely on.
+
+mod common;
+
+use common::{assert_clean_failure, strata_cmd, Disk, TestRepo};
+use serde_json::Value;
+use strata::Repository;
+
+const MIB: usize = 1 << 20;
+
+fn json(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn init_backup_images_restore_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let out = strata_cmd().arg("init").arg(&repo).output().unwrap();
+    assert!(out.status.success());
+    let src = dir.path().join("disk.img");
+    let mut disk = Disk::new(20, 4 * MIB).random(0..2 * MIB).text(2 * MIB..3 * MIB);
+    disk.write_to(&src);
+
+    // STRATA_REPO stands in for -r.
+    let backup = |kind: &str| {
+        json(
+            &strata_cmd()
+                .env("STRATA_REPO", &repo)
+                .args(["backup", "--json", "--kind", kind])
+                .arg(&src)
+                .output()
+                .unwrap(),
+        )
+    };
+    let full = backup("auto");
+    for field in ["image", "kind", "base", "logical_bytes", "changed_bytes", "new_stored_bytes", "seconds"] {
+        assert!(full.get(field).is_some(), "backup --json lacks {field}: {full}");
+    }
+    assert_eq!(full["kind"], "full");
+    assert_eq!(full["base"], Value::Null);
+    assert_eq!(full["logical_bytes"], 4 * MIB as u64);
+
+    disk = disk.scatter_blocks(10);
+    disk.write_in_place(&src);
+    let inc = backup("auto");
+    assert_eq!(inc["kind"], "incremental");
+    assert_eq!(inc["base"], full["image"]);
+    disk = disk.scatter_blocks(10);
+    disk.write_in_place(&src);
+    let diff = backup("differential");
+    assert_eq!(diff["kind"], "differential");
+    assert_eq!(diff["base"], full["image"]);
+
+    let list = json(&strata_cmd().arg("-r").arg(&repo).args(["images", "--json"]).output().unwrap());
+    let list = list.as_array().expect("an array");
+    assert_eq!(list.len(), 3);
+    for img in list {
+        for field in ["image", "kind", "base", "set", "created", "logical_bytes", "changed_bytes", "new_stored_bytes"] {
+            assert!(img.get(field).is_some(), "images --json lacks {field}");
+        }
+        assert_eq!(img["set"], full["image"]);
+    }
+    assert_eq!(list[1]["image"], inc["image"]);
+
+    // Restore by `latest` and by a unique prefix.
+    let target = dir.path().join("out.img");
+    let out = strata_cmd().arg("-r").arg(&repo).args(["restore", "latest"]).arg(&target).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&target).unwrap() == disk.bytes);
+    let prefix = &inc["image"].as_str().unwrap()[..10];
+    let out = strata_cmd().arg("-r").arg(&repo).args(["restore", prefix]).arg(&target).output().unwrap();
+    assert!(out.status.success());
+
+    // The human table names every image.
+    let table = strata_cmd().arg("-r").arg(&repo).arg("images").output().unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("differential") && text.contains("incremental") && text.contains("full"), "{text}");
+}
+
+#[test]
+fn a_second_writer_is_told_who_holds_the_lock_while_readers_carry_on() {
+    let repo = TestRepo::small();
+    let src = repo.file("disk.img");
+    let disk = Disk::new(21, MIB).random(0..MIB);
+    disk.write_to(&src);
+    let info = repo.backup(&src, strata::KindRequest::Full);
+
+    let holder = Repository::open_writer(&repo.path, "backup from the test").unwrap();
+    let out = repo.cli(&["backup", src.to_str().unwrap()]);
+    assert_clean_failure(&out, "locked by");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("pid {}", std::process::id())) && err.contains("backup from the test"), "{err}");
+
+    // Reading commands work beside the writer.
+    let list = repo.cli(&["images", "--json"]);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let target = repo.file("out.img");
+    let out = repo.cli(&["restore", &info.id.to_string(), target.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&target).unwrap() == disk.bytes);
+
+    drop(holder);
+    assert!(repo.cli(&["backup", src.to_str().unwrap()]).status.success(), "lock released when the holder ends");
+}
+
+#[test]
+fn images_and_restore_work_during_a_running_backup() {
+    let repo = TestRepo::small();
+    let src = repo.file("disk.img");
+    let disk = Disk::new(22, 16 * MIB).random(0..16 * MIB);
+    disk.write_to(&src);
+    let first = repo.backup(&src, strata::KindRequest::Full);
+    let big = repo.file("big.img");
+    Disk::new(23, 48 * MIB).random(0..48 * MIB).write_to(&big);
+    let mut child = strata_cmd()
+        .arg("-r")
+        .arg(&repo.path)
+        .args(["backup", "--source-id", "other"])
+        .arg(&big)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let target = repo.file("out.img");
+    let mut overlapped = 0;
+    for _ in 0..5 {
+        let out = repo.cli(&["restore", &first.id.to_string(), target.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        if child.try_wait().unwrap().is_none() {
+            overlapped += 1;
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(std::fs::read(&target).unwrap() == disk.bytes);
+    eprintln!("{overlapped} of 5 restores overlapped the running backup");
+}
