@@ -26,6 +26,9 @@ use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::source::Source;
 
+/// Free space kept for the index (WAL, flushes, compaction) and the manifest when packs are written.
+const INDEX_HEADROOM: u64 = 16 * 1024 * 1024;
+
 /// A file changed this close to the backup's start is read again by the next backup.
 const RACY_WINDOW_NS: i128 = 1_000_000_000;
 
@@ -308,6 +311,13 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         let (pid, bytes, entries) = std::mem::take(&mut self.pack).finish();
+        // Fail cleanly before the filesystem is full rather than at RocksDB's WAL: Debian's
+        // librocksdb asserts (aborts) on a sync after a write error. Nothing is lost either way.
+        if let Some(free) = self.repo.backend().available() {
+            if free < bytes.len() as u64 + INDEX_HEADROOM {
+                return Err(Error::NoSpace { path: self.repo.root().into() });
+            }
+        }
         self.repo.backend().put(&pid.path(), &bytes)?;
         crate::failpoint::hit("pack-before-index");
         self.repo.index().add_pack(pid, bytes.len() as u64, &entries)?;

@@ -172,6 +172,17 @@ impl Backend for LocalDir {
         Ok(out)
     }
 
+    fn available(&self) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.root.as_os_str().as_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid NUL-terminated path and a zeroed out-parameter of the right type.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
     fn remove(&self, path: &str) -> Result<()> {
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).remove(path);
         let full = self.full(path);

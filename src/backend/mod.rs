@@ -25,6 +25,8 @@ pub trait Backend: Send + Sync {
     /// an empty list, while a folder that cannot be read is an error, never an empty list.
     fn list(&self, dir: &str) -> Result<Vec<String>>;
     fn remove(&self, path: &str) -> Result<()>;
+    /// Bytes that can still be written, where the storage can tell.
+    fn available(&self) -> Option<u64>;
 }
 
 pub trait ObjectWriter: Write + Send {

@@ -1,0 +1,142 @@
+//! Real block devices (loop devices) as sources and restore targets, and a repository on a full
+//! filesystem (a small tmpfs). Both need root; without it the tests say so and skip.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{assert_clean_failure, Disk, TestRepo};
+use strata::{Error, KindRequest};
+
+const MIB: usize = 1 << 20;
+
+/// A loop device over a file, detached when dropped.
+struct Loop {
+    dev: PathBuf,
+}
+
+impl Loop {
+    fn attach(file: &Path) -> Option<Loop> {
+        let out = Command::new("losetup").args(["--find", "--show"]).arg(file).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Some(Loop { dev: PathBuf::from(dev) })
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+fn loops(repo: &TestRepo, sizes: &[usize]) -> Option<Vec<(Loop, PathBuf)>> {
+    let mut out = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let file = repo.file(&format!("backing{i}.img"));
+        Disk::new(i as u64, size).write_to(&file);
+        match Loop::attach(&file) {
+            Some(l) => out.push((l, file)),
+            None => {
+                eprintln!("SKIP: cannot attach a loop device (needs root and /dev/loop-control)");
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+#[test]
+fn block_devices_back_up_and_restore_byte_for_byte() {
+    let repo = TestRepo::small();
+    let Some(devs) = loops(&repo, &[8 * MIB, 8 * MIB, 4 * MIB]) else { return };
+    let (src, dst, small) = (&devs[0].0.dev, &devs[1].0.dev, &devs[2].0.dev);
+
+    let mut disk = Disk::new(30, 8 * MIB).random(0..3 * MIB).text(3 * MIB..6 * MIB);
+    std::fs::write(src, &disk.bytes).unwrap();
+    let full = repo.backup(src, KindRequest::Full);
+    assert!(full.source_stat.is_none(), "block devices are always read");
+    assert_eq!(full.logical_bytes, 8 * MIB as u64);
+
+    let at_full = disk.bytes.clone();
+    disk = disk.scatter_blocks(25);
+    std::fs::write(src, &disk.bytes).unwrap();
+    let inc = repo.backup(src, KindRequest::Auto);
+    assert!(!inc.read_skipped);
+    assert!(inc.changed_bytes > 0 && inc.changed_bytes < 2 * MIB as u64);
+
+    // Restore to a device filled with junk: zero extents must be written as zeros there.
+    std::fs::write(dst, vec![0xCC; 8 * MIB]).unwrap();
+    repo.try_restore(&inc.id.to_string(), dst).unwrap();
+    assert!(std::fs::read(dst).unwrap() == disk.bytes);
+    repo.try_restore(&full.id.to_string(), dst).unwrap();
+    assert!(std::fs::read(dst).unwrap() == at_full);
+
+    // A device too small is refused before anything is written.
+    std::fs::write(small, vec![0x77; 4 * MIB]).unwrap();
+    let err = repo.try_restore(&inc.id.to_string(), small).unwrap_err();
+    assert!(
+        matches!(err, Error::TargetTooSmall { needed, available, .. } if needed == 8 * MIB as u64 && available == 4 * MIB as u64)
+    );
+    assert!(std::fs::read(small).unwrap().iter().all(|&b| b == 0x77), "nothing may be written");
+    let out = repo.cli(&["restore", &inc.id.to_string(), small.to_str().unwrap()]);
+    assert_clean_failure(&out, "nothing was written");
+}
+
+/// A tmpfs mount, unmounted when dropped.
+struct Mount {
+    dir: PathBuf,
+}
+
+impl Mount {
+    fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status();
+        ok.ok().filter(|s| s.success()).map(|_| Mount { dir: dir.into() })
+    }
+
+    fn resize(&self, size: &str) -> bool {
+        let opts = format!("remount,size={size}");
+        Command::new("mount").args(["-o", &opts]).arg(&self.dir).status().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_backup_cleanly_and_the_repository_keeps_working() {
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(mount) = Mount::tmpfs(&scratch.path().join("fs"), "40m") else {
+        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let repo_path = mount.dir.join("repo");
+    let init = strata::InitOptions { chunker: common::small_params(), compression_level: 1, pack_target_size: 1 << 20 };
+    strata::Repository::init(&repo_path, &init).unwrap();
+    let repo = TestRepo { dir: tempfile::tempdir().unwrap(), path: repo_path };
+    let src = repo.file("disk.img");
+    let small = Disk::new(31, 2 * MIB).random(0..MIB);
+    small.write_to(&src);
+    let first = repo.backup(&src, KindRequest::Full);
+
+    // 48 MiB of incompressible data cannot fit in what is left of 40 MiB.
+    let big = Disk::new(32, 48 * MIB).random(0..48 * MIB);
+    big.write_to(&src);
+    let out = repo.cli(&["backup", "--source-id", "disk", src.to_str().unwrap()]);
+    assert_clean_failure(&out, "no space left");
+    assert_eq!(repo.images().len(), 1, "the failed backup published nothing");
+    assert!(repo.restore_bytes(&first) == small.bytes);
+
+    // With space again, the same backup succeeds.
+    assert!(mount.resize("160m"), "remount failed");
+    let second = repo.try_backup(&src, KindRequest::Auto, false).expect("backup after freeing space");
+    assert!(repo.restore_bytes(&second) == big.bytes);
+    assert!(repo.restore_bytes(&first) == small.bytes);
+}
