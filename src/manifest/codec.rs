@@ -272,3 +272,106 @@ impl Iterator for ExtentReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LocalDir;
+    use crate::manifest::{Kind, SourceStat};
+    use proptest::prelude::*;
+
+    fn info(id: ImageId) -> ImageInfo {
+        ImageInfo {
+            id,
+            kind: Kind::Incremental,
+            source_id: "src".into(),
+            set: ImageId([2; 16]),
+            base: Some(ImageId([3; 16])),
+            created_ms: 0x0102030405060708,
+            logical_bytes: 10,
+            changed_bytes: 11,
+            new_stored_bytes: 12,
+            new_raw_bytes: 13,
+            new_chunks: 14,
+            changed_zero_bytes: 15,
+            extent_count: 2,
+            depth: 4,
+            seconds: 1.5,
+            source_stat: Some(SourceStat { dev: 1, ino: 2, size: 3, mtime_ns: -4, ctime_ns: 5 }),
+            read_skipped: true,
+        }
+    }
+
+    /// The info layout documented in docs/FORMAT.md, byte for byte.
+    #[test]
+    fn info_layout_matches_the_format_doc() {
+        let b = bincode::serde::encode_to_vec(info(ImageId([1; 16])), info_config()).unwrap();
+        assert_eq!(&b[0..16], &[1; 16], "id");
+        assert_eq!(&b[16..20], &2u32.to_le_bytes(), "kind: variant index u32 (Incremental = 2)");
+        assert_eq!(&b[20..28], &3u64.to_le_bytes(), "source_id length");
+        assert_eq!(&b[28..31], b"src");
+        assert_eq!(&b[31..47], &[2; 16], "set");
+        assert_eq!(b[47], 1, "base: Some");
+        assert_eq!(&b[48..64], &[3; 16]);
+        assert_eq!(&b[64..72], &0x0102030405060708u64.to_le_bytes(), "created_ms");
+        for (i, v) in [10u64, 11, 12, 13, 14, 15, 2].iter().enumerate() {
+            assert_eq!(&b[72 + 8 * i..80 + 8 * i], &v.to_le_bytes(), "counter {i}");
+        }
+        assert_eq!(&b[128..132], &4u32.to_le_bytes(), "depth");
+        assert_eq!(&b[132..140], &1.5f64.to_le_bytes(), "seconds");
+        assert_eq!(b[140], 1, "source_stat: Some");
+        assert_eq!(&b[141..149], &1u64.to_le_bytes(), "dev");
+        assert_eq!(&b[165..181], &(-4i128).to_le_bytes(), "mtime_ns");
+        assert_eq!(&b[181..197], &5i128.to_le_bytes(), "ctime_ns");
+        assert_eq!(b[197], 1, "read_skipped");
+        assert_eq!(b.len(), 198);
+    }
+
+    fn write_manifest(backend: &LocalDir, id: ImageId) {
+        let mut w = ManifestWriter::create(backend, &id).unwrap();
+        w.push(&Extent::zero(0, 4096)).unwrap();
+        w.push(&Extent::chunk(4096, 100, ChunkId([9; 32]))).unwrap();
+        w.finish(&info(id)).unwrap();
+    }
+
+    #[test]
+    fn manifest_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalDir::new(dir.path());
+        let id = ImageId([1; 16]);
+        write_manifest(&b, id);
+        let (read, extents) = open_manifest(&b, &id).unwrap();
+        assert_eq!(read, info(id));
+        let ex: Vec<Extent> = extents.collect::<Result<_>>().unwrap();
+        assert_eq!(ex, vec![Extent::zero(0, 4096), Extent::chunk(4096, 100, ChunkId([9; 32]))]);
+        assert_eq!(std::fs::metadata(dir.path().join(manifest_path(&id))).unwrap().len(), 12 + 17 + 49 + 198 + 52);
+    }
+
+    proptest! {
+        /// Any damage to a manifest is an error, never a panic, and never silently accepted.
+        #[test]
+        fn damaged_manifests_are_errors(pos in any::<usize>(), bit in 0u8..8, cut in any::<bool>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let b = LocalDir::new(dir.path());
+            let id = ImageId([1; 16]);
+            write_manifest(&b, id);
+            let path = dir.path().join(manifest_path(&id));
+            let mut bytes = std::fs::read(&path).unwrap();
+            let i = pos % bytes.len();
+            if cut { bytes.truncate(i) } else { bytes[i] ^= 1 << bit }
+            std::fs::write(&path, &bytes).unwrap();
+            let r = open_manifest(&b, &id).and_then(|(_, ex)| ex.collect::<Result<Vec<_>>>());
+            prop_assert!(r.is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let dir = tempfile::tempdir().unwrap();
+            let b = LocalDir::new(dir.path());
+            let id = ImageId([1; 16]);
+            std::fs::create_dir_all(dir.path().join("images")).unwrap();
+            std::fs::write(dir.path().join(manifest_path(&id)), &bytes).unwrap();
+            let _ = open_manifest(&b, &id).map(|(_, ex)| ex.count());
+        }
+    }
+}
