@@ -35,10 +35,10 @@ def du(path):
     return total
 
 
-def timed(cmd, env=None):
+def timed(cmd, env=None, cwd=None):
     """Runs cmd under /usr/bin/time; returns wall seconds, CPU seconds, peak RSS bytes, stdout."""
     t = time.monotonic()
-    p = subprocess.run(["/usr/bin/time", "-f", "%U %S %M"] + cmd, capture_output=True, text=True, env=env)
+    p = subprocess.run(["/usr/bin/time", "-f", "%U %S %M"] + cmd, capture_output=True, text=True, env=env, cwd=cwd)
     wall = time.monotonic() - t
     if p.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr}")
@@ -74,13 +74,8 @@ class Restic:
 
     def backup(self, image, kind, force=False):
         d, n = os.path.split(os.path.abspath(image))
-        cmd = ["restic", "backup", "--compression", "auto", "--quiet", "--force", n]
-        t = time.monotonic()
-        p = subprocess.run(["/usr/bin/time", "-f", "%U %S %M"] + cmd, cwd=d, capture_output=True, text=True, env=self.env)
-        if p.returncode != 0:
-            sys.exit(p.stderr)
-        user, sys_, rss = p.stderr.strip().splitlines()[-1].split()
-        return time.monotonic() - t, float(user) + float(sys_), int(rss) * 1024, {}
+        wall, cpu, rss, _ = timed(["restic", "backup", "--compression", "auto", "--quiet", "--force", n], self.env, d)
+        return wall, cpu, rss, {}
 
     def restore(self, target):
         d = target + ".d"
@@ -103,25 +98,16 @@ class Borg:
     def backup(self, image, kind, force=False):
         self.n += 1
         d, n = os.path.split(os.path.abspath(image))
-        cmd = ["borg", "create", "--compression", "zstd,3", f"{self.repo}::a{self.n}", n]
-        t = time.monotonic()
-        p = subprocess.run(["/usr/bin/time", "-f", "%U %S %M"] + cmd, cwd=d, capture_output=True, text=True, env=self.env)
-        if p.returncode != 0:
-            sys.exit(p.stderr)
-        user, sys_, rss = p.stderr.strip().splitlines()[-1].split()
-        return time.monotonic() - t, float(user) + float(sys_), int(rss) * 1024, {}
+        wall, cpu, rss, _ = timed(["borg", "create", "--compression", "zstd,3", f"{self.repo}::a{self.n}", n], self.env, d)
+        return wall, cpu, rss, {}
 
     def restore(self, target):
         d = target + ".d"
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
-        t = time.monotonic()
-        p = subprocess.run(["/usr/bin/time", "-f", "%U %S %M", "borg", "extract", f"{self.repo}::a{self.n}"], cwd=d,
-                           capture_output=True, text=True, env=self.env)
-        wall = time.monotonic() - t
-        user, sys_, rss = p.stderr.strip().splitlines()[-1].split()
+        r = timed(["borg", "extract", f"{self.repo}::a{self.n}"], self.env, d)
         shutil.rmtree(d, ignore_errors=True)
-        return wall, float(user) + float(sys_), int(rss) * 1024, ""
+        return r
 
 
 def main():
