@@ -19,10 +19,11 @@ use crate::config::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::extent::{Content, Extent};
 use crate::id::{ChunkId, ImageId};
-use crate::index::ChunkLookup;
+use crate::index::{put_image, Batch, ChunkLookup};
 use crate::manifest::{ChangeFilter, ImageInfo, Kind, ManifestWriter};
 use crate::pack::{compress_chunk, Codec, PackBuilder};
 use crate::progress::Progress;
+use crate::refs::{self, RefDelta};
 use crate::repository::Repository;
 use crate::source::Source;
 
@@ -88,6 +89,13 @@ pub fn backup(
     let source_id = opts.source_id.clone().unwrap_or_else(|| src.canonical_id());
     let images = repo.images()?;
     let (kind, base) = plan_kind(&images, &source_id, opts.kind)?;
+    // Depth bound: a chain that would grow past it gets a synthetic full (a new set) instead.
+    let max_depth = repo.config().max_chain_depth;
+    let too_deep = match &base {
+        Some(b) => kind == Kind::Incremental && max_depth > 0 && repo.chain(b)?.len() as u32 > max_depth,
+        None => false,
+    };
+    let (kind, base, synthetic) = if too_deep { (Kind::Full, None, true) } else { (kind, base, false) };
     // Strictly after every earlier image, so that catalog order is backup order even within one
     // millisecond (writers are exclusive, so this cannot race).
     let created_ms = images.iter().map(|i| i.created_ms + 1).max().unwrap_or(0).max(crate::timefmt::now_ms());
@@ -110,8 +118,11 @@ pub fn backup(
         seconds: 0.0,
         source_stat: src.stat(),
         read_skipped: false,
+        synthetic,
     };
+    refs::begin(repo.index(), &refs::Journal { op: "backup".into(), forget: Vec::new() })?;
     let mut manifest = ManifestWriter::create(repo.backend(), &id)?;
+    let mut delta = RefDelta::default();
 
     let unchanged_file = !opts.force_read
         && src.stat().is_some()
@@ -124,7 +135,7 @@ pub fn backup(
             Some(b) => Some(repo.view(&repo.chain(b)?)?),
             None => None,
         });
-        let mut run = Run::new(repo, filter, &mut manifest, &mut info);
+        let mut run = Run::new(repo, filter, &mut manifest, &mut info, &mut delta);
         run.read_all(&src, progress)?;
         run.finish()?;
         // A file that changed while it was read must not let a later backup skip reading it.
@@ -150,7 +161,10 @@ pub fn backup(
     crate::failpoint::hit("before-manifest");
     manifest.finish(&info)?; // the commit point
     crate::failpoint::hit("manifest-before-catalog");
-    repo.index().put_image(&info)?;
+    let mut batch = Batch::default();
+    put_image(&mut batch, &info)?;
+    refs::finish(&mut batch);
+    refs::apply(repo.index(), delta, batch)?;
     Ok(info)
 }
 
@@ -204,7 +218,11 @@ struct Run<'a> {
     /// Chunks in the pack being built (not yet in the index).
     pending: HashSet<ChunkId>,
     pool: BufferPool,
+    refs: &'a mut RefDelta,
 }
+
+/// Reference changes are applied in batches of this many chunks, so memory stays bounded.
+const REF_FLUSH: usize = 200_000;
 
 impl<'a> Run<'a> {
     fn new(
@@ -212,16 +230,10 @@ impl<'a> Run<'a> {
         filter: ChangeFilter,
         manifest: &'a mut ManifestWriter,
         info: &'a mut ImageInfo,
+        refs: &'a mut RefDelta,
     ) -> Self {
-        Run {
-            repo,
-            filter,
-            manifest,
-            info,
-            pack: PackBuilder::new(),
-            pending: HashSet::new(),
-            pool: BufferPool(Mutex::new(Vec::new())),
-        }
+        let pool = BufferPool(Mutex::new(Vec::new()));
+        Run { repo, filter, manifest, info, pack: PackBuilder::new(), pending: HashSet::new(), pool, refs }
     }
 
     fn read_all(&mut self, src: &Source, progress: &dyn Progress) -> Result<()> {
@@ -271,6 +283,7 @@ impl<'a> Run<'a> {
                 match e.content {
                     Content::Zero => self.info.changed_zero_bytes += e.len,
                     Content::Chunk { id, .. } => {
+                        self.refs.add(id, self.info.set, 1);
                         if !self.pending.contains(&id) && seen.insert(id) {
                             let at = (e.offset - s.offset) as usize;
                             candidates.push((id, &s.buf[at..at + e.len as usize]));
@@ -301,6 +314,12 @@ impl<'a> Run<'a> {
             if self.pack.len() as u64 >= self.repo.config().pack_target_size {
                 self.seal_pack()?;
             }
+        }
+        if self.refs.len() >= REF_FLUSH {
+            // Chunks must be indexed before their references count: seal the pack first. The
+            // journal stays set, so a crash after this point is repaired by a rebuild.
+            self.seal_pack()?;
+            refs::apply(self.repo.index(), std::mem::take(self.refs), Batch::default())?;
         }
         Ok(())
     }

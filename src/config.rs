@@ -47,7 +47,19 @@ pub struct Config {
     pub pack_target_size: u64,
     /// Only "none" exists in format version 1; the field reserves the place for encryption.
     pub encryption: String,
+    /// A backup whose chain would grow deeper than this writes a synthetic full instead
+    /// (metadata only: its data is deduplicated). 0 disables the bound.
+    #[serde(default = "default_max_chain_depth")]
+    pub max_chain_depth: u32,
 }
+
+fn default_max_chain_depth() -> u32 {
+    DEFAULT_MAX_CHAIN_DEPTH
+}
+
+/// Restores resolve at most this many deltas, and a damaged old delta never takes down images
+/// more than this many backups later.
+pub const DEFAULT_MAX_CHAIN_DEPTH: u32 = 30;
 
 impl Config {
     pub fn new(chunker: ChunkerParams, compression_level: i32) -> Config {
@@ -60,6 +72,7 @@ impl Config {
             compression_level,
             pack_target_size: 32 * 1024 * 1024,
             encryption: "none".into(),
+            max_chain_depth: DEFAULT_MAX_CHAIN_DEPTH,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod lock;
 pub mod manifest;
 pub mod pack;
 pub mod progress;
+pub mod refs;
 pub mod repository;
 pub mod restore;
 pub mod source;

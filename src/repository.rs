@@ -1,7 +1,7 @@
 //! The repository facade: creates and opens repositories and hands out the pieces (config,
 //! storage, index, catalog) that the operations work with. Operations live in their own modules.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,9 +9,10 @@ use crate::backend::{Backend, LocalDir};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::id::ImageId;
-use crate::index::RocksIndex;
+use crate::index::{image_key, put_image, Batch, RocksIndex};
 use crate::lock::RepoLock;
 use crate::manifest::{open_manifest, read_info, ImageInfo, Kind, Overlay, View};
+use crate::refs;
 
 pub struct Repository {
     root: PathBuf,
@@ -87,7 +88,50 @@ impl Repository {
         for info in repo.uncatalogued()? {
             repo.index.put_image(&info)?;
         }
+        if let Some(journal) = refs::pending(&repo.index)? {
+            repo.recover(&journal)?;
+        }
         Ok(repo)
+    }
+
+    /// Finishes what an interrupted operation left: images it was forgetting go once no
+    /// manifest depends on them, the catalog follows the manifests, and the reference counters
+    /// are rebuilt from the manifests.
+    fn recover(&self, journal: &refs::Journal) -> Result<()> {
+        let manifests = self.manifest_infos()?;
+        for id in &journal.forget {
+            if !manifests.iter().any(|m| m.base == Some(*id)) {
+                match self.backend.remove(&format!("images/{id}")) {
+                    Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {}
+                    r => r?,
+                }
+                let mut b = Batch::default();
+                b.delete(image_key(id));
+                self.index.write(b)?;
+            }
+        }
+        let manifests = self.manifest_infos()?;
+        let catalog: HashMap<ImageId, ImageInfo> = self.index.images()?.into_iter().map(|i| (i.id, i)).collect();
+        let mut b = Batch::default();
+        for m in &manifests {
+            if catalog.get(&m.id) != Some(m) {
+                put_image(&mut b, m)?;
+            }
+        }
+        self.index.write(b)?;
+        refs::rebuild(&self.index, self.backend(), &manifests)
+    }
+
+    /// The info of every readable manifest (damaged ones are left for `check`).
+    pub fn manifest_infos(&self) -> Result<Vec<ImageInfo>> {
+        let mut out = Vec::new();
+        for name in self.backend.list("images")? {
+            let Some(id) = name.strip_prefix("images/").and_then(ImageId::parse) else { continue };
+            if let Ok(info) = read_info(self.backend(), &id) {
+                out.push(info);
+            }
+        }
+        Ok(out)
     }
 
     pub fn root(&self) -> &Path {

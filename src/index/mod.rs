@@ -4,14 +4,19 @@
 //! Keys and values (docs/FORMAT.md, "Index", version 1):
 //! ```text
 //! "c" ++ chunk id [32]  → pack id [32] | offset u64 LE | stored_len u32 LE | raw_len u32 LE | codec u8
-//! "p" ++ pack id [32]   → pack size u64 LE | chunk count u32 LE
+//! "p" ++ pack id [32]   → pack size u64 | chunk count u32 | dead bytes u64 | dead chunks u32
 //! "i" ++ image id [16]  → ImageInfo (bincode, as in the manifest footer)
+//! "o" ++ chunk id [32]  → owners: n × (set id [16] | reference count u32)
+//! "d" ++ chunk id [32]  → empty: the chunk is referenced by no image (prune's candidates)
+//! "S" ++ set id [16]    → stored bytes u64 | exclusive bytes u64 | raw bytes u64 | chunks u64
+//! "T"                   → live chunks u64 | live raw bytes u64 | live stored bytes u64
+//! "x"                   → journal: present while an operation may have left counters stale
 //! "v"                   → index version u32 LE
 //! ```
 
 mod rocks;
 
-pub use rocks::RocksIndex;
+pub use rocks::{chunk_key, image_key, pack_key, put_image, Batch, RocksIndex};
 
 use crate::error::Result;
 use crate::id::{ChunkId, PackId};
@@ -50,6 +55,38 @@ impl ChunkLoc {
             stored_len: u32::from_le_bytes(b[40..44].try_into().ok()?),
             raw_len: u32::from_le_bytes(b[44..48].try_into().ok()?),
             codec: Codec::from_u8(b[48])?,
+        })
+    }
+}
+
+/// What the index knows of a pack: its size, chunks, and how much of it no image needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PackRecord {
+    pub size: u64,
+    pub chunks: u32,
+    pub dead_bytes: u64,
+    pub dead_chunks: u32,
+}
+
+impl PackRecord {
+    pub fn encode(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[0..8].copy_from_slice(&self.size.to_le_bytes());
+        b[8..12].copy_from_slice(&self.chunks.to_le_bytes());
+        b[12..20].copy_from_slice(&self.dead_bytes.to_le_bytes());
+        b[20..24].copy_from_slice(&self.dead_chunks.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<PackRecord> {
+        if b.len() != 24 {
+            return None;
+        }
+        Some(PackRecord {
+            size: u64::from_le_bytes(b[0..8].try_into().ok()?),
+            chunks: u32::from_le_bytes(b[8..12].try_into().ok()?),
+            dead_bytes: u64::from_le_bytes(b[12..20].try_into().ok()?),
+            dead_chunks: u32::from_le_bytes(b[20..24].try_into().ok()?),
         })
     }
 }

@@ -4,13 +4,15 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{BlockBasedOptions, Options, WriteBatch, WriteOptions, DB};
 
-use super::{ChunkLoc, ChunkLookup};
+use super::{ChunkLoc, ChunkLookup, PackRecord};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ImageId, PackId};
 use crate::manifest::ImageInfo;
 use crate::pack::PackEntry;
 
 pub const INDEX_VERSION: u32 = 1;
+
+pub use rocksdb::WriteBatch as Batch;
 
 pub struct RocksIndex {
     db: DB,
@@ -60,6 +62,41 @@ impl RocksIndex {
         &self.path
     }
 
+    /// Commits a batch durably (synced WAL): all of it or nothing survives a crash.
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.commit(batch)
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(key)?)
+    }
+
+    pub fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.db.multi_get(keys.iter()).into_iter().map(|r| r.map_err(Error::from)).collect()
+    }
+
+    /// Calls `f` with every key and value under `prefix`, in key order.
+    pub fn for_each_prefix(&self, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        for item in self.db.prefix_iterator(prefix) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every key under `prefix`, in synced batches.
+    pub fn delete_prefix(&self, prefix: &[u8]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        self.for_each_prefix(prefix, |k, _| {
+            batch.delete(k);
+            Ok(())
+        })?;
+        self.commit(batch)
+    }
+
     fn commit(&self, batch: WriteBatch) -> Result<()> {
         let mut w = WriteOptions::default();
         w.set_sync(true);
@@ -74,9 +111,8 @@ impl RocksIndex {
             let loc = ChunkLoc { pack, offset: e.offset, stored_len: e.stored_len, raw_len: e.raw_len, codec: e.codec };
             batch.put(chunk_key(&e.id), loc.encode());
         }
-        let mut v = size.to_le_bytes().to_vec();
-        v.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-        batch.put(pack_key(&pack), v);
+        let record = PackRecord { size, chunks: entries.len() as u32, dead_bytes: 0, dead_chunks: 0 };
+        batch.put(pack_key(&pack), record.encode());
         self.commit(batch)
     }
 
@@ -107,7 +143,7 @@ impl RocksIndex {
 
 impl ChunkLookup for RocksIndex {
     fn locate(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkLoc>>> {
-        let keys: Vec<[u8; 33]> = ids.iter().map(chunk_key).collect();
+        let keys: Vec<Vec<u8>> = ids.iter().map(chunk_key).collect();
         self.db
             .multi_get(keys.iter())
             .into_iter()
@@ -122,23 +158,28 @@ impl ChunkLookup for RocksIndex {
     }
 }
 
-fn chunk_key(id: &ChunkId) -> [u8; 33] {
-    let mut k = [0u8; 33];
-    k[0] = b'c';
-    k[1..].copy_from_slice(&id.0);
+/// Adds a catalog entry to a batch.
+pub fn put_image(batch: &mut WriteBatch, info: &ImageInfo) -> Result<()> {
+    let v = bincode::serde::encode_to_vec(info, info_config()).map_err(|e| Error::Index { reason: e.to_string() })?;
+    batch.put(image_key(&info.id), v);
+    Ok(())
+}
+
+fn key<const N: usize>(tag: u8, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(N + 1);
+    k.push(tag);
+    k.extend_from_slice(id);
     k
 }
 
-fn pack_key(id: &PackId) -> [u8; 33] {
-    let mut k = [0u8; 33];
-    k[0] = b'p';
-    k[1..].copy_from_slice(&id.0);
-    k
+pub fn chunk_key(id: &ChunkId) -> Vec<u8> {
+    key::<32>(b'c', &id.0)
 }
 
-fn image_key(id: &ImageId) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = b'i';
-    k[1..].copy_from_slice(&id.0);
-    k
+pub fn pack_key(id: &PackId) -> Vec<u8> {
+    key::<32>(b'p', &id.0)
+}
+
+pub fn image_key(id: &ImageId) -> Vec<u8> {
+    key::<16>(b'i', &id.0)
 }

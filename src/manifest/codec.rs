@@ -299,6 +299,7 @@ mod tests {
             seconds: 1.5,
             source_stat: Some(SourceStat { dev: 1, ino: 2, size: 3, mtime_ns: -4, ctime_ns: 5 }),
             read_skipped: true,
+            synthetic: true,
         }
     }
 
@@ -324,7 +325,8 @@ mod tests {
         assert_eq!(&b[165..181], &(-4i128).to_le_bytes(), "mtime_ns");
         assert_eq!(&b[181..197], &5i128.to_le_bytes(), "ctime_ns");
         assert_eq!(b[197], 1, "read_skipped");
-        assert_eq!(b.len(), 198);
+        assert_eq!(b[198], 1, "synthetic");
+        assert_eq!(b.len(), 199);
     }
 
     fn write_manifest(backend: &LocalDir, id: ImageId) {
@@ -344,7 +346,7 @@ mod tests {
         assert_eq!(read, info(id));
         let ex: Vec<Extent> = extents.collect::<Result<_>>().unwrap();
         assert_eq!(ex, vec![Extent::zero(0, 4096), Extent::chunk(4096, 100, ChunkId([9; 32]))]);
-        assert_eq!(std::fs::metadata(dir.path().join(manifest_path(&id))).unwrap().len(), 12 + 17 + 49 + 198 + 52);
+        assert_eq!(std::fs::metadata(dir.path().join(manifest_path(&id))).unwrap().len(), 12 + 17 + 49 + 199 + 52);
     }
 
     proptest! {

@@ -73,4 +73,7 @@ pub struct ImageInfo {
     pub source_stat: Option<SourceStat>,
     /// True when the source was found unchanged by its stat and not read.
     pub read_skipped: bool,
+    /// A full written in place of a delta (chain depth bound) or made from a kept image when its
+    /// full was forgotten (`forget --rebase`): metadata only, its data was already stored.
+    pub synthetic: bool,
 }

@@ -1,0 +1,438 @@
+//! Who references each chunk: reference counts per chunk and backup set, and the counters derived
+//! from them (per set: stored, exclusive and raw bytes; per pack: dead bytes; repository totals).
+//! `stats` reads these counters; `prune` starts from the chunks they mark dead.
+//!
+//! The manifests are the truth and these counters a cache of it. Every operation that changes
+//! manifests first records itself in the journal (`"x"`), and applies its counter changes in
+//! the same synced batch that clears the journal. A writer that finds the journal set (a crash
+//! or an error in between) rebuilds the counters from the manifests.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::extent::Content;
+use crate::id::{ChunkId, ImageId, PackId};
+use crate::index::{pack_key, Batch, ChunkLoc, ChunkLookup, PackRecord, RocksIndex};
+use crate::manifest::{open_manifest, ImageInfo};
+
+/// A backup set is named by the id of its first full.
+pub type SetId = ImageId;
+
+const JOURNAL: &[u8] = b"x";
+const TOTALS: &[u8] = b"T";
+
+/// Changes of reference counts, per chunk and set.
+#[derive(Default, Debug)]
+pub struct RefDelta {
+    changes: HashMap<ChunkId, Vec<(SetId, i64)>>,
+}
+
+impl RefDelta {
+    pub fn add(&mut self, chunk: ChunkId, set: SetId, n: i64) {
+        let v = self.changes.entry(chunk).or_default();
+        match v.iter_mut().find(|(s, _)| *s == set) {
+            Some((_, c)) => *c += n,
+            None => v.push((set, n)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Adds (`sign` = 1) or removes (`sign` = -1) the references of every chunk extent of an
+    /// image's manifest, as counted under its set.
+    pub fn add_manifest(&mut self, backend: &dyn Backend, info: &ImageInfo, sign: i64) -> Result<()> {
+        let (_, extents) = open_manifest(backend, &info.id)?;
+        for e in extents {
+            if let Content::Chunk { id, .. } = e?.content {
+                self.add(id, info.set, sign);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a backup set costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetCounters {
+    /// Stored (compressed) bytes of the distinct chunks the set references.
+    pub stored_bytes: u64,
+    /// Of those, the bytes of chunks no other set references: what forgetting the set frees.
+    pub exclusive_bytes: u64,
+    pub raw_bytes: u64,
+    pub chunks: u64,
+}
+
+impl SetCounters {
+    fn encode(&self) -> Vec<u8> {
+        [self.stored_bytes, self.exclusive_bytes, self.raw_bytes, self.chunks]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
+
+    fn decode(b: &[u8]) -> Option<SetCounters> {
+        let v = le_u64s::<4>(b)?;
+        Some(SetCounters { stored_bytes: v[0], exclusive_bytes: v[1], raw_bytes: v[2], chunks: v[3] })
+    }
+}
+
+/// Chunks that some image references.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub live_chunks: u64,
+    pub live_raw: u64,
+    pub live_stored: u64,
+}
+
+impl Totals {
+    fn encode(&self) -> Vec<u8> {
+        [self.live_chunks, self.live_raw, self.live_stored].iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    fn decode(b: &[u8]) -> Option<Totals> {
+        let v = le_u64s::<3>(b)?;
+        Some(Totals { live_chunks: v[0], live_raw: v[1], live_stored: v[2] })
+    }
+}
+
+fn le_u64s<const N: usize>(b: &[u8]) -> Option<[u64; N]> {
+    if b.len() != N * 8 {
+        return None;
+    }
+    let mut out = [0u64; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().ok()?);
+    }
+    Some(out)
+}
+
+fn owner_key(id: &ChunkId) -> Vec<u8> {
+    let mut k = vec![b'o'];
+    k.extend_from_slice(&id.0);
+    k
+}
+
+fn dead_key(id: &ChunkId) -> Vec<u8> {
+    let mut k = vec![b'd'];
+    k.extend_from_slice(&id.0);
+    k
+}
+
+fn set_key(id: &SetId) -> Vec<u8> {
+    let mut k = vec![b'S'];
+    k.extend_from_slice(&id.0);
+    k
+}
+
+fn decode_owners(b: &[u8]) -> Option<Vec<(SetId, u32)>> {
+    if b.len() % 20 != 0 {
+        return None;
+    }
+    b.chunks_exact(20)
+        .map(|c| Some((ImageId(c[0..16].try_into().ok()?), u32::from_le_bytes(c[16..20].try_into().ok()?))))
+        .collect()
+}
+
+fn encode_owners(o: &[(SetId, u32)]) -> Vec<u8> {
+    o.iter().flat_map(|(s, n)| s.0.iter().copied().chain(n.to_le_bytes())).collect()
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::Index { reason: format!("{what} does not decode; run the next writer to rebuild the counters") }
+}
+
+/// An operation in progress that changes manifests. Stored under `"x"` while it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    pub op: String,
+    /// Images being forgotten: recovery removes those no remaining manifest depends on.
+    pub forget: Vec<ImageId>,
+}
+
+pub fn begin(index: &RocksIndex, journal: &Journal) -> Result<()> {
+    let mut b = Batch::default();
+    b.put(JOURNAL, serde_json::to_vec(journal).unwrap_or_default());
+    index.write(b)
+}
+
+pub fn pending(index: &RocksIndex) -> Result<Option<Journal>> {
+    Ok(index.get(JOURNAL)?.map(|v| serde_json::from_slice(&v).unwrap_or_default()))
+}
+
+/// Adds the clearing of the journal to a batch: the operation is complete when it commits.
+pub fn finish(batch: &mut Batch) {
+    batch.delete(JOURNAL);
+}
+
+/// Reads counters once, changes them in memory, writes them into the batch.
+struct Counters<'a> {
+    index: &'a RocksIndex,
+    sets: HashMap<SetId, SetCounters>,
+    packs: HashMap<PackId, PackRecord>,
+    totals: Totals,
+}
+
+impl<'a> Counters<'a> {
+    fn load(index: &'a RocksIndex) -> Result<Self> {
+        let totals = match index.get(TOTALS)? {
+            Some(v) => Totals::decode(&v).ok_or_else(|| corrupt("totals"))?,
+            None => Totals::default(),
+        };
+        Ok(Counters { index, sets: HashMap::new(), packs: HashMap::new(), totals })
+    }
+
+    fn set(&mut self, id: SetId) -> Result<&mut SetCounters> {
+        if !self.sets.contains_key(&id) {
+            let c = match self.index.get(&set_key(&id))? {
+                Some(v) => SetCounters::decode(&v).ok_or_else(|| corrupt("set counters"))?,
+                None => SetCounters::default(),
+            };
+            self.sets.insert(id, c);
+        }
+        self.sets.get_mut(&id).ok_or_else(|| corrupt("set counters"))
+    }
+
+    fn pack(&mut self, id: PackId) -> Result<&mut PackRecord> {
+        if !self.packs.contains_key(&id) {
+            let c = match self.index.get(&pack_key(&id))? {
+                Some(v) => PackRecord::decode(&v).ok_or_else(|| corrupt("pack record"))?,
+                None => {
+                    return Err(Error::Index {
+                        reason: format!("pack {id} holds a referenced chunk but is not indexed"),
+                    })
+                }
+            };
+            self.packs.insert(id, c);
+        }
+        self.packs.get_mut(&id).ok_or_else(|| corrupt("pack record"))
+    }
+
+    /// Moves one chunk from `old` owners to `new` owners, updating every derived counter.
+    fn change(&mut self, loc: &ChunkLoc, old: &[(SetId, u32)], new: &[(SetId, u32)], was_dead: bool) -> Result<()> {
+        let (stored, raw) = (loc.stored_len as u64, loc.raw_len as u64);
+        for (s, _) in old.iter().filter(|(s, _)| !new.iter().any(|(n, _)| n == s)) {
+            let c = self.set(*s)?;
+            c.stored_bytes -= stored.min(c.stored_bytes);
+            c.raw_bytes -= raw.min(c.raw_bytes);
+            c.chunks = c.chunks.saturating_sub(1);
+        }
+        for (s, _) in new.iter().filter(|(s, _)| !old.iter().any(|(o, _)| o == s)) {
+            let c = self.set(*s)?;
+            c.stored_bytes += stored;
+            c.raw_bytes += raw;
+            c.chunks += 1;
+        }
+        let sole = |o: &[(SetId, u32)]| if o.len() == 1 { Some(o[0].0) } else { None };
+        if sole(old) != sole(new) {
+            if let Some(s) = sole(old) {
+                let c = self.set(s)?;
+                c.exclusive_bytes -= stored.min(c.exclusive_bytes);
+            }
+            if let Some(s) = sole(new) {
+                self.set(s)?.exclusive_bytes += stored;
+            }
+        }
+        let t = &mut self.totals;
+        if old.is_empty() && !new.is_empty() {
+            t.live_chunks += 1;
+            t.live_raw += raw;
+            t.live_stored += stored;
+            if was_dead {
+                let p = self.pack(loc.pack)?;
+                p.dead_bytes -= stored.min(p.dead_bytes);
+                p.dead_chunks = p.dead_chunks.saturating_sub(1);
+            }
+        } else if !old.is_empty() && new.is_empty() {
+            t.live_chunks = t.live_chunks.saturating_sub(1);
+            t.live_raw -= raw.min(t.live_raw);
+            t.live_stored -= stored.min(t.live_stored);
+            let p = self.pack(loc.pack)?;
+            p.dead_bytes += stored;
+            p.dead_chunks += 1;
+        }
+        Ok(())
+    }
+
+    fn write_into(self, batch: &mut Batch) {
+        for (id, c) in &self.sets {
+            if *c == SetCounters::default() {
+                batch.delete(set_key(id));
+            } else {
+                batch.put(set_key(id), c.encode());
+            }
+        }
+        for (id, p) in &self.packs {
+            batch.put(pack_key(id), p.encode());
+        }
+        batch.put(TOTALS, self.totals.encode());
+    }
+}
+
+/// Applies `delta` to the owner records and counters, adding everything to `batch`, and commits
+/// it in one synced write.
+pub fn apply(index: &RocksIndex, delta: RefDelta, mut batch: Batch) -> Result<()> {
+    let chunks: Vec<ChunkId> = delta.changes.keys().copied().collect();
+    let locs = index.locate(&chunks)?;
+    let owners = index.multi_get(&chunks.iter().map(owner_key).collect::<Vec<_>>())?;
+    let deads = index.multi_get(&chunks.iter().map(dead_key).collect::<Vec<_>>())?;
+    let mut counters = Counters::load(index)?;
+    for (i, id) in chunks.iter().enumerate() {
+        let loc =
+            locs[i].ok_or_else(|| Error::Index { reason: format!("referenced chunk {id} is not in the index") })?;
+        let old = match &owners[i] {
+            Some(v) => decode_owners(v).ok_or_else(|| corrupt("owner record"))?,
+            None => Vec::new(),
+        };
+        let mut new = old.clone();
+        for (set, n) in &delta.changes[id] {
+            match new.iter_mut().position(|(s, _)| s == set) {
+                Some(p) => {
+                    let c = new[p].1 as i64 + n;
+                    if c < 0 {
+                        return Err(Error::Index {
+                            reason: format!("reference count of chunk {id} would fall below zero"),
+                        });
+                    }
+                    new[p].1 = c as u32;
+                }
+                None if *n > 0 => new.push((*set, *n as u32)),
+                None if *n < 0 => {
+                    return Err(Error::Index { reason: format!("chunk {id} loses a reference it never had") });
+                }
+                None => {}
+            }
+        }
+        new.retain(|(_, c)| *c > 0);
+        counters.change(&loc, &old, &new, deads[i].is_some())?;
+        if new.is_empty() {
+            batch.delete(owner_key(id));
+            batch.put(dead_key(id), []);
+        } else {
+            batch.put(owner_key(id), encode_owners(&new));
+            batch.delete(dead_key(id));
+        }
+    }
+    counters.write_into(&mut batch);
+    index.write(batch)
+}
+
+/// Recomputes every owner record and counter from the manifests of `images` and the chunk
+/// entries of the index, then clears the journal. Chunks no image references become dead.
+pub fn rebuild(index: &RocksIndex, backend: &dyn Backend, images: &[ImageInfo]) -> Result<()> {
+    let mut refs: HashMap<ChunkId, Vec<(SetId, u32)>> = HashMap::new();
+    for info in images {
+        let mut delta = RefDelta::default();
+        delta.add_manifest(backend, info, 1)?;
+        for (chunk, sets) in delta.changes {
+            let v = refs.entry(chunk).or_default();
+            for (set, n) in sets {
+                match v.iter_mut().find(|(s, _)| *s == set) {
+                    Some((_, c)) => *c += n as u32,
+                    None => v.push((set, n as u32)),
+                }
+            }
+        }
+    }
+    for prefix in [&b"o"[..], b"d", b"S", TOTALS] {
+        index.delete_prefix(prefix)?;
+    }
+    // Pack records keep size and chunk count; dead counters are recomputed.
+    let mut packs: HashMap<PackId, PackRecord> = HashMap::new();
+    index.for_each_prefix(b"p", |k, v| {
+        let id = PackId(k[1..].try_into().map_err(|_| corrupt("pack key"))?);
+        let r = PackRecord::decode(v).ok_or_else(|| corrupt("pack record"))?;
+        packs.insert(id, PackRecord { dead_bytes: 0, dead_chunks: 0, ..r });
+        Ok(())
+    })?;
+    let mut counters = Counters { index, sets: HashMap::new(), packs, totals: Totals::default() };
+    let mut batch = Batch::default();
+    let mut pending = 0;
+    let mut entries = Vec::new();
+    index.for_each_prefix(b"c", |k, v| {
+        let id = ChunkId(k[1..].try_into().map_err(|_| corrupt("chunk key"))?);
+        entries.push((id, ChunkLoc::decode(v).ok_or_else(|| corrupt("chunk entry"))?));
+        Ok(())
+    })?;
+    for (id, loc) in entries {
+        let owners = refs.remove(&id).unwrap_or_default();
+        if !counters.packs.contains_key(&loc.pack) {
+            continue; // a chunk entry of a pack the index does not know: check reports it
+        }
+        counters.change(&loc, &[], &owners, false)?;
+        if owners.is_empty() {
+            // counted as live by `change` only when it has owners; mark dead for prune
+            let p = counters.pack(loc.pack)?;
+            p.dead_bytes += loc.stored_len as u64;
+            p.dead_chunks += 1;
+            batch.put(dead_key(&id), []);
+        } else {
+            batch.put(owner_key(&id), encode_owners(&owners));
+        }
+        pending += 1;
+        if pending >= 50_000 {
+            index.write(std::mem::take(&mut batch))?;
+            pending = 0;
+        }
+    }
+    counters.write_into(&mut batch);
+    finish(&mut batch);
+    index.write(batch)
+}
+
+/// The counters of one set (zero for a set the index does not know).
+pub fn set_counters(index: &RocksIndex, set: &SetId) -> Result<SetCounters> {
+    match index.get(&set_key(set))? {
+        Some(v) => SetCounters::decode(&v).ok_or_else(|| corrupt("set counters")),
+        None => Ok(SetCounters::default()),
+    }
+}
+
+pub fn totals(index: &RocksIndex) -> Result<Totals> {
+    match index.get(TOTALS)? {
+        Some(v) => Totals::decode(&v).ok_or_else(|| corrupt("totals")),
+        None => Ok(Totals::default()),
+    }
+}
+
+/// Every pack the index knows, with its record.
+pub fn packs(index: &RocksIndex) -> Result<Vec<(PackId, PackRecord)>> {
+    let mut out = Vec::new();
+    index.for_each_prefix(b"p", |k, v| {
+        let id = PackId(k[1..].try_into().map_err(|_| corrupt("pack key"))?);
+        out.push((id, PackRecord::decode(v).ok_or_else(|| corrupt("pack record"))?));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Chunks that no image references.
+pub fn dead_chunks(index: &RocksIndex) -> Result<Vec<ChunkId>> {
+    let mut out = Vec::new();
+    index.for_each_prefix(b"d", |k, _| {
+        out.push(ChunkId(k[1..].try_into().map_err(|_| corrupt("dead key"))?));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Owners of a chunk (sets and counts); empty for a dead or unknown chunk.
+pub fn owners(index: &RocksIndex, id: &ChunkId) -> Result<Vec<(SetId, u32)>> {
+    match index.get(&owner_key(id))? {
+        Some(v) => decode_owners(&v).ok_or_else(|| corrupt("owner record")),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Removes the dead marker of a chunk (prune, when the chunk itself goes).
+pub fn forget_dead(batch: &mut Batch, id: &ChunkId) {
+    batch.delete(dead_key(id));
+}
