@@ -388,6 +388,25 @@ pub fn rebuild(index: &RocksIndex, backend: &dyn Backend, images: &[ImageInfo]) 
     index.write(batch)
 }
 
+/// Stored bytes of the chunks that `delta` would leave without any reference (a dry run).
+pub fn unreferenced_after(index: &RocksIndex, delta: &RefDelta) -> Result<u64> {
+    let chunks: Vec<ChunkId> = delta.changes.keys().copied().collect();
+    let locs = index.locate(&chunks)?;
+    let owners = index.multi_get(&chunks.iter().map(owner_key).collect::<Vec<_>>())?;
+    let mut freed = 0;
+    for (i, id) in chunks.iter().enumerate() {
+        let before: i64 = match &owners[i] {
+            Some(v) => decode_owners(v).ok_or_else(|| corrupt("owner record"))?.iter().map(|(_, n)| *n as i64).sum(),
+            None => 0,
+        };
+        let after = before + delta.changes[id].iter().map(|(_, n)| n).sum::<i64>();
+        if before > 0 && after <= 0 {
+            freed += locs[i].map_or(0, |l| l.stored_len as u64);
+        }
+    }
+    Ok(freed)
+}
+
 /// The counters of one set (zero for a set the index does not know).
 pub fn set_counters(index: &RocksIndex, set: &SetId) -> Result<SetCounters> {
     match index.get(&set_key(set))? {
@@ -429,6 +448,21 @@ pub fn owners(index: &RocksIndex, id: &ChunkId) -> Result<Vec<(SetId, u32)>> {
     match index.get(&owner_key(id))? {
         Some(v) => decode_owners(&v).ok_or_else(|| corrupt("owner record")),
         None => Ok(Vec::new()),
+    }
+}
+
+const PRUNE_BLOCKED: &[u8] = b"B";
+
+/// Images whose manifests were unreadable at the last rebuild: their chunks may look dead.
+pub fn prune_blocked(index: &RocksIndex) -> Result<Option<String>> {
+    Ok(index.get(PRUNE_BLOCKED)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
+
+pub fn set_prune_blocked(batch: &mut Batch, images: &[ImageId]) {
+    if images.is_empty() {
+        batch.delete(PRUNE_BLOCKED);
+    } else {
+        batch.put(PRUNE_BLOCKED, images.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
     }
 }
 

@@ -29,11 +29,18 @@ pub struct InitOptions {
     pub compression_level: i32,
     /// A pack is sealed once it holds this many bytes.
     pub pack_target_size: u64,
+    /// Chains deeper than this get a synthetic full (0: unbounded).
+    pub max_chain_depth: u32,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { chunker: Default::default(), compression_level: 3, pack_target_size: 32 * 1024 * 1024 }
+        InitOptions {
+            chunker: Default::default(),
+            compression_level: 3,
+            pack_target_size: 32 * 1024 * 1024,
+            max_chain_depth: crate::config::DEFAULT_MAX_CHAIN_DEPTH,
+        }
     }
 }
 
@@ -60,6 +67,7 @@ impl Repository {
         }
         let mut config = Config::new(opts.chunker.clone(), opts.compression_level);
         config.pack_target_size = opts.pack_target_size;
+        config.max_chain_depth = opts.max_chain_depth;
         config.validate()?;
         for dir in ["packs", "images", "index"] {
             let d = path.join(dir);
@@ -118,6 +126,10 @@ impl Repository {
                 put_image(&mut b, m)?;
             }
         }
+        // Catalogued images whose manifest cannot be read: their chunks would look unreferenced.
+        let unreadable: Vec<ImageId> =
+            catalog.keys().filter(|id| !manifests.iter().any(|m| m.id == **id)).copied().collect();
+        refs::set_prune_blocked(&mut b, &unreadable);
         self.index.write(b)?;
         refs::rebuild(&self.index, self.backend(), &manifests)
     }

@@ -118,7 +118,12 @@ fn a_full_disk_fails_the_backup_cleanly_and_the_repository_keeps_working() {
         return;
     };
     let repo_path = mount.dir.join("repo");
-    let init = strata::InitOptions { chunker: common::small_params(), compression_level: 1, pack_target_size: 1 << 20 };
+    let init = strata::InitOptions {
+        chunker: common::small_params(),
+        compression_level: 1,
+        pack_target_size: 1 << 20,
+        ..Default::default()
+    };
     strata::Repository::init(&repo_path, &init).unwrap();
     let repo = TestRepo { dir: tempfile::tempdir().unwrap(), path: repo_path };
     let src = repo.file("disk.img");

@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use strata::config::ChunkerParams;
+use strata::forget::ForgetRequest;
+use strata::retention::Policy;
 use strata::{BackupOptions, InitOptions, KindRequest, Repository};
 
 #[derive(Parser)]
@@ -62,6 +64,66 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What images, backup sets and the repository cost (from the index's counters)
+    Stats {
+        #[arg(long)]
+        json: bool,
+        /// Only this set (id or unique prefix)
+        #[arg(long, conflicts_with = "image")]
+        set: Option<String>,
+        /// Only this image and its set
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Forget images by id or by policy; chains are never broken
+    Forget {
+        /// Images to forget (ids or unique prefixes); forgetting a full forgets its set unless --rebase
+        images: Vec<String>,
+        /// Keep the N most recent backup sets of each source
+        #[arg(long)]
+        keep_sets: Option<usize>,
+        #[arg(long)]
+        keep_last: Option<usize>,
+        #[arg(long)]
+        keep_daily: Option<usize>,
+        #[arg(long)]
+        keep_weekly: Option<usize>,
+        #[arg(long)]
+        keep_monthly: Option<usize>,
+        #[arg(long)]
+        keep_yearly: Option<usize>,
+        /// Keep images taken within this long of the newest one, e.g. 7d, 12h, 1y6m
+        #[arg(long)]
+        keep_within: Option<String>,
+        /// Apply the policy to this source only
+        #[arg(long)]
+        source_id: Option<String>,
+        /// When a set's full goes, turn its oldest kept image into a synthetic full instead of
+        /// forgetting the set
+        #[arg(long)]
+        rebase: bool,
+        /// Print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Run prune afterwards
+        #[arg(long)]
+        prune: bool,
+        /// With --prune: repack packs with more than this percentage of dead bytes
+        #[arg(long, default_value_t = 10.0)]
+        max_unused: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete data no image references and repack mostly-dead packs
+    Prune {
+        #[arg(long)]
+        dry_run: bool,
+        /// Repack packs with more than this percentage of dead bytes
+        #[arg(long, default_value_t = 10.0)]
+        max_unused: f64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -105,8 +167,7 @@ pub fn run() -> Result<()> {
         }
         Command::Backup { source, kind, source_id, force_read, json } => {
             let path = repo_path(&cli.repo)?;
-            let repo = Repository::open_writer(&path, &format!("backup {}", source.display()))
-                .with_context(|| format!("cannot open repository {}", path.display()))?;
+            let repo = open_writer(&path, &format!("backup {}", source.display()))?;
             let kind = match kind {
                 KindArg::Auto => KindRequest::Auto,
                 KindArg::Full => KindRequest::Full,
@@ -135,6 +196,117 @@ pub fn run() -> Result<()> {
             bar.clear();
             output::restore(&info, &report, &target, json)?;
         }
+        Command::Stats { json, set, image } => {
+            let path = repo_path(&cli.repo)?;
+            let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
+            let mut stats = strata::stats::stats(&repo)?;
+            let set_filter = match (set, image) {
+                (Some(s), _) => Some(find_set(&stats, &s)?),
+                (_, Some(i)) => {
+                    let info = repo.find_image(&i)?;
+                    stats.images.retain(|x| x.id == info.id);
+                    Some(info.set)
+                }
+                _ => None,
+            };
+            if let Some(set) = set_filter {
+                stats.sets.retain(|s| s.set == set);
+                stats.images.retain(|i| i.set == set);
+            }
+            output::stats(&stats, json)?;
+        }
+        Command::Forget {
+            images,
+            keep_sets,
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            keep_within,
+            source_id,
+            rebase,
+            dry_run,
+            prune,
+            max_unused,
+            json,
+        } => {
+            let path = repo_path(&cli.repo)?;
+            let repo = open_writer(&path, "forget")?;
+            let keep_within_ms = keep_within.map(|d| parse_duration_ms(&d)).transpose()?;
+            let policy =
+                Policy { keep_sets, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within_ms };
+            if images.is_empty() && policy.is_empty() {
+                anyhow::bail!("nothing to forget: name images or give a --keep-* policy");
+            }
+            let ids = images.iter().map(|s| repo.find_image(s).map(|i| i.id)).collect::<strata::Result<Vec<_>>>()?;
+            let req = ForgetRequest { ids, policy, source_id, rebase };
+            let plan = strata::forget::plan(&repo.images()?, &req)?;
+            let report = strata::forget::execute(&repo, &plan, dry_run).context("forget failed")?;
+            let pruned = if prune && !dry_run {
+                let p = strata::prune::plan(&repo, max_unused)?;
+                Some(strata::prune::execute(&repo, &p, &progress::Bar::new(json))?)
+            } else {
+                None
+            };
+            output::forget(&plan, &report, pruned.as_ref(), dry_run, json)?;
+        }
+        Command::Prune { dry_run, max_unused, json } => {
+            let path = repo_path(&cli.repo)?;
+            let repo = open_writer(&path, "prune")?;
+            let plan = strata::prune::plan(&repo, max_unused)?;
+            let report = if dry_run {
+                None
+            } else {
+                let bar = progress::Bar::new(json);
+                let r = strata::prune::execute(&repo, &plan, &bar).context("prune failed")?;
+                bar.clear();
+                Some(r)
+            };
+            output::prune(&plan, report.as_ref(), json)?;
+        }
     }
     Ok(())
+}
+
+fn open_writer(path: &std::path::Path, command: &str) -> Result<Repository> {
+    Repository::open_writer(path, command).with_context(|| format!("cannot open repository {}", path.display()))
+}
+
+fn find_set(stats: &strata::stats::Stats, spec: &str) -> Result<strata::id::ImageId> {
+    let found: Vec<_> =
+        stats.sets.iter().filter(|s| s.set.to_string().starts_with(&spec.to_ascii_lowercase())).collect();
+    match found.as_slice() {
+        [one] => Ok(one.set),
+        [] => anyhow::bail!("no backup set matches {spec:?}; `strata stats` lists them"),
+        _ => anyhow::bail!("{spec:?} matches several sets; give more characters"),
+    }
+}
+
+/// `7d`, `12h`, `1y6m` (y = 365 days, m = 30 days, w, d, h, and s for seconds).
+fn parse_duration_ms(text: &str) -> Result<u64> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().with_context(|| format!("bad duration {text:?}: a number must come before {c:?}"))?;
+        let unit = match c {
+            'y' => 365 * 86_400,
+            'm' => 30 * 86_400,
+            'w' => 7 * 86_400,
+            'd' => 86_400,
+            'h' => 3600,
+            's' => 1,
+            _ => anyhow::bail!("bad duration {text:?}: unknown unit {c:?} (use y, m, w, d, h, s)"),
+        };
+        total = total.saturating_add(n.saturating_mul(unit * 1000));
+        num.clear();
+    }
+    if !num.is_empty() || text.is_empty() {
+        anyhow::bail!("bad duration {text:?}: every number needs a unit, e.g. 7d");
+    }
+    Ok(total)
 }

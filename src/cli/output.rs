@@ -5,6 +5,9 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
+use strata::forget::{ForgetPlan, ForgetReport};
+use strata::prune::{PackAction, PrunePlan, PruneReport};
+use strata::stats::Stats;
 use strata::timefmt::format_ms;
 use strata::{ImageInfo, RestoreReport};
 
@@ -138,5 +141,210 @@ pub fn restore(i: &ImageInfo, r: &RestoreReport, target: &Path, json: bool) -> R
         r.seconds,
         rate
     );
+    Ok(())
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+pub fn stats(s: &Stats, json: bool) -> Result<()> {
+    let r = &s.repository;
+    if json {
+        let sets: Vec<_> = s
+            .sets
+            .iter()
+            .map(|x| {
+                serde_json::json!({
+                    "set": x.set.to_string(), "source": x.source_id, "images": x.images,
+                    "logical_bytes": x.logical_bytes, "stored_bytes": x.stored_bytes,
+                    "shared_bytes": x.shared_bytes, "exclusive_bytes": x.exclusive_bytes,
+                    "raw_bytes": x.raw_bytes, "chunks": x.chunks,
+                    "first": format_ms(x.first_ms), "last": format_ms(x.last_ms),
+                })
+            })
+            .collect();
+        let images: Vec<_> = s.images.iter().map(to_json).collect();
+        let v = serde_json::json!({
+            "images": images,
+            "sets": sets,
+            "repository": {
+                "images": r.images, "sets": r.sets, "logical_bytes": r.logical_bytes,
+                "raw_referenced_bytes": r.raw_referenced, "stored_referenced_bytes": r.stored_referenced,
+                "chunks": r.chunks, "pack_bytes": r.pack_bytes, "packs": r.packs,
+                "dead_bytes": r.dead_bytes, "dead_fraction": pct(r.dead_bytes, r.pack_bytes) / 100.0,
+                "dedup_ratio": r.dedup_ratio, "compression_ratio": r.compression_ratio,
+                "counters_stale": r.counters_stale,
+            }
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut source = None;
+    for set in &s.sets {
+        if source != Some(&set.source_id) {
+            println!("source {}", set.source_id);
+            source = Some(&set.source_id);
+        }
+        println!(
+            "  set {}: {} image{}, {} logical; stores {} ({} shared with other sets, {} only here: forget + prune frees it)",
+            set.set.short(),
+            set.images,
+            if set.images == 1 { "" } else { "s" },
+            human(set.logical_bytes),
+            human(set.stored_bytes),
+            human(set.shared_bytes),
+            human(set.exclusive_bytes)
+        );
+        println!(
+            "    {:<8}  {:<12}  {:<20}  {:>10}  {:>10}  {:>10}",
+            "image", "kind", "created", "size", "delta", "new stored"
+        );
+        for i in s.images.iter().filter(|i| i.set == set.set) {
+            let kind = if i.synthetic { format!("{}*", i.kind.name()) } else { i.kind.name().to_string() };
+            println!(
+                "    {:<8}  {:<12}  {:<20}  {:>10}  {:>10}  {:>10}",
+                i.id.short(),
+                kind,
+                format_ms(i.created_ms),
+                human(i.logical_bytes),
+                human(i.changed_bytes),
+                human(i.new_stored_bytes)
+            );
+        }
+    }
+    if s.images.iter().any(|i| i.synthetic) {
+        println!("  (* synthetic full: made from stored data, metadata only)");
+    }
+    println!(
+        "repository: {} images in {} sets, {} logical; {} raw data referenced in {} chunks, stored as {}",
+        r.images,
+        r.sets,
+        human(r.logical_bytes),
+        human(r.raw_referenced),
+        r.chunks,
+        human(r.stored_referenced)
+    );
+    println!(
+        "  packs: {} holding {}, {} ({:.1} %) no longer referenced (prune reclaims it)",
+        r.packs,
+        human(r.pack_bytes),
+        human(r.dead_bytes),
+        pct(r.dead_bytes, r.pack_bytes)
+    );
+    println!("  dedup ratio {:.2}, compression ratio {:.2}", r.dedup_ratio, r.compression_ratio);
+    if r.counters_stale {
+        println!(
+            "  note: an interrupted operation left counters stale; the next backup, forget or prune rebuilds them"
+        );
+    }
+    Ok(())
+}
+
+pub fn forget(
+    plan: &ForgetPlan,
+    report: &ForgetReport,
+    pruned: Option<&PruneReport>,
+    dry_run: bool,
+    json: bool,
+) -> Result<()> {
+    if json {
+        let rw: Vec<_> = plan
+            .rewrite
+            .iter()
+            .map(|r| serde_json::json!({"image": r.image.to_string(), "new_base": r.new_base.map(|b| b.to_string())}))
+            .collect();
+        let v = serde_json::json!({
+            "dry_run": dry_run,
+            "forget": plan.forget.iter().map(|i| i.id.to_string()).collect::<Vec<_>>(),
+            "keep": plan.keep.iter().map(|i| i.id.to_string()).collect::<Vec<_>>(),
+            "rewrite": rw,
+            "unreferenced_bytes": report.unreferenced_bytes,
+            "prune": pruned.map(prune_json),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let verb = if dry_run { "would" } else { "did" };
+    for i in &plan.keep {
+        let why = plan.reasons.get(&i.id).map(|r| r.join(", ")).unwrap_or_else(|| "not named".into());
+        println!("keep    {}  {:<12}  {}  ({why})", i.id.short(), i.kind.name(), format_ms(i.created_ms));
+    }
+    for i in &plan.forget {
+        println!("forget  {}  {:<12}  {}", i.id.short(), i.kind.name(), format_ms(i.created_ms));
+    }
+    for r in &plan.rewrite {
+        match r.new_base {
+            Some(b) => println!("rewrite {}  onto {} (consolidated, metadata only)", r.image.short(), b.short()),
+            None => println!("rewrite {}  into a synthetic full (metadata only)", r.image.short()),
+        }
+    }
+    println!(
+        "{verb} forget {} image{}, rewrite {}; {} of data is then unreferenced{}",
+        report.forgotten,
+        if report.forgotten == 1 { "" } else { "s" },
+        report.rewritten,
+        human(report.unreferenced_bytes),
+        if pruned.is_none() { " (`strata prune` frees it)" } else { "" }
+    );
+    if let Some(p) = pruned {
+        print_prune(p);
+    }
+    Ok(())
+}
+
+fn prune_json(p: &PruneReport) -> serde_json::Value {
+    serde_json::json!({
+        "packs_deleted": p.packs_deleted, "packs_repacked": p.packs_repacked,
+        "packs_written": p.packs_written, "chunks_removed": p.chunks_removed, "bytes_freed": p.bytes_freed,
+    })
+}
+
+fn print_prune(p: &PruneReport) {
+    println!(
+        "pruned: {} packs deleted, {} repacked into {}, {} chunks removed, {} freed",
+        p.packs_deleted,
+        p.packs_repacked,
+        p.packs_written,
+        p.chunks_removed,
+        human(p.bytes_freed)
+    );
+}
+
+pub fn prune(plan: &PrunePlan, report: Option<&PruneReport>, json: bool) -> Result<()> {
+    if json {
+        let v = serde_json::json!({
+            "dry_run": report.is_none(),
+            "dead_chunks": plan.dead_chunks,
+            "packs_to_delete": plan.packs.values().filter(|(a, _)| *a == PackAction::Delete).count(),
+            "packs_to_repack": plan.packs.values().filter(|(a, _)| *a == PackAction::Repack).count(),
+            "orphan_packs": plan.orphans.len(),
+            "bytes_removed": plan.bytes_removed(),
+            "bytes_rewritten": plan.bytes_rewritten(),
+            "dead_bytes_kept": plan.dead_bytes_kept,
+            "result": report.map(prune_json),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let deletes = plan.packs.values().filter(|(a, _)| *a == PackAction::Delete).count();
+    println!(
+        "{} unreferenced chunks; {} packs to delete, {} to repack ({} of live data copied), {} orphan pack files; frees about {}; {} of dead data stays in packs under the threshold",
+        plan.dead_chunks,
+        deletes,
+        plan.packs.len() - deletes,
+        human(plan.bytes_rewritten()),
+        plan.orphans.len(),
+        human(plan.bytes_removed().saturating_sub(plan.bytes_rewritten())),
+        human(plan.dead_bytes_kept)
+    );
+    match report {
+        Some(p) => print_prune(p),
+        None => println!("dry run: nothing changed"),
+    }
     Ok(())
 }

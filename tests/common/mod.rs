@@ -30,7 +30,12 @@ impl TestRepo {
 
     /// A repository with small chunks (see `small_params`).
     pub fn small() -> TestRepo {
-        Self::with(InitOptions { chunker: small_params(), compression_level: 1, pack_target_size: 1 << 20 })
+        Self::with(InitOptions {
+            chunker: small_params(),
+            compression_level: 1,
+            pack_target_size: 1 << 20,
+            ..InitOptions::default()
+        })
     }
 
     pub fn with(opts: InitOptions) -> TestRepo {

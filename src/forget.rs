@@ -1,0 +1,216 @@
+//! Forgetting images without ever breaking a chain: a plan first (a value that can be printed
+//! and tested), then an execution in an order that survives a crash at any point.
+//!
+//! Chain rules. An image whose base is forgotten is rewritten against its nearest kept ancestor
+//! (its new manifest lists what differs between the two resolved views: metadata only, no data
+//! is copied). A forgotten full takes its whole set, unless `rebase` is asked: then the oldest
+//! kept image of the set becomes a synthetic full (its whole view, again metadata only). With a
+//! policy, a set's full is kept whenever one of its images is (unless `rebase`).
+//!
+//! Execution order: journal (the images to forget) → rewritten manifests, each replacing its
+//! predecessor atomically and catalogued at once → forgotten manifests deleted → one synced batch
+//! that removes their catalog entries, applies the reference changes and clears the journal.
+//! Rewriting never changes what an image restores, so every image restores at every step; a
+//! crash leaves the journal, and the next writer finishes or rolls forward (see `Repository`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::error::{Error, Result};
+use crate::extent::Content;
+use crate::id::ImageId;
+use crate::index::{image_key, Batch};
+use crate::manifest::{ChangeFilter, ImageInfo, Kind, ManifestWriter};
+use crate::refs::{self, RefDelta};
+use crate::repository::Repository;
+use crate::retention::{self, Policy};
+
+#[derive(Clone, Debug, Default)]
+pub struct ForgetRequest {
+    /// Images named by the user (full ids).
+    pub ids: Vec<ImageId>,
+    pub policy: Policy,
+    /// Restrict a policy to one source (default: every source, each on its own).
+    pub source_id: Option<String>,
+    pub rebase: bool,
+}
+
+/// How a kept image's manifest is rewritten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rewrite {
+    pub image: ImageId,
+    /// The new base; `None`: the image becomes the synthetic full of its set.
+    pub new_base: Option<ImageId>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ForgetPlan {
+    pub forget: Vec<ImageInfo>,
+    pub keep: Vec<ImageInfo>,
+    /// In the order they must be written (a synthetic full before images based on it).
+    pub rewrite: Vec<Rewrite>,
+    /// Why each kept image is kept (policy rules), for the dry-run report.
+    pub reasons: BTreeMap<ImageId, Vec<&'static str>>,
+}
+
+/// Computes what goes, what stays and what is rewritten. Pure.
+pub fn plan(images: &[ImageInfo], req: &ForgetRequest) -> Result<ForgetPlan> {
+    let by_id: BTreeMap<ImageId, &ImageInfo> = images.iter().map(|i| (i.id, i)).collect();
+    let mut remove: BTreeSet<ImageId> = BTreeSet::new();
+    let mut reasons = BTreeMap::new();
+    for id in &req.ids {
+        if !by_id.contains_key(id) {
+            return Err(Error::ImageNotFound { spec: id.to_string() });
+        }
+        remove.insert(*id);
+    }
+    if !req.policy.is_empty() {
+        let mut sources: BTreeMap<&str, Vec<ImageInfo>> = BTreeMap::new();
+        for i in images.iter().filter(|i| req.source_id.as_deref().is_none_or(|s| s == i.source_id)) {
+            sources.entry(&i.source_id).or_default().push(i.clone());
+        }
+        for group in sources.values() {
+            let kept = retention::apply(group, &req.policy);
+            let mut keep: BTreeSet<ImageId> = kept.keys().copied().collect();
+            if !req.rebase {
+                // A kept image keeps its set's full: a policy never forgets a full under a kept image.
+                let sets: BTreeSet<ImageId> = group.iter().filter(|i| keep.contains(&i.id)).map(|i| i.set).collect();
+                keep.extend(group.iter().filter(|i| i.kind == Kind::Full && sets.contains(&i.set)).map(|i| i.id));
+            }
+            remove.extend(group.iter().filter(|i| !keep.contains(&i.id)).map(|i| i.id));
+            reasons.extend(kept);
+        }
+    }
+    // A forgotten full takes its set, unless rebased.
+    if !req.rebase {
+        let gone_sets: BTreeSet<ImageId> =
+            images.iter().filter(|i| i.kind == Kind::Full && remove.contains(&i.id)).map(|i| i.set).collect();
+        remove.extend(images.iter().filter(|i| gone_sets.contains(&i.set)).map(|i| i.id));
+    }
+    let mut ordered: Vec<&ImageInfo> = images.iter().collect();
+    ordered.sort_by_key(|i| (i.created_ms, i.id));
+    let mut rewrite = Vec::new();
+    // Sets whose full goes: the oldest kept member becomes the new full.
+    // A set's full is its one image of kind full (after a rebase its id is no longer the set's).
+    let set_full: BTreeMap<ImageId, ImageId> =
+        images.iter().filter(|f| f.kind == Kind::Full).map(|f| (f.set, f.id)).collect();
+    let mut new_full: BTreeMap<ImageId, ImageId> = BTreeMap::new();
+    for i in &ordered {
+        let full_gone = set_full.get(&i.set).is_none_or(|f| remove.contains(f));
+        if !remove.contains(&i.id) && i.kind != Kind::Full && full_gone && !new_full.contains_key(&i.set) {
+            new_full.insert(i.set, i.id);
+            rewrite.push(Rewrite { image: i.id, new_base: None });
+        }
+    }
+    for i in &ordered {
+        if remove.contains(&i.id) || new_full.get(&i.set) == Some(&i.id) {
+            continue;
+        }
+        let Some(base) = i.base else { continue };
+        if !remove.contains(&base) {
+            continue;
+        }
+        // Nearest kept ancestor, else the set's new full.
+        let mut cur = by_id.get(&base).and_then(|b| b.base);
+        let new_base = loop {
+            match cur {
+                Some(a) if !remove.contains(&a) => break Some(a),
+                Some(a) => cur = by_id.get(&a).and_then(|b| b.base),
+                None => break new_full.get(&i.set).copied(),
+            }
+        };
+        if new_base.is_none() {
+            return Err(Error::Index { reason: format!("image {} would lose every base; this is a bug", i.id) });
+        }
+        rewrite.push(Rewrite { image: i.id, new_base });
+    }
+    let (forget, keep): (Vec<ImageInfo>, Vec<ImageInfo>) =
+        ordered.into_iter().cloned().partition(|i| remove.contains(&i.id));
+    Ok(ForgetPlan { forget, keep, rewrite, reasons })
+}
+
+/// What executing (or, for a dry run, simulating) a plan does to the repository.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForgetReport {
+    pub forgotten: usize,
+    pub rewritten: usize,
+    /// Stored bytes of chunks that no image references afterwards: what `prune` can free.
+    pub unreferenced_bytes: u64,
+}
+
+/// Writes (or, with `dry_run`, only computes) the new manifest of a rewritten image, adding its
+/// reference changes to `delta`; returns its new info.
+fn rewrite_one(repo: &Repository, rw: &Rewrite, delta: &mut RefDelta, dry_run: bool) -> Result<ImageInfo> {
+    let info = repo.find_image(&rw.image.to_string())?;
+    let view = repo.view(&repo.chain(&info)?)?;
+    let base = match rw.new_base {
+        Some(b) => Some(repo.find_image(&b.to_string())?),
+        None => None,
+    };
+    let mut filter = ChangeFilter::new(match &base {
+        Some(b) => Some(repo.view(&repo.chain(b)?)?),
+        None => None,
+    });
+    let mut new = info.clone();
+    new.base = base.as_ref().map(|b| b.id);
+    new.depth = base.as_ref().map_or(0, |b| b.depth + 1);
+    if base.is_none() {
+        new.kind = Kind::Full;
+        new.synthetic = true;
+    }
+    new.changed_bytes = 0;
+    new.changed_zero_bytes = 0;
+    let mut writer = if dry_run { None } else { Some(ManifestWriter::create(repo.backend(), &info.id)?) };
+    let mut count = 0;
+    for e in view {
+        let e = e?;
+        if !filter.is_changed(&e)? {
+            continue;
+        }
+        new.changed_bytes += e.len;
+        match e.content {
+            Content::Zero => new.changed_zero_bytes += e.len,
+            Content::Chunk { id, .. } => delta.add(id, info.set, 1),
+        }
+        count += 1;
+        if let Some(w) = writer.as_mut() {
+            w.push(&e)?;
+        }
+    }
+    new.extent_count = count;
+    delta.add_manifest(repo.backend(), &info, -1)?;
+    if let Some(w) = writer {
+        w.finish(&new)?;
+        repo.index().put_image(&new)?;
+    }
+    Ok(new)
+}
+
+/// Carries out a plan on a repository opened for writing (or only measures it with `dry_run`).
+pub fn execute(repo: &Repository, plan: &ForgetPlan, dry_run: bool) -> Result<ForgetReport> {
+    let mut delta = RefDelta::default();
+    if !dry_run {
+        let journal = refs::Journal { op: "forget".into(), forget: plan.forget.iter().map(|i| i.id).collect() };
+        refs::begin(repo.index(), &journal)?;
+    }
+    for rw in &plan.rewrite {
+        rewrite_one(repo, rw, &mut delta, dry_run)?;
+        crate::failpoint::hit("forget-after-rewrite");
+    }
+    for info in &plan.forget {
+        delta.add_manifest(repo.backend(), info, -1)?;
+    }
+    let unreferenced_bytes = refs::unreferenced_after(repo.index(), &delta)?;
+    if !dry_run {
+        for info in &plan.forget {
+            repo.backend().remove(&format!("images/{}", info.id))?;
+            crate::failpoint::hit("forget-after-delete");
+        }
+        let mut batch = Batch::default();
+        for info in &plan.forget {
+            batch.delete(image_key(&info.id));
+        }
+        refs::finish(&mut batch);
+        refs::apply(repo.index(), delta, batch)?;
+    }
+    Ok(ForgetReport { forgotten: plan.forget.len(), rewritten: plan.rewrite.len(), unreferenced_bytes })
+}

@@ -1,0 +1,182 @@
+//! Reclaiming space: delete chunks no image references, delete packs with no live chunk, repack
+//! packs whose dead fraction is above a threshold. A plan first, then the execution.
+//!
+//! Cost: the work starts from the dead-chunk markers that `forget` leaves in the index (so it
+//! grows with what is removed), the pack records and one listing of `packs/` (for orphans of
+//! interrupted runs); no manifest and no live pack is read, except the packs being repacked.
+//!
+//! Order: new packs durable → one synced index batch that moves the live chunks to them and
+//! drops the dead chunks and the old packs' records → old pack files deleted. A crash before the
+//! batch leaves the new packs as orphans, after it the old ones; the next prune deletes orphans.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, PackId};
+use crate::index::{chunk_key, pack_key, Batch, ChunkLoc, ChunkLookup, PackRecord};
+use crate::pack::{decode_chunk, read_trailer, PackBuilder};
+use crate::progress::Progress;
+use crate::refs;
+use crate::repository::Repository;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PackAction {
+    /// Every chunk is dead.
+    Delete,
+    /// Live chunks move to new packs.
+    Repack,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PrunePlan {
+    pub packs: BTreeMap<PackId, (PackAction, PackRecord)>,
+    /// Pack files the index does not know (left by interrupted runs).
+    pub orphans: Vec<(String, u64)>,
+    pub dead_chunks: usize,
+    /// Dead bytes left in packs under the threshold.
+    pub dead_bytes_kept: u64,
+}
+
+impl PrunePlan {
+    /// Bytes of pack files that go (before the repacked live data is written again).
+    pub fn bytes_removed(&self) -> u64 {
+        self.packs.values().map(|(_, r)| r.size).sum::<u64>() + self.orphans.iter().map(|(_, s)| s).sum::<u64>()
+    }
+
+    /// Bytes that repacking writes again.
+    pub fn bytes_rewritten(&self) -> u64 {
+        self.packs
+            .values()
+            .filter(|(a, _)| *a == PackAction::Repack)
+            .map(|(_, r)| r.size - r.dead_bytes.min(r.size))
+            .sum()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub packs_deleted: usize,
+    pub packs_repacked: usize,
+    pub packs_written: usize,
+    pub chunks_removed: usize,
+    pub bytes_freed: u64,
+}
+
+/// Packs whose dead bytes exceed `max_unused_percent` of their size are repacked.
+pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
+    if let Some(blocked) = refs::prune_blocked(repo.index())? {
+        return Err(Error::CorruptManifest {
+            image: blocked,
+            reason: "unreadable, so which chunks it needs is unknown; prune refuses to run until it is restored or forgotten".into(),
+        });
+    }
+    let dead = refs::dead_chunks(repo.index())?;
+    let locs = repo.index().locate(&dead)?;
+    let mut dead_by_pack: HashMap<PackId, (u32, u64)> = HashMap::new();
+    for loc in locs.iter().flatten() {
+        let e = dead_by_pack.entry(loc.pack).or_default();
+        e.0 += 1;
+        e.1 += loc.stored_len as u64;
+    }
+    let records: HashMap<PackId, PackRecord> = refs::packs(repo.index())?.into_iter().collect();
+    let mut plan = PrunePlan { dead_chunks: dead.len(), ..Default::default() };
+    for (pack, (n, bytes)) in dead_by_pack {
+        let Some(rec) = records.get(&pack) else { continue };
+        let rec = PackRecord { dead_bytes: bytes, dead_chunks: n, ..*rec };
+        if n >= rec.chunks {
+            plan.packs.insert(pack, (PackAction::Delete, rec));
+        } else if bytes as f64 * 100.0 > max_unused_percent * rec.size as f64 {
+            plan.packs.insert(pack, (PackAction::Repack, rec));
+        } else {
+            plan.dead_bytes_kept += bytes;
+        }
+    }
+    for path in repo.backend().list("packs")? {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        match PackId::parse(name) {
+            Some(id) if records.contains_key(&id) => {}
+            _ => plan.orphans.push((path.clone(), repo.backend().size(&path)?)),
+        }
+    }
+    Ok(plan)
+}
+
+/// Carries out a plan on a repository opened for writing.
+pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> Result<PruneReport> {
+    let mut report = PruneReport::default();
+    let index = repo.index();
+    let mut batch = Batch::default();
+    let mut builder = PackBuilder::new();
+    let mut written: Vec<(PackId, u64, Vec<crate::pack::PackEntry>)> = Vec::new();
+    let dead: HashSet<ChunkId> = refs::dead_chunks(index)?.into_iter().collect();
+    progress.begin("prune", plan.bytes_rewritten());
+    let seal = |builder: PackBuilder, written: &mut Vec<(PackId, u64, Vec<crate::pack::PackEntry>)>| -> Result<()> {
+        if builder.is_empty() {
+            return Ok(());
+        }
+        let (pid, bytes, entries) = builder.finish();
+        repo.backend().put(&pid.path(), &bytes)?;
+        written.push((pid, bytes.len() as u64, entries));
+        Ok(())
+    };
+    for (pack, (action, _)) in &plan.packs {
+        let file = repo.backend().get(&pack.path())?;
+        let entries = read_trailer(pack, &file)?;
+        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let current = index.locate(&ids)?;
+        for (e, loc) in entries.iter().zip(current) {
+            // The index may name another copy of the chunk: then this one is not the live one.
+            let here = loc.is_some_and(|l| l.pack == *pack && l.offset == e.offset);
+            if !here {
+                continue;
+            }
+            if dead.contains(&e.id) {
+                batch.delete(chunk_key(&e.id));
+                refs::forget_dead(&mut batch, &e.id);
+                report.chunks_removed += 1;
+            } else if *action == PackAction::Repack {
+                let stored = &file[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
+                // Never copy damage forward: every moved chunk is verified.
+                decode_chunk(e.id, e.codec, stored, e.raw_len).map_err(|err| Error::CorruptChunk {
+                    id: e.id.to_string(),
+                    pack: pack.to_string(),
+                    reason: err.to_string(),
+                })?;
+                builder.add(e.id, e.codec, e.raw_len, stored);
+                progress.advance(e.stored_len as u64);
+                if builder.len() as u64 >= repo.config().pack_target_size {
+                    seal(std::mem::take(&mut builder), &mut written)?;
+                }
+            }
+        }
+        batch.delete(pack_key(pack));
+        match action {
+            PackAction::Delete => report.packs_deleted += 1,
+            PackAction::Repack => report.packs_repacked += 1,
+        }
+    }
+    seal(builder, &mut written)?;
+    crate::failpoint::hit("prune-before-switch");
+    for (pid, size, entries) in &written {
+        for e in entries {
+            let loc =
+                ChunkLoc { pack: *pid, offset: e.offset, stored_len: e.stored_len, raw_len: e.raw_len, codec: e.codec };
+            batch.put(chunk_key(&e.id), loc.encode());
+        }
+        let rec = PackRecord { size: *size, chunks: entries.len() as u32, dead_bytes: 0, dead_chunks: 0 };
+        batch.put(pack_key(pid), rec.encode());
+    }
+    index.write(batch)?;
+    crate::failpoint::hit("prune-after-switch");
+    for pack in plan.packs.keys() {
+        repo.backend().remove(&pack.path())?;
+    }
+    for (path, _) in &plan.orphans {
+        repo.backend().remove(path)?;
+    }
+    progress.end();
+    report.packs_written = written.len();
+    let new_bytes: u64 = written.iter().map(|(_, s, _)| s).sum();
+    report.bytes_freed = plan.bytes_removed().saturating_sub(new_bytes);
+    Ok(report)
+}
