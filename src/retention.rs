@@ -149,7 +149,7 @@ mod tests {
         assert_eq!(ids(Policy { keep_last: Some(3), ..Default::default() }), vec![6, 7, 8]);
         assert_eq!(ids(Policy { keep_daily: Some(2), ..Default::default() }), vec![6, 8]);
         assert_eq!(ids(Policy { keep_sets: Some(1), ..Default::default() }), vec![5, 6, 7, 8]);
-        assert_eq!(ids(Policy { keep_within_ms: Some(d), ..Default::default() }), vec![5, 6, 7, 8]);
+        assert_eq!(ids(Policy { keep_within_ms: Some(d), ..Default::default() }), vec![6, 7, 8]);
         assert_eq!(ids(Policy { keep_yearly: Some(5), ..Default::default() }), vec![8]);
         assert!(ids(Policy::default()).is_empty());
     }
