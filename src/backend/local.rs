@@ -16,7 +16,7 @@ const MAX_OPEN_READERS: usize = 256;
 
 pub struct LocalDir {
     root: PathBuf,
-    /// Read handles kept open across `read_at` calls: restore reads many chunks of few packs.
+    /// Pack read handles kept open across `read_at` calls: restore reads many chunks of few packs.
     readers: Mutex<HashMap<String, Arc<File>>>,
 }
 
@@ -37,6 +37,12 @@ impl LocalDir {
     }
 
     fn reader(&self, path: &str) -> Result<Arc<File>> {
+        // Only packs are immutable; a manifest can be replaced (forget rewrites it), and a cached
+        // handle would keep reading the old file.
+        if !path.starts_with("packs/") {
+            let full = self.full(path);
+            return Ok(Arc::new(File::open(&full).map_err(|e| Error::io("open", &full, e))?));
+        }
         let mut map = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(path) {
             return Ok(f.clone());

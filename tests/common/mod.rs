@@ -273,3 +273,72 @@ pub fn allocated_bytes(path: &Path) -> u64 {
 pub fn open(path: &Path) -> File {
     File::open(path).expect("open")
 }
+
+/// Costs computed independently of the counters: straight from every manifest and the chunk
+/// locations. Per set: (stored bytes of its distinct chunks, bytes of chunks only it references).
+pub struct Independent {
+    pub sets: std::collections::HashMap<strata::id::ImageId, (u64, u64)>,
+    pub live_stored: u64,
+    pub live_chunks: usize,
+    pub referenced: std::collections::HashSet<strata::id::ChunkId>,
+}
+
+pub fn independent(repo_path: &Path) -> Independent {
+    use std::collections::{BTreeSet, HashMap, HashSet};
+    use strata::extent::Content;
+    use strata::index::ChunkLookup;
+    let repo = Repository::open(repo_path).expect("open");
+    let mut member: HashMap<strata::id::ChunkId, BTreeSet<strata::id::ImageId>> = HashMap::new();
+    for info in repo.images().expect("images") {
+        let (_, extents) = strata::manifest::open_manifest(repo.backend(), &info.id).expect("manifest");
+        for e in extents {
+            if let Content::Chunk { id, .. } = e.expect("extent").content {
+                member.entry(id).or_default().insert(info.set);
+            }
+        }
+    }
+    let ids: Vec<_> = member.keys().copied().collect();
+    let locs = repo.index().locate(&ids).expect("locate");
+    let mut sets: HashMap<strata::id::ImageId, (u64, u64)> = HashMap::new();
+    let mut live_stored = 0;
+    for (id, loc) in ids.iter().zip(locs) {
+        let len = loc.expect("every referenced chunk is indexed").stored_len as u64;
+        live_stored += len;
+        let owners = &member[id];
+        for s in owners {
+            let e = sets.entry(*s).or_default();
+            e.0 += len;
+            if owners.len() == 1 {
+                e.1 += len;
+            }
+        }
+    }
+    Independent { sets, live_stored, live_chunks: ids.len(), referenced: ids.into_iter().collect::<HashSet<_>>() }
+}
+
+/// Every chunk id the index holds.
+pub fn indexed_chunks(repo_path: &Path) -> Vec<strata::id::ChunkId> {
+    let repo = Repository::open(repo_path).expect("open");
+    let mut out = Vec::new();
+    repo.index()
+        .for_each_prefix(b"c", |k, _| {
+            out.push(strata::id::ChunkId(k[1..].try_into().expect("key")));
+            Ok(())
+        })
+        .expect("scan");
+    out
+}
+
+/// Asserts that the counters behind `stats` equal the independent computation.
+pub fn assert_stats_add_up(repo_path: &Path) {
+    let repo = Repository::open(repo_path).expect("open");
+    let stats = strata::stats::stats(&repo).expect("stats");
+    let ind = independent(repo_path);
+    assert!(!stats.repository.counters_stale, "counters are stale");
+    for s in &stats.sets {
+        let (stored, exclusive) = ind.sets.get(&s.set).copied().unwrap_or_default();
+        assert_eq!((s.stored_bytes, s.exclusive_bytes), (stored, exclusive), "set {} stored/exclusive", s.set);
+    }
+    assert_eq!(stats.repository.stored_referenced, ind.live_stored, "repository stored bytes");
+    assert_eq!(stats.repository.chunks as usize, ind.live_chunks, "live chunks");
+}
