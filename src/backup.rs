@@ -120,7 +120,7 @@ pub fn backup(
         read_skipped: false,
         synthetic,
     };
-    refs::begin(repo.index(), &refs::Journal { op: "backup".into(), forget: Vec::new() })?;
+    refs::begin(repo.index(), &refs::Journal { op: "backup".into(), ..Default::default() })?;
     let mut manifest = ManifestWriter::create(repo.backend(), &id)?;
     let mut delta = RefDelta::default();
 

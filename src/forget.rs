@@ -7,11 +7,11 @@
 //! kept image of the set becomes a synthetic full (its whole view, again metadata only). With a
 //! policy, a set's full is kept whenever one of its images is (unless `rebase`).
 //!
-//! Execution order: journal (the images to forget) → rewritten manifests, each replacing its
-//! predecessor atomically and catalogued at once → forgotten manifests deleted → one synced batch
-//! that removes their catalog entries, applies the reference changes and clears the journal.
-//! Rewriting never changes what an image restores, so every image restores at every step; a
-//! crash leaves the journal, and the next writer finishes or rolls forward (see `Repository`).
+//! Execution order: journal (the request) → rewritten manifests, each replacing its predecessor
+//! atomically and catalogued at once → catalog entries of the forgotten images removed → their
+//! manifests deleted → one synced batch that applies the reference changes and clears the
+//! journal. Rewriting never changes what an image restores, so every image restores at every
+//! step; a crash leaves the journal, and the next writer rolls the forget forward.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -50,6 +50,7 @@ pub struct ForgetPlan {
     pub rewrite: Vec<Rewrite>,
     /// Why each kept image is kept (policy rules), for the dry-run report.
     pub reasons: BTreeMap<ImageId, Vec<&'static str>>,
+    pub rebase: bool,
 }
 
 /// Computes what goes, what stays and what is rewritten. Pure.
@@ -90,12 +91,13 @@ pub fn plan(images: &[ImageInfo], req: &ForgetRequest) -> Result<ForgetPlan> {
     ordered.sort_by_key(|i| (i.created_ms, i.id));
     let mut rewrite = Vec::new();
     // Sets whose full goes: the oldest kept member becomes the new full.
-    // A set's full is its one image of kind full (after a rebase its id is no longer the set's).
-    let set_full: BTreeMap<ImageId, ImageId> =
-        images.iter().filter(|f| f.kind == Kind::Full).map(|f| (f.set, f.id)).collect();
+    // Sets that keep a full (after a rebase the full's id is no longer the set's; while an
+    // interrupted rebase is rolled forward a set can briefly have two fulls).
+    let kept_full: BTreeSet<ImageId> =
+        images.iter().filter(|f| f.kind == Kind::Full && !remove.contains(&f.id)).map(|f| f.set).collect();
     let mut new_full: BTreeMap<ImageId, ImageId> = BTreeMap::new();
     for i in &ordered {
-        let full_gone = set_full.get(&i.set).is_none_or(|f| remove.contains(f));
+        let full_gone = !kept_full.contains(&i.set);
         if !remove.contains(&i.id) && i.kind != Kind::Full && full_gone && !new_full.contains_key(&i.set) {
             new_full.insert(i.set, i.id);
             rewrite.push(Rewrite { image: i.id, new_base: None });
@@ -125,7 +127,7 @@ pub fn plan(images: &[ImageInfo], req: &ForgetRequest) -> Result<ForgetPlan> {
     }
     let (forget, keep): (Vec<ImageInfo>, Vec<ImageInfo>) =
         ordered.into_iter().cloned().partition(|i| remove.contains(&i.id));
-    Ok(ForgetPlan { forget, keep, rewrite, reasons })
+    Ok(ForgetPlan { forget, keep, rewrite, reasons, rebase: req.rebase })
 }
 
 /// What executing (or, for a dry run, simulating) a plan does to the repository.
@@ -189,7 +191,11 @@ fn rewrite_one(repo: &Repository, rw: &Rewrite, delta: &mut RefDelta, dry_run: b
 pub fn execute(repo: &Repository, plan: &ForgetPlan, dry_run: bool) -> Result<ForgetReport> {
     let mut delta = RefDelta::default();
     if !dry_run {
-        let journal = refs::Journal { op: "forget".into(), forget: plan.forget.iter().map(|i| i.id).collect() };
+        let journal = refs::Journal {
+            op: "forget".into(),
+            forget: plan.forget.iter().map(|i| i.id).collect(),
+            rebase: plan.rebase,
+        };
         refs::begin(repo.index(), &journal)?;
     }
     for rw in &plan.rewrite {
@@ -201,14 +207,22 @@ pub fn execute(repo: &Repository, plan: &ForgetPlan, dry_run: bool) -> Result<Fo
     }
     let unreferenced_bytes = refs::unreferenced_after(repo.index(), &delta)?;
     if !dry_run {
-        for info in &plan.forget {
-            repo.backend().remove(&format!("images/{}", info.id))?;
-            crate::failpoint::hit("forget-after-delete");
-        }
+        // Catalog first: until its manifest is deleted, an uncatalogued image is still listed
+        // (and restorable) from its manifest, so no reader ever lists an image that is gone.
         let mut batch = Batch::default();
         for info in &plan.forget {
             batch.delete(image_key(&info.id));
         }
+        repo.index().write(batch)?;
+        // Newest first: a dependent is always newer than its base (a rewrite keeps the time and
+        // moves onto an older image), so no manifest left behind ever names a deleted one.
+        let mut newest_first: Vec<&ImageInfo> = plan.forget.iter().collect();
+        newest_first.sort_by_key(|i| std::cmp::Reverse((i.created_ms, i.id)));
+        for info in newest_first {
+            repo.backend().remove(&format!("images/{}", info.id))?;
+            crate::failpoint::hit("forget-after-delete");
+        }
+        let mut batch = Batch::default();
         refs::finish(&mut batch);
         refs::apply(repo.index(), delta, batch)?;
     }

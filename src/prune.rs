@@ -5,9 +5,12 @@
 //! grows with what is removed), the pack records and one listing of `packs/` (for orphans of
 //! interrupted runs); no manifest and no live pack is read, except the packs being repacked.
 //!
-//! Order: new packs durable → one synced index batch that moves the live chunks to them and
-//! drops the dead chunks and the old packs' records → old pack files deleted. A crash before the
-//! batch leaves the new packs as orphans, after it the old ones; the next prune deletes orphans.
+//! Order: orphan packs deleted → new packs durable → one synced index batch that moves the live
+//! chunks to them and drops the dead chunks and the old packs' records → old pack files deleted.
+//! A crash before the batch leaves the new packs as orphans, after it the old ones; the next
+//! prune deletes orphans — first, because pack names are content hashes and that prune may
+//! write a pack under an orphan's very name (the crash test `a_kill_at_each_step_of_forget_and_
+//! prune_loses_nothing_kept` caught exactly that).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -109,6 +112,11 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
     let mut builder = PackBuilder::new();
     let mut written: Vec<(PackId, u64, Vec<crate::pack::PackEntry>)> = Vec::new();
     let dead: HashSet<ChunkId> = refs::dead_chunks(index)?.into_iter().collect();
+    // Orphans go first, before anything is written: pack names are content hashes, so this run
+    // may write a pack with the very name of an orphan that an interrupted run left.
+    for (path, _) in &plan.orphans {
+        repo.backend().remove(path)?;
+    }
     progress.begin("prune", plan.bytes_rewritten());
     let seal = |builder: PackBuilder, written: &mut Vec<(PackId, u64, Vec<crate::pack::PackEntry>)>| -> Result<()> {
         if builder.is_empty() {
@@ -168,11 +176,10 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
     }
     index.write(batch)?;
     crate::failpoint::hit("prune-after-switch");
-    for pack in plan.packs.keys() {
+    // A repacked pack whose content came out the same has the same name: it stays.
+    let new: HashSet<PackId> = written.iter().map(|(id, _, _)| *id).collect();
+    for pack in plan.packs.keys().filter(|p| !new.contains(p)) {
         repo.backend().remove(&pack.path())?;
-    }
-    for (path, _) in &plan.orphans {
-        repo.backend().remove(path)?;
     }
     progress.end();
     report.packs_written = written.len();

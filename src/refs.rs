@@ -154,8 +154,10 @@ fn corrupt(what: &str) -> Error {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
     pub op: String,
-    /// Images being forgotten: recovery removes those no remaining manifest depends on.
+    /// Images being forgotten: recovery finishes forgetting those still there.
     pub forget: Vec<ImageId>,
+    #[serde(default)]
+    pub rebase: bool,
 }
 
 pub fn begin(index: &RocksIndex, journal: &Journal) -> Result<()> {

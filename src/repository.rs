@@ -102,22 +102,10 @@ impl Repository {
         Ok(repo)
     }
 
-    /// Finishes what an interrupted operation left: images it was forgetting go once no
-    /// manifest depends on them, the catalog follows the manifests, and the reference counters
-    /// are rebuilt from the manifests.
+    /// Finishes what an interrupted operation left: the catalog follows the manifests, the
+    /// reference counters are rebuilt from them, and an interrupted forget is rolled forward
+    /// (planned again over what is left: rewrites never change what an image restores).
     fn recover(&self, journal: &refs::Journal) -> Result<()> {
-        let manifests = self.manifest_infos()?;
-        for id in &journal.forget {
-            if !manifests.iter().any(|m| m.base == Some(*id)) {
-                match self.backend.remove(&format!("images/{id}")) {
-                    Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {}
-                    r => r?,
-                }
-                let mut b = Batch::default();
-                b.delete(image_key(id));
-                self.index.write(b)?;
-            }
-        }
         let manifests = self.manifest_infos()?;
         let catalog: HashMap<ImageId, ImageInfo> = self.index.images()?.into_iter().map(|i| (i.id, i)).collect();
         let mut b = Batch::default();
@@ -126,12 +114,24 @@ impl Repository {
                 put_image(&mut b, m)?;
             }
         }
-        // Catalogued images whose manifest cannot be read: their chunks would look unreferenced.
+        let has_manifest = |id: &ImageId| manifests.iter().any(|m| m.id == *id);
+        // Images being forgotten whose manifest is already deleted leave the catalog; any other
+        // catalogued image without a readable manifest blocks prune (its chunks would look dead).
+        for id in journal.forget.iter().filter(|id| !has_manifest(id)) {
+            b.delete(image_key(id));
+        }
         let unreadable: Vec<ImageId> =
-            catalog.keys().filter(|id| !manifests.iter().any(|m| m.id == **id)).copied().collect();
+            catalog.keys().filter(|id| !has_manifest(id) && !journal.forget.contains(id)).copied().collect();
         refs::set_prune_blocked(&mut b, &unreadable);
         self.index.write(b)?;
-        refs::rebuild(&self.index, self.backend(), &manifests)
+        refs::rebuild(&self.index, self.backend(), &manifests)?;
+        let remaining: Vec<ImageId> = journal.forget.iter().filter(|id| has_manifest(id)).copied().collect();
+        if journal.op == "forget" && !remaining.is_empty() {
+            let req = crate::forget::ForgetRequest { ids: remaining, rebase: journal.rebase, ..Default::default() };
+            let plan = crate::forget::plan(&self.images()?, &req)?;
+            crate::forget::execute(self, &plan, false)?;
+        }
+        Ok(())
     }
 
     /// The info of every readable manifest (damaged ones are left for `check`).

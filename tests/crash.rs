@@ -111,3 +111,144 @@ fn kill_9_at_random_moments_during_backups() {
     let last = repo.try_backup(&src, KindRequest::Auto, true).expect("final backup");
     assert!(repo.restore_bytes(&last) == disk.bytes);
 }
+
+fn spawn_cli(repo: &TestRepo, args: &[&str], failpoint: Option<&str>) -> Child {
+    let mut cmd = strata_cmd();
+    cmd.arg("-r").arg(&repo.path).args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    if let Some(fp) = failpoint {
+        cmd.env("STRATA_FAILPOINT", fp);
+    }
+    cmd.spawn().expect("spawn strata")
+}
+
+/// A repository with two sets and chains worth consolidating; returns the bytes of each image.
+fn lifecycle_repo(seed: u64) -> (TestRepo, HashMap<ImageId, Vec<u8>>, Disk) {
+    let repo = TestRepo::small();
+    let src = repo.file("disk.img");
+    let mut disk = history_disk(seed);
+    let mut expected = HashMap::new();
+    for (n, kind) in [
+        KindRequest::Full,
+        KindRequest::Incremental,
+        KindRequest::Incremental,
+        KindRequest::Differential,
+        KindRequest::Incremental,
+        KindRequest::Full,
+        KindRequest::Incremental,
+        KindRequest::Incremental,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = (n % 6) * MIB;
+        disk = disk.scatter_blocks(40).text(at..at + 300_000);
+        disk.write_to(&src);
+        let info = repo.try_backup(&src, kind, true).unwrap();
+        expected.insert(info.id, disk.bytes.clone());
+    }
+    (repo, expected, disk)
+}
+
+/// Images still listed restore to their bytes and the counters add up.
+fn check_listed(repo: &TestRepo, expected: &HashMap<ImageId, Vec<u8>>, when: &str) {
+    for info in repo.images() {
+        let target = repo.file("check.img");
+        if let Err(e) = repo.try_restore(&info.id.to_string(), &target) {
+            panic!("{when}: image {} ({:?}) does not restore: {e}", info.id, info.kind);
+        }
+        assert!(
+            std::fs::read(&target).unwrap() == expected[&info.id],
+            "{when}: image {} restores other bytes",
+            info.id
+        );
+    }
+}
+
+#[test]
+fn a_kill_at_each_step_of_forget_and_prune_loses_nothing_kept() {
+    for point in [
+        "object-before-rename",
+        "forget-after-rewrite",
+        "forget-after-delete",
+        "prune-before-switch",
+        "prune-after-switch",
+    ] {
+        let (repo, expected, _) = lifecycle_repo(7);
+        let images = repo.images();
+        // Forget the first incremental (consolidation) and the second set's full (rebase).
+        let (i1, f2) = (images[1].id.to_string(), images[5].id.to_string());
+        let kept: Vec<ImageId> =
+            images.iter().map(|i| i.id).filter(|id| id.to_string() != i1 && id.to_string() != f2).collect();
+        let status = spawn_cli(&repo, &["forget", "--rebase", "--prune", "--max-unused", "0", &i1, &f2], Some(point))
+            .wait()
+            .unwrap();
+        assert!(!status.success(), "failpoint {point} did not fire");
+        check_listed(&repo, &expected, point);
+        let listed: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+        assert!(kept.iter().all(|k| listed.contains(k)), "{point}: a kept image vanished");
+        // The next writer rolls an interrupted forget forward.
+        assert!(repo.cli(&["prune", "--dry-run"]).status.success(), "{point}: recovery failed");
+        check_listed(&repo, &expected, point);
+        let listed: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+
+        // Rerunning completes the job (the named images may already be gone).
+        let still: Vec<String> =
+            [&i1, &f2].iter().filter(|s| listed.iter().any(|l| l.to_string() == ***s)).map(|s| s.to_string()).collect();
+        if !still.is_empty() {
+            let mut args = vec!["forget", "--rebase"];
+            args.extend(still.iter().map(|s| s.as_str()));
+            assert!(repo.cli(&args).status.success(), "{point}: rerun of forget failed");
+        }
+        assert!(repo.cli(&["prune", "--max-unused", "0"]).status.success(), "{point}: prune after crash failed");
+        assert_eq!(repo.images().len(), kept.len(), "{point}");
+        check_listed(&repo, &expected, point);
+        common::assert_stats_add_up(&repo.path);
+        let referenced = common::independent(&repo.path).referenced;
+        assert!(common::indexed_chunks(&repo.path).iter().all(|c| referenced.contains(c)), "{point}: garbage left");
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_during_forget_and_prune() {
+    let iterations: usize = std::env::var("STRATA_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    let (repo, mut expected, mut disk) = lifecycle_repo(8);
+    let src = repo.file("disk.img");
+    let typical = {
+        let t = Instant::now();
+        assert!(repo.cli(&["forget", "--dry-run", "--keep-last", "3"]).status.success());
+        t.elapsed().max(Duration::from_millis(30)) * 3
+    };
+    let mut killed = 0;
+    for i in 0..iterations {
+        // New images to forget, then a forget or a prune killed at a point of its run.
+        for _ in 0..2 {
+            let at = disk.below(6) * MIB;
+            disk = disk.scatter_blocks(30).text(at..at + 200_000);
+            disk.write_to(&src);
+            let info =
+                repo.try_backup(&src, KindRequest::Auto, true).unwrap_or_else(|e| panic!("backup after a kill: {e}"));
+            expected.insert(info.id, disk.bytes.clone());
+        }
+        let before: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+        let args: &[&str] = match i % 3 {
+            0 => &["forget", "--keep-last", "4"],
+            1 => &["forget", "--keep-last", "3", "--rebase", "--prune", "--max-unused", "0"],
+            _ => &["prune", "--max-unused", "0"],
+        };
+        let mut child = spawn_cli(&repo, args, None);
+        std::thread::sleep(typical.mul_f64((i as f64 + 0.5) / iterations as f64));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        check_listed(&repo, &expected, &format!("iteration {i} ({})", args.join(" ")));
+        // Images the policy keeps (the newest three) are never lost.
+        let listed: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+        assert!(before.iter().rev().take(3).all(|k| listed.contains(k)), "a kept image vanished");
+    }
+    assert!(killed >= iterations / 3, "only {killed} of {iterations} runs were killed");
+    assert!(repo.cli(&["forget", "--keep-last", "3", "--prune", "--max-unused", "0"]).status.success());
+    check_listed(&repo, &expected, "final forget");
+    common::assert_stats_add_up(&repo.path);
+}

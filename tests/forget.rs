@@ -58,7 +58,9 @@ impl History {
         let listed: Vec<ImageInfo> = self.repo.images();
         for (info, bytes) in &self.taken {
             match listed.iter().find(|i| i.id == info.id) {
-                Some(now) => assert!(self.repo.restore_bytes(now) == *bytes, "image {} ({:?}) differs", info.id, now.kind),
+                Some(now) => {
+                    assert!(self.repo.restore_bytes(now) == *bytes, "image {} ({:?}) differs", info.id, now.kind)
+                }
                 None => assert!(self.repo.try_restore(&info.id.to_string(), &self.repo.file("x")).is_err()),
             }
         }
@@ -136,7 +138,11 @@ fn forgetting_a_full_takes_its_set_unless_rebased() {
     let new_full = now.iter().find(|i| i.id == j1.id).unwrap();
     assert_eq!(new_full.kind, Kind::Full);
     assert!(new_full.synthetic && new_full.base.is_none());
-    assert_eq!(now.iter().find(|i| i.id == j2.id).unwrap().base, Some(j1.id), "the differential now rests on the new full");
+    assert_eq!(
+        now.iter().find(|i| i.id == j2.id).unwrap().base,
+        Some(j1.id),
+        "the differential now rests on the new full"
+    );
     h.assert_kept_restore();
     assert_stats_add_up(&h.repo.path);
     // Later backups join the rebased set.
@@ -183,7 +189,9 @@ fn the_exclusive_bytes_of_a_set_are_what_forget_and_prune_free() {
     let src = fresh.file("disk.img");
     for (info, bytes) in h.taken.iter().filter(|(i, _)| i.set == f2.set) {
         std::fs::write(&src, bytes).unwrap();
-        fresh.try_backup(&src, if info.kind == Kind::Full { KindRequest::Full } else { KindRequest::Incremental }, true).unwrap();
+        fresh
+            .try_backup(&src, if info.kind == Kind::Full { KindRequest::Full } else { KindRequest::Incremental }, true)
+            .unwrap();
     }
     let fresh_bytes: u64 = fresh.files_in("packs").iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
     let ours = h.pack_bytes();
