@@ -136,3 +136,78 @@ fn images_and_restore_work_during_a_running_backup() {
     assert!(std::fs::read(&target).unwrap() == disk.bytes);
     eprintln!("{overlapped} of 5 restores overlapped the running backup");
 }
+
+#[test]
+fn stats_forget_and_prune_through_the_cli() {
+    let repo = TestRepo::small();
+    let src = repo.file("disk.img");
+    let mut disk = Disk::new(24, 3 * MIB).random(0..2 * MIB).text(2 * MIB..3 * MIB);
+    let backup = |kind: &str, disk: &Disk| {
+        disk.write_to(&src);
+        json(&repo.cli(&[
+            "backup",
+            "--json",
+            "--force-read",
+            "--source-id",
+            "d",
+            "--kind",
+            kind,
+            src.to_str().unwrap(),
+        ]))
+    };
+    let f1 = backup("full", &disk);
+    disk = disk.scatter_blocks(20);
+    backup("incremental", &disk);
+    disk = disk.random(0..MIB);
+    let f2 = backup("full", &disk);
+    disk = disk.scatter_blocks(20);
+    backup("differential", &disk);
+
+    let stats = json(&repo.cli(&["stats", "--json"]));
+    let sets = stats["sets"].as_array().unwrap();
+    assert_eq!(sets.len(), 2);
+    for field in ["set", "source", "images", "logical_bytes", "stored_bytes", "shared_bytes", "exclusive_bytes"] {
+        assert!(sets[0].get(field).is_some(), "stats --json set lacks {field}");
+    }
+    let r = &stats["repository"];
+    for field in ["raw_referenced_bytes", "pack_bytes", "packs", "dead_fraction", "dedup_ratio", "compression_ratio"] {
+        assert!(r.get(field).is_some(), "stats --json repository lacks {field}");
+    }
+    assert_eq!(stats["images"].as_array().unwrap().len(), 4);
+    let first = sets.iter().find(|s| s["set"] == f1["image"]).unwrap();
+    let exclusive = first["exclusive_bytes"].as_u64().unwrap();
+
+    let table = String::from_utf8_lossy(&repo.cli(&["stats"]).stdout).to_string();
+    assert!(table.contains("source d") && table.contains("dedup ratio"), "{table}");
+    let one = json(&repo.cli(&["stats", "--json", "--set", &f2["image"].as_str().unwrap()[..8]]));
+    assert_eq!(one["sets"].as_array().unwrap().len(), 1);
+
+    // A dry run reports and changes nothing.
+    let packs_before = repo.files_in("packs");
+    let plan = json(&repo.cli(&["forget", "--keep-sets", "1", "--dry-run", "--json"]));
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["forget"].as_array().unwrap().len(), 2);
+    assert_eq!(plan["keep"].as_array().unwrap().len(), 2);
+    assert_eq!(plan["unreferenced_bytes"].as_u64().unwrap(), exclusive);
+    assert_eq!(repo.images().len(), 4);
+    assert_eq!(repo.files_in("packs"), packs_before);
+    let text = String::from_utf8_lossy(&repo.cli(&["forget", "--keep-sets", "1", "--dry-run"]).stdout).to_string();
+    assert!(text.contains("would forget 2 images"), "{text}");
+
+    let done = json(&repo.cli(&["forget", "--keep-sets", "1", "--json"]));
+    assert_eq!(done["dry_run"], false);
+    assert_eq!(repo.images().len(), 2);
+    let dry = json(&repo.cli(&["prune", "--dry-run", "--json", "--max-unused", "0"]));
+    assert!(dry["dead_chunks"].as_u64().unwrap() > 0);
+    assert_eq!(dry["result"], Value::Null);
+    let pruned = json(&repo.cli(&["prune", "--json", "--max-unused", "0"]));
+    assert!(pruned["result"]["bytes_freed"].as_u64().unwrap() >= exclusive);
+    let after = json(&repo.cli(&["stats", "--json"]));
+    assert_eq!(after["repository"]["dead_fraction"].as_f64().unwrap(), 0.0);
+    assert_eq!(after["sets"][0]["shared_bytes"], 0);
+
+    // Errors are clear.
+    assert_clean_failure(&repo.cli(&["forget"]), "nothing to forget");
+    assert_clean_failure(&repo.cli(&["forget", "--keep-within", "7x"]), "unknown unit");
+    assert_clean_failure(&repo.cli(&["forget", "deadbeef"]), "no image matches");
+}
