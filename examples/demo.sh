@@ -65,8 +65,11 @@ day2=$("$strata" -r "$repo" images --json | python3 -c 'import json,sys; print([
 cmp "$work/day2.img" "$work/restored.img" && echo "day 2 incremental: identical"
 rm -f "$work/restored.img" "$work/day0.img" "$work/day2.img"
 
-step "what it cost"
-if "$strata" stats --help >/dev/null 2>&1; then "$strata" -r "$repo" stats; fi
+step "what it cost: strata stats"
+"$strata" -r "$repo" stats
+
+step "what forgetting would do: keep the last 3 images (dry run; the full under them stays)"
+"$strata" -r "$repo" forget --keep-last 3 --dry-run
 du -sh --apparent-size "$disk" | sed 's/\t/  disk (apparent): /'
 du -sh "$disk" | sed 's/\t/  disk (allocated): /'
 du -sh "$repo" | sed 's/\t/  repository with all images: /'
