@@ -72,13 +72,17 @@ pub fn plan(images: &[ImageInfo], req: &ForgetRequest) -> Result<ForgetPlan> {
         for group in sources.values() {
             let kept = retention::apply(group, &req.policy);
             let mut keep: BTreeSet<ImageId> = kept.keys().copied().collect();
+            reasons.extend(kept);
             if !req.rebase {
                 // A kept image keeps its set's full: a policy never forgets a full under a kept image.
                 let sets: BTreeSet<ImageId> = group.iter().filter(|i| keep.contains(&i.id)).map(|i| i.set).collect();
-                keep.extend(group.iter().filter(|i| i.kind == Kind::Full && sets.contains(&i.set)).map(|i| i.id));
+                for full in group.iter().filter(|i| i.kind == Kind::Full && sets.contains(&i.set)) {
+                    if keep.insert(full.id) {
+                        reasons.entry(full.id).or_insert_with(Vec::new).push("full of kept images");
+                    }
+                }
             }
             remove.extend(group.iter().filter(|i| !keep.contains(&i.id)).map(|i| i.id));
-            reasons.extend(kept);
         }
     }
     // A forgotten full takes its set, unless rebased.

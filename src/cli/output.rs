@@ -221,9 +221,11 @@ pub fn stats(s: &Stats, json: bool) -> Result<()> {
         println!("  (* synthetic full: made from stored data, metadata only)");
     }
     println!(
-        "repository: {} images in {} sets, {} logical; {} raw data referenced in {} chunks, stored as {}",
+        "repository: {} image{} in {} set{}, {} logical; {} raw data referenced in {} chunks, stored as {}",
         r.images,
+        if r.images == 1 { "" } else { "s" },
         r.sets,
+        if r.sets == 1 { "" } else { "s" },
         human(r.logical_bytes),
         human(r.raw_referenced),
         r.chunks,
