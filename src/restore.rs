@@ -52,20 +52,27 @@ pub fn restore(repo: &Repository, image: &ImageInfo, target: &Path, progress: &d
     progress.begin("restore", image.logical_bytes);
     let mut view = repo.view(&chain)?;
     let mut zero_bytes = 0;
+    // Batch k+1 is read and decoded in parallel while one thread writes batch k: buffered
+    // writes to one file serialise on its inode lock anyway, so one writer with large
+    // contiguous writes beats many small concurrent ones.
+    let mut pending: Option<(Vec<Extent>, Vec<Option<Vec<u8>>>)> = None;
     loop {
         let batch: Vec<Extent> = view.by_ref().take(BATCH).collect::<Result<_>>()?;
-        if batch.is_empty() {
+        if batch.is_empty() && pending.is_none() {
             break;
         }
-        let ids: Vec<ChunkId> = batch.iter().filter_map(chunk_id).collect();
-        let locs = repo.index().locate(&ids)?;
-        let mut locs = locs.into_iter();
-        let work: Vec<(Extent, Option<ChunkLoc>)> =
-            batch.iter().map(|e| (*e, if chunk_id(e).is_some() { locs.next().flatten() } else { None })).collect();
-        work.par_iter().try_for_each(|(e, loc)| write_extent(repo, &out, target, image, e, loc.as_ref()))?;
-        let bytes: u64 = batch.iter().map(|e| e.len).sum();
-        zero_bytes += batch.iter().filter(|e| e.is_zero()).map(|e| e.len).sum::<u64>();
-        progress.advance(bytes);
+        let writing = pending.take();
+        let (written, decoded) = rayon::join(
+            || writing.map(|(extents, data)| write_batch(&out, target, &extents, &data).map(|()| extents)).transpose(),
+            || decode_batch(repo, image, &batch),
+        );
+        if let Some(extents) = written? {
+            zero_bytes += extents.iter().filter(|e| e.is_zero()).map(|e| e.len).sum::<u64>();
+            progress.advance(extents.iter().map(|e| e.len).sum());
+        }
+        if !batch.is_empty() {
+            pending = Some((batch, decoded?));
+        }
     }
     out.file().sync_all().map_err(|e| Error::io("fsync", target, e))?;
     progress.end();
@@ -138,50 +145,101 @@ fn open_target(target: &Path, needed: u64) -> Result<Target> {
     }
 }
 
-fn write_extent(
-    repo: &Repository,
-    out: &Target,
-    target: &Path,
-    image: &ImageInfo,
-    e: &Extent,
-    loc: Option<&ChunkLoc>,
-) -> Result<()> {
-    let write = |data: &[u8], at: u64| {
-        out.file().write_all_at(data, at).map_err(|err| Error::io("write", PathBuf::from(target), err))
-    };
-    match e.content {
-        Content::Zero => {
-            if let Target::Device(_) = out {
-                let zeros = vec![0u8; (e.len as usize).min(1 << 20)];
-                let mut at = e.offset;
-                while at < e.end() {
-                    let n = ((e.end() - at) as usize).min(zeros.len());
-                    write(&zeros[..n], at)?;
-                    at += n as u64;
-                }
-            }
-            Ok(())
-        }
-        Content::Chunk { id, skip } => {
-            let loc = loc.ok_or_else(|| Error::ChunkMissing { id: id.to_string(), image: image.id.to_string() })?;
-            let stored =
-                repo.backend().read_at(&loc.pack.path(), loc.offset, loc.stored_len as usize).map_err(|err| {
-                    Error::CorruptPack {
-                        pack: loc.pack.to_string(),
-                        reason: format!("chunk {id} cannot be read: {err}"),
-                    }
-                })?;
-            let raw = decode_chunk(id, loc.codec, &stored, loc.raw_len).map_err(|err| Error::CorruptChunk {
-                id: id.to_string(),
-                pack: loc.pack.to_string(),
-                reason: err.to_string(),
-            })?;
-            let (s, n) = (skip as usize, e.len as usize);
-            let piece = raw.get(s..s + n).ok_or_else(|| Error::CorruptManifest {
-                image: image.id.to_string(),
-                reason: format!("extent at {} reaches past the end of chunk {id}", e.offset),
-            })?;
-            write(piece, e.offset)
-        }
+/// Reads and verifies the chunk data of a batch, in parallel: for each extent its bytes, or
+/// `None` for a zero extent.
+fn decode_batch(repo: &Repository, image: &ImageInfo, batch: &[Extent]) -> Result<Vec<Option<Vec<u8>>>> {
+    let ids: Vec<ChunkId> = batch.iter().filter_map(chunk_id).collect();
+    let mut locs = repo.index().locate(&ids)?.into_iter();
+    let work: Vec<(Extent, Option<ChunkLoc>)> =
+        batch.iter().map(|e| (*e, if chunk_id(e).is_some() { locs.next().flatten() } else { None })).collect();
+    work.par_iter().map(|(e, loc)| decode_extent(repo, image, e, loc.as_ref())).collect()
+}
+
+fn decode_extent(repo: &Repository, image: &ImageInfo, e: &Extent, loc: Option<&ChunkLoc>) -> Result<Option<Vec<u8>>> {
+    let Content::Chunk { id, skip } = e.content else { return Ok(None) };
+    let loc = loc.ok_or_else(|| Error::ChunkMissing { id: id.to_string(), image: image.id.to_string() })?;
+    let stored = repo.backend().read_at(&loc.pack.path(), loc.offset, loc.stored_len as usize).map_err(|err| {
+        Error::CorruptPack { pack: loc.pack.to_string(), reason: format!("chunk {id} cannot be read: {err}") }
+    })?;
+    let mut raw = decode_chunk(id, loc.codec, &stored, loc.raw_len).map_err(|err| Error::CorruptChunk {
+        id: id.to_string(),
+        pack: loc.pack.to_string(),
+        reason: err.to_string(),
+    })?;
+    let (s, n) = (skip as usize, e.len as usize);
+    if s + n > raw.len() {
+        return Err(Error::CorruptManifest {
+            image: image.id.to_string(),
+            reason: format!("extent at {} reaches past the end of chunk {id}", e.offset),
+        });
     }
+    if s > 0 || n < raw.len() {
+        raw = raw[s..s + n].to_vec();
+    }
+    Ok(Some(raw))
+}
+
+/// Writes a decoded batch: each run of adjacent chunk extents with one `pwritev`; zero extents
+/// stay holes in a file and are written as zeros on a block device.
+fn write_batch(out: &Target, target: &Path, extents: &[Extent], data: &[Option<Vec<u8>>]) -> Result<()> {
+    let fail = |err: std::io::Error| Error::io("write", PathBuf::from(target), err);
+    let mut i = 0;
+    while i < extents.len() {
+        let start = extents[i].offset;
+        if data[i].is_none() {
+            if let Target::Device(f) = out {
+                write_zeros(f, start, extents[i].len).map_err(fail)?;
+            }
+            i += 1;
+            continue;
+        }
+        let mut run: Vec<&[u8]> = Vec::new();
+        let mut end = start;
+        while i < extents.len() && extents[i].offset == end && run.len() < IOV_MAX {
+            let Some(d) = &data[i] else { break };
+            run.push(d);
+            end += d.len() as u64;
+            i += 1;
+        }
+        pwrite_all(out.file(), &run, start).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// At most this many buffers go into one `pwritev` (Linux's IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+fn pwrite_all(f: &File, bufs: &[&[u8]], mut at: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut slices: Vec<std::io::IoSlice> = bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
+    let mut rest: &mut [std::io::IoSlice] = &mut slices;
+    while !rest.is_empty() {
+        // SAFETY: IoSlice is ABI-compatible with iovec on Unix; the buffers outlive the call.
+        let n =
+            unsafe { libc::pwritev(f.as_raw_fd(), rest.as_ptr() as *const libc::iovec, rest.len() as i32, at as i64) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+        }
+        at += n as u64;
+        std::io::IoSlice::advance_slices(&mut rest, n as usize);
+    }
+    Ok(())
+}
+
+fn write_zeros(f: &File, mut at: u64, len: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; (len as usize).min(1 << 20)];
+    let end = at + len;
+    while at < end {
+        let n = ((end - at) as usize).min(zeros.len());
+        f.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
