@@ -8,10 +8,11 @@ use std::sync::Arc;
 use crate::backend::{Backend, LocalDir};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::id::ImageId;
+use crate::id::{ImageId, PackId};
 use crate::index::{image_key, put_image, Batch, RocksIndex};
 use crate::lock::RepoLock;
 use crate::manifest::{open_manifest, read_info, ImageInfo, Kind, Overlay, View};
+use crate::pack::read_trailer_at;
 use crate::refs;
 
 pub struct Repository {
@@ -20,6 +21,17 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     index: RocksIndex,
     _lock: Option<RepoLock>,
+}
+
+/// What `rebuild_index` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub packs: usize,
+    pub chunks: usize,
+    pub images: usize,
+    pub unreadable_packs: Vec<(String, String)>,
+    pub unreadable_manifests: Vec<ImageId>,
+    pub old_index: Option<PathBuf>,
 }
 
 /// Options fixed when a repository is created.
@@ -144,6 +156,64 @@ impl Repository {
             }
         }
         Ok(out)
+    }
+
+    /// Recreates the index from the packs' trailers and the manifests alone, for an index that
+    /// is lost or damaged. The old index directory is moved aside (`index.old-<ms>`), never
+    /// deleted. Packs or manifests that cannot be read are reported and left in place.
+    pub fn rebuild_index(path: &Path) -> Result<RebuildReport> {
+        read_config(path)?;
+        let lock = crate::lock::acquire(path, "rebuild-index")?;
+        let index_dir = path.join("index");
+        let mut report = RebuildReport::default();
+        if index_dir.exists() {
+            let aside = path.join(format!("index.old-{}", crate::timefmt::now_ms()));
+            std::fs::rename(&index_dir, &aside).map_err(|e| Error::io("move aside", &index_dir, e))?;
+            report.old_index = Some(aside);
+        }
+        let index = RocksIndex::create(&index_dir)?;
+        let backend = LocalDir::new(path);
+        for name in backend.list("packs")? {
+            let Some(pack) = name.rsplit('/').next().and_then(PackId::parse) else {
+                report.unreadable_packs.push((name, "not a pack name".into()));
+                continue;
+            };
+            let read = backend
+                .size(&name)
+                .and_then(|size| read_trailer_at(&pack, size, |o, n| backend.read_at(&name, o, n)).map(|e| (size, e)));
+            match read {
+                Ok((size, entries)) => {
+                    report.chunks += entries.len();
+                    index.add_pack(pack, size, &entries)?;
+                    report.packs += 1;
+                }
+                Err(e) => report.unreadable_packs.push((name, e.to_string())),
+            }
+        }
+        let repo = Repository {
+            root: path.into(),
+            config: read_config(path)?,
+            backend: Arc::new(backend),
+            index,
+            _lock: Some(lock),
+        };
+        let manifests = repo.manifest_infos()?;
+        let mut b = Batch::default();
+        for m in &manifests {
+            put_image(&mut b, m)?;
+        }
+        for name in repo.backend.list("images")? {
+            let Some(id) = name.strip_prefix("images/").and_then(ImageId::parse) else { continue };
+            if !manifests.iter().any(|m| m.id == id) {
+                report.unreadable_manifests.push(id);
+            }
+        }
+        // Unreadable manifests' chunks would look unreferenced: prune must wait for them.
+        refs::set_prune_blocked(&mut b, &report.unreadable_manifests);
+        repo.index.write(b)?;
+        refs::rebuild(&repo.index, repo.backend(), &manifests)?;
+        report.images = manifests.len();
+        Ok(report)
     }
 
     pub fn root(&self) -> &Path {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use strata::check::ReadData;
 use strata::config::ChunkerParams;
 use strata::forget::ForgetRequest;
 use strata::retention::Policy;
@@ -111,6 +112,28 @@ enum Command {
         /// With --prune: repack packs with more than this percentage of dead bytes
         #[arg(long, default_value_t = 10.0)]
         max_unused: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the repository: structure, and with --read-data every chunk re-hashed
+    Check {
+        /// Read and verify every chunk
+        #[arg(long, conflicts_with = "read_data_subset")]
+        read_data: bool,
+        /// Read and verify this percentage of the packs
+        #[arg(long, value_name = "PERCENT")]
+        read_data_subset: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify one image: its chain and every chunk it needs, read and re-hashed
+    Verify {
+        image: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recreate the index from the packs and manifests (the old one is moved aside)
+    RebuildIndex {
         #[arg(long)]
         json: bool,
     },
@@ -250,6 +273,41 @@ pub fn run() -> Result<()> {
                 None
             };
             output::forget(&plan, &report, pruned.as_ref(), dry_run, json)?;
+        }
+        Command::Check { read_data, read_data_subset, json } => {
+            let path = repo_path(&cli.repo)?;
+            let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
+            let read = match (read_data, read_data_subset) {
+                (true, _) => ReadData::All,
+                (_, Some(p)) if (0.0..=100.0).contains(&p) => ReadData::Subset(p),
+                (_, Some(p)) => anyhow::bail!("--read-data-subset {p} is not a percentage between 0 and 100"),
+                _ => ReadData::None,
+            };
+            let bar = progress::Bar::new(json);
+            let report = strata::check::check(&repo, read, &bar)?;
+            bar.clear();
+            output::check(&report, json)?;
+            if !report.is_clean() {
+                anyhow::bail!("check found {} problem(s)", report.problems.len());
+            }
+        }
+        Command::Verify { image, json } => {
+            let path = repo_path(&cli.repo)?;
+            let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
+            let info = repo.find_image(&image)?;
+            let bar = progress::Bar::new(json);
+            let report = strata::check::verify(&repo, &info, &bar)?;
+            bar.clear();
+            output::check(&report, json)?;
+            if !report.is_clean() {
+                anyhow::bail!("image {} is damaged", info.id.short());
+            }
+        }
+        Command::RebuildIndex { json } => {
+            let path = repo_path(&cli.repo)?;
+            let r = Repository::rebuild_index(&path)
+                .with_context(|| format!("cannot rebuild the index of {}", path.display()))?;
+            output::rebuild(&r, json)?;
         }
         Command::Prune { dry_run, max_unused, json } => {
             let path = repo_path(&cli.repo)?;

@@ -5,8 +5,10 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
+use strata::check::CheckReport;
 use strata::forget::{ForgetPlan, ForgetReport};
 use strata::prune::{PackAction, PrunePlan, PruneReport};
+use strata::repository::RebuildReport;
 use strata::stats::Stats;
 use strata::timefmt::format_ms;
 use strata::{ImageInfo, RestoreReport};
@@ -347,6 +349,85 @@ pub fn prune(plan: &PrunePlan, report: Option<&PruneReport>, json: bool) -> Resu
     match report {
         Some(p) => print_prune(p),
         None => println!("dry run: nothing changed"),
+    }
+    Ok(())
+}
+
+pub fn check(r: &CheckReport, json: bool) -> Result<()> {
+    if json {
+        let problems: Vec<_> = r
+            .problems
+            .iter()
+            .map(|p| {
+                serde_json::json!({"kind": p.kind, "object": p.object, "detail": p.detail,
+                    "images": p.images.iter().map(|i| i.to_string()).collect::<Vec<_>>()})
+            })
+            .collect();
+        let images: Vec<_> = r
+            .images
+            .iter()
+            .map(|i| serde_json::json!({"image": i.id.to_string(), "restorable": i.restorable, "reasons": i.reasons}))
+            .collect();
+        let v = serde_json::json!({
+            "clean": r.is_clean(), "problems": problems, "images": images, "orphan_packs": r.orphan_packs,
+            "packs_read": r.packs_read, "chunks_read": r.chunks_read, "bytes_read": r.bytes_read, "seconds": r.seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for p in &r.problems {
+        let imgs = if p.images.is_empty() {
+            String::new()
+        } else {
+            format!(" (breaks {})", p.images.iter().map(|i| i.short()).collect::<Vec<_>>().join(", "))
+        };
+        println!("problem: {} {}: {}{imgs}", p.kind, p.object, p.detail);
+    }
+    for i in &r.images {
+        if i.restorable {
+            println!("image {}: restorable", i.id.short());
+        } else {
+            println!("image {}: DAMAGED: {}", i.id.short(), i.reasons.join("; "));
+        }
+    }
+    if !r.orphan_packs.is_empty() {
+        println!(
+            "{} pack files are not in the index (left by interrupted runs; prune deletes them)",
+            r.orphan_packs.len()
+        );
+    }
+    let rate = if r.seconds > 0.0 { r.bytes_read as f64 / r.seconds / 1e6 } else { 0.0 };
+    println!(
+        "{}: {} packs, {} chunks ({}) read and verified in {:.2} s ({rate:.0} MB/s)",
+        if r.is_clean() { "no problems found" } else { "problems found" },
+        r.packs_read,
+        r.chunks_read,
+        human(r.bytes_read),
+        r.seconds
+    );
+    Ok(())
+}
+
+pub fn rebuild(r: &RebuildReport, json: bool) -> Result<()> {
+    if json {
+        let v = serde_json::json!({
+            "packs": r.packs, "chunks": r.chunks, "images": r.images,
+            "unreadable_packs": r.unreadable_packs.iter().map(|(p, why)| serde_json::json!({"pack": p, "error": why})).collect::<Vec<_>>(),
+            "unreadable_manifests": r.unreadable_manifests.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+            "old_index": r.old_index.as_ref().map(|p| p.display().to_string()),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("index rebuilt from {} packs ({} chunks) and {} manifests", r.packs, r.chunks, r.images);
+    for (p, why) in &r.unreadable_packs {
+        println!("  unreadable pack {p}: {why}");
+    }
+    for i in &r.unreadable_manifests {
+        println!("  unreadable manifest of image {i} (prune waits until it is restored or forgotten)");
+    }
+    if let Some(old) = &r.old_index {
+        println!("  the old index is kept in {} (delete it once all is well)", old.display());
     }
     Ok(())
 }

@@ -74,6 +74,8 @@ mod tests {
         assert_eq!(pid, PackId::of(&bytes));
         let read = read_trailer(&pid, &bytes).unwrap();
         assert_eq!(read, entries);
+        let at = |o: u64, n: usize| Ok(bytes[o as usize..o as usize + n].to_vec());
+        assert_eq!(crate::pack::read_trailer_at(&pid, bytes.len() as u64, at).unwrap(), entries);
         for (e, c) in read.iter().zip(&chunks) {
             let stored = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
             assert_eq!(&decode_chunk(e.id, e.codec, stored, e.raw_len).unwrap(), c);

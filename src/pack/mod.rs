@@ -60,6 +60,28 @@ impl PackEntry {
     }
 }
 
+/// Reads the trailer of a pack through `read_at(offset, len)` without reading its frames.
+pub fn read_trailer_at(
+    pack: &PackId,
+    size: u64,
+    read_at: impl Fn(u64, usize) -> Result<Vec<u8>>,
+) -> Result<Vec<PackEntry>> {
+    let corrupt = |reason: &str| Error::CorruptPack { pack: pack.to_string(), reason: reason.to_string() };
+    if size < (HEADER_LEN + FOOTER_LEN) as u64 {
+        return Err(corrupt("shorter than header and footer"));
+    }
+    let footer = read_at(size - FOOTER_LEN as u64, FOOTER_LEN)?;
+    let count = u32::from_le_bytes(footer[0..4].try_into().map_err(|_| corrupt("footer"))?) as u64;
+    let trailer_len = count * ENTRY_LEN as u64;
+    if trailer_len > size - (HEADER_LEN + FOOTER_LEN) as u64 {
+        return Err(corrupt("entry count larger than the file"));
+    }
+    let frames_end = size - FOOTER_LEN as u64 - trailer_len;
+    let header = read_at(0, HEADER_LEN)?;
+    let trailer = read_at(frames_end, trailer_len as usize)?;
+    parse_trailer(pack, &header, &trailer, &footer, frames_end)
+}
+
 /// Reads the trailer of a complete pack file, checking magic numbers, checksum and that every
 /// entry lies inside the frame area. Never panics on arbitrary bytes.
 pub fn read_trailer(pack: &PackId, file: &[u8]) -> Result<Vec<PackEntry>> {
@@ -67,30 +89,44 @@ pub fn read_trailer(pack: &PackId, file: &[u8]) -> Result<Vec<PackEntry>> {
     if file.len() < HEADER_LEN + FOOTER_LEN {
         return Err(corrupt("shorter than header and footer"));
     }
-    if &file[..8] != HEADER_MAGIC {
-        return Err(corrupt("bad header magic"));
-    }
-    let version = u16::from_le_bytes([file[8], file[9]]);
-    if version != PACK_VERSION {
-        return Err(corrupt(&format!("unsupported pack version {version}")));
-    }
     let footer = &file[file.len() - FOOTER_LEN..];
-    if &footer[36..44] != FOOTER_MAGIC {
-        return Err(corrupt("bad footer magic (truncated?)"));
-    }
     let count = u32::from_le_bytes(footer[0..4].try_into().map_err(|_| corrupt("footer"))?) as usize;
     let trailer_len = count.checked_mul(ENTRY_LEN).ok_or_else(|| corrupt("entry count overflows"))?;
     let frames_end = (file.len() - FOOTER_LEN).checked_sub(trailer_len).filter(|&e| e >= HEADER_LEN);
     let frames_end = frames_end.ok_or_else(|| corrupt("entry count larger than the file"))?;
-    let trailer = &file[frames_end..file.len() - FOOTER_LEN];
+    parse_trailer(pack, &file[..HEADER_LEN], &file[frames_end..file.len() - FOOTER_LEN], footer, frames_end as u64)
+}
+
+/// Checks header, footer and trailer of a pack whose frame area ends at `frames_end`.
+fn parse_trailer(
+    pack: &PackId,
+    header: &[u8],
+    trailer: &[u8],
+    footer: &[u8],
+    frames_end: u64,
+) -> Result<Vec<PackEntry>> {
+    let corrupt = |reason: &str| Error::CorruptPack { pack: pack.to_string(), reason: reason.to_string() };
+    if header.len() != HEADER_LEN || footer.len() != FOOTER_LEN || trailer.len() % ENTRY_LEN != 0 {
+        return Err(corrupt("truncated"));
+    }
+    if &header[..8] != HEADER_MAGIC {
+        return Err(corrupt("bad header magic"));
+    }
+    let version = u16::from_le_bytes([header[8], header[9]]);
+    if version != PACK_VERSION {
+        return Err(corrupt(&format!("unsupported pack version {version}")));
+    }
+    if &footer[36..44] != FOOTER_MAGIC {
+        return Err(corrupt("bad footer magic (truncated?)"));
+    }
     if blake3::hash(trailer).as_bytes() != &footer[4..36] {
         return Err(corrupt("trailer checksum mismatch"));
     }
-    let mut entries = Vec::with_capacity(count);
+    let mut entries = Vec::with_capacity(trailer.len() / ENTRY_LEN);
     for raw in trailer.chunks_exact(ENTRY_LEN) {
         let e = PackEntry::decode(raw).ok_or_else(|| corrupt("unknown codec in trailer entry"))?;
         let end = e.offset.checked_add(e.stored_len as u64);
-        if e.offset < HEADER_LEN as u64 || end.is_none_or(|end| end > frames_end as u64) {
+        if e.offset < HEADER_LEN as u64 || end.is_none_or(|end| end > frames_end) {
             return Err(corrupt("trailer entry points outside the pack"));
         }
         entries.push(e);

@@ -1,0 +1,366 @@
+//! Proving images restorable: the structure (catalog ↔ manifests ↔ index ↔ packs, chains,
+//! counters) and, with read-data, every chunk decoded and re-hashed. Reports each problem and,
+//! for every image, whether it restores. Reads only; works beside a running backup.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::extent::Content;
+use crate::id::{ChunkId, ImageId, PackId};
+use crate::index::{ChunkLoc, ChunkLookup};
+use crate::manifest::{open_manifest, ImageInfo};
+use crate::pack::{decode_chunk, read_trailer_at};
+use crate::progress::Progress;
+use crate::refs;
+use crate::repository::Repository;
+
+/// How much chunk data to read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReadData {
+    /// Structure only.
+    None,
+    All,
+    /// This percentage of the packs, chosen by their names (so reruns with the same percentage
+    /// read the same packs, and a rising percentage reads a superset).
+    Subset(f64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// What is wrong: "manifest", "chain", "pack", "chunk", "index", "counters".
+    pub kind: &'static str,
+    /// The object: an image, pack or chunk id.
+    pub object: String,
+    pub detail: String,
+    /// Images that this problem keeps from restoring.
+    pub images: Vec<ImageId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageStatus {
+    pub id: ImageId,
+    pub restorable: bool,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CheckReport {
+    pub problems: Vec<Problem>,
+    pub images: Vec<ImageStatus>,
+    /// Pack files the index does not know (left by interrupted runs; prune deletes them).
+    pub orphan_packs: Vec<String>,
+    pub packs_read: usize,
+    pub chunks_read: u64,
+    pub bytes_read: u64,
+    pub seconds: f64,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks the whole repository.
+pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Result<CheckReport> {
+    let images = repo.images()?;
+    run(repo, &images, None, read, progress)
+}
+
+/// Checks what one image needs: its chain's manifests and every chunk of its view, read.
+pub fn verify(repo: &Repository, image: &ImageInfo, progress: &dyn Progress) -> Result<CheckReport> {
+    let all = repo.images()?;
+    let chain = repo.chain(image).unwrap_or_else(|_| vec![image.clone()]);
+    let ids: HashSet<ImageId> = chain.iter().map(|i| i.id).collect();
+    let chain_infos: Vec<ImageInfo> = all.into_iter().filter(|i| ids.contains(&i.id)).collect();
+    run(repo, &chain_infos, Some(image.id), ReadData::All, progress)
+}
+
+fn run(
+    repo: &Repository,
+    images: &[ImageInfo],
+    only: Option<ImageId>,
+    read: ReadData,
+    progress: &dyn Progress,
+) -> Result<CheckReport> {
+    let started = Instant::now();
+    let mut report = CheckReport::default();
+    let by_id: HashMap<ImageId, &ImageInfo> = images.iter().map(|i| (i.id, i)).collect();
+
+    // Manifests: each must read whole (checksum) and decode; collect who references what.
+    let mut refs_of: HashMap<ChunkId, Vec<ImageId>> = HashMap::new();
+    // Images that cannot restore for a reason of their own chain, with that reason, and the
+    // image whose damage is the root cause.
+    let mut bad_images: BTreeMap<ImageId, String> = BTreeMap::new();
+    let mut root: BTreeMap<ImageId, ImageId> = BTreeMap::new();
+    for info in images {
+        let mut read_one = || -> Result<()> {
+            let (stored, extents) = open_manifest(repo.backend(), &info.id)?;
+            if stored.base != info.base {
+                return Err(Error::CorruptManifest {
+                    image: info.id.to_string(),
+                    reason: "base differs from the catalog".into(),
+                });
+            }
+            for e in extents {
+                if let Content::Chunk { id, .. } = e?.content {
+                    let v = refs_of.entry(id).or_default();
+                    if v.last() != Some(&info.id) {
+                        v.push(info.id);
+                    }
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = read_one() {
+            report.problems.push(Problem {
+                kind: "manifest",
+                object: info.id.to_string(),
+                detail: e.to_string(),
+                images: vec![],
+            });
+            bad_images.insert(info.id, format!("manifest of {} is damaged or missing", info.id.short()));
+            root.insert(info.id, info.id);
+        }
+    }
+    // Chains: every base present.
+    for info in images {
+        if let Some(base) = info.base {
+            if !by_id.contains_key(&base) {
+                let detail = format!("its base {base} is not in the repository");
+                report.problems.push(Problem { kind: "chain", object: info.id.to_string(), detail, images: vec![] });
+                bad_images.insert(info.id, format!("base {} is missing", base.short()));
+                root.insert(info.id, info.id);
+            }
+        }
+    }
+
+    // Index and packs: every referenced chunk located, in a pack that exists and lists it.
+    let chunk_ids: Vec<ChunkId> = refs_of.keys().copied().collect();
+    let mut locs: HashMap<ChunkId, ChunkLoc> = HashMap::new();
+    let mut bad_chunks: BTreeMap<ChunkId, String> = BTreeMap::new();
+    for batch in chunk_ids.chunks(8192) {
+        for (id, loc) in batch.iter().zip(repo.index().locate(batch)?) {
+            match loc {
+                Some(l) => {
+                    locs.insert(*id, l);
+                }
+                None => {
+                    bad_chunks.insert(*id, "not in the index".into());
+                }
+            }
+        }
+    }
+    let mut by_pack: BTreeMap<PackId, Vec<(ChunkId, ChunkLoc)>> = BTreeMap::new();
+    for (id, l) in &locs {
+        by_pack.entry(l.pack).or_default().push((*id, *l));
+    }
+    let indexed_packs: BTreeSet<PackId> = refs::packs(repo.index())?.into_iter().map(|(p, _)| p).collect();
+    for path in repo.backend().list("packs")? {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        if PackId::parse(name).is_none_or(|p| !indexed_packs.contains(&p)) {
+            report.orphan_packs.push(path);
+        }
+    }
+    let mut bad_packs: BTreeMap<PackId, String> = BTreeMap::new();
+    for (pack, chunks) in &by_pack {
+        let path = pack.path();
+        let structure = repo.backend().size(&path).and_then(|size| {
+            let entries = read_trailer_at(pack, size, |o, n| repo.backend().read_at(&path, o, n))?;
+            let listed: HashSet<(ChunkId, u64, u32)> = entries.iter().map(|e| (e.id, e.offset, e.stored_len)).collect();
+            Ok(chunks.iter().filter(|(id, l)| !listed.contains(&(*id, l.offset, l.stored_len))).count())
+        });
+        match structure {
+            Ok(0) => {}
+            Ok(n) => {
+                bad_packs.insert(*pack, format!("its trailer does not list {n} chunks the index places in it"));
+            }
+            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
+                bad_packs.insert(*pack, "missing".into());
+            }
+            Err(e) => {
+                bad_packs.insert(*pack, e.to_string());
+            }
+        }
+    }
+
+    // Chunk data.
+    let selected: Vec<&PackId> = by_pack
+        .keys()
+        .filter(|p| !bad_packs.get(p).is_some_and(|r| r == "missing"))
+        .filter(|p| match read {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Subset(pct) => (u16::from_le_bytes([p.0[0], p.0[1]]) as f64) < pct / 100.0 * 65536.0,
+        })
+        .collect();
+    progress.begin(
+        "check",
+        selected.iter().map(|p| by_pack[*p].iter().map(|(_, l)| l.stored_len as u64).sum::<u64>()).sum(),
+    );
+    let results: Vec<(Vec<(ChunkId, String)>, u64, u64)> = selected
+        .par_iter()
+        .map(|pack| {
+            let chunks = &by_pack[*pack];
+            let mut damaged = Vec::new();
+            let (mut n, mut bytes) = (0u64, 0u64);
+            let file = match repo.backend().get(&pack.path()) {
+                Ok(f) => f,
+                Err(e) => return (chunks.iter().map(|(id, _)| (*id, format!("pack unreadable: {e}"))).collect(), 0, 0),
+            };
+            for (id, l) in chunks {
+                let end = l.offset as usize + l.stored_len as usize;
+                let res = match file.get(l.offset as usize..end) {
+                    Some(stored) => {
+                        decode_chunk(*id, l.codec, stored, l.raw_len).map(|_| ()).map_err(|e| e.to_string())
+                    }
+                    None => Err("lies beyond the end of the pack".into()),
+                };
+                if let Err(why) = res {
+                    damaged.push((*id, format!("{why} (pack {pack})")));
+                }
+                n += 1;
+                bytes += l.stored_len as u64;
+                progress.advance(l.stored_len as u64);
+            }
+            (damaged, n, bytes)
+        })
+        .collect();
+    progress.end();
+    report.packs_read = selected.len();
+    for (damaged, n, bytes) in results {
+        report.chunks_read += n;
+        report.bytes_read += bytes;
+        for (id, why) in damaged {
+            bad_chunks.insert(id, why);
+        }
+    }
+    for (pack, why) in &bad_packs {
+        for (id, _) in &by_pack[pack] {
+            bad_chunks.entry(*id).or_insert_with(|| format!("pack {pack} is {why}"));
+        }
+    }
+
+    // Which images do the bad chunks affect? Only those whose resolved view still uses one (a
+    // later delta may have replaced it), so no unaffected image is reported damaged.
+    let suspects: BTreeSet<ImageId> =
+        bad_chunks.keys().flat_map(|c| refs_of.get(c).cloned().unwrap_or_default()).collect();
+    let mut affected: BTreeMap<ImageId, BTreeSet<ChunkId>> = BTreeMap::new();
+    for info in images {
+        if bad_images.contains_key(&info.id) || only.is_some_and(|o| o != info.id) {
+            continue;
+        }
+        let Ok(chain) = repo.chain(info) else {
+            bad_images.insert(info.id, "its chain cannot be resolved".into());
+            root.insert(info.id, info.id);
+            continue;
+        };
+        if let Some(r) = chain.iter().find_map(|c| root.get(&c.id).copied()) {
+            bad_images.insert(info.id, format!("its chain includes damaged image {}", r.short()));
+            root.insert(info.id, r);
+            continue;
+        }
+        if !chain.iter().any(|c| suspects.contains(&c.id)) {
+            continue;
+        }
+        let used = repo.view(&chain).and_then(|view| {
+            let mut hit = BTreeSet::new();
+            for e in view {
+                if let Content::Chunk { id, .. } = e?.content {
+                    if bad_chunks.contains_key(&id) {
+                        hit.insert(id);
+                    }
+                }
+            }
+            Ok(hit)
+        });
+        match used {
+            Ok(hit) if hit.is_empty() => {}
+            Ok(hit) => {
+                affected.insert(info.id, hit);
+            }
+            Err(e) => {
+                bad_images.insert(info.id, e.to_string());
+            }
+        }
+    }
+    for (id, why) in &bad_chunks {
+        let imgs: Vec<ImageId> = affected.iter().filter(|(_, c)| c.contains(id)).map(|(i, _)| *i).collect();
+        report.problems.push(Problem { kind: "chunk", object: id.to_string(), detail: why.clone(), images: imgs });
+    }
+    for (pack, why) in &bad_packs {
+        let imgs: Vec<ImageId> = affected
+            .iter()
+            .filter(|(_, c)| by_pack[pack].iter().any(|(id, _)| c.contains(id)))
+            .map(|(i, _)| *i)
+            .collect();
+        report.problems.push(Problem { kind: "pack", object: pack.to_string(), detail: why.clone(), images: imgs });
+    }
+    for p in report.problems.iter_mut().filter(|p| p.kind == "manifest" || p.kind == "chain") {
+        let cause = ImageId::parse(&p.object);
+        p.images = root.iter().filter(|(_, r)| Some(**r) == cause).map(|(i, _)| *i).collect();
+    }
+
+    // Counters (only when no interrupted operation is waiting to rebuild them).
+    if only.is_none() && refs::pending(repo.index())?.is_none() {
+        check_counters(repo, images, &refs_of, &locs, &mut report)?;
+    }
+
+    for info in images.iter().filter(|i| only.is_none_or(|o| o == i.id)) {
+        let mut reasons = Vec::new();
+        if let Some(why) = bad_images.get(&info.id) {
+            reasons.push(why.clone());
+        }
+        if let Some(chunks) = affected.get(&info.id) {
+            reasons.push(format!(
+                "{} chunk{} it needs are damaged or missing",
+                chunks.len(),
+                if chunks.len() == 1 { "" } else { "s" }
+            ));
+        }
+        report.images.push(ImageStatus { id: info.id, restorable: reasons.is_empty(), reasons });
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Compares the counters behind `stats` with what the manifests say.
+fn check_counters(
+    repo: &Repository,
+    images: &[ImageInfo],
+    refs_of: &HashMap<ChunkId, Vec<ImageId>>,
+    locs: &HashMap<ChunkId, ChunkLoc>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let set_of: HashMap<ImageId, ImageId> = images.iter().map(|i| (i.id, i.set)).collect();
+    let mut expect: BTreeMap<ImageId, (u64, u64)> = BTreeMap::new();
+    for (chunk, imgs) in refs_of {
+        let Some(l) = locs.get(chunk) else { continue };
+        let sets: BTreeSet<ImageId> = imgs.iter().filter_map(|i| set_of.get(i).copied()).collect();
+        for s in &sets {
+            let e = expect.entry(*s).or_default();
+            e.0 += l.stored_len as u64;
+            if sets.len() == 1 {
+                e.1 += l.stored_len as u64;
+            }
+        }
+    }
+    for (set, (stored, exclusive)) in expect {
+        let c = refs::set_counters(repo.index(), &set)?;
+        if (c.stored_bytes, c.exclusive_bytes) != (stored, exclusive) {
+            report.problems.push(Problem {
+                kind: "counters",
+                object: set.to_string(),
+                detail: format!(
+                    "index says stored {} / exclusive {}, manifests say {stored} / {exclusive}; `strata rebuild-index` repairs it",
+                    c.stored_bytes, c.exclusive_bytes
+                ),
+                images: vec![],
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! Damage is detected and attributed exactly: `check` names the images a fault breaks and no
+//! other; restore (which verifies every chunk) is the independent oracle. A lost index is rebuilt
+//! from packs and manifests alone.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+
+use common::{assert_stats_add_up, Disk, TestRepo};
+use strata::check::{CheckReport, ReadData};
+use strata::id::ImageId;
+use strata::progress::Silent;
+use strata::{KindRequest, Repository};
+
+const MIB: usize = 1 << 20;
+
+/// Two sets with incrementals and a differential; returns the repo and each image's bytes.
+fn history(seed: u64) -> (TestRepo, HashMap<ImageId, Vec<u8>>) {
+    let repo = TestRepo::small();
+    let src = repo.file("disk.img");
+    let mut disk = Disk::new(seed, 4 * MIB).random(0..2 * MIB).text(2 * MIB..3 * MIB).random(3 * MIB..4 * MIB);
+    let mut bytes = HashMap::new();
+    use KindRequest::*;
+    for (n, kind) in
+        [Full, Incremental, Incremental, Differential, Incremental, Full, Incremental].into_iter().enumerate()
+    {
+        let at = (n % 3) * MIB;
+        disk = disk.scatter_blocks(30).random(at..at + 100_000);
+        disk.write_to(&src);
+        let info = repo.try_backup(&src, kind, true).unwrap();
+        bytes.insert(info.id, disk.bytes.clone());
+    }
+    (repo, bytes)
+}
+
+fn check(repo: &TestRepo, read: ReadData) -> CheckReport {
+    let r = Repository::open(&repo.path).unwrap();
+    strata::check::check(&r, read, &Silent).unwrap()
+}
+
+/// The images that really restore (restore verifies every chunk it writes).
+fn restorable(repo: &TestRepo, bytes: &HashMap<ImageId, Vec<u8>>) -> BTreeSet<ImageId> {
+    let target = repo.file("oracle.img");
+    bytes
+        .iter()
+        .filter(|(id, want)| {
+            repo.try_restore(&id.to_string(), &target).is_ok() && std::fs::read(&target).unwrap() == **want
+        })
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// `check` says exactly which images restore: the oracle's answer, no more, no less.
+fn assert_attribution(repo: &TestRepo, bytes: &HashMap<ImageId, Vec<u8>>, report: &CheckReport) {
+    let said: BTreeSet<ImageId> = report.images.iter().filter(|i| i.restorable).map(|i| i.id).collect();
+    let real = restorable(repo, bytes);
+    assert_eq!(said, real, "check's restorable images differ from what really restores: {:#?}", report.problems);
+    assert!(real.len() < bytes.len(), "the fault should break at least one image");
+    assert!(!real.is_empty(), "the fault should leave some images intact");
+    for p in &report.problems {
+        assert!(p.images.iter().all(|i| !real.contains(i)), "problem {p:?} names an image that restores");
+    }
+}
+
+/// The newest pack: written by the last backup, so it holds data only recent images use.
+fn a_pack(repo: &TestRepo) -> std::path::PathBuf {
+    let mut packs = repo.files_in("packs");
+    packs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    packs.pop().expect("a pack")
+}
+
+#[test]
+fn a_clean_repository_checks_clean() {
+    let (repo, bytes) = history(1);
+    let r = check(&repo, ReadData::All);
+    assert!(r.is_clean(), "{:#?}", r.problems);
+    assert_eq!(r.images.len(), bytes.len());
+    assert!(r.images.iter().all(|i| i.restorable));
+    assert!(r.chunks_read > 0 && r.packs_read == repo.files_in("packs").len());
+    let out = repo.cli(&["check", "--read-data"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_flipped_byte_in_a_pack_is_found_by_read_data_and_attributed() {
+    let (repo, bytes) = history(2);
+    let pack = a_pack(&repo);
+    let mut b = std::fs::read(&pack).unwrap();
+    b[200] ^= 0x20; // inside the first frame
+    std::fs::write(&pack, &b).unwrap();
+    let r = check(&repo, ReadData::All);
+    assert!(!r.is_clean());
+    let name = pack.file_name().unwrap().to_string_lossy().to_string();
+    assert!(r.problems.iter().any(|p| p.kind == "chunk" && p.detail.contains(&name)), "{:#?}", r.problems);
+    assert_attribution(&repo, &bytes, &r);
+    let out = repo.cli(&["check", "--read-data"]);
+    common::assert_clean_failure(&out, "problem");
+}
+
+#[test]
+fn a_truncated_or_deleted_pack_is_found_by_the_structure_check() {
+    for cut in [true, false] {
+        let (repo, bytes) = history(3);
+        let pack = a_pack(&repo);
+        if cut {
+            let b = std::fs::read(&pack).unwrap();
+            std::fs::write(&pack, &b[..b.len() / 2]).unwrap();
+        } else {
+            std::fs::remove_file(&pack).unwrap();
+        }
+        let r = check(&repo, ReadData::None);
+        assert!(r.problems.iter().any(|p| p.kind == "pack"), "{:#?}", r.problems);
+        assert_attribution(&repo, &bytes, &r);
+    }
+}
+
+#[test]
+fn a_manifest_deleted_in_the_middle_of_a_chain_breaks_only_that_chain() {
+    let (repo, bytes) = history(4);
+    let images = repo.images();
+    let middle = &images[1]; // an incremental with dependents
+    std::fs::remove_file(repo.path.join("images").join(middle.id.to_string())).unwrap();
+    let r = check(&repo, ReadData::None);
+    let p = r.problems.iter().find(|p| p.kind == "manifest").expect("a manifest problem");
+    assert_eq!(p.object, middle.id.to_string());
+    assert!(p.images.len() >= 2, "it breaks itself and its dependents: {p:?}");
+    let mut without = bytes.clone();
+    without.remove(&middle.id);
+    let said: BTreeSet<ImageId> = r.images.iter().filter(|i| i.restorable).map(|i| i.id).collect();
+    assert_eq!(said, restorable(&repo, &without));
+    assert!(said.contains(&images[3].id), "the differential rests on the full, not on the lost incremental");
+}
+
+#[test]
+fn a_lost_index_is_rebuilt_from_packs_and_manifests() {
+    let (repo, bytes) = history(5);
+    let stats_before = strata::stats::stats(&Repository::open(&repo.path).unwrap()).unwrap();
+    std::fs::remove_dir_all(repo.path.join("index")).unwrap();
+    common::assert_clean_failure(&repo.cli(&["images"]), "index");
+    let out = repo.cli(&["rebuild-index"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = check(&repo, ReadData::All);
+    assert!(r.is_clean(), "{:#?}", r.problems);
+    assert_eq!(restorable(&repo, &bytes).len(), bytes.len());
+    assert_stats_add_up(&repo.path);
+    let stats_after = strata::stats::stats(&Repository::open(&repo.path).unwrap()).unwrap();
+    assert_eq!(stats_after.sets, stats_before.sets);
+    // And the repository keeps working.
+    let src = repo.file("disk.img");
+    let next = repo.try_backup(&src, KindRequest::Auto, true).unwrap();
+    assert!(repo.restore_bytes(&next) == std::fs::read(&src).unwrap());
+}
+
+#[test]
+fn a_damaged_index_is_moved_aside_and_rebuilt() {
+    let (repo, bytes) = history(6);
+    for f in std::fs::read_dir(repo.path.join("index")).unwrap().flatten() {
+        if f.file_name().to_string_lossy().ends_with(".sst") {
+            std::fs::write(f.path(), b"garbage").unwrap();
+        }
+    }
+    let out = repo.cli(&["rebuild-index", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["old_index"].as_str().unwrap().contains("index.old-"));
+    assert!(check(&repo, ReadData::All).is_clean());
+    assert_eq!(restorable(&repo, &bytes).len(), bytes.len());
+}
+
+#[test]
+fn verify_checks_one_image() {
+    let (repo, _) = history(7);
+    let images = repo.images();
+    let out = repo.cli(&["verify", &images[2].id.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for p in repo.files_in("packs") {
+        let mut b = std::fs::read(&p).unwrap();
+        b[100] ^= 1;
+        std::fs::write(&p, &b).unwrap();
+    }
+    common::assert_clean_failure(&repo.cli(&["verify", &images[2].id.to_string()]), "damaged");
+}
