@@ -4,10 +4,20 @@
 
 use std::sync::OnceLock;
 
+fn armed() -> Option<&'static str> {
+    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    ARMED.get_or_init(|| std::env::var("STRATA_FAILPOINT").ok()).as_deref()
+}
+
 /// Aborts the process, as a kill -9 would, when `STRATA_FAILPOINT` names this point.
 pub fn hit(name: &str) {
-    static ARMED: OnceLock<Option<String>> = OnceLock::new();
-    if ARMED.get_or_init(|| std::env::var("STRATA_FAILPOINT").ok()).as_deref() == Some(name) {
+    if armed() == Some(name) {
         std::process::abort();
     }
+}
+
+/// True when `STRATA_FAILPOINT` names this point: the caller then fails as the disk would
+/// (used where the machine offers no real faulty device to test with).
+pub fn fails(name: &str) -> bool {
+    armed() == Some(name)
 }

@@ -95,7 +95,12 @@ impl Source {
 
     /// Fills `buf` from `offset`; a source that ends early has shrunk while being read.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(|e| {
+        let read = if crate::failpoint::fails("source-eio") && offset >= self.size / 2 {
+            Err(std::io::Error::from_raw_os_error(libc::EIO))
+        } else {
+            self.file.read_exact_at(buf, offset)
+        };
+        read.map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 let found = self.current_size().unwrap_or(offset);
                 Error::SourceShrank { path: self.path.clone(), expected: self.size, found }

@@ -84,6 +84,18 @@ impl TestRepo {
         strata_cmd().arg("-r").arg(&self.path).args(args).output().expect("run strata")
     }
 
+    /// Starts the strata binary with `-r <repo>` and the given arguments, output captured.
+    pub fn cli_spawn(&self, args: &[&str]) -> std::process::Child {
+        strata_cmd()
+            .arg("-r")
+            .arg(&self.path)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn strata")
+    }
+
     /// Paths of all files below the repository matching `dir` (e.g. "packs", "images").
     pub fn files_in(&self, dir: &str) -> Vec<PathBuf> {
         let mut out = Vec::new();
