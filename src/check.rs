@@ -92,6 +92,7 @@ fn run(
 
     // Manifests: each must read whole (checksum) and decode; collect who references what.
     let mut refs_of: HashMap<ChunkId, Vec<ImageId>> = HashMap::new();
+    let journal_pending = refs::pending(repo.index())?.is_some();
     // Images that cannot restore for a reason of their own chain, with that reason, and the
     // image whose damage is the root cause.
     let mut bad_images: BTreeMap<ImageId, String> = BTreeMap::new();
@@ -305,7 +306,7 @@ fn run(
     }
 
     // Counters (only when no interrupted operation is waiting to rebuild them).
-    if only.is_none() && refs::pending(repo.index())?.is_none() {
+    if only.is_none() && !journal_pending {
         check_counters(repo, images, &refs_of, &locs, &mut report)?;
     }
 

@@ -279,25 +279,20 @@ impl Repository {
         }
     }
 
-    /// The images needed to restore `image`, full first.
+    /// The images needed to restore `image`, full first, as their manifests say (the catalog
+    /// is a cache and may lag behind a rewrite that an interrupted forget made).
     pub fn chain(&self, image: &ImageInfo) -> Result<Vec<ImageInfo>> {
-        let all = self.images()?;
-        let mut chain = vec![image.clone()];
-        let mut cur = image.clone();
-        while let Some(base) = cur.base {
-            if chain.len() > all.len() + 1 {
+        let mut chain = vec![read_info(self.backend(), &image.id)?];
+        while let Some(base) = chain.last().and_then(|i| i.base) {
+            if chain.len() > 100_000 || chain.iter().any(|i| i.id == base) {
                 return Err(Error::CorruptManifest { image: image.id.to_string(), reason: "chain loops".into() });
             }
-            let next = match all.iter().find(|i| i.id == base) {
-                Some(i) => i.clone(),
-                None => read_info(self.backend(), &base)?,
-            };
-            chain.push(next.clone());
-            cur = next;
+            chain.push(read_info(self.backend(), &base)?);
         }
-        if cur.kind != Kind::Full {
+        let full = chain.last().ok_or_else(|| Error::ImageNotFound { spec: image.id.to_string() })?;
+        if full.kind != Kind::Full {
             return Err(Error::CorruptManifest {
-                image: cur.id.to_string(),
+                image: full.id.to_string(),
                 reason: "chain does not start at a full".into(),
             });
         }
