@@ -254,10 +254,19 @@ fn run(
         if bad_images.contains_key(&info.id) || only.is_some_and(|o| o != info.id) {
             continue;
         }
-        let Ok(chain) = repo.chain(info) else {
-            bad_images.insert(info.id, "its chain cannot be resolved".into());
-            root.insert(info.id, info.id);
-            continue;
+        let chain = match repo.chain(info) {
+            Ok(c) => c,
+            Err(e) => {
+                // Attribute it to the image whose manifest broke the chain, when one is named.
+                let named = match &e {
+                    Error::MissingManifest { image } | Error::CorruptManifest { image, .. } => ImageId::parse(image),
+                    _ => None,
+                };
+                let cause = named.map_or(info.id, |n| root.get(&n).copied().unwrap_or(n));
+                bad_images.insert(info.id, format!("its chain includes damaged image {}", cause.short()));
+                root.insert(info.id, cause);
+                continue;
+            }
         };
         if let Some(r) = chain.iter().find_map(|c| root.get(&c.id).copied()) {
             bad_images.insert(info.id, format!("its chain includes damaged image {}", r.short()));
