@@ -32,4 +32,4 @@ pub use backup::{backup, BackupOptions, KindRequest};
 pub use error::{Error, Result};
 pub use manifest::{ImageInfo, Kind};
 pub use repository::{InitOptions, Repository};
-pub use restore::{restore, RestoreReport};
+pub use restore::{restore, restore_with, RestoreOptions, RestoreReport};

@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -27,6 +28,8 @@ const BATCH: usize = 2048;
 pub struct RestoreReport {
     pub bytes: u64,
     pub zero_bytes: u64,
+    /// With `partial`: the ranges written as zeros because their chunks are damaged or missing.
+    pub damaged: Vec<DamagedRange>,
     pub seconds: f64,
 }
 
@@ -43,18 +46,83 @@ impl Target {
     }
 }
 
-/// Restores `image` to `target`, which is created, overwritten, or (a block device) written over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Restore what can be restored: ranges whose chunks are damaged or missing become zeros
+    /// (holes in a file) and are listed in the report, instead of failing the restore.
+    pub partial: bool,
+}
+
+/// A range of the disk that a partial restore could not recover.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamagedRange {
+    pub offset: u64,
+    pub len: u64,
+    pub reason: String,
+}
+
+/// Restores `image` to `target`, which is created, replaced, or (a block device) written over.
 pub fn restore(repo: &Repository, image: &ImageInfo, target: &Path, progress: &dyn Progress) -> Result<RestoreReport> {
+    restore_with(repo, image, target, &RestoreOptions::default(), progress)
+}
+
+/// A file target is written under a temporary name beside it and renamed over it only when
+/// everything was written and verified, so a failed restore leaves the target as it was. A block
+/// device cannot be replaced: there every chunk is read and verified before the first write.
+pub fn restore_with(
+    repo: &Repository,
+    image: &ImageInfo,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
     let started = Instant::now();
     let chain = repo.chain(image)?;
-    preflight(repo, &chain, image)?;
-    let out = open_target(target, image.logical_bytes)?;
+    let is_device = std::fs::metadata(target).map(|m| m.file_type().is_block_device()).unwrap_or(false);
+    preflight(repo, &chain, image, opts.partial, is_device)?;
+    let (out, temp) = open_target(target, image.logical_bytes)?;
+    let result = write_all(repo, image, &chain, &out, target, opts, progress);
+    match (result, temp) {
+        (Ok((zero_bytes, damaged)), temp) => {
+            out.file().sync_all().map_err(|e| Error::io("fsync", target, e))?;
+            if let Some(temp) = temp {
+                std::fs::rename(&temp, target).map_err(|e| Error::io("rename", &temp, e))?;
+                crate::backend::sync_dir(
+                    target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
+                )?;
+            }
+            progress.end();
+            Ok(RestoreReport {
+                bytes: image.logical_bytes,
+                zero_bytes,
+                damaged,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+        (Err(e), Some(temp)) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(e)
+        }
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// The writing pass. Batch k+1 is read and decoded in parallel while one thread writes batch
+/// k: buffered writes to one file serialise on its inode lock anyway, so one writer with large
+/// contiguous writes beats many small concurrent ones.
+fn write_all(
+    repo: &Repository,
+    image: &ImageInfo,
+    chain: &[ImageInfo],
+    out: &Target,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<(u64, Vec<DamagedRange>)> {
     progress.begin("restore", image.logical_bytes);
-    let mut view = repo.view(&chain)?;
+    let mut view = repo.view(chain)?;
     let mut zero_bytes = 0;
-    // Batch k+1 is read and decoded in parallel while one thread writes batch k: buffered
-    // writes to one file serialise on its inode lock anyway, so one writer with large
-    // contiguous writes beats many small concurrent ones.
+    let damaged = Mutex::new(Vec::new());
     let mut pending: Option<(Vec<Extent>, Vec<Option<Vec<u8>>>)> = None;
     loop {
         let batch: Vec<Extent> = view.by_ref().take(BATCH).collect::<Result<_>>()?;
@@ -62,9 +130,10 @@ pub fn restore(repo: &Repository, image: &ImageInfo, target: &Path, progress: &d
             break;
         }
         let writing = pending.take();
+        let lost = opts.partial.then_some(&damaged);
         let (written, decoded) = rayon::join(
-            || writing.map(|(extents, data)| write_batch(&out, target, &extents, &data).map(|()| extents)).transpose(),
-            || decode_batch(repo, image, &batch),
+            || writing.map(|(extents, data)| write_batch(out, target, &extents, &data).map(|()| extents)).transpose(),
+            || decode_batch(repo, image, &batch, lost),
         );
         if let Some(extents) = written? {
             zero_bytes += extents.iter().filter(|e| e.is_zero()).map(|e| e.len).sum::<u64>();
@@ -74,9 +143,9 @@ pub fn restore(repo: &Repository, image: &ImageInfo, target: &Path, progress: &d
             pending = Some((batch, decoded?));
         }
     }
-    out.file().sync_all().map_err(|e| Error::io("fsync", target, e))?;
-    progress.end();
-    Ok(RestoreReport { bytes: image.logical_bytes, zero_bytes, seconds: started.elapsed().as_secs_f64() })
+    let mut damaged = damaged.into_inner().unwrap_or_else(|p| p.into_inner());
+    damaged.sort_by_key(|d| d.offset);
+    Ok((zero_bytes, damaged))
 }
 
 fn chunk_id(e: &Extent) -> Option<ChunkId> {
@@ -87,8 +156,9 @@ fn chunk_id(e: &Extent) -> Option<ChunkId> {
 }
 
 /// Walks the whole chain (checksums, coverage) and checks that every chunk is indexed and every
-/// pack present, without reading chunk data.
-fn preflight(repo: &Repository, chain: &[ImageInfo], image: &ImageInfo) -> Result<()> {
+/// pack present; with `read_data` also decodes and verifies every chunk. With `partial`, chunk
+/// problems are left for the writing pass to record.
+fn preflight(repo: &Repository, chain: &[ImageInfo], image: &ImageInfo, partial: bool, read_data: bool) -> Result<()> {
     let mut view = repo.view(chain)?;
     let mut pack_sizes: HashMap<PackId, u64> = HashMap::new();
     loop {
@@ -98,29 +168,48 @@ fn preflight(repo: &Repository, chain: &[ImageInfo], image: &ImageInfo) -> Resul
         }
         let ids: Vec<ChunkId> = batch.iter().filter_map(chunk_id).collect();
         for (id, loc) in ids.iter().zip(repo.index().locate(&ids)?) {
-            let loc = loc.ok_or_else(|| Error::ChunkMissing { id: id.to_string(), image: image.id.to_string() })?;
-            let size = match pack_sizes.get(&loc.pack) {
-                Some(s) => *s,
-                None => {
-                    let s = repo.backend().size(&loc.pack.path()).map_err(|_| Error::CorruptPack {
-                        pack: loc.pack.to_string(),
-                        reason: format!("missing; image {} needs it", image.id),
-                    })?;
-                    pack_sizes.insert(loc.pack, s);
-                    s
-                }
-            };
-            if loc.offset + loc.stored_len as u64 > size {
-                return Err(Error::CorruptPack {
-                    pack: loc.pack.to_string(),
-                    reason: format!("truncated to {size} bytes; chunk {id} of image {} lies beyond", image.id),
-                });
+            let checked = chunk_present(repo, image, id, loc, &mut pack_sizes);
+            if !partial {
+                checked?;
             }
+        }
+        if read_data && !partial {
+            decode_batch(repo, image, &batch, None)?;
         }
     }
 }
 
-fn open_target(target: &Path, needed: u64) -> Result<Target> {
+/// The chunk is indexed and its pack holds its bytes (without reading them).
+fn chunk_present(
+    repo: &Repository,
+    image: &ImageInfo,
+    id: &ChunkId,
+    loc: Option<ChunkLoc>,
+    pack_sizes: &mut HashMap<PackId, u64>,
+) -> Result<()> {
+    let loc = loc.ok_or_else(|| Error::ChunkMissing { id: id.to_string(), image: image.id.to_string() })?;
+    let size = match pack_sizes.get(&loc.pack) {
+        Some(s) => *s,
+        None => {
+            let s = repo.backend().size(&loc.pack.path()).map_err(|_| Error::CorruptPack {
+                pack: loc.pack.to_string(),
+                reason: format!("missing; image {} needs it", image.id),
+            })?;
+            pack_sizes.insert(loc.pack, s);
+            s
+        }
+    };
+    if loc.offset + loc.stored_len as u64 > size {
+        return Err(Error::CorruptPack {
+            pack: loc.pack.to_string(),
+            reason: format!("truncated to {size} bytes; chunk {id} of image {} lies beyond", image.id),
+        });
+    }
+    Ok(())
+}
+
+/// Opens the target; for a file, a temporary file beside it that replaces it at the end.
+fn open_target(target: &Path, needed: u64) -> Result<(Target, Option<PathBuf>)> {
     match std::fs::metadata(target) {
         Ok(m) if m.file_type().is_block_device() => {
             let mut f = OpenOptions::new().write(true).open(target).map_err(|e| Error::io("open", target, e))?;
@@ -128,31 +217,51 @@ fn open_target(target: &Path, needed: u64) -> Result<Target> {
             if available < needed {
                 return Err(Error::TargetTooSmall { target: target.into(), needed, available });
             }
-            Ok(Target::Device(f))
+            Ok((Target::Device(f), None))
         }
         Ok(m) if !m.file_type().is_file() => Err(Error::TargetNotDisk { target: target.into() }),
         _ => {
+            let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let temp = target.with_file_name(format!(".{name}.strata-restore.{}", std::process::id()));
             let f = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .open(target)
-                .map_err(|e| Error::io("create", target, e))?;
-            // Zero extents are never written: after truncation they read back as zeros (holes).
-            f.set_len(needed).map_err(|e| Error::io("resize", target, e))?;
-            Ok(Target::File(f))
+                .open(&temp)
+                .map_err(|e| Error::io("create", &temp, e))?;
+            // Zero extents are never written: in a new file they read back as zeros (holes).
+            f.set_len(needed).map_err(|e| Error::io("resize", &temp, e))?;
+            Ok((Target::File(f), Some(temp)))
         }
     }
 }
 
 /// Reads and verifies the chunk data of a batch, in parallel: for each extent its bytes, or
 /// `None` for a zero extent.
-fn decode_batch(repo: &Repository, image: &ImageInfo, batch: &[Extent]) -> Result<Vec<Option<Vec<u8>>>> {
+/// With `lost`, a chunk that cannot be read is recorded there and comes back as `None`.
+fn decode_batch(
+    repo: &Repository,
+    image: &ImageInfo,
+    batch: &[Extent],
+    lost: Option<&Mutex<Vec<DamagedRange>>>,
+) -> Result<Vec<Option<Vec<u8>>>> {
     let ids: Vec<ChunkId> = batch.iter().filter_map(chunk_id).collect();
     let mut locs = repo.index().locate(&ids)?.into_iter();
     let work: Vec<(Extent, Option<ChunkLoc>)> =
         batch.iter().map(|e| (*e, if chunk_id(e).is_some() { locs.next().flatten() } else { None })).collect();
-    work.par_iter().map(|(e, loc)| decode_extent(repo, image, e, loc.as_ref())).collect()
+    work.par_iter()
+        .map(|(e, loc)| match (decode_extent(repo, image, e, loc.as_ref()), lost) {
+            (
+                Err(err @ (Error::ChunkMissing { .. } | Error::CorruptChunk { .. } | Error::CorruptPack { .. })),
+                Some(lost),
+            ) => {
+                let range = DamagedRange { offset: e.offset, len: e.len, reason: err.to_string() };
+                lost.lock().unwrap_or_else(|p| p.into_inner()).push(range);
+                Ok(None)
+            }
+            (r, _) => r,
+        })
+        .collect()
 }
 
 fn decode_extent(repo: &Repository, image: &ImageInfo, e: &Extent, loc: Option<&ChunkLoc>) -> Result<Option<Vec<u8>>> {

@@ -180,3 +180,41 @@ fn verify_checks_one_image() {
     }
     common::assert_clean_failure(&repo.cli(&["verify", &images[2].id.to_string()]), "damaged");
 }
+
+#[test]
+fn a_restore_that_meets_damage_leaves_the_target_untouched_unless_partial() {
+    let (repo, bytes) = history(8);
+    let pack = a_pack(&repo);
+    let mut b = std::fs::read(&pack).unwrap();
+    b[300] ^= 0x01;
+    std::fs::write(&pack, &b).unwrap();
+    let latest = repo.images().last().unwrap().clone();
+    let target = repo.file("target.img");
+    std::fs::write(&target, b"the old contents").unwrap();
+    let out = repo.cli(&["restore", &latest.id.to_string(), target.to_str().unwrap()]);
+    common::assert_clean_failure(&out, "damaged");
+    assert_eq!(std::fs::read(&target).unwrap(), b"the old contents", "a failed restore must not touch the target");
+    let leftovers: Vec<_> = std::fs::read_dir(repo.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("strata-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary file left behind");
+
+    // --partial restores everything else and lists what it could not.
+    let out = repo.cli(&["restore", "--partial", "--json", &latest.id.to_string(), target.to_str().unwrap()]);
+    assert!(!out.status.success(), "an incomplete restore must say so in its exit code");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged = v["damaged"].as_array().unwrap();
+    assert!(!damaged.is_empty());
+    let restored = std::fs::read(&target).unwrap();
+    let want = &bytes[&latest.id];
+    assert_eq!(restored.len(), want.len());
+    let mut lost = vec![false; want.len()];
+    for d in damaged {
+        let (o, n) = (d["offset"].as_u64().unwrap() as usize, d["len"].as_u64().unwrap() as usize);
+        lost[o..o + n].iter_mut().for_each(|x| *x = true);
+        assert!(restored[o..o + n].iter().all(|&x| x == 0), "damaged ranges are zeros");
+    }
+    assert!(restored.iter().zip(want).zip(&lost).all(|((r, w), l)| *l || r == w), "everything else is exact");
+}

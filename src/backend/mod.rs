@@ -3,7 +3,7 @@
 
 mod local;
 
-pub use local::LocalDir;
+pub use local::{sync_dir, LocalDir};
 
 use std::io::{Read, Write};
 

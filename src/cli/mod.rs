@@ -62,6 +62,10 @@ enum Command {
     Restore {
         image: String,
         target: PathBuf,
+        /// Restore what can be restored: damaged or missing chunks become zeros, their ranges are
+        /// listed, and the exit code says the restore is incomplete
+        #[arg(long)]
+        partial: bool,
         #[arg(long)]
         json: bool,
     },
@@ -209,15 +213,23 @@ pub fn run() -> Result<()> {
             let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
             output::images(&repo.images()?, json)?;
         }
-        Command::Restore { image, target, json } => {
+        Command::Restore { image, target, partial, json } => {
             let path = repo_path(&cli.repo)?;
             let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
             let info = repo.find_image(&image)?;
             let bar = progress::Bar::new(json);
-            let report = strata::restore(&repo, &info, &target, &bar)
+            let opts = strata::RestoreOptions { partial };
+            let report = strata::restore_with(&repo, &info, &target, &opts, &bar)
                 .with_context(|| format!("restore of image {} to {} failed", info.id.short(), target.display()))?;
             bar.clear();
             output::restore(&info, &report, &target, json)?;
+            if !report.damaged.is_empty() {
+                let lost: u64 = report.damaged.iter().map(|d| d.len).sum();
+                anyhow::bail!(
+                    "partial restore: {} damaged ranges ({lost} bytes) were written as zeros",
+                    report.damaged.len()
+                );
+            }
         }
         Command::Stats { json, set, image } => {
             let path = repo_path(&cli.repo)?;

@@ -128,9 +128,13 @@ pub fn restore(i: &ImageInfo, r: &RestoreReport, target: &Path, json: bool) -> R
             "bytes": r.bytes,
             "zero_bytes": r.zero_bytes,
             "seconds": r.seconds,
+            "damaged": r.damaged.iter().map(|d| serde_json::json!({"offset": d.offset, "len": d.len, "reason": d.reason})).collect::<Vec<_>>(),
         });
         println!("{v}");
         return Ok(());
+    }
+    for d in &r.damaged {
+        println!("damaged: bytes {}..{} ({}) written as zeros: {}", d.offset, d.offset + d.len, human(d.len), d.reason);
     }
     let rate = if r.seconds > 0.0 { r.bytes as f64 / r.seconds / 1e6 } else { 0.0 };
     println!(
