@@ -245,6 +245,17 @@ fn run(
         }
     }
 
+    // A bad chunk with an intact copy in another pack is damage to report, but restores use
+    // the copy, so it breaks no image.
+    let copies = crate::copies::Copies::default();
+    let ids: Vec<ChunkId> = bad_chunks.keys().copied().collect();
+    for id in ids {
+        if let Some((alt, _)) = copies.intact(repo, &id, locs.get(&id))? {
+            let why = bad_chunks.remove(&id).unwrap_or_default();
+            let detail = format!("{why}; an intact copy in pack {} is used instead", alt.pack);
+            report.problems.push(Problem { kind: "chunk", object: id.to_string(), detail, images: vec![] });
+        }
+    }
     // Which images do the bad chunks affect? Only those whose resolved view still uses one (a
     // later delta may have replaced it), so no unaffected image is reported damaged.
     let suspects: BTreeSet<ImageId> =

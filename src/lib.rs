@@ -9,6 +9,7 @@ pub mod backup;
 pub mod check;
 pub mod chunker;
 pub mod config;
+pub mod copies;
 pub mod error;
 pub mod extent;
 pub mod failpoint;

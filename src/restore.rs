@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::copies::Copies;
 use crate::error::{Error, Result};
 use crate::extent::{Content, Extent};
 use crate::id::{ChunkId, PackId};
@@ -79,9 +80,10 @@ pub fn restore_with(
     let started = Instant::now();
     let chain = repo.chain(image)?;
     let is_device = std::fs::metadata(target).map(|m| m.file_type().is_block_device()).unwrap_or(false);
-    preflight(repo, &chain, image, opts.partial, is_device)?;
+    let copies = Copies::default();
+    preflight(repo, &chain, image, opts.partial, is_device, &copies)?;
     let (out, temp) = open_target(target, image.logical_bytes)?;
-    let result = write_all(repo, image, &chain, &out, target, opts, progress);
+    let result = write_all(repo, image, &chain, &out, target, opts, &copies, progress);
     match (result, temp) {
         (Ok((zero_bytes, damaged)), temp) => {
             out.file().sync_all().map_err(|e| Error::io("fsync", target, e))?;
@@ -117,6 +119,7 @@ fn write_all(
     out: &Target,
     target: &Path,
     opts: &RestoreOptions,
+    copies: &Copies,
     progress: &dyn Progress,
 ) -> Result<(u64, Vec<DamagedRange>)> {
     progress.begin("restore", image.logical_bytes);
@@ -133,7 +136,7 @@ fn write_all(
         let lost = opts.partial.then_some(&damaged);
         let (written, decoded) = rayon::join(
             || writing.map(|(extents, data)| write_batch(out, target, &extents, &data).map(|()| extents)).transpose(),
-            || decode_batch(repo, image, &batch, lost),
+            || decode_batch(repo, image, &batch, lost, copies),
         );
         if let Some(extents) = written? {
             zero_bytes += extents.iter().filter(|e| e.is_zero()).map(|e| e.len).sum::<u64>();
@@ -158,7 +161,14 @@ fn chunk_id(e: &Extent) -> Option<ChunkId> {
 /// Walks the whole chain (checksums, coverage) and checks that every chunk is indexed and every
 /// pack present; with `read_data` also decodes and verifies every chunk. With `partial`, chunk
 /// problems are left for the writing pass to record.
-fn preflight(repo: &Repository, chain: &[ImageInfo], image: &ImageInfo, partial: bool, read_data: bool) -> Result<()> {
+fn preflight(
+    repo: &Repository,
+    chain: &[ImageInfo],
+    image: &ImageInfo,
+    partial: bool,
+    read_data: bool,
+    copies: &Copies,
+) -> Result<()> {
     let mut view = repo.view(chain)?;
     let mut pack_sizes: HashMap<PackId, u64> = HashMap::new();
     loop {
@@ -169,12 +179,14 @@ fn preflight(repo: &Repository, chain: &[ImageInfo], image: &ImageInfo, partial:
         let ids: Vec<ChunkId> = batch.iter().filter_map(chunk_id).collect();
         for (id, loc) in ids.iter().zip(repo.index().locate(&ids)?) {
             let checked = chunk_present(repo, image, id, loc, &mut pack_sizes);
-            if !partial {
-                checked?;
+            if let Err(err) = checked {
+                if !partial && copies.intact(repo, id, loc.as_ref())?.is_none() {
+                    return Err(err);
+                }
             }
         }
         if read_data && !partial {
-            decode_batch(repo, image, &batch, None)?;
+            decode_batch(repo, image, &batch, None, copies)?;
         }
     }
 }
@@ -244,13 +256,14 @@ fn decode_batch(
     image: &ImageInfo,
     batch: &[Extent],
     lost: Option<&Mutex<Vec<DamagedRange>>>,
+    copies: &Copies,
 ) -> Result<Vec<Option<Vec<u8>>>> {
     let ids: Vec<ChunkId> = batch.iter().filter_map(chunk_id).collect();
     let mut locs = repo.index().locate(&ids)?.into_iter();
     let work: Vec<(Extent, Option<ChunkLoc>)> =
         batch.iter().map(|e| (*e, if chunk_id(e).is_some() { locs.next().flatten() } else { None })).collect();
     work.par_iter()
-        .map(|(e, loc)| match (decode_extent(repo, image, e, loc.as_ref()), lost) {
+        .map(|(e, loc)| match (decode_extent(repo, image, e, loc.as_ref(), copies), lost) {
             (
                 Err(err @ (Error::ChunkMissing { .. } | Error::CorruptChunk { .. } | Error::CorruptPack { .. })),
                 Some(lost),
@@ -264,17 +277,33 @@ fn decode_batch(
         .collect()
 }
 
-fn decode_extent(repo: &Repository, image: &ImageInfo, e: &Extent, loc: Option<&ChunkLoc>) -> Result<Option<Vec<u8>>> {
+fn decode_extent(
+    repo: &Repository,
+    image: &ImageInfo,
+    e: &Extent,
+    loc: Option<&ChunkLoc>,
+    copies: &Copies,
+) -> Result<Option<Vec<u8>>> {
     let Content::Chunk { id, skip } = e.content else { return Ok(None) };
-    let loc = loc.ok_or_else(|| Error::ChunkMissing { id: id.to_string(), image: image.id.to_string() })?;
-    let stored = repo.backend().read_at(&loc.pack.path(), loc.offset, loc.stored_len as usize).map_err(|err| {
-        Error::CorruptPack { pack: loc.pack.to_string(), reason: format!("chunk {id} cannot be read: {err}") }
-    })?;
-    let mut raw = decode_chunk(id, loc.codec, &stored, loc.raw_len).map_err(|err| Error::CorruptChunk {
-        id: id.to_string(),
-        pack: loc.pack.to_string(),
-        reason: err.to_string(),
-    })?;
+    let read = || -> Result<Vec<u8>> {
+        let loc = loc.ok_or_else(|| Error::ChunkMissing { id: id.to_string(), image: image.id.to_string() })?;
+        let stored = repo.backend().read_at(&loc.pack.path(), loc.offset, loc.stored_len as usize).map_err(|err| {
+            Error::CorruptPack { pack: loc.pack.to_string(), reason: format!("chunk {id} cannot be read: {err}") }
+        })?;
+        decode_chunk(id, loc.codec, &stored, loc.raw_len).map_err(|err| Error::CorruptChunk {
+            id: id.to_string(),
+            pack: loc.pack.to_string(),
+            reason: err.to_string(),
+        })
+    };
+    // The copy the index names is damaged or gone: another pack may hold an intact one.
+    let mut raw = match read() {
+        Ok(raw) => raw,
+        Err(err) => match copies.intact(repo, &id, loc)? {
+            Some((_, raw)) => raw,
+            None => return Err(err),
+        },
+    };
     let (s, n) = (skip as usize, e.len as usize);
     if s + n > raw.len() {
         return Err(Error::CorruptManifest {

@@ -218,3 +218,22 @@ fn a_restore_that_meets_damage_leaves_the_target_untouched_unless_partial() {
     }
     assert!(restored.iter().zip(want).zip(&lost).all(|((r, w), l)| *l || r == w), "everything else is exact");
 }
+
+#[test]
+fn an_intact_copy_in_another_pack_is_used() {
+    let (repo, bytes) = history(9);
+    let pack = a_pack(&repo);
+    // A second copy of the pack under another name (as an interrupted run can leave).
+    let copy = repo.path.join("packs/ff").join("ff".repeat(32));
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::copy(&pack, &copy).unwrap();
+    let mut b = std::fs::read(&pack).unwrap();
+    b[200] ^= 0x04;
+    std::fs::write(&pack, &b).unwrap();
+    let r = check(&repo, ReadData::All);
+    let p = r.problems.iter().find(|p| p.kind == "chunk").expect("the damage is still reported");
+    assert!(p.detail.contains("intact copy"), "{p:?}");
+    assert!(p.images.is_empty());
+    assert!(r.images.iter().all(|i| i.restorable), "{:#?}", r.images);
+    assert_eq!(restorable(&repo, &bytes).len(), bytes.len(), "restores use the intact copy");
+}
