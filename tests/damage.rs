@@ -237,3 +237,21 @@ fn an_intact_copy_in_another_pack_is_used() {
     assert!(r.images.iter().all(|i| i.restorable), "{:#?}", r.images);
     assert_eq!(restorable(&repo, &bytes).len(), bytes.len(), "restores use the intact copy");
 }
+
+#[test]
+fn altered_bytes_that_change_no_chunk_are_still_reported() {
+    // The pack header's flags field is read by no decoder: only the pack's name (the hash of
+    // its bytes) can tell. No image is affected, but the repository is not as written.
+    let (repo, bytes) = history(10);
+    let pack = a_pack(&repo);
+    let mut b = std::fs::read(&pack).unwrap();
+    b[10] ^= 0x80;
+    std::fs::write(&pack, &b).unwrap();
+    let r = check(&repo, ReadData::All);
+    let name = pack.file_name().unwrap().to_string_lossy().to_string();
+    let p = r.problems.iter().find(|p| p.kind == "pack").expect("reported");
+    assert_eq!(p.object, name);
+    assert!(p.images.is_empty());
+    assert!(r.images.iter().all(|i| i.restorable));
+    assert_eq!(restorable(&repo, &bytes).len(), bytes.len());
+}
