@@ -65,6 +65,9 @@ day2=$("$strata" -r "$repo" images --json | python3 -c 'import json,sys; print([
 cmp "$work/day2.img" "$work/restored.img" && echo "day 2 incremental: identical"
 rm -f "$work/restored.img" "$work/day0.img" "$work/day2.img"
 
+step "prove it: strata check --read-data (every chunk decoded and re-hashed)"
+"$strata" -r "$repo" check --read-data | tail -3
+
 step "what it cost: strata stats"
 "$strata" -r "$repo" stats
 
