@@ -6,7 +6,7 @@
 //! fsync) before its index batch is committed (synced); all of an image's packs are indexed
 //! before its manifest is published (the commit point); the catalog entry comes last.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Mutex;
@@ -18,7 +18,7 @@ use crate::chunker::split_segment;
 use crate::config::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::extent::{Content, Extent};
-use crate::id::{ChunkId, ImageId};
+use crate::id::{ChunkId, ImageId, PackId};
 use crate::index::{put_image, Batch, ChunkLookup};
 use crate::manifest::{ChangeFilter, ImageInfo, Kind, ManifestWriter};
 use crate::pack::{compress_chunk, Codec, PackBuilder};
@@ -219,6 +219,8 @@ struct Run<'a> {
     pending: HashSet<ChunkId>,
     pool: BufferPool,
     refs: &'a mut RefDelta,
+    /// Sizes of the packs that dedup hits point into (None: missing).
+    pack_sizes: HashMap<PackId, Option<u64>>,
 }
 
 /// Reference changes are applied in batches of this many chunks, so memory stays bounded.
@@ -233,7 +235,8 @@ impl<'a> Run<'a> {
         refs: &'a mut RefDelta,
     ) -> Self {
         let pool = BufferPool(Mutex::new(Vec::new()));
-        Run { repo, filter, manifest, info, pack: PackBuilder::new(), pending: HashSet::new(), pool, refs }
+        let pack_sizes = HashMap::new();
+        Run { repo, filter, manifest, info, pack: PackBuilder::new(), pending: HashSet::new(), pool, refs, pack_sizes }
     }
 
     fn read_all(&mut self, src: &Source, progress: &dyn Progress) -> Result<()> {
@@ -297,11 +300,30 @@ impl<'a> Run<'a> {
         }
         let ids: Vec<ChunkId> = candidates.iter().map(|(id, _)| *id).collect();
         let known = self.repo.index().locate(&ids)?;
+        // Self-healing: a chunk whose pack is gone or cut short is stored again rather than
+        // trusted to the index (one stat per pack and run).
+        let mut stored_ok = Vec::with_capacity(known.len());
+        for loc in &known {
+            stored_ok.push(match loc {
+                Some(l) => {
+                    let size = match self.pack_sizes.get(&l.pack) {
+                        Some(s) => *s,
+                        None => {
+                            let s = self.repo.backend().size(&l.pack.path()).ok();
+                            self.pack_sizes.insert(l.pack, s);
+                            s
+                        }
+                    };
+                    size.is_some_and(|s| l.offset + l.stored_len as u64 <= s)
+                }
+                None => false,
+            });
+        }
         let level = self.repo.config().compression_level;
         let fresh: Vec<(ChunkId, u32, Codec, Vec<u8>)> = candidates
             .par_iter()
-            .zip(known.par_iter())
-            .filter(|(_, loc)| loc.is_none())
+            .zip(stored_ok.par_iter())
+            .filter(|(_, ok)| !**ok)
             .map(|((id, data), _)| {
                 compress_chunk(*id, data, level).map(|(codec, stored)| (*id, data.len() as u32, codec, stored))
             })

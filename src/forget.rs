@@ -97,11 +97,11 @@ pub fn plan(images: &[ImageInfo], req: &ForgetRequest) -> Result<ForgetPlan> {
     // Sets whose full goes: the oldest kept member becomes the new full.
     // Sets that keep a full (after a rebase the full's id is no longer the set's; while an
     // interrupted rebase is rolled forward a set can briefly have two fulls).
-    let kept_full: BTreeSet<ImageId> =
-        images.iter().filter(|f| f.kind == Kind::Full && !remove.contains(&f.id)).map(|f| f.set).collect();
+    let kept_full: BTreeMap<ImageId, ImageId> =
+        images.iter().filter(|f| f.kind == Kind::Full && !remove.contains(&f.id)).map(|f| (f.set, f.id)).collect();
     let mut new_full: BTreeMap<ImageId, ImageId> = BTreeMap::new();
     for i in &ordered {
-        let full_gone = !kept_full.contains(&i.set);
+        let full_gone = !kept_full.contains_key(&i.set);
         if !remove.contains(&i.id) && i.kind != Kind::Full && full_gone && !new_full.contains_key(&i.set) {
             new_full.insert(i.set, i.id);
             rewrite.push(Rewrite { image: i.id, new_base: None });
@@ -115,13 +115,14 @@ pub fn plan(images: &[ImageInfo], req: &ForgetRequest) -> Result<ForgetPlan> {
         if !remove.contains(&base) {
             continue;
         }
-        // Nearest kept ancestor, else the set's new full.
+        // Nearest kept ancestor, else the set's new full, else the full the set keeps (after an
+        // interrupted rebase the set can hold both the old full and the synthetic one).
         let mut cur = by_id.get(&base).and_then(|b| b.base);
         let new_base = loop {
             match cur {
                 Some(a) if !remove.contains(&a) => break Some(a),
                 Some(a) => cur = by_id.get(&a).and_then(|b| b.base),
-                None => break new_full.get(&i.set).copied(),
+                None => break new_full.get(&i.set).or(kept_full.get(&i.set)).copied(),
             }
         };
         if new_base.is_none() {
@@ -231,4 +232,60 @@ pub fn execute(repo: &Repository, plan: &ForgetPlan, dry_run: bool) -> Result<Fo
         refs::apply(repo.index(), delta, batch)?;
     }
     Ok(ForgetReport { forgotten: plan.forget.len(), rewritten: plan.rewrite.len(), unreferenced_bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(n: u8, kind: Kind, base: Option<u8>, set: u8) -> ImageInfo {
+        ImageInfo {
+            id: ImageId([n; 16]),
+            kind,
+            source_id: "s".into(),
+            set: ImageId([set; 16]),
+            base: base.map(|b| ImageId([b; 16])),
+            created_ms: n as u64,
+            logical_bytes: 1,
+            changed_bytes: 0,
+            new_stored_bytes: 0,
+            new_raw_bytes: 0,
+            new_chunks: 0,
+            changed_zero_bytes: 0,
+            extent_count: 0,
+            depth: 0,
+            seconds: 0.0,
+            source_stat: None,
+            read_skipped: false,
+            synthetic: false,
+        }
+    }
+
+    /// An interrupted rebase left the set with its old full (1) and the synthetic one (3); rolled
+    /// forward, the differential on the old full moves onto the synthetic full.
+    #[test]
+    fn roll_forward_of_an_interrupted_rebase() {
+        use Kind::*;
+        let images = vec![
+            img(1, Full, None, 1),
+            img(2, Incremental, Some(1), 1),
+            img(3, Full, None, 1),
+            img(4, Differential, Some(1), 1),
+            img(5, Incremental, Some(3), 1),
+        ];
+        let req = ForgetRequest { ids: vec![ImageId([1; 16]), ImageId([2; 16])], rebase: true, ..Default::default() };
+        let p = plan(&images, &req).unwrap();
+        assert_eq!(p.rewrite, vec![Rewrite { image: ImageId([4; 16]), new_base: Some(ImageId([3; 16])) }]);
+        assert_eq!(p.forget.len(), 2);
+    }
+
+    #[test]
+    fn forgetting_a_full_without_rebase_takes_the_whole_set() {
+        use Kind::*;
+        let images = vec![img(1, Full, None, 1), img(2, Incremental, Some(1), 1), img(3, Full, None, 3)];
+        let req = ForgetRequest { ids: vec![ImageId([1; 16])], ..Default::default() };
+        let p = plan(&images, &req).unwrap();
+        assert_eq!(p.forget.iter().map(|i| i.id.0[0]).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(p.rewrite.is_empty());
+    }
 }

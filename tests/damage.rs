@@ -255,3 +255,20 @@ fn altered_bytes_that_change_no_chunk_are_still_reported() {
     assert!(r.images.iter().all(|i| i.restorable));
     assert_eq!(restorable(&repo, &bytes).len(), bytes.len());
 }
+
+#[test]
+fn a_backup_after_a_pack_was_lost_stores_its_chunks_again() {
+    let (repo, _) = history(11);
+    let mut packs = repo.files_in("packs");
+    packs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    std::fs::remove_file(&packs[0]).unwrap(); // a pack of the first full: most images break
+    let src = repo.file("disk.img");
+    let now = std::fs::read(&src).unwrap();
+    let healed = repo.try_backup(&src, KindRequest::Full, true).unwrap();
+    assert!(healed.new_stored_bytes > 0, "the lost chunks are stored again");
+    assert!(repo.restore_bytes(&healed) == now, "the new image does not depend on the lost pack");
+    let r = check(&repo, ReadData::All);
+    let status = r.images.iter().find(|i| i.id == healed.id).unwrap();
+    assert!(status.restorable, "{status:?}");
+    assert!(r.problems.iter().any(|p| p.kind == "pack" && p.detail.contains("missing")), "the loss is still reported");
+}
