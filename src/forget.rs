@@ -239,26 +239,7 @@ mod tests {
     use super::*;
 
     fn img(n: u8, kind: Kind, base: Option<u8>, set: u8) -> ImageInfo {
-        ImageInfo {
-            id: ImageId([n; 16]),
-            kind,
-            source_id: "s".into(),
-            set: ImageId([set; 16]),
-            base: base.map(|b| ImageId([b; 16])),
-            created_ms: n as u64,
-            logical_bytes: 1,
-            changed_bytes: 0,
-            new_stored_bytes: 0,
-            new_raw_bytes: 0,
-            new_chunks: 0,
-            changed_zero_bytes: 0,
-            extent_count: 0,
-            depth: 0,
-            seconds: 0.0,
-            source_stat: None,
-            read_skipped: false,
-            synthetic: false,
-        }
+        ImageInfo::fixture(n, kind, base, set, n as u64)
     }
 
     /// An interrupted rebase left the set with its old full (1) and the synthetic one (3); rolled

@@ -87,26 +87,7 @@ mod tests {
     use super::*;
 
     fn img(n: u8, kind: Kind, set: u8, created_ms: u64) -> ImageInfo {
-        ImageInfo {
-            id: ImageId([n; 16]),
-            kind,
-            source_id: "s".into(),
-            set: ImageId([set; 16]),
-            base: None,
-            created_ms,
-            logical_bytes: 0,
-            changed_bytes: 0,
-            new_stored_bytes: 0,
-            new_raw_bytes: 0,
-            new_chunks: 0,
-            changed_zero_bytes: 0,
-            extent_count: 0,
-            depth: 0,
-            seconds: 0.0,
-            source_stat: None,
-            read_skipped: false,
-            synthetic: false,
-        }
+        ImageInfo::fixture(n, kind, None, set, created_ms)
     }
 
     #[test]

@@ -77,3 +77,30 @@ pub struct ImageInfo {
     /// full was forgotten (`forget --rebase`): metadata only, its data was already stored.
     pub synthetic: bool,
 }
+
+#[cfg(test)]
+impl ImageInfo {
+    /// A bare image for planning tests: its id is `n` repeated, its set `set` repeated.
+    pub(crate) fn fixture(n: u8, kind: Kind, base: Option<u8>, set: u8, created_ms: u64) -> ImageInfo {
+        ImageInfo {
+            id: ImageId([n; 16]),
+            kind,
+            source_id: "s".into(),
+            set: ImageId([set; 16]),
+            base: base.map(|b| ImageId([b; 16])),
+            created_ms,
+            logical_bytes: 1,
+            changed_bytes: 0,
+            new_stored_bytes: 0,
+            new_raw_bytes: 0,
+            new_chunks: 0,
+            changed_zero_bytes: 0,
+            extent_count: 0,
+            depth: 0,
+            seconds: 0.0,
+            source_stat: None,
+            read_skipped: false,
+            synthetic: false,
+        }
+    }
+}
