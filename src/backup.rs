@@ -89,13 +89,13 @@ pub fn backup(
     let source_id = opts.source_id.clone().unwrap_or_else(|| src.canonical_id());
     let images = repo.images()?;
     let (kind, base) = plan_kind(&images, &source_id, opts.kind)?;
+    // The base's chain, as its manifests say: its length is the new image's depth.
+    let chain = base.as_ref().map(|b| repo.chain(b)).transpose()?.unwrap_or_default();
     // Depth bound: a chain that would grow past it gets a synthetic full (a new set) instead.
     let max_depth = repo.config().max_chain_depth;
-    let too_deep = match &base {
-        Some(b) => kind == Kind::Incremental && max_depth > 0 && repo.chain(b)?.len() as u32 > max_depth,
-        None => false,
-    };
-    let (kind, base, synthetic) = if too_deep { (Kind::Full, None, true) } else { (kind, base, false) };
+    let too_deep = kind == Kind::Incremental && max_depth > 0 && chain.len() as u32 > max_depth;
+    let (kind, base, chain, synthetic) =
+        if too_deep { (Kind::Full, None, Vec::new(), true) } else { (kind, base, chain, false) };
     // Strictly after every earlier image, so that catalog order is backup order even within one
     // millisecond (writers are exclusive, so this cannot race).
     let created_ms = images.iter().map(|i| i.created_ms + 1).max().unwrap_or(0).max(crate::timefmt::now_ms());
@@ -114,7 +114,7 @@ pub fn backup(
         new_chunks: 0,
         changed_zero_bytes: 0,
         extent_count: 0,
-        depth: base.as_ref().map_or(0, |b| b.depth + 1),
+        depth: chain.len() as u32,
         seconds: 0.0,
         source_stat: src.stat(),
         read_skipped: false,
@@ -131,10 +131,7 @@ pub fn backup(
         // Same size, inode, mtime and ctime as when the base was read: an empty delta.
         info.read_skipped = true;
     } else {
-        let filter = ChangeFilter::new(match &base {
-            Some(b) => Some(repo.view(&repo.chain(b)?)?),
-            None => None,
-        });
+        let filter = ChangeFilter::new(if chain.is_empty() { None } else { Some(repo.view(&chain)?) });
         let mut run = Run::new(repo, filter, &mut manifest, &mut info, &mut delta);
         run.read_all(&src, progress)?;
         run.finish()?;
