@@ -8,8 +8,12 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 
 use strata::chunker::{is_zero, split_segment};
 use strata::config::ChunkerParams;
+use strata::extent::Extent;
 use strata::id::ChunkId;
-use strata::pack::{compress_chunk, decode_chunk};
+use strata::id::PackId;
+use strata::index::{ChunkLookup, RocksIndex};
+use strata::manifest::{ChangeFilter, Overlay, View};
+use strata::pack::{compress_chunk, decode_chunk, Codec, PackBuilder, PackEntry};
 
 const SEGMENT: usize = 16 << 20;
 
@@ -105,5 +109,94 @@ fn compression(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, chunking, hashing_and_zeros, compression);
+fn pack_writing(c: &mut Criterion) {
+    // Already compressed frames of ~16 KiB, as the pipeline hands them over.
+    let buf = data("mixed", 32 << 20);
+    let frames: Vec<(ChunkId, Vec<u8>)> = buf.chunks(16 << 10).map(|c| (ChunkId::of(c), c.to_vec())).collect();
+    let mut g = c.benchmark_group("pack");
+    g.throughput(Throughput::Bytes(buf.len() as u64));
+    g.sample_size(10);
+    g.bench_function("build_32MiB", |b| {
+        b.iter(|| {
+            let mut p = PackBuilder::new();
+            for (id, f) in &frames {
+                p.add(*id, Codec::Raw, f.len() as u32, f);
+            }
+            p.finish().1.len()
+        })
+    });
+    g.finish();
+}
+
+fn index_lookups(c: &mut Criterion) {
+    // 200,000 chunks indexed (about 3 GiB of data at 16 KiB), looked up in batches of 4,096.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let index = RocksIndex::create(&dir.path().join("index")).expect("index");
+    let ids: Vec<ChunkId> = (0u32..200_000).map(|i| ChunkId::of(&i.to_le_bytes())).collect();
+    for (n, part) in ids.chunks(2000).enumerate() {
+        let entries: Vec<PackEntry> = part
+            .iter()
+            .enumerate()
+            .map(|(i, id)| PackEntry {
+                id: *id,
+                offset: 12 + i as u64 * 100,
+                stored_len: 100,
+                raw_len: 16384,
+                codec: Codec::Zstd,
+            })
+            .collect();
+        index.add_pack(PackId::of(&(n as u64).to_le_bytes()), 1 << 25, &entries).expect("add");
+    }
+    let hits: Vec<ChunkId> = ids.iter().step_by(48).take(4096).copied().collect();
+    let misses: Vec<ChunkId> = (0u32..4096).map(|i| ChunkId::of(&(i + 1_000_000).to_le_bytes())).collect();
+    let mut g = c.benchmark_group("index");
+    // Throughput in bytes of data the looked-up chunks stand for (16 KiB each).
+    g.throughput(Throughput::Bytes(4096 * 16384));
+    g.sample_size(20);
+    g.bench_function("locate_4096_hits", |b| b.iter(|| index.locate(&hits).map(|v| v.len()).unwrap_or(0)));
+    g.bench_function("locate_4096_misses", |b| b.iter(|| index.locate(&misses).map(|v| v.len()).unwrap_or(0)));
+    g.finish();
+}
+
+/// A 2 GiB disk's view at 16 KiB chunks, and a delta touching `every`-th extent.
+fn views(every: usize) -> (Vec<Extent>, Vec<Extent>) {
+    let n = 131_072u64;
+    let base: Vec<Extent> = (0..n).map(|i| Extent::chunk(i * 16384, 16384, ChunkId::of(&i.to_le_bytes()))).collect();
+    let delta: Vec<Extent> = base
+        .iter()
+        .step_by(every)
+        .map(|e| Extent::chunk(e.offset, e.len, ChunkId::of(&(e.offset + 1).to_le_bytes())))
+        .collect();
+    (base, delta)
+}
+
+fn manifests(c: &mut Criterion) {
+    let (base, delta) = views(100);
+    let mut new_view = base.clone();
+    for d in &delta {
+        new_view[(d.offset / 16384) as usize] = *d;
+    }
+    let mut g = c.benchmark_group("manifest");
+    g.throughput(Throughput::Bytes(2 << 30));
+    g.sample_size(10);
+    g.bench_function("diff_2GiB_view_1pct_changed", |b| {
+        b.iter(|| {
+            let view: View = Box::new(base.clone().into_iter().map(Ok));
+            let mut f = ChangeFilter::new(Some(view));
+            new_view.iter().filter(|e| f.is_changed(e).unwrap_or(true)).count()
+        })
+    });
+    g.bench_function("resolve_chain_full_plus_10_deltas", |b| {
+        b.iter(|| {
+            let mut v: View = Box::new(base.clone().into_iter().map(Ok));
+            for _ in 0..10 {
+                v = Box::new(Overlay::new(v, delta.clone().into_iter().map(Ok), 2 << 30));
+            }
+            v.count()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, chunking, hashing_and_zeros, compression, pack_writing, index_lookups, manifests);
 criterion_main!(benches);
