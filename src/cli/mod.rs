@@ -50,11 +50,13 @@ enum Command {
         #[arg(long)]
         force_read: bool,
         /// Print one JSON object instead of a summary
+        /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
     },
     /// List images, oldest first
     Images {
+        /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
     },
@@ -66,11 +68,13 @@ enum Command {
         /// listed, and the exit code says the restore is incomplete
         #[arg(long)]
         partial: bool,
+        /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
     },
     /// What images, backup sets and the repository cost (from the index's counters)
     Stats {
+        /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
         /// Only this set (id or unique prefix)
@@ -87,14 +91,19 @@ enum Command {
         /// Keep the N most recent backup sets of each source
         #[arg(long)]
         keep_sets: Option<usize>,
+        /// Keep the N newest images of each source
         #[arg(long)]
         keep_last: Option<usize>,
+        /// Keep the newest image of each of the last N days that have one
         #[arg(long)]
         keep_daily: Option<usize>,
+        /// Keep the newest image of each of the last N weeks (Monday to Sunday, UTC)
         #[arg(long)]
         keep_weekly: Option<usize>,
+        /// Keep the newest image of each of the last N months
         #[arg(long)]
         keep_monthly: Option<usize>,
+        /// Keep the newest image of each of the last N years
         #[arg(long)]
         keep_yearly: Option<usize>,
         /// Keep images taken within this long of the newest one, e.g. 7d, 12h, 1y6m
@@ -116,6 +125,7 @@ enum Command {
         /// With --prune: repack packs with more than this percentage of dead bytes
         #[arg(long, default_value_t = 10.0)]
         max_unused: f64,
+        /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
     },
@@ -127,17 +137,20 @@ enum Command {
         /// Read and verify this percentage of the packs
         #[arg(long, value_name = "PERCENT")]
         read_data_subset: Option<f64>,
+        /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
     },
     /// Verify one image: its chain and every chunk it needs, read and re-hashed
     Verify {
         image: String,
+        /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
     },
     /// Recreate the index from the packs and manifests (the old one is moved aside)
     RebuildIndex {
+        /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
     },
@@ -148,6 +161,7 @@ enum Command {
         /// Repack packs with more than this percentage of dead bytes
         #[arg(long, default_value_t = 10.0)]
         max_unused: f64,
+        /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
     },
