@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::id::{ImageId, PackId};
 use crate::index::{image_key, put_image, Batch, RocksIndex};
 use crate::lock::RepoLock;
-use crate::manifest::{open_manifest, read_info, ImageInfo, Kind, Overlay, View};
+use crate::manifest::{open_manifest, peek_info, read_info, ImageInfo, Kind, Overlay, View};
 use crate::pack::read_trailer_at;
 use crate::refs;
 
@@ -282,12 +282,13 @@ impl Repository {
     /// The images needed to restore `image`, full first, as their manifests say (the catalog
     /// is a cache and may lag behind a rewrite that an interrupted forget made).
     pub fn chain(&self, image: &ImageInfo) -> Result<Vec<ImageInfo>> {
-        let mut chain = vec![read_info(self.backend(), &image.id)?];
+        // Footers only: `view` verifies every manifest whole before its extents are used.
+        let mut chain = vec![peek_info(self.backend(), &image.id)?];
         while let Some(base) = chain.last().and_then(|i| i.base) {
             if chain.len() > 100_000 || chain.iter().any(|i| i.id == base) {
                 return Err(Error::CorruptManifest { image: image.id.to_string(), reason: "chain loops".into() });
             }
-            chain.push(read_info(self.backend(), &base)?);
+            chain.push(peek_info(self.backend(), &base)?);
         }
         let full = chain.last().ok_or_else(|| Error::ImageNotFound { spec: image.id.to_string() })?;
         if full.kind != Kind::Full {

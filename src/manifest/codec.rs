@@ -126,8 +126,9 @@ fn missing_to_typed(id: &ImageId, e: Error) -> Error {
     }
 }
 
-/// Reads and checks the footer, and the checksum over the whole file (one streaming pass).
-fn read_footer(backend: &dyn Backend, id: &ImageId) -> Result<Footer> {
+/// Reads and checks the footer, and with `verify` the checksum over the whole file (one
+/// streaming pass).
+fn read_footer(backend: &dyn Backend, id: &ImageId, verify: bool) -> Result<Footer> {
     let path = manifest_path(id);
     let size = backend.size(&path).map_err(|e| missing_to_typed(id, e))?;
     if size < HEADER_LEN + FOOTER_FIXED {
@@ -142,25 +143,29 @@ fn read_footer(backend: &dyn Backend, id: &ImageId) -> Result<Footer> {
     if info_len > MAX_INFO_LEN || (info_len as u64) > size - HEADER_LEN - FOOTER_FIXED {
         return Err(corrupt(id, "info length out of range"));
     }
-    // Checksum over everything before the sum, streamed.
-    let mut r = backend.open(&path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut left = size - 40;
-    let mut buf = vec![0u8; 1 << 16];
     let mut head = [0u8; 12];
-    let mut first = true;
-    while left > 0 {
-        let n = (left as usize).min(buf.len());
-        r.read_exact(&mut buf[..n]).map_err(|e| Error::io("read", &path, e))?;
-        if first {
-            head.copy_from_slice(&buf[..12]);
-            first = false;
+    if verify {
+        // Checksum over everything before the sum, streamed.
+        let mut r = backend.open(&path)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut left = size - 40;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut first = true;
+        while left > 0 {
+            let n = (left as usize).min(buf.len());
+            r.read_exact(&mut buf[..n]).map_err(|e| Error::io("read", &path, e))?;
+            if first {
+                head.copy_from_slice(&buf[..12]);
+                first = false;
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
         }
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
-    if hasher.finalize().as_bytes() != &tail[12..44] {
-        return Err(corrupt(id, "checksum mismatch"));
+        if hasher.finalize().as_bytes() != &tail[12..44] {
+            return Err(corrupt(id, "checksum mismatch"));
+        }
+    } else {
+        head.copy_from_slice(&backend.read_at(&path, 0, 12)?);
     }
     if &head[..8] != HEADER_MAGIC {
         return Err(corrupt(id, "bad header magic"));
@@ -184,12 +189,19 @@ fn read_footer(backend: &dyn Backend, id: &ImageId) -> Result<Footer> {
 
 /// The image info stored in a manifest, after checking the whole file.
 pub fn read_info(backend: &dyn Backend, id: &ImageId) -> Result<ImageInfo> {
-    Ok(read_footer(backend, id)?.info)
+    Ok(read_footer(backend, id, true)?.info)
+}
+
+/// The image info from the footer alone (magic, version, bounds and decoding checked, not the
+/// whole-file checksum): for walking chains, whose manifests are verified again whole when
+/// their extents are read (`open_manifest`), before any of them is used.
+pub fn peek_info(backend: &dyn Backend, id: &ImageId) -> Result<ImageInfo> {
+    Ok(read_footer(backend, id, false)?.info)
 }
 
 /// Opens a manifest (checked as a whole first) and returns its info and a stream of its extents.
 pub fn open_manifest(backend: &dyn Backend, id: &ImageId) -> Result<(ImageInfo, ExtentReader)> {
-    let f = read_footer(backend, id)?;
+    let f = read_footer(backend, id, true)?;
     let path = manifest_path(id);
     let mut r = backend.open(&path)?;
     let mut head = [0u8; 12];

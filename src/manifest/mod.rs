@@ -5,7 +5,7 @@ mod chain;
 mod codec;
 
 pub use chain::{ChangeFilter, Overlay, View};
-pub use codec::{open_manifest, read_info, ExtentReader, ManifestWriter, MANIFEST_VERSION};
+pub use codec::{open_manifest, peek_info, read_info, ExtentReader, ManifestWriter, MANIFEST_VERSION};
 
 use serde::{Deserialize, Serialize};
 
