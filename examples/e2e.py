@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end benchmark on the reference workload (docs/BENCHMARKS.md tells how to run it).
 
-  e2e.py [--mib 2048] [--days 4] [--work DIR] [--strata PATH] [--others]
+  e2e.py [--mib 2048] [--days 4] [--work DIR] [--strata PATH] [--others] [--avg-kib 16]
 
 Builds the ext4 image of examples/workload.py, then measures Strata: the full, an unchanged
 re-backup (--force-read, so it is really read), an incremental per day, a differential at the
@@ -49,9 +49,9 @@ def timed(cmd, env=None, cwd=None):
 class Strata:
     name = "strata"
 
-    def __init__(self, binary, repo):
+    def __init__(self, binary, repo, avg_kib=16):
         self.bin, self.repo = binary, repo
-        subprocess.run([binary, "init", repo], check=True, capture_output=True)
+        subprocess.run([binary, "init", repo, "--avg-chunk-kib", str(avg_kib)], check=True, capture_output=True)
 
     def backup(self, image, kind, force=False):
         cmd = [self.bin, "-r", self.repo, "backup", "--json", "--kind", kind, "--source-id", "disk", image]
@@ -117,6 +117,7 @@ def main():
     ap.add_argument("--work", default="e2e-work")
     ap.add_argument("--strata", default=None)
     ap.add_argument("--others", action="store_true")
+    ap.add_argument("--avg-kib", type=int, default=16, help="Strata's average chunk size (init --avg-chunk-kib)")
     a = ap.parse_args()
     binary = a.strata or os.path.join(os.environ.get("STRATA_TARGET_DIR", "target"), "release", "strata")
     shutil.rmtree(a.work, ignore_errors=True)
@@ -125,7 +126,7 @@ def main():
     subprocess.run([sys.executable, os.path.join(HERE, "workload.py"), "build", image, str(a.mib)], check=True)
     time.sleep(1.2)  # let the image's stat age (see DESIGN.md, unchanged image files)
     data_bytes = os.stat(image).st_blocks * 512
-    tools = [Strata(binary, os.path.join(a.work, "strata-repo"))]
+    tools = [Strata(binary, os.path.join(a.work, "strata-repo"), a.avg_kib)]
     if a.others:
         tools += [Restic(os.path.join(a.work, "restic-repo")), Borg(os.path.join(a.work, "borg-repo"))]
     rows = []

@@ -17,13 +17,35 @@ use crate::error::{Error, Result};
 use crate::extent::{Content, Extent};
 use crate::id::{ChunkId, PackId};
 use crate::index::{ChunkLoc, ChunkLookup};
-use crate::manifest::ImageInfo;
+use crate::manifest::{ImageInfo, View};
 use crate::pack::decode_chunk;
 use crate::progress::Progress;
 use crate::repository::Repository;
 
-/// Extents handled per parallel batch: bounds memory to a few batches of chunk data.
+/// A batch holds at most this many extents and, once it reaches `BATCH_BYTES` of chunk data,
+/// stops: memory stays a few batches (two in flight) whatever the chunk size or disk size.
 const BATCH: usize = 2048;
+const BATCH_BYTES: u64 = 32 << 20;
+
+/// The next batch of the view: up to `max` extents, ending once `BATCH_BYTES` of chunk data
+/// (zero extents cost nothing) are in it.
+fn next_batch(view: &mut View, max: usize) -> Result<Vec<Extent>> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while batch.len() < max && bytes < BATCH_BYTES {
+        match view.next() {
+            Some(e) => {
+                let e = e?;
+                if !e.is_zero() {
+                    bytes += e.len;
+                }
+                batch.push(e);
+            }
+            None => break,
+        }
+    }
+    Ok(batch)
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RestoreReport {
@@ -128,7 +150,7 @@ fn write_all(
     let damaged = Mutex::new(Vec::new());
     let mut pending: Option<(Vec<Extent>, Vec<Option<Vec<u8>>>)> = None;
     loop {
-        let batch: Vec<Extent> = view.by_ref().take(BATCH).collect::<Result<_>>()?;
+        let batch = next_batch(&mut view, BATCH)?;
         if batch.is_empty() && pending.is_none() {
             break;
         }
@@ -172,7 +194,7 @@ fn preflight(
     let mut view = repo.view(chain)?;
     let mut pack_sizes: HashMap<PackId, u64> = HashMap::new();
     loop {
-        let batch: Vec<Extent> = view.by_ref().take(BATCH * 4).collect::<Result<_>>()?;
+        let batch = next_batch(&mut view, BATCH * 4)?;
         if batch.is_empty() {
             return Ok(());
         }
