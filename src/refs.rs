@@ -348,13 +348,8 @@ pub fn rebuild(index: &RocksIndex, backend: &dyn Backend, images: &[ImageInfo]) 
         index.delete_prefix(prefix)?;
     }
     // Pack records keep size and chunk count; dead counters are recomputed.
-    let mut packs: HashMap<PackId, PackRecord> = HashMap::new();
-    index.for_each_prefix(b"p", |k, v| {
-        let id = PackId(k[1..].try_into().map_err(|_| corrupt("pack key"))?);
-        let r = PackRecord::decode(v).ok_or_else(|| corrupt("pack record"))?;
-        packs.insert(id, PackRecord { dead_bytes: 0, dead_chunks: 0, ..r });
-        Ok(())
-    })?;
+    let packs: HashMap<PackId, PackRecord> =
+        packs(index)?.into_iter().map(|(id, r)| (id, PackRecord { dead_bytes: 0, dead_chunks: 0, ..r })).collect();
     let mut counters = Counters { index, sets: HashMap::new(), packs, totals: Totals::default() };
     let mut batch = Batch::default();
     let mut pending = 0;

@@ -14,13 +14,8 @@ use strata::KindRequest;
 const MIB: usize = 1 << 20;
 
 fn spawn_backup(repo: &TestRepo, src: &std::path::Path, failpoint: Option<&str>) -> Child {
-    let mut cmd = strata_cmd();
-    cmd.arg("-r").arg(&repo.path).args(["backup", "--source-id", "disk", "--force-read"]).arg(src);
-    cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    if let Some(fp) = failpoint {
-        cmd.env("STRATA_FAILPOINT", fp);
-    }
-    cmd.spawn().expect("spawn strata")
+    let src = src.to_str().expect("utf-8 path");
+    spawn_cli(repo, &["backup", "--source-id", "disk", "--force-read", src], failpoint)
 }
 
 /// Every image the repository lists restores to the bytes recorded for it; images published by
