@@ -1,14 +1,17 @@
 //! The backup pipeline: read → cut (FastCDC) → hash (BLAKE3), segments in parallel → compare
 //! with the base image → batched dedup lookups → zstd + verify in parallel → packs → index →
-//! manifest → catalog. Memory is bounded by a window of segments, whatever the disk size.
+//! manifest → catalog. The next window of segments is read and chunked while the current one is
+//! compressed, and a pack writer thread makes packs durable and indexes them meanwhile. Memory is
+//! bounded by two windows of segments and three packs, whatever the disk size.
 //!
 //! Write order (docs/FORMAT.md, "Write order"): each pack is durable (fsync, rename, directory
 //! fsync) before its index batch is committed (synced); all of an image's packs are indexed
 //! before its manifest is published (the commit point); the catalog entry comes last.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -132,9 +135,7 @@ pub fn backup(
         info.read_skipped = true;
     } else {
         let filter = ChangeFilter::new(if chain.is_empty() { None } else { Some(repo.view(&chain)?) });
-        let mut run = Run::new(repo, filter, &mut manifest, &mut info, &mut delta);
-        run.read_all(&src, progress)?;
-        run.finish()?;
+        Run::new(repo, filter, &mut manifest, &mut info, &mut delta).run(&src, progress)?;
         // A file that changed while it was read must not let a later backup skip reading it.
         if src.current_size()? < src.size() {
             return Err(Error::SourceShrank {
@@ -206,15 +207,53 @@ fn read_segment(
     Ok(Segment { buf, offset, extents })
 }
 
+/// The pipeline's end of the pack writer: sealed packs go out (at most one waits, so memory stays
+/// bounded), the stored size of each pack comes back once it is durable and indexed.
+struct WriterLink {
+    packs: SyncSender<PackBuilder>,
+    acks: Receiver<u64>,
+}
+
+/// The pack writer thread: for each pack in turn, trailer and name (a hash of the whole pack), pack
+/// durable (fsync, rename, directory fsync), then its index batch committed. Running beside the
+/// pipeline, this overlaps with reading, chunking and compressing; the order per pack is the same
+/// as when it was inline.
+fn write_packs(repo: &Repository, packs: Receiver<PackBuilder>, acks: Sender<u64>) -> Result<()> {
+    for pack in packs {
+        let (pid, bytes, entries) = pack.finish();
+        // Fail cleanly before the filesystem is full rather than at RocksDB's WAL: Debian's
+        // librocksdb asserts (aborts) on a sync after a write error. Nothing is lost either way.
+        if let Some(free) = repo.backend().available() {
+            if free < bytes.len() as u64 + INDEX_HEADROOM {
+                return Err(Error::NoSpace { path: repo.root().into() });
+            }
+        }
+        repo.backend().put(&pid.path(), &bytes)?;
+        crate::failpoint::hit("pack-before-index");
+        repo.index().add_pack(pid, bytes.len() as u64, &entries)?;
+        if acks.send(bytes.len() as u64).is_err() {
+            break; // the pipeline stopped; it has nothing more to send
+        }
+    }
+    Ok(())
+}
+
+fn writer_stopped() -> Error {
+    Error::Internal { reason: "the pack writer stopped".into() }
+}
+
 struct Run<'a> {
     repo: &'a Repository,
     filter: ChangeFilter,
     manifest: &'a mut ManifestWriter,
     info: &'a mut ImageInfo,
     pack: PackBuilder,
-    /// Chunks in the pack being built (not yet in the index).
+    /// Chunks in the pack being built and in packs not yet acknowledged by the writer (not yet in
+    /// the index, so lookups cannot find them).
     pending: HashSet<ChunkId>,
-    pool: BufferPool,
+    /// Chunk ids of each pack sent to the writer and not yet acknowledged, oldest first.
+    inflight: VecDeque<Vec<ChunkId>>,
+    writer: Option<WriterLink>,
     refs: &'a mut RefDelta,
     /// Sizes of the packs that dedup hits point into (None: missing).
     pack_sizes: HashMap<PackId, Option<u64>>,
@@ -231,19 +270,46 @@ impl<'a> Run<'a> {
         info: &'a mut ImageInfo,
         refs: &'a mut RefDelta,
     ) -> Self {
-        let pool = BufferPool(Mutex::new(Vec::new()));
-        let pack_sizes = HashMap::new();
-        Run { repo, filter, manifest, info, pack: PackBuilder::new(), pending: HashSet::new(), pool, refs, pack_sizes }
+        Run {
+            repo,
+            filter,
+            manifest,
+            info,
+            pack: PackBuilder::new(),
+            pending: HashSet::new(),
+            inflight: VecDeque::new(),
+            writer: None,
+            refs,
+            pack_sizes: HashMap::new(),
+        }
     }
 
+    /// Reads, stores and indexes the whole source, with the pack writer on its own thread. Returns
+    /// once every pack is durable and indexed; the writer's error, if any, comes first.
+    fn run(mut self, src: &Source, progress: &dyn Progress) -> Result<()> {
+        let repo = self.repo;
+        std::thread::scope(|scope| {
+            let (packs_tx, packs_rx) = sync_channel::<PackBuilder>(1);
+            let (acks_tx, acks_rx) = channel::<u64>();
+            let writer = scope.spawn(move || write_packs(repo, packs_rx, acks_tx));
+            self.writer = Some(WriterLink { packs: packs_tx, acks: acks_rx });
+            let piped = self.read_all(src, progress).and_then(|()| self.seal_pack()).and_then(|()| self.wait_acks());
+            self.writer = None; // closes the channel: the writer finishes what it has and stops
+            let written =
+                writer.join().unwrap_or_else(|_| Err(Error::Internal { reason: "the pack writer panicked".into() }));
+            written.and(piped)
+        })
+    }
+
+    /// Reads window after window of segments; the next window is read and chunked while the
+    /// current one is compared, compressed and packed.
     fn read_all(&mut self, src: &Source, progress: &dyn Progress) -> Result<()> {
         let params = self.repo.config().chunker.clone();
         let seg = params.segment_size as u64;
         let size = src.size();
         let window = (rayon::current_num_threads() * 2).max(2) as u64;
-        progress.begin("backup", size);
-        let mut start = 0u64;
-        while start < size {
+        let pool = BufferPool(Mutex::new(Vec::new()));
+        let read_window = |start: u64| -> Result<Vec<Segment>> {
             let mut specs = Vec::new();
             for i in 0..window {
                 let off = start + i * seg;
@@ -253,17 +319,20 @@ impl<'a> Run<'a> {
                 let end = (off + seg).min(size);
                 specs.push((off, (end - off) as usize, src.data_ranges(off, end)?));
             }
-            start += window * seg;
-            let segments: Vec<Segment> = specs
-                .par_iter()
-                .map(|(off, len, data)| read_segment(src, *off, *len, data, &params, &self.pool))
-                .collect::<Result<_>>()?;
-            let bytes: u64 = segments.iter().map(|s| s.buf.len() as u64).sum();
-            self.store_window(&segments)?;
-            for s in segments {
-                self.pool.give(s.buf);
+            specs.par_iter().map(|(off, len, data)| read_segment(src, *off, *len, data, &params, &pool)).collect()
+        };
+        progress.begin("backup", size);
+        let mut current = read_window(0)?;
+        let mut next_start = window * seg;
+        while !current.is_empty() {
+            let (stored, next) = rayon::join(|| self.store_window(&current), || read_window(next_start));
+            stored?;
+            progress.advance(current.iter().map(|s| s.buf.len() as u64).sum());
+            for s in current {
+                pool.give(s.buf);
             }
-            progress.advance(bytes);
+            current = next?;
+            next_start += window * seg;
         }
         progress.end();
         Ok(())
@@ -335,36 +404,53 @@ impl<'a> Run<'a> {
             }
         }
         if self.refs.len() >= REF_FLUSH {
-            // Chunks must be indexed before their references count: seal the pack first. The
-            // journal stays set, so a crash after this point is repaired by a rebuild.
+            // Chunks must be indexed before their references count: seal the pack and wait for
+            // the writer first. The journal stays set, so a crash after this point is repaired
+            // by a rebuild.
             self.seal_pack()?;
+            self.wait_acks()?;
             refs::apply(self.repo.index(), std::mem::take(self.refs), Batch::default())?;
         }
         Ok(())
     }
 
-    /// Pack durable first, then its index batch.
+    /// Hands the pack being built to the writer (which makes it durable, then indexes it).
     fn seal_pack(&mut self) -> Result<()> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let (pid, bytes, entries) = std::mem::take(&mut self.pack).finish();
-        // Fail cleanly before the filesystem is full rather than at RocksDB's WAL: Debian's
-        // librocksdb asserts (aborts) on a sync after a write error. Nothing is lost either way.
-        if let Some(free) = self.repo.backend().available() {
-            if free < bytes.len() as u64 + INDEX_HEADROOM {
-                return Err(Error::NoSpace { path: self.repo.root().into() });
-            }
-        }
-        self.repo.backend().put(&pid.path(), &bytes)?;
-        crate::failpoint::hit("pack-before-index");
-        self.repo.index().add_pack(pid, bytes.len() as u64, &entries)?;
-        self.info.new_stored_bytes += bytes.len() as u64;
-        self.pending.clear();
-        Ok(())
+        let pack = std::mem::take(&mut self.pack);
+        let ids = pack.entries().iter().map(|e| e.id).collect();
+        let link = self.writer.as_ref().ok_or_else(writer_stopped)?;
+        link.packs.send(pack).map_err(|_| writer_stopped())?;
+        self.inflight.push_back(ids);
+        self.take_acks(false)
     }
 
-    fn finish(mut self) -> Result<()> {
-        self.seal_pack()
+    /// Waits until every pack sent to the writer is durable and indexed.
+    fn wait_acks(&mut self) -> Result<()> {
+        self.take_acks(true)
+    }
+
+    /// Counts acknowledged packs and forgets their chunks as pending: from now on the index
+    /// finds them.
+    fn take_acks(&mut self, wait: bool) -> Result<()> {
+        let link = self.writer.as_ref().ok_or_else(writer_stopped)?;
+        while !self.inflight.is_empty() {
+            let stored = if wait {
+                link.acks.recv().map_err(|_| writer_stopped())?
+            } else {
+                match link.acks.try_recv() {
+                    Ok(stored) => stored,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return Err(writer_stopped()),
+                }
+            };
+            self.info.new_stored_bytes += stored;
+            for id in self.inflight.pop_front().unwrap_or_default() {
+                self.pending.remove(&id);
+            }
+        }
+        Ok(())
     }
 }

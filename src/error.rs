@@ -83,6 +83,9 @@ pub enum Error {
 
     #[error("chunk {id} failed verification before it was stored ({reason}); this points at memory or compressor trouble, nothing was published")]
     VerifyFailed { id: String, reason: String },
+
+    #[error("internal error: {reason}; nothing was published")]
+    Internal { reason: String },
 }
 
 impl Error {

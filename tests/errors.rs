@@ -169,6 +169,26 @@ fn a_source_read_error_fails_the_backup_and_publishes_nothing() {
 }
 
 #[test]
+fn a_frame_that_does_not_decode_to_its_input_is_never_stored() {
+    // STRATA_FAILPOINT=corrupt-frame flips a byte of every compressed frame before the
+    // verification that precedes storing it.
+    let (repo, info) = repo_with_image();
+    let src = repo.file("disk2.img");
+    Disk::new(6, 2 * MIB).text(0..2 * MIB).write_to(&src);
+    let out = strata_cmd()
+        .env("STRATA_FAILPOINT", "corrupt-frame")
+        .arg("-r")
+        .arg(&repo.path)
+        .args(["backup", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, "failed verification");
+    assert_eq!(repo.images().len(), 1);
+    assert!(repo.try_restore(&info.id.to_string(), &repo.file("out.img")).is_ok());
+    assert!(repo.cli(&["check", "--read-data"]).status.success());
+}
+
+#[test]
 fn a_source_that_shrinks_while_read_is_refused() {
     let repo = TestRepo::small();
     let src = repo.file("big.img");

@@ -39,6 +39,11 @@ impl PackBuilder {
         self.entries.is_empty()
     }
 
+    /// The chunks added so far, in order.
+    pub fn entries(&self) -> &[PackEntry] {
+        &self.entries
+    }
+
     /// Appends trailer and footer; returns the pack's id (hash of the file), bytes and entries.
     pub fn finish(mut self) -> (PackId, Vec<u8>, Vec<PackEntry>) {
         let trailer_start = self.buf.len();
