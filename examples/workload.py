@@ -8,6 +8,10 @@
                                        files written through ext4's own allocator (`debugfs -w`),
                                        and scattered 4 KiB page rewrites inside the database
                                        files; prints a JSON line with the 4 KiB blocks that changed
+  workload.py any-day IMAGE N          the same kinds of change for any disk image (one this
+                                       script did not build, any filesystem): a run of new file
+                                       content (0.5 % of the disk) and scattered 4 KiB rewrites
+                                       (0.4 %) inside allocated areas; same JSON line
 
 Deterministic for a given machine and N (seeded), so reruns and comparisons see the same days.
 Only the Python standard library, e2fsprogs and coreutils are used.
@@ -178,11 +182,76 @@ def day(image, n):
                       "files_removed": len(victims), "bytes_added": added, "pages_rewritten": len(pages)}))
 
 
+def any_day(image, n):
+    """Changes for an image of unknown layout: written in place, only where data is allocated
+    (so a sparse image stays sparse), 4 KiB aligned, as a filesystem would write."""
+    rng = random.Random(n * 104729)
+    size = os.path.getsize(image)
+    before = image + ".before"
+    run("cp", "--sparse=always", image, before)
+    try:
+        fd = os.open(image, os.O_RDWR)
+        try:
+            extents, off = [], 0
+            while off < size:  # allocated ranges, from SEEK_DATA/SEEK_HOLE
+                try:
+                    start = os.lseek(fd, off, os.SEEK_DATA)
+                except OSError:
+                    break
+                end = os.lseek(fd, start, os.SEEK_HOLE)
+                first, last = -(-start // BLOCK), end // BLOCK
+                if last > first:
+                    extents.append((first, last))
+                off = end
+            blocks = sum(b - a for a, b in extents)
+            if not blocks:
+                sys.exit(f"{image} has no allocated 4 KiB block to change")
+
+            def nth_block(i):
+                for a, b in extents:
+                    if i < b - a:
+                        return a + i
+                    i -= b - a
+                return extents[-1][1] - 1
+
+            # New file content: real files of this machine, written over one run of blocks.
+            pool = real_files(1 << 40)
+            rng.shuffle(pool)
+            run_blocks = min(blocks, max(1, size // 200 // BLOCK))
+            first = rng.randrange(0, blocks - run_blocks + 1)
+            data = bytearray()
+            for p in pool:
+                if len(data) >= run_blocks * BLOCK:
+                    break
+                with open(p, "rb") as f:
+                    data += f.read(run_blocks * BLOCK - len(data))
+            data = bytes(data.ljust(run_blocks * BLOCK, b"\0"))
+            for i in range(run_blocks):  # the next allocated blocks, in order
+                os.pwrite(fd, data[i * BLOCK:(i + 1) * BLOCK], nth_block(first + i) * BLOCK)
+            # Scattered rewrites: half new random pages, half copies of other pages of the disk.
+            pages = rng.sample(range(blocks), min(blocks, max(1, size // 250 // BLOCK)))
+            for i in pages:
+                if rng.random() < 0.5:
+                    page = rng.randbytes(BLOCK)
+                else:
+                    page = os.pread(fd, BLOCK, nth_block(rng.randrange(blocks)) * BLOCK)
+                os.pwrite(fd, page.ljust(BLOCK, b"\0"), nth_block(i) * BLOCK)
+        finally:
+            os.close(fd)
+        changed = changed_blocks(before, image)
+    finally:
+        os.remove(before)
+    print(json.dumps({"day": n, "changed_blocks": changed, "changed_bytes": changed * BLOCK,
+                      "run_blocks": run_blocks, "pages_rewritten": len(pages)}))
+
+
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "build":
         build(sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) == 4 and sys.argv[1] == "day":
         day(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "any-day":
+        any_day(sys.argv[2], int(sys.argv[3]))
     else:
         sys.exit(__doc__)
 
