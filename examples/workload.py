@@ -20,6 +20,7 @@ Only the Python standard library, e2fsprogs and coreutils are used.
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -101,9 +102,15 @@ def build(image, size_mib):
 
 
 def file_blocks(image, path):
-    """Physical 4 KiB blocks of a file inside the image, from debugfs."""
-    out = run("debugfs", "-R", f"blocks {path}", image).stdout.decode()
-    return [int(b) for b in out.split()]
+    """Physical 4 KiB data blocks of a file inside the image: the leaves of its extent tree
+    (`debugfs ex`), without the tree's own index blocks and without unwritten extents."""
+    out = run("debugfs", "-R", f"ex {path}", image).stdout.decode()
+    blocks = []
+    for line in out.splitlines():
+        m = re.match(r"\s*(\d+)/\s*(\d+)\s+\d+/\s*\d+\s+\d+\s*-\s*\d+\s+(\d+)\s*-\s*(\d+)\s+\d+\s*(.*)$", line)
+        if m and m.group(1) == m.group(2) and "Uninit" not in m.group(5):
+            blocks += range(int(m.group(3)), int(m.group(4)) + 1)
+    return blocks
 
 
 def changed_blocks(before, after):
