@@ -2,7 +2,7 @@
 """End-to-end benchmark on the reference workload (docs/BENCHMARKS.md tells how to run it).
 
   e2e.py [--mib 2048] [--days 4] [--work DIR] [--strata PATH] [--others] [--avg-kib 16]
-         [--image PATH] [--plot PNG] [--markdown MD]
+         [--image PATH] [--repeat 3] [--plot PNG] [--markdown MD]
 
 Builds the ext4 image of examples/workload.py (or copies --image, any raw disk image, and ages
 it with `workload.py any-day`), then measures, step by step on the same image:
@@ -18,7 +18,8 @@ and for each day the repository's growth against the 4 KiB blocks that changed t
 Debian's packages when missing (as root), and so is python3-matplotlib for the plot.
 
 Before each step every tool gets the same start: dirty pages written back (`sync`) and the source
-image in the page cache. Prints Markdown tables (all figures, then the ratios Strata/other),
+image in the page cache. Restore and check, which change nothing, run --repeat times (default 3)
+and the median run is reported. Prints Markdown tables (all figures, then the ratios Strata/other),
 writes them to --markdown (default DIR/results.md), the raw figures to DIR/results.json, and a
 PNG plot to --plot (default DIR/e2e.png).
 """
@@ -273,6 +274,7 @@ def main():
     ap.add_argument("--others", action="store_true", help="restic and borg side by side")
     ap.add_argument("--avg-kib", type=int, default=16, help="Strata's average chunk size (init --avg-chunk-kib)")
     ap.add_argument("--image", default=None, help="any raw disk image instead of the generated one (copied)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of restore and check; the median is reported")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--markdown", default=None)
     ap.add_argument("--plot-from", default=None, help=argparse.SUPPRESS)  # results JSON: only plot
@@ -326,12 +328,18 @@ def main():
         time.sleep(1.2)
         kind = "differential" if d == a.days and a.days > 1 else "incremental"
         backup_step(f"day {d} {kind}", kind, changed)
+    def median_of(run):
+        """The run with the median wall time of --repeat runs (restore and check change nothing)."""
+        runs = []
+        for _ in range(a.repeat):
+            fresh_start()
+            runs.append(run()[:3])
+        return sorted(runs)[len(runs) // 2]
+
     for t in tools:
-        fresh_start()
-        record(t, "restore latest", *t.restore(image, a.work)[:3])
+        record(t, "restore latest", *median_of(lambda: t.restore(image, a.work)))
     for t in tools:
-        fresh_start()
-        record(t, "check --read-data", *t.check()[:3])
+        record(t, "check --read-data", *median_of(t.check))
 
     result = {"image": a.image or f"workload.py ext4", "logical_bytes": logical,
               "data_bytes": os.stat(image).st_blocks * 512, "tools": [t.name for t in tools], "rows": rows}
