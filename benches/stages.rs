@@ -13,7 +13,9 @@ use strata::id::ChunkId;
 use strata::id::PackId;
 use strata::index::{ChunkLookup, RocksIndex};
 use strata::manifest::{ChangeFilter, Overlay, View};
-use strata::pack::{compress_chunk, decode_chunk, Codec, PackBuilder, PackEntry};
+use strata::pack::{
+    chunk_of_frame, compress_chunk, compress_frame, decode_chunk, decode_frame, Codec, PackBuilder, PackEntry,
+};
 
 const SEGMENT: usize = 16 << 20;
 
@@ -105,6 +107,27 @@ fn compression(c: &mut Criterion) {
                     .sum::<usize>()
             })
         });
+        // What backup stores: frames of 16 chunks (256 KiB) compressed together, then each frame
+        // decoded once and every chunk cut out of it and verified (restore, check).
+        g.bench_with_input(BenchmarkId::new("zstd3_frames16_verify", kind), &chunks, |b, chunks| {
+            b.iter(|| chunks.chunks(16).map(|f| compress_frame(f, 3).map(|s| s.1.len()).unwrap_or(0)).sum::<usize>())
+        });
+        let framed: Vec<_> = chunks.chunks(16).map(|f| (f, compress_frame(f, 3).unwrap())).collect();
+        g.bench_with_input(BenchmarkId::new("decode_frames16_verify", kind), &framed, |b, framed| {
+            b.iter(|| {
+                let mut n = 0;
+                for (f, (codec, s)) in framed {
+                    let total: usize = f.iter().map(|(_, c)| c.len()).sum();
+                    let frame = decode_frame(*codec, s, total as u32).unwrap();
+                    let mut at = 0;
+                    for (id, c) in f.iter() {
+                        n += chunk_of_frame(*id, &frame, at, c.len() as u32).map(|r| r.len()).unwrap_or(0);
+                        at += c.len() as u32;
+                    }
+                }
+                n
+            })
+        });
     }
     g.finish();
 }
@@ -143,6 +166,8 @@ fn index_lookups(c: &mut Criterion) {
                 stored_len: 100,
                 raw_len: 16384,
                 codec: Codec::Zstd,
+                skip: 0,
+                frame_raw: 16384,
             })
             .collect();
         index.add_pack(PackId::of(&(n as u64).to_le_bytes()), 1 << 25, &entries).expect("add");

@@ -1,6 +1,6 @@
 //! The backup pipeline: read → cut (FastCDC) → hash (BLAKE3), segments in parallel → compare
-//! with the base image → batched dedup lookups → zstd + verify in parallel → packs → index →
-//! manifest → catalog. The next window of segments is read and chunked while the current one is
+//! with the base image → batched dedup lookups → frames of new chunks, zstd + verify in parallel
+//! → packs → index → manifest → catalog. The next window of segments is read and chunked while the current one is
 //! compressed, and a pack writer thread makes packs durable and indexes them meanwhile. Memory is
 //! bounded by two windows of segments and three packs, whatever the disk size.
 //!
@@ -24,7 +24,7 @@ use crate::extent::{Content, Extent};
 use crate::id::{ChunkId, ImageId, PackId};
 use crate::index::{put_image, Batch, ChunkLookup};
 use crate::manifest::{ChangeFilter, ImageInfo, Kind, ManifestWriter};
-use crate::pack::{compress_chunk, Codec, PackBuilder};
+use crate::pack::{compress_frame, Codec, PackBuilder, FRAME_TARGET};
 use crate::progress::Progress;
 use crate::refs::{self, RefDelta};
 use crate::repository::Repository;
@@ -385,20 +385,34 @@ impl<'a> Run<'a> {
                 None => false,
             });
         }
+        // New chunks, in disk order, go into frames of about FRAME_TARGET bytes, compressed
+        // (and verified) in parallel.
+        let mut frames: Vec<Vec<(ChunkId, &[u8])>> = Vec::new();
+        let mut open = 0usize;
+        for (&(id, data), ok) in candidates.iter().zip(&stored_ok) {
+            if *ok {
+                continue;
+            }
+            if frames.is_empty() || open >= FRAME_TARGET {
+                frames.push(Vec::new());
+                open = 0;
+            }
+            if let Some(frame) = frames.last_mut() {
+                frame.push((id, data));
+            }
+            open += data.len();
+        }
         let level = self.repo.config().compression_level;
-        let fresh: Vec<(ChunkId, u32, Codec, Vec<u8>)> = candidates
-            .par_iter()
-            .zip(stored_ok.par_iter())
-            .filter(|(_, ok)| !**ok)
-            .map(|((id, data), _)| {
-                compress_chunk(*id, data, level).map(|(codec, stored)| (*id, data.len() as u32, codec, stored))
-            })
-            .collect::<Result<_>>()?;
-        for (id, raw_len, codec, stored) in fresh {
-            self.pack.add(id, codec, raw_len, &stored);
-            self.pending.insert(id);
-            self.info.new_chunks += 1;
-            self.info.new_raw_bytes += raw_len as u64;
+        let compressed: Vec<(Codec, Vec<u8>)> =
+            frames.par_iter().map(|chunks| compress_frame(chunks, level)).collect::<Result<_>>()?;
+        for (chunks, (codec, stored)) in frames.iter().zip(compressed) {
+            let lens: Vec<(ChunkId, u32)> = chunks.iter().map(|(id, data)| (*id, data.len() as u32)).collect();
+            self.pack.add_frame(codec, &stored, &lens);
+            for &(id, raw_len) in &lens {
+                self.pending.insert(id);
+                self.info.new_chunks += 1;
+                self.info.new_raw_bytes += raw_len as u64;
+            }
             if self.pack.len() as u64 >= self.repo.config().pack_target_size {
                 self.seal_pack()?;
             }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use crate::error::Result;
 use crate::id::{ChunkId, PackId};
 use crate::index::ChunkLoc;
-use crate::pack::{decode_chunk, read_trailer_at, PackEntry};
+use crate::pack::{decode_entry, read_trailer_at, PackEntry};
 use crate::repository::Repository;
 
 #[derive(Default)]
@@ -45,15 +45,14 @@ impl Copies {
     ) -> Result<Option<(ChunkLoc, Vec<u8>)>> {
         for (pack, entries) in self.load(repo)? {
             for e in entries.iter().filter(|e| e.id == *id) {
-                let loc =
-                    ChunkLoc { pack, offset: e.offset, stored_len: e.stored_len, raw_len: e.raw_len, codec: e.codec };
-                if not.is_some_and(|n| n.pack == loc.pack && n.offset == loc.offset) {
+                let loc = ChunkLoc::of(pack, e);
+                if not.is_some_and(|n| n.pack == loc.pack && n.offset == loc.offset && n.skip == loc.skip) {
                     continue;
                 }
                 let Ok(stored) = repo.backend().read_at(&pack.path(), e.offset, e.stored_len as usize) else {
                     continue;
                 };
-                if let Ok(raw) = decode_chunk(*id, e.codec, &stored, e.raw_len) {
+                if let Ok(raw) = decode_entry(*id, e.codec, &stored, e.skip, e.raw_len, e.frame_raw) {
                     return Ok(Some((loc, raw)));
                 }
             }

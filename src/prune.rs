@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::index::{chunk_key, pack_key, Batch, ChunkLoc, ChunkLookup, PackRecord};
-use crate::pack::{decode_chunk, read_trailer, PackBuilder};
+use crate::pack::{chunk_of_frame, compress_frame, decode_frame, read_trailer, PackBuilder, FRAME_TARGET};
 use crate::progress::Progress;
 use crate::refs;
 use crate::repository::Repository;
@@ -79,7 +79,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
     for loc in locs.iter().flatten() {
         let e = dead_by_pack.entry(loc.pack).or_default();
         e.0 += 1;
-        e.1 += loc.stored_len as u64;
+        e.1 += loc.charged();
     }
     let records: HashMap<PackId, PackRecord> = refs::packs(repo.index())?.into_iter().collect();
     let mut plan = PrunePlan { dead_chunks: dead.len(), ..Default::default() };
@@ -127,14 +127,37 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
         written.push((pid, bytes.len() as u64, entries));
         Ok(())
     };
+    // Live chunks of repacked packs are framed again (a frame may have lost some of its chunks),
+    // verified on the way out and on the way in.
+    let level = repo.config().compression_level;
+    let mut framing: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    let mut old_charge: HashMap<ChunkId, u64> = HashMap::new();
+    let flush = |framing: &mut Vec<(ChunkId, Vec<u8>)>,
+                 builder: &mut PackBuilder,
+                 written: &mut Vec<(PackId, u64, Vec<crate::pack::PackEntry>)>|
+     -> Result<()> {
+        if framing.is_empty() {
+            return Ok(());
+        }
+        let chunks: Vec<(ChunkId, &[u8])> = framing.iter().map(|(id, raw)| (*id, raw.as_slice())).collect();
+        let (codec, stored) = compress_frame(&chunks, level)?;
+        let lens: Vec<(ChunkId, u32)> = framing.iter().map(|(id, raw)| (*id, raw.len() as u32)).collect();
+        builder.add_frame(codec, &stored, &lens);
+        framing.clear();
+        if builder.len() as u64 >= repo.config().pack_target_size {
+            seal(std::mem::take(builder), written)?;
+        }
+        Ok(())
+    };
     for (pack, (action, _)) in &plan.packs {
         let file = repo.backend().get(&pack.path())?;
         let entries = read_trailer(pack, &file)?;
         let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
         let current = index.locate(&ids)?;
+        let mut frame: Option<(u64, Vec<u8>)> = None; // the last frame decoded, by offset
         for (e, loc) in entries.iter().zip(current) {
             // The index may name another copy of the chunk: then this one is not the live one.
-            let here = loc.is_some_and(|l| l.pack == *pack && l.offset == e.offset);
+            let here = loc.is_some_and(|l| l.pack == *pack && l.offset == e.offset && l.skip == e.skip);
             if !here {
                 continue;
             }
@@ -143,17 +166,23 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
                 refs::forget_dead(&mut batch, &e.id);
                 report.chunks_removed += 1;
             } else if *action == PackAction::Repack {
-                let stored = &file[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
                 // Never copy damage forward: every moved chunk is verified.
-                decode_chunk(e.id, e.codec, stored, e.raw_len).map_err(|err| Error::CorruptChunk {
+                let corrupt = |err: crate::pack::ChunkError| Error::CorruptChunk {
                     id: e.id.to_string(),
                     pack: pack.to_string(),
                     reason: err.to_string(),
-                })?;
-                builder.add(e.id, e.codec, e.raw_len, stored);
-                progress.advance(e.stored_len as u64);
-                if builder.len() as u64 >= repo.config().pack_target_size {
-                    seal(std::mem::take(&mut builder), &mut written)?;
+                };
+                if frame.as_ref().is_none_or(|(at, _)| *at != e.offset) {
+                    let stored = &file[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
+                    frame = Some((e.offset, decode_frame(e.codec, stored, e.frame_raw).map_err(corrupt)?));
+                }
+                let decoded = frame.as_ref().map(|(_, f)| f.as_slice()).unwrap_or_default();
+                let raw = chunk_of_frame(e.id, decoded, e.skip, e.raw_len).map_err(corrupt)?;
+                progress.advance(e.charged());
+                old_charge.insert(e.id, e.charged());
+                framing.push((e.id, raw));
+                if framing.iter().map(|(_, r)| r.len()).sum::<usize>() >= FRAME_TARGET {
+                    flush(&mut framing, &mut builder, &mut written)?;
                 }
             }
         }
@@ -163,17 +192,24 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
             PackAction::Repack => report.packs_repacked += 1,
         }
     }
+    flush(&mut framing, &mut builder, &mut written)?;
     seal(builder, &mut written)?;
     crate::failpoint::hit("prune-before-switch");
     for (pid, size, entries) in &written {
         for e in entries {
-            let loc =
-                ChunkLoc { pack: *pid, offset: e.offset, stored_len: e.stored_len, raw_len: e.raw_len, codec: e.codec };
+            let loc = ChunkLoc::of(*pid, e);
             batch.put(chunk_key(&e.id), loc.encode());
         }
         let rec = PackRecord { size: *size, chunks: entries.len() as u32, dead_bytes: 0, dead_chunks: 0 };
         batch.put(pack_key(pid), rec.encode());
     }
+    // Re-framed chunks are charged their new share of stored bytes, in the same batch.
+    let moves: Vec<(ChunkId, u64, u64)> = written
+        .iter()
+        .flat_map(|(_, _, entries)| entries.iter())
+        .map(|e| (e.id, old_charge.get(&e.id).copied().unwrap_or(e.charged()), e.charged()))
+        .collect();
+    refs::recharge(index, &moves, &mut batch)?;
     index.write(batch)?;
     crate::failpoint::hit("prune-after-switch");
     // A repacked pack whose content came out the same has the same name: it stays.

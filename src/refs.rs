@@ -220,7 +220,7 @@ impl<'a> Counters<'a> {
 
     /// Moves one chunk from `old` owners to `new` owners, updating every derived counter.
     fn change(&mut self, loc: &ChunkLoc, old: &[(SetId, u32)], new: &[(SetId, u32)], was_dead: bool) -> Result<()> {
-        let (stored, raw) = (loc.stored_len as u64, loc.raw_len as u64);
+        let (stored, raw) = (loc.charged(), loc.raw_len as u64);
         for (s, _) in old.iter().filter(|(s, _)| !new.iter().any(|(n, _)| n == s)) {
             let c = self.set(*s)?;
             c.stored_bytes -= stored.min(c.stored_bytes);
@@ -277,6 +277,38 @@ impl<'a> Counters<'a> {
         }
         batch.put(TOTALS, self.totals.encode());
     }
+}
+
+/// Charges chunks that prune moved into new frames at their new share of stored bytes:
+/// `moves` lists (chunk, old charge, new charge). Adds the counter changes to `batch`, which
+/// prune commits together with the chunks' new locations.
+pub fn recharge(index: &RocksIndex, moves: &[(ChunkId, u64, u64)], batch: &mut Batch) -> Result<()> {
+    let moves: Vec<&(ChunkId, u64, u64)> = moves.iter().filter(|(_, old, new)| old != new).collect();
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let owners = index.multi_get(&moves.iter().map(|(id, _, _)| owner_key(id)).collect::<Vec<_>>())?;
+    let mut counters = Counters::load(index)?;
+    let shift = |v: u64, old: u64, new: u64| (v + new).saturating_sub(old);
+    for (&&(_, old, new), o) in moves.iter().zip(owners) {
+        let owners = match o {
+            Some(b) => decode_owners(&b).ok_or_else(|| corrupt("chunk owners"))?,
+            None => continue, // not referenced: charged nowhere
+        };
+        for (s, _) in &owners {
+            let c = counters.set(*s)?;
+            c.stored_bytes = shift(c.stored_bytes, old, new);
+        }
+        if let [(sole, _)] = owners.as_slice() {
+            let c = counters.set(*sole)?;
+            c.exclusive_bytes = shift(c.exclusive_bytes, old, new);
+        }
+        if !owners.is_empty() {
+            counters.totals.live_stored = shift(counters.totals.live_stored, old, new);
+        }
+    }
+    counters.write_into(batch);
+    Ok(())
 }
 
 /// Applies `delta` to the owner records and counters, adding everything to `batch`, and commits
@@ -368,7 +400,7 @@ pub fn rebuild(index: &RocksIndex, backend: &dyn Backend, images: &[ImageInfo]) 
         if owners.is_empty() {
             // counted as live by `change` only when it has owners; mark dead for prune
             let p = counters.pack(loc.pack)?;
-            p.dead_bytes += loc.stored_len as u64;
+            p.dead_bytes += loc.charged();
             p.dead_chunks += 1;
             batch.put(dead_key(&id), []);
         } else {
@@ -398,7 +430,7 @@ pub fn unreferenced_after(index: &RocksIndex, delta: &RefDelta) -> Result<u64> {
         };
         let after = before + delta.changes[id].iter().map(|(_, n)| n).sum::<i64>();
         if before > 0 && after <= 0 {
-            freed += locs[i].map_or(0, |l| l.stored_len as u64);
+            freed += locs[i].map_or(0, |l| l.charged());
         }
     }
     Ok(freed)

@@ -18,7 +18,7 @@ use crate::extent::{Content, Extent};
 use crate::id::{ChunkId, PackId};
 use crate::index::{ChunkLoc, ChunkLookup};
 use crate::manifest::{ImageInfo, View};
-use crate::pack::decode_chunk;
+use crate::pack::{chunk_of_frame, decode_frame};
 use crate::progress::Progress;
 use crate::repository::Repository;
 
@@ -284,19 +284,71 @@ fn decode_batch(
     let mut locs = repo.index().locate(&ids)?.into_iter();
     let work: Vec<(Extent, Option<ChunkLoc>)> =
         batch.iter().map(|e| (*e, if chunk_id(e).is_some() { locs.next().flatten() } else { None })).collect();
-    work.par_iter()
-        .map(|(e, loc)| match (decode_extent(repo, image, e, loc.as_ref(), copies), lost) {
-            (
-                Err(err @ (Error::ChunkMissing { .. } | Error::CorruptChunk { .. } | Error::CorruptPack { .. })),
-                Some(lost),
-            ) => {
-                let range = DamagedRange { offset: e.offset, len: e.len, reason: err.to_string() };
-                lost.lock().unwrap_or_else(|p| p.into_inner()).push(range);
-                Ok(None)
+    // Each frame is read and decoded once, however many of its chunks are used. Decoded frames
+    // can be far larger than the chunks taken from them (one chunk of each of many frames), so
+    // they are decoded in groups of at most FRAME_BUDGET bytes.
+    let mut out = Vec::with_capacity(work.len());
+    let mut start = 0;
+    while start < work.len() {
+        let mut frame_of: HashMap<(PackId, u64), usize> = HashMap::new();
+        let mut frames: Vec<ChunkLoc> = Vec::new();
+        let (mut budget, mut end) = (0u64, start);
+        while end < work.len() {
+            if let Some(loc) = &work[end].1 {
+                if !frame_of.contains_key(&(loc.pack, loc.offset)) {
+                    if budget > 0 && budget + loc.frame_raw as u64 > FRAME_BUDGET {
+                        break;
+                    }
+                    budget += loc.frame_raw as u64;
+                    frame_of.insert((loc.pack, loc.offset), frames.len());
+                    frames.push(*loc);
+                }
             }
-            (r, _) => r,
-        })
-        .collect()
+            end += 1;
+        }
+        let decoded: Vec<std::result::Result<Vec<u8>, FrameError>> =
+            frames.par_iter().map(|loc| read_frame(repo, loc)).collect();
+        let part: Vec<Option<Vec<u8>>> = work[start..end]
+            .par_iter()
+            .map(|(e, loc)| {
+                let frame = loc.and_then(|l| frame_of.get(&(l.pack, l.offset))).map(|&i| &decoded[i]);
+                match (decode_extent(repo, image, e, loc.as_ref(), frame, copies), lost) {
+                    (
+                        Err(
+                            err @ (Error::ChunkMissing { .. } | Error::CorruptChunk { .. } | Error::CorruptPack { .. }),
+                        ),
+                        Some(lost),
+                    ) => {
+                        let range = DamagedRange { offset: e.offset, len: e.len, reason: err.to_string() };
+                        lost.lock().unwrap_or_else(|p| p.into_inner()).push(range);
+                        Ok(None)
+                    }
+                    (r, _) => r,
+                }
+            })
+            .collect::<Result<_>>()?;
+        out.extend(part);
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Decoded frames held at once by one restore batch.
+const FRAME_BUDGET: u64 = 64 * 1024 * 1024;
+
+/// Why a frame could not be used: its pack could not be read there, or the bytes do not decode.
+enum FrameError {
+    Unreadable(String),
+    Undecodable(String),
+}
+
+/// Reads and decodes the frame at `loc` (all the chunks it holds).
+fn read_frame(repo: &Repository, loc: &ChunkLoc) -> std::result::Result<Vec<u8>, FrameError> {
+    let stored = repo
+        .backend()
+        .read_at(&loc.pack.path(), loc.offset, loc.stored_len as usize)
+        .map_err(|err| FrameError::Unreadable(err.to_string()))?;
+    decode_frame(loc.codec, &stored, loc.frame_raw).map_err(|err| FrameError::Undecodable(err.to_string()))
 }
 
 fn decode_extent(
@@ -304,19 +356,24 @@ fn decode_extent(
     image: &ImageInfo,
     e: &Extent,
     loc: Option<&ChunkLoc>,
+    frame: Option<&std::result::Result<Vec<u8>, FrameError>>,
     copies: &Copies,
 ) -> Result<Option<Vec<u8>>> {
     let Content::Chunk { id, skip } = e.content else { return Ok(None) };
     let read = || -> Result<Vec<u8>> {
         let loc = loc.ok_or_else(|| Error::ChunkMissing { id: id.to_string(), image: image.id.to_string() })?;
-        let stored = repo.backend().read_at(&loc.pack.path(), loc.offset, loc.stored_len as usize).map_err(|err| {
-            Error::CorruptPack { pack: loc.pack.to_string(), reason: format!("chunk {id} cannot be read: {err}") }
-        })?;
-        decode_chunk(id, loc.codec, &stored, loc.raw_len).map_err(|err| Error::CorruptChunk {
-            id: id.to_string(),
-            pack: loc.pack.to_string(),
-            reason: err.to_string(),
-        })
+        let corrupt = |reason: String| Error::CorruptChunk { id: id.to_string(), pack: loc.pack.to_string(), reason };
+        match frame {
+            Some(Ok(decoded)) => {
+                chunk_of_frame(id, decoded, loc.skip, loc.raw_len).map_err(|err| corrupt(err.to_string()))
+            }
+            Some(Err(FrameError::Undecodable(why))) => Err(corrupt(why.clone())),
+            Some(Err(FrameError::Unreadable(why))) => Err(Error::CorruptPack {
+                pack: loc.pack.to_string(),
+                reason: format!("chunk {id} cannot be read: {why}"),
+            }),
+            None => Err(corrupt("its frame was not read".into())),
+        }
     };
     // The copy the index names is damaged or gone: another pack may hold an intact one.
     let mut raw = match read() {

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use strata::config::Config;
 use strata::index::{ChunkLoc, PackRecord};
-use strata::pack::{decode_chunk, Codec};
+use strata::pack::{compress_frame, decode_chunk, decode_entry, Codec};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
@@ -26,7 +26,8 @@ proptest! {
         pack in prop_oneof![0u64..2 << 30, any::<u64>()],
         depth in any::<u32>(),
     ) {
-        let text = format!(r#"{{"format_version":1,"repository_id":"x","chunker":{{"min_size":{min},"avg_size":{avg},"max_size":{max},"segment_size":{seg},"zero_run_min":{zr}}},"compression":"zstd","compression_level":{level},"pack_target_size":{pack},"encryption":"none","max_chain_depth":{depth}}}"#);
+        let version = strata::config::FORMAT_VERSION;
+        let text = format!(r#"{{"format_version":{version},"repository_id":"x","chunker":{{"min_size":{min},"avg_size":{avg},"max_size":{max},"segment_size":{seg},"zero_run_min":{zr}}},"compression":"zstd","compression_level":{level},"pack_target_size":{pack},"encryption":"none","max_chain_depth":{depth}}}"#);
         if let Ok(c) = Config::decode(text.as_bytes()) {
             // Whatever validates must be usable by the chunker without a panic.
             let buf = vec![7u8; 1 << 16];
@@ -49,5 +50,33 @@ proptest! {
         let id = strata::id::ChunkId([0; 32]);
         prop_assert!(decode_chunk(id, Codec::Zstd, &bytes, raw_len).is_err());
         let _ = decode_chunk(id, Codec::Raw, &bytes, raw_len);
+    }
+
+    /// A chunk inside a frame: any recorded skip, length and frame length is an error or the
+    /// chunk itself, never a panic or an allocation beyond the frame bound.
+    #[test]
+    fn chunks_inside_frames(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 1..6),
+        skip in prop_oneof![0u32..400, any::<u32>()],
+        raw_len in prop_oneof![0u32..400, any::<u32>()],
+        frame_raw in prop_oneof![0u32..400, any::<u32>()],
+    ) {
+        let ids: Vec<strata::id::ChunkId> = chunks.iter().map(|c| strata::id::ChunkId::of(c)).collect();
+        let refs: Vec<(strata::id::ChunkId, &[u8])> = ids.iter().copied().zip(chunks.iter().map(|c| c.as_slice())).collect();
+        let (codec, stored) = compress_frame(&refs, 3).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            match decode_entry(*id, codec, &stored, skip, raw_len, frame_raw) {
+                Ok(raw) => prop_assert_eq!(&raw, &chunks[i]),
+                Err(_) => {}
+            }
+        }
+        // With the true layout every chunk comes back.
+        let total: u32 = chunks.iter().map(|c| c.len() as u32).sum();
+        let mut at = 0;
+        for (i, id) in ids.iter().enumerate() {
+            let raw = decode_entry(*id, codec, &stored, at, chunks[i].len() as u32, total).unwrap();
+            prop_assert_eq!(&raw, &chunks[i]);
+            at += chunks[i].len() as u32;
+        }
     }
 }

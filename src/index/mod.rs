@@ -3,7 +3,8 @@
 //!
 //! Keys and values (docs/FORMAT.md, "Index", version 1):
 //! ```text
-//! "c" ++ chunk id [32]  → pack id [32] | offset u64 LE | stored_len u32 LE | raw_len u32 LE | codec u8
+//! "c" ++ chunk id [32]  → pack id [32] | offset u64 LE | stored_len u32 LE | raw_len u32 LE | codec u8 |
+//!                          skip u32 LE | frame_raw u32 LE   (the frame, and the chunk inside it)
 //! "p" ++ pack id [32]   → pack size u64 | chunk count u32 | dead bytes u64 | dead chunks u32
 //! "i" ++ image id [16]  → ImageInfo (bincode, as in the manifest footer)
 //! "o" ++ chunk id [32]  → owners: n × (set id [16] | reference count u32)
@@ -20,9 +21,9 @@ pub use rocks::{chunk_key, image_key, pack_key, put_image, Batch, RocksIndex};
 
 use crate::error::Result;
 use crate::id::{ChunkId, PackId};
-use crate::pack::Codec;
+use crate::pack::{Codec, PackEntry};
 
-/// Where one chunk is stored.
+/// Where one chunk is stored: its frame in a pack, and its place in the decoded frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkLoc {
     pub pack: PackId,
@@ -30,11 +31,31 @@ pub struct ChunkLoc {
     pub stored_len: u32,
     pub raw_len: u32,
     pub codec: Codec,
+    pub skip: u32,
+    pub frame_raw: u32,
 }
 
-pub const LOC_LEN: usize = 49;
+pub const LOC_LEN: usize = 57;
 
 impl ChunkLoc {
+    /// The location a pack trailer entry gives.
+    pub fn of(pack: PackId, e: &PackEntry) -> ChunkLoc {
+        ChunkLoc {
+            pack,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            codec: e.codec,
+            skip: e.skip,
+            frame_raw: e.frame_raw,
+        }
+    }
+
+    /// The chunk's share of its frame's stored bytes, as the counters charge it.
+    pub fn charged(&self) -> u64 {
+        crate::pack::charged(self.stored_len, self.raw_len, self.frame_raw)
+    }
+
     pub fn encode(&self) -> [u8; LOC_LEN] {
         let mut b = [0u8; LOC_LEN];
         b[0..32].copy_from_slice(&self.pack.0);
@@ -42,6 +63,8 @@ impl ChunkLoc {
         b[40..44].copy_from_slice(&self.stored_len.to_le_bytes());
         b[44..48].copy_from_slice(&self.raw_len.to_le_bytes());
         b[48] = self.codec as u8;
+        b[49..53].copy_from_slice(&self.skip.to_le_bytes());
+        b[53..57].copy_from_slice(&self.frame_raw.to_le_bytes());
         b
     }
 
@@ -55,6 +78,8 @@ impl ChunkLoc {
             stored_len: u32::from_le_bytes(b[40..44].try_into().ok()?),
             raw_len: u32::from_le_bytes(b[44..48].try_into().ok()?),
             codec: Codec::from_u8(b[48])?,
+            skip: u32::from_le_bytes(b[49..53].try_into().ok()?),
+            frame_raw: u32::from_le_bytes(b[53..57].try_into().ok()?),
         })
     }
 }

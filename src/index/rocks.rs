@@ -10,7 +10,7 @@ use crate::id::{ChunkId, ImageId, PackId};
 use crate::manifest::ImageInfo;
 use crate::pack::PackEntry;
 
-pub const INDEX_VERSION: u32 = 1;
+pub const INDEX_VERSION: u32 = 2;
 
 pub use rocksdb::WriteBatch as Batch;
 
@@ -108,7 +108,7 @@ impl RocksIndex {
     pub fn add_pack(&self, pack: PackId, size: u64, entries: &[PackEntry]) -> Result<()> {
         let mut batch = WriteBatch::default();
         for e in entries {
-            let loc = ChunkLoc { pack, offset: e.offset, stored_len: e.stored_len, raw_len: e.raw_len, codec: e.codec };
+            let loc = ChunkLoc::of(pack, e);
             batch.put(chunk_key(&e.id), loc.encode());
         }
         let record = PackRecord { size, chunks: entries.len() as u32, dead_bytes: 0, dead_chunks: 0 };

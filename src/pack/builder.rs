@@ -24,10 +24,22 @@ impl PackBuilder {
         PackBuilder { buf, entries: Vec::new() }
     }
 
+    /// Adds a frame holding one chunk.
     pub fn add(&mut self, id: ChunkId, codec: Codec, raw_len: u32, stored: &[u8]) {
+        self.add_frame(codec, stored, &[(id, raw_len)]);
+    }
+
+    /// Adds a frame holding `chunks` (id and length), in the order they were put in the frame.
+    pub fn add_frame(&mut self, codec: Codec, stored: &[u8], chunks: &[(ChunkId, u32)]) {
         let offset = self.buf.len() as u64;
         self.buf.extend_from_slice(stored);
-        self.entries.push(PackEntry { id, offset, stored_len: stored.len() as u32, raw_len, codec });
+        let frame_raw: u32 = chunks.iter().map(|(_, n)| n).sum();
+        let mut skip = 0;
+        for &(id, raw_len) in chunks {
+            let stored_len = stored.len() as u32;
+            self.entries.push(PackEntry { id, offset, stored_len, raw_len, codec, skip, frame_raw });
+            skip += raw_len;
+        }
     }
 
     /// Bytes so far, header and frames.
@@ -65,6 +77,7 @@ mod tests {
     use super::*;
     use crate::pack::{compress_chunk, decode_chunk, read_trailer};
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     #[test]
     fn built_pack_lists_its_chunks_and_decodes() {
@@ -85,6 +98,40 @@ mod tests {
             let stored = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
             assert_eq!(&decode_chunk(e.id, e.codec, stored, e.raw_len).unwrap(), c);
         }
+    }
+
+    #[test]
+    fn chunks_framed_together_decode_one_by_one_and_damage_hits_the_whole_frame() {
+        let chunks: Vec<Vec<u8>> =
+            (0..6u8).map(|i| format!("chunk {i} ").repeat(200 + i as usize).into_bytes()).collect();
+        let ids: Vec<ChunkId> = chunks.iter().map(|c| ChunkId::of(c)).collect();
+        let mut b = PackBuilder::new();
+        for group in [0..1, 1..4, 4..6] {
+            let frame: Vec<(ChunkId, &[u8])> = group.clone().map(|i| (ids[i], chunks[i].as_slice())).collect();
+            let (codec, stored) = crate::pack::compress_frame(&frame, 3).unwrap();
+            assert_eq!(codec, Codec::Zstd);
+            let lens: Vec<(ChunkId, u32)> = frame.iter().map(|(id, c)| (*id, c.len() as u32)).collect();
+            b.add_frame(codec, &stored, &lens);
+        }
+        let (pid, mut bytes, entries) = b.finish();
+        assert_eq!(read_trailer(&pid, &bytes).unwrap(), entries);
+        // Three frames; chunks 1..4 share one, at increasing skips.
+        assert_eq!(entries.iter().map(|e| e.offset).collect::<HashSet<_>>().len(), 3);
+        assert_eq!((entries[2].offset, entries[2].skip), (entries[1].offset, chunks[1].len() as u32));
+        let shares: u64 = entries[1..4].iter().map(|e| e.charged()).sum();
+        assert!(shares <= entries[1].stored_len as u64 && shares + 3 > entries[1].stored_len as u64);
+        let decode = |bytes: &[u8], e: &PackEntry| {
+            let stored = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
+            crate::pack::decode_entry(e.id, e.codec, stored, e.skip, e.raw_len, e.frame_raw)
+        };
+        for (e, c) in entries.iter().zip(&chunks) {
+            assert_eq!(&decode(&bytes, e).unwrap(), c);
+        }
+        // A flipped byte in the shared frame: all three of its chunks fail, the others decode.
+        let mid = (entries[1].offset + entries[1].stored_len as u64 / 2) as usize;
+        bytes[mid] ^= 0x40;
+        let failed: Vec<bool> = entries.iter().map(|e| decode(&bytes, e).is_err()).collect();
+        assert_eq!(failed, [false, true, true, true, false, false]);
     }
 
     #[test]

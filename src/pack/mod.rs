@@ -1,12 +1,14 @@
 //! Pack files: immutable containers of compressed chunks, each ending in a trailer that lists its
 //! chunks, so that the index can always be rebuilt from the packs alone.
 //!
-//! Layout (docs/FORMAT.md, "Pack file", version 1):
+//! Layout (docs/FORMAT.md, "Pack file", version 2):
 //! ```text
-//! header   magic "STRATAPK" (8) | version u16 LE = 1 | flags u16 LE = 0 (reserved: encryption)
-//! frames   the stored bytes of each chunk, back to back (a zstd frame, or the raw bytes)
-//! trailer  entry_count × entry (49 bytes each):
-//!            chunk id [32] | offset u64 LE | stored_len u32 LE | raw_len u32 LE | codec u8
+//! header   magic "STRATAPK" (8) | version u16 LE = 2 | flags u16 LE = 0 (reserved: encryption)
+//! frames   back to back; each frame holds one or more consecutive chunks, compressed together
+//!          (one zstd frame) or raw
+//! trailer  entry_count × entry (57 bytes each), one per chunk:
+//!            chunk id [32] | frame offset u64 LE | frame stored_len u32 LE | raw_len u32 LE |
+//!            codec u8 | skip u32 LE (chunk's offset in the decoded frame) | frame_raw u32 LE
 //! footer   entry_count u32 LE | BLAKE3 of the trailer entries [32] | magic "STRATAPE" (8)
 //! ```
 //! The pack's name is the BLAKE3 hash of the whole file.
@@ -15,19 +17,23 @@ mod builder;
 mod codec;
 
 pub use builder::PackBuilder;
-pub use codec::{compress_chunk, decode_chunk, ChunkError, Codec, MAX_CHUNK_LEN};
+pub use codec::{
+    chunk_of_frame, compress_chunk, compress_frame, decode_chunk, decode_entry, decode_frame, ChunkError, Codec,
+    FRAME_TARGET, MAX_CHUNK_LEN, MAX_FRAME_LEN,
+};
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 
 pub const HEADER_MAGIC: &[u8; 8] = b"STRATAPK";
 pub const FOOTER_MAGIC: &[u8; 8] = b"STRATAPE";
-pub const PACK_VERSION: u16 = 1;
+pub const PACK_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 12;
-pub const ENTRY_LEN: usize = 49;
+pub const ENTRY_LEN: usize = 57;
 pub const FOOTER_LEN: usize = 4 + 32 + 8;
 
-/// One chunk inside a pack, as its trailer lists it.
+/// One chunk inside a pack, as its trailer lists it: the frame that holds it (offset, stored
+/// length, codec, decoded length) and where the chunk lies in the decoded frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackEntry {
     pub id: ChunkId,
@@ -35,6 +41,8 @@ pub struct PackEntry {
     pub stored_len: u32,
     pub raw_len: u32,
     pub codec: Codec,
+    pub skip: u32,
+    pub frame_raw: u32,
 }
 
 impl PackEntry {
@@ -44,6 +52,13 @@ impl PackEntry {
         out.extend_from_slice(&self.stored_len.to_le_bytes());
         out.extend_from_slice(&self.raw_len.to_le_bytes());
         out.push(self.codec as u8);
+        out.extend_from_slice(&self.skip.to_le_bytes());
+        out.extend_from_slice(&self.frame_raw.to_le_bytes());
+    }
+
+    /// The chunk's share of its frame's stored bytes (the whole frame for a frame of one).
+    pub fn charged(&self) -> u64 {
+        charged(self.stored_len, self.raw_len, self.frame_raw)
     }
 
     pub fn decode(b: &[u8]) -> Option<PackEntry> {
@@ -56,8 +71,19 @@ impl PackEntry {
             stored_len: u32::from_le_bytes(b[40..44].try_into().ok()?),
             raw_len: u32::from_le_bytes(b[44..48].try_into().ok()?),
             codec: Codec::from_u8(b[48])?,
+            skip: u32::from_le_bytes(b[49..53].try_into().ok()?),
+            frame_raw: u32::from_le_bytes(b[53..57].try_into().ok()?),
         })
     }
+}
+
+/// A chunk's share of a frame of `stored_len` bytes that decodes to `frame_raw` bytes, rounded
+/// down: what the counters charge for it. The same function everywhere keeps them consistent.
+pub fn charged(stored_len: u32, raw_len: u32, frame_raw: u32) -> u64 {
+    if frame_raw == 0 || raw_len >= frame_raw {
+        return stored_len as u64;
+    }
+    stored_len as u64 * raw_len as u64 / frame_raw as u64
 }
 
 /// Reads the trailer of a pack through `read_at(offset, len)` without reading its frames.
@@ -128,6 +154,9 @@ fn parse_trailer(
         let end = e.offset.checked_add(e.stored_len as u64);
         if e.offset < HEADER_LEN as u64 || end.is_none_or(|end| end > frames_end) {
             return Err(corrupt("trailer entry points outside the pack"));
+        }
+        if e.frame_raw > MAX_FRAME_LEN || e.skip as u64 + e.raw_len as u64 > e.frame_raw as u64 {
+            return Err(corrupt("trailer entry lies outside its frame"));
         }
         entries.push(e);
     }

@@ -314,7 +314,7 @@ pub fn independent(repo_path: &Path) -> Independent {
     let mut sets: HashMap<strata::id::ImageId, (u64, u64)> = HashMap::new();
     let mut live_stored = 0;
     for (id, loc) in ids.iter().zip(locs) {
-        let len = loc.expect("every referenced chunk is indexed").stored_len as u64;
+        let len = loc.expect("every referenced chunk is indexed").charged();
         live_stored += len;
         let owners = &member[id];
         for s in owners {
