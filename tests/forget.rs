@@ -280,7 +280,11 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
+    // 10 cases in CI; PROPTEST_CASES=N runs more.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10),
+        ..ProptestConfig::default()
+    })]
 
     /// Random histories of backups, forgets (by id and by policy, with and without rebase) and
     /// prunes: after every step every kept image restores byte for byte and the counters add up;
