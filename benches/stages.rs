@@ -107,7 +107,7 @@ fn compression(c: &mut Criterion) {
                     .sum::<usize>()
             })
         });
-        // What backup stores: frames of 16 chunks (256 KiB) compressed together, then each frame
+        // Frames of 16 chunks (256 KiB) compressed together (backup uses 1 MiB), then each frame
         // decoded once and every chunk cut out of it and verified (restore, check).
         g.bench_with_input(BenchmarkId::new("zstd3_frames16_verify", kind), &chunks, |b, chunks| {
             b.iter(|| chunks.chunks(16).map(|f| compress_frame(f, 3).map(|s| s.1.len()).unwrap_or(0)).sum::<usize>())

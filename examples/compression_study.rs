@@ -7,7 +7,7 @@
 //! Cuts IMAGE the way a backup does (16 MiB segments, zero runs, FastCDC with the default
 //! parameters), keeps each distinct chunk once, in disk order, then compresses them with zstd at
 //! each LEVEL (default 1 3 5): one frame per chunk (what format version 1 stores), and frames of
-//! 4, 16 and 64 consecutive chunks. Prints stored bytes and single-threaded compression time.
+//! 4, 16, 64 and 128 consecutive chunks. Prints stored bytes and single-threaded compression time.
 //! Used for the study in docs/BENCHMARKS.md; it reads the whole image into memory.
 
 use std::collections::HashSet;
@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("|---|---|---|---|---|");
     for level in levels {
         let mut single = 0usize;
-        for group in [1usize, 4, 16, 64] {
+        for group in [1usize, 4, 16, 64, 128] {
             let mut compressor = zstd::bulk::Compressor::new(level)?;
             let started = Instant::now();
             let mut stored = 0usize;

@@ -124,11 +124,12 @@ pub fn decode_frame(codec: Codec, stored: &[u8], frame_raw: u32) -> Result<Vec<u
     Ok(raw)
 }
 
-/// Backup closes a frame once its chunks reach this many bytes (before compression): 256 KiB
-/// saved 8 % over one frame per chunk on the reference workload at the same speed
+/// Backup closes a frame once its chunks reach this many bytes (before compression): 1 MiB
+/// (about 64 chunks) saved 11 % over one frame per chunk on the reference workload at the same
+/// speed, 256 KiB 8 %
 /// (docs/BENCHMARKS.md, compression study), while a restore that needs one chunk of a frame
 /// decodes at most this much more.
-pub const FRAME_TARGET: usize = 256 * 1024;
+pub const FRAME_TARGET: usize = 1024 * 1024;
 
 /// No frame decodes to more than this: a full frame plus one largest chunk.
 pub const MAX_FRAME_LEN: u32 = FRAME_TARGET as u32 + MAX_CHUNK_LEN;
