@@ -33,6 +33,10 @@ use crate::source::Source;
 /// Free space kept for the index (WAL, flushes, compaction) and the manifest when packs are written.
 const INDEX_HEADROOM: u64 = 16 * 1024 * 1024;
 
+/// Free space needed before the index's memtable is flushed at the end of a backup (RocksDB's
+/// memtable is at most 64 MiB by default).
+const FLUSH_HEADROOM: u64 = 256 * 1024 * 1024;
+
 /// A file changed this close to the backup's start is read again by the next backup.
 const RACY_WINDOW_NS: i128 = 1_000_000_000;
 
@@ -163,6 +167,13 @@ pub fn backup(
     put_image(&mut batch, &info)?;
     refs::finish(&mut batch);
     refs::apply(repo.index(), delta, batch)?;
+    // The image is published and durable. Writing the index's log out as a compressed table file
+    // only saves space (the log holds the same records uncompressed), so it is skipped when space
+    // is short (Debian's librocksdb aborts on some write errors) and its failure is not the
+    // backup's: the log stays and is replayed at the next open.
+    if repo.backend().available().is_none_or(|free| free > FLUSH_HEADROOM) {
+        let _ = repo.index().flush();
+    }
     Ok(info)
 }
 

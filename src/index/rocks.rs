@@ -103,6 +103,12 @@ impl RocksIndex {
         Ok(self.db.write_opt(batch, &w)?)
     }
 
+    /// Writes the memtable to a (compressed) table file so that the write-ahead log, which holds
+    /// the same records uncompressed, can go. Everything was already durable through the WAL.
+    pub fn flush(&self) -> Result<()> {
+        Ok(self.db.flush()?)
+    }
+
     /// Records a pack and all its chunks in one durable batch; called only after the pack
     /// itself is durable.
     pub fn add_pack(&self, pack: PackId, size: u64, entries: &[PackEntry]) -> Result<()> {
