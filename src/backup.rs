@@ -24,7 +24,7 @@ use crate::extent::{Content, Extent};
 use crate::id::{ChunkId, ImageId, PackId};
 use crate::index::{put_image, Batch, ChunkLookup};
 use crate::manifest::{ChangeFilter, ImageInfo, Kind, ManifestWriter};
-use crate::pack::{compress_frame, Codec, PackBuilder, FRAME_TARGET};
+use crate::pack::{compress_frame, Codec, PackBuilder, FRAME_TARGET, MAX_FRAME_LEN};
 use crate::progress::Progress;
 use crate::refs::{self, RefDelta};
 use crate::repository::Repository;
@@ -222,14 +222,14 @@ fn read_segment(
 /// bounded), the stored size of each pack comes back once it is durable and indexed.
 struct WriterLink {
     packs: SyncSender<PackBuilder>,
-    acks: Receiver<u64>,
+    acks: Receiver<(u64, Vec<u8>)>,
 }
 
 /// The pack writer thread: for each pack in turn, trailer and name (a hash of the whole pack), pack
 /// durable (fsync, rename, directory fsync), then its index batch committed. Running beside the
 /// pipeline, this overlaps with reading, chunking and compressing; the order per pack is the same
 /// as when it was inline.
-fn write_packs(repo: &Repository, packs: Receiver<PackBuilder>, acks: Sender<u64>) -> Result<()> {
+fn write_packs(repo: &Repository, packs: Receiver<PackBuilder>, acks: Sender<(u64, Vec<u8>)>) -> Result<()> {
     for pack in packs {
         let (pid, bytes, entries) = pack.finish();
         // Fail cleanly before the filesystem is full rather than at RocksDB's WAL: Debian's
@@ -242,7 +242,8 @@ fn write_packs(repo: &Repository, packs: Receiver<PackBuilder>, acks: Sender<u64
         repo.backend().put(&pid.path(), &bytes)?;
         crate::failpoint::hit("pack-before-index");
         repo.index().add_pack(pid, bytes.len() as u64, &entries)?;
-        if acks.send(bytes.len() as u64).is_err() {
+        // The buffer goes back with the acknowledgement, to be filled by a later pack.
+        if acks.send((bytes.len() as u64, bytes)).is_err() {
             break; // the pipeline stopped; it has nothing more to send
         }
     }
@@ -266,6 +267,8 @@ struct Run<'a> {
     inflight: VecDeque<Vec<ChunkId>>,
     writer: Option<WriterLink>,
     refs: &'a mut RefDelta,
+    /// Buffers of written packs, for the next packs.
+    spare: Vec<Vec<u8>>,
     /// Sizes of the packs that dedup hits point into (None: missing).
     pack_sizes: HashMap<PackId, Option<u64>>,
 }
@@ -290,6 +293,7 @@ impl<'a> Run<'a> {
             pending: HashSet::new(),
             inflight: VecDeque::new(),
             writer: None,
+            spare: Vec::new(),
             refs,
             pack_sizes: HashMap::new(),
         }
@@ -301,7 +305,7 @@ impl<'a> Run<'a> {
         let repo = self.repo;
         std::thread::scope(|scope| {
             let (packs_tx, packs_rx) = sync_channel::<PackBuilder>(1);
-            let (acks_tx, acks_rx) = channel::<u64>();
+            let (acks_tx, acks_rx) = channel::<(u64, Vec<u8>)>();
             let writer = scope.spawn(move || write_packs(repo, packs_rx, acks_tx));
             self.writer = Some(WriterLink { packs: packs_tx, acks: acks_rx });
             let piped = self.read_all(src, progress).and_then(|()| self.seal_pack()).and_then(|()| self.wait_acks());
@@ -444,7 +448,11 @@ impl<'a> Run<'a> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let pack = std::mem::take(&mut self.pack);
+        let mut buf = self.spare.pop().unwrap_or_default();
+        let target = self.repo.config().pack_target_size as usize;
+        buf.clear();
+        buf.reserve(target + target / 8 + MAX_FRAME_LEN as usize); // frames, one over, trailer
+        let pack = std::mem::replace(&mut self.pack, PackBuilder::with_buffer(buf));
         let ids = pack.entries().iter().map(|e| e.id).collect();
         let link = self.writer.as_ref().ok_or_else(writer_stopped)?;
         link.packs.send(pack).map_err(|_| writer_stopped())?;
@@ -471,7 +479,11 @@ impl<'a> Run<'a> {
                     Err(TryRecvError::Disconnected) => return Err(writer_stopped()),
                 }
             };
+            let (stored, buf) = stored;
             self.info.new_stored_bytes += stored;
+            if self.spare.len() < 2 {
+                self.spare.push(buf);
+            }
             for id in self.inflight.pop_front().unwrap_or_default() {
                 self.pending.remove(&id);
             }
