@@ -267,6 +267,9 @@ struct Run<'a> {
     inflight: VecDeque<Vec<ChunkId>>,
     writer: Option<WriterLink>,
     refs: &'a mut RefDelta,
+    /// Chunks stored again because their pack was lost or cut short, with what their owners
+    /// were charged for the old copy.
+    restored: HashMap<ChunkId, u64>,
     /// Buffers of written packs, for the next packs.
     spare: Vec<Vec<u8>>,
     /// Sizes of the packs that dedup hits point into (None: missing).
@@ -294,6 +297,7 @@ impl<'a> Run<'a> {
             inflight: VecDeque::new(),
             writer: None,
             spare: Vec::new(),
+            restored: HashMap::new(),
             refs,
             pack_sizes: HashMap::new(),
         }
@@ -404,9 +408,13 @@ impl<'a> Run<'a> {
         // (and verified) in parallel.
         let mut frames: Vec<Vec<(ChunkId, &[u8])>> = Vec::new();
         let mut open = 0usize;
-        for (&(id, data), ok) in candidates.iter().zip(&stored_ok) {
+        for ((&(id, data), ok), loc) in candidates.iter().zip(&stored_ok).zip(&known) {
             if *ok {
                 continue;
+            }
+            if let Some(lost) = loc {
+                // Stored again: once indexed, its owners are charged its new share of a frame.
+                self.restored.insert(id, lost.charged());
             }
             if frames.is_empty() || open >= FRAME_TARGET {
                 frames.push(Vec::new());
@@ -465,11 +473,31 @@ impl<'a> Run<'a> {
         self.take_acks(true)
     }
 
+    /// Chunks stored again (self-healing) now sit in a new frame: their owners' counters are
+    /// charged the new share instead of the old one. Under the backup's journal, so a crash
+    /// before the image is published rebuilds the counters anyway.
+    fn recharge_restored(&mut self, ids: &[ChunkId]) -> Result<()> {
+        let healed: Vec<ChunkId> = ids.iter().filter(|id| self.restored.contains_key(id)).copied().collect();
+        if healed.is_empty() {
+            return Ok(());
+        }
+        let locs = self.repo.index().locate(&healed)?;
+        let mut moves = Vec::with_capacity(healed.len());
+        for (id, loc) in healed.iter().zip(locs) {
+            if let (Some(old), Some(new)) = (self.restored.remove(id), loc) {
+                moves.push((*id, old, new.charged()));
+            }
+        }
+        let mut batch = Batch::default();
+        refs::recharge(self.repo.index(), &moves, &mut batch)?;
+        self.repo.index().write(batch)
+    }
+
     /// Counts acknowledged packs and forgets their chunks as pending: from now on the index
     /// finds them.
     fn take_acks(&mut self, wait: bool) -> Result<()> {
-        let link = self.writer.as_ref().ok_or_else(writer_stopped)?;
         while !self.inflight.is_empty() {
+            let link = self.writer.as_ref().ok_or_else(writer_stopped)?;
             let stored = if wait {
                 link.acks.recv().map_err(|_| writer_stopped())?
             } else {
@@ -484,9 +512,11 @@ impl<'a> Run<'a> {
             if self.spare.len() < 2 {
                 self.spare.push(buf);
             }
-            for id in self.inflight.pop_front().unwrap_or_default() {
-                self.pending.remove(&id);
+            let ids = self.inflight.pop_front().unwrap_or_default();
+            for id in &ids {
+                self.pending.remove(id);
             }
+            self.recharge_restored(&ids)?;
         }
         Ok(())
     }
