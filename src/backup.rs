@@ -1,8 +1,9 @@
 //! The backup pipeline: read → cut (FastCDC) → hash (BLAKE3), segments in parallel → compare
 //! with the base image → batched dedup lookups → frames of new chunks, zstd + verify in parallel
-//! → packs → index → manifest → catalog. The next window of segments is read and chunked while the current one is
-//! compressed, and a pack writer thread makes packs durable and indexes them meanwhile. Memory is
-//! bounded by two windows of segments and three packs, whatever the disk size.
+//! → packs → index → manifest → catalog. The next window of segments is read and chunked while
+//! the current one is compressed, and a pack writer thread makes packs durable and indexes them
+//! meanwhile. Memory is bounded by two windows of segments and three packs, whatever the disk
+//! size.
 //!
 //! Write order (docs/FORMAT.md, "Write order"): each pack is durable (fsync, rename, directory
 //! fsync) before its index batch is committed (synced); all of an image's packs are indexed

@@ -279,9 +279,10 @@ impl<'a> Counters<'a> {
     }
 }
 
-/// Charges chunks that prune moved into new frames at their new share of stored bytes:
-/// `moves` lists (chunk, old charge, new charge). Adds the counter changes to `batch`, which
-/// prune commits together with the chunks' new locations.
+/// Charges chunks that moved into new frames (prune re-framing them, or a backup storing again
+/// a chunk whose pack was lost) at their new share of stored bytes: `moves` lists (chunk, old
+/// charge, new charge). Adds the counter changes to `batch`, for the caller to commit (prune: with
+/// the chunks' new locations).
 pub fn recharge(index: &RocksIndex, moves: &[(ChunkId, u64, u64)], batch: &mut Batch) -> Result<()> {
     let moves: Vec<&(ChunkId, u64, u64)> = moves.iter().filter(|(_, old, new)| old != new).collect();
     if moves.is_empty() {
