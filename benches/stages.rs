@@ -121,7 +121,7 @@ fn compression(c: &mut Criterion) {
                     let frame = decode_frame(*codec, s, total as u32).unwrap();
                     let mut at = 0;
                     for (id, c) in f.iter() {
-                        n += chunk_of_frame(*id, &frame, at, c.len() as u32).map(|r| r.len()).unwrap_or(0);
+                        n += chunk_of_frame(*id, &frame, at, c.len() as u32).map(<[u8]>::len).unwrap_or(0);
                         at += c.len() as u32;
                     }
                 }

@@ -12,7 +12,7 @@ use crate::extent::Content;
 use crate::id::{ChunkId, ImageId, PackId};
 use crate::index::{ChunkLoc, ChunkLookup};
 use crate::manifest::{open_manifest, ImageInfo};
-use crate::pack::{chunk_of_frame, decode_frame, read_trailer_at, ChunkError};
+use crate::pack::{read_trailer_at, FrameReader};
 use crate::progress::Progress;
 use crate::refs;
 use crate::repository::Repository;
@@ -222,25 +222,16 @@ fn run(
                 Ok(e) => e,
                 Err(e) => return (unreadable(e.to_string()), 0, 0),
             };
-            let mut frame: Option<(u64, Result<Vec<u8>, ChunkError>)> = None; // decoded once per frame
+            let mut frames = FrameReader::new(&file);
             for e in &entries {
-                if frame.as_ref().is_none_or(|(at, _)| *at != e.offset) {
-                    let stored = &file[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
-                    frame = Some((e.offset, decode_frame(e.codec, stored, e.frame_raw)));
-                    bytes += e.stored_len as u64;
-                }
-                let checked = match frame.as_ref().map(|(_, f)| f) {
-                    Some(Ok(decoded)) => chunk_of_frame(e.id, decoded, e.skip, e.raw_len).map(drop),
-                    Some(Err(why)) => Err(ChunkError::Decompress(why.to_string())),
-                    None => Ok(()),
-                };
-                if let Err(why) = checked {
+                if let Err(why) = frames.chunk(e) {
                     // Only the copy the index points at decides restores; another damaged copy
                     // is reported all the same.
                     damaged.push((e.id, format!("{why} (pack {pack}, offset {})", e.offset)));
                 }
                 n += 1;
             }
+            bytes += frames.frame_bytes;
             // A pack is named by the hash of its bytes: this catches a flip that decodes to the
             // same chunk (zstd padding bits) or lies outside every chunk.
             if damaged.is_empty() && PackId::of(&file) != **pack {

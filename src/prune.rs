@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::index::{chunk_key, pack_key, Batch, ChunkLoc, ChunkLookup, PackRecord};
-use crate::pack::{chunk_of_frame, compress_frame, decode_frame, read_trailer, PackBuilder, FRAME_TARGET};
+use crate::pack::{compress_frame, read_trailer, FrameReader, PackBuilder, FRAME_TARGET};
 use crate::progress::Progress;
 use crate::refs;
 use crate::repository::Repository;
@@ -154,7 +154,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
         let entries = read_trailer(pack, &file)?;
         let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
         let current = index.locate(&ids)?;
-        let mut frame: Option<(u64, Vec<u8>)> = None; // the last frame decoded, by offset
+        let mut frames = FrameReader::new(&file);
         for (e, loc) in entries.iter().zip(current) {
             // The index may name another copy of the chunk: then this one is not the live one.
             let here = loc.is_some_and(|l| l.pack == *pack && l.offset == e.offset && l.skip == e.skip);
@@ -172,12 +172,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
                     pack: pack.to_string(),
                     reason: err.to_string(),
                 };
-                if frame.as_ref().is_none_or(|(at, _)| *at != e.offset) {
-                    let stored = &file[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
-                    frame = Some((e.offset, decode_frame(e.codec, stored, e.frame_raw).map_err(corrupt)?));
-                }
-                let decoded = frame.as_ref().map(|(_, f)| f.as_slice()).unwrap_or_default();
-                let raw = chunk_of_frame(e.id, decoded, e.skip, e.raw_len).map_err(corrupt)?;
+                let raw = frames.chunk(e).map_err(corrupt)?.to_vec();
                 progress.advance(e.charged());
                 old_charge.insert(e.id, e.charged());
                 framing.push((e.id, raw));

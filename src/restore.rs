@@ -360,7 +360,18 @@ fn decode_extent(
     copies: &Copies,
 ) -> Result<Option<Vec<u8>>> {
     let Content::Chunk { id, skip } = e.content else { return Ok(None) };
-    let read = || -> Result<Vec<u8>> {
+    // The extent's part of the chunk, copied once.
+    let take = |raw: &[u8]| -> Result<Option<Vec<u8>>> {
+        let (s, n) = (skip as usize, e.len as usize);
+        if s + n > raw.len() {
+            return Err(Error::CorruptManifest {
+                image: image.id.to_string(),
+                reason: format!("extent at {} reaches past the end of chunk {id}", e.offset),
+            });
+        }
+        Ok(Some(raw[s..s + n].to_vec()))
+    };
+    let read = || -> Result<&[u8]> {
         let loc = loc.ok_or_else(|| Error::ChunkMissing { id: id.to_string(), image: image.id.to_string() })?;
         let corrupt = |reason: String| Error::CorruptChunk { id: id.to_string(), pack: loc.pack.to_string(), reason };
         match frame {
@@ -376,24 +387,13 @@ fn decode_extent(
         }
     };
     // The copy the index names is damaged or gone: another pack may hold an intact one.
-    let mut raw = match read() {
-        Ok(raw) => raw,
+    match read() {
+        Ok(raw) => take(raw),
         Err(err) => match copies.intact(repo, &id, loc)? {
-            Some((_, raw)) => raw,
-            None => return Err(err),
+            Some((_, raw)) => take(&raw),
+            None => Err(err),
         },
-    };
-    let (s, n) = (skip as usize, e.len as usize);
-    if s + n > raw.len() {
-        return Err(Error::CorruptManifest {
-            image: image.id.to_string(),
-            reason: format!("extent at {} reaches past the end of chunk {id}", e.offset),
-        });
     }
-    if s > 0 || n < raw.len() {
-        raw = raw[s..s + n].to_vec();
-    }
-    Ok(Some(raw))
 }
 
 /// Writes a decoded batch: each run of adjacent chunk extents with one `pwritev`; zero extents

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 
+use super::PackEntry;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 
@@ -41,7 +42,7 @@ pub fn compress_chunk(id: ChunkId, raw: &[u8], level: i32) -> Result<(Codec, Vec
 /// verifies the frame by decoding it and comparing with the input before anyone may store it.
 /// The chunks were hashed to their ids, so equal bytes prove the frame as well as re-hashing would.
 pub fn compress_frame(chunks: &[(ChunkId, &[u8])], level: i32) -> Result<(Codec, Vec<u8>)> {
-    let first = chunks.first().map(|(id, _)| id.to_string()).unwrap_or_default();
+    let first = chunks.first().map(|(id, _)| *id);
     FRAME_INPUT.with(|cell| {
         let mut input = cell.borrow_mut();
         input.clear();
@@ -52,7 +53,8 @@ pub fn compress_frame(chunks: &[(ChunkId, &[u8])], level: i32) -> Result<(Codec,
     })
 }
 
-fn compress_input(raw: &[u8], first: String, level: i32) -> Result<(Codec, Vec<u8>)> {
+/// `first` names the frame in an error: the id of its first chunk.
+fn compress_input(raw: &[u8], first: Option<ChunkId>, level: i32) -> Result<(Codec, Vec<u8>)> {
     let compressed = COMPRESSOR.with(|cell| -> std::io::Result<Vec<u8>> {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
@@ -75,22 +77,15 @@ fn compress_input(raw: &[u8], first: String, level: i32) -> Result<(Codec, Vec<u
             let mut out = cell.borrow_mut();
             out.clear();
             out.reserve(raw.len());
-            DECOMPRESSOR.with(|d| {
-                let mut slot = d.borrow_mut();
-                if slot.is_none() {
-                    *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
-                }
-                let d = slot.as_mut().ok_or("no decompressor")?;
-                d.decompress_to_buffer(&stored, &mut *out).map_err(|e| e.to_string())
-            })?;
+            with_decompressor(|d| d.decompress_to_buffer(&stored, &mut *out)).map_err(|e| e.to_string())?;
             Ok(out.as_slice() == raw)
         });
+        let failed =
+            |reason: String| Error::VerifyFailed { id: first.map(|id| id.to_string()).unwrap_or_default(), reason };
         match same {
             Ok(true) => {}
-            Ok(false) => {
-                return Err(Error::VerifyFailed { id: first, reason: "decoded bytes differ from the input".into() })
-            }
-            Err(reason) => return Err(Error::VerifyFailed { id: first, reason }),
+            Ok(false) => return Err(failed("decoded bytes differ from the input".into())),
+            Err(reason) => return Err(failed(reason)),
         }
     }
     Ok((codec, stored))
@@ -111,11 +106,12 @@ pub fn decode_entry(
     frame_raw: u32,
 ) -> Result<Vec<u8>, ChunkError> {
     let frame = decode_frame(codec, stored, frame_raw)?;
-    chunk_of_frame(id, &frame, skip, raw_len)
+    chunk_of_frame(id, &frame, skip, raw_len).map(<[u8]>::to_vec)
 }
 
-/// Cuts one chunk out of a decoded frame and checks it against its id.
-pub fn chunk_of_frame(id: ChunkId, frame: &[u8], skip: u32, raw_len: u32) -> Result<Vec<u8>, ChunkError> {
+/// Finds one chunk in a decoded frame and checks it against its id (no copy: callers that keep
+/// it copy it, those that only verify do not).
+pub fn chunk_of_frame(id: ChunkId, frame: &[u8], skip: u32, raw_len: u32) -> Result<&[u8], ChunkError> {
     if raw_len > MAX_CHUNK_LEN {
         return Err(ChunkError::TooLarge(raw_len));
     }
@@ -124,7 +120,53 @@ pub fn chunk_of_frame(id: ChunkId, frame: &[u8], skip: u32, raw_len: u32) -> Res
     if ChunkId::of(raw) != id {
         return Err(ChunkError::Hash);
     }
-    Ok(raw.to_vec())
+    Ok(raw)
+}
+
+/// Reads the chunks of a whole pack file in trailer order, decoding each frame once however
+/// many of its chunks follow one another (check, prune).
+pub struct FrameReader<'a> {
+    file: &'a [u8],
+    /// The frame decoded last: its offset and its bytes, or why it does not decode.
+    last: Option<(u64, std::result::Result<Vec<u8>, ChunkError>)>,
+    /// Stored bytes of the frames decoded so far.
+    pub frame_bytes: u64,
+}
+
+impl<'a> FrameReader<'a> {
+    /// `file` is the whole pack, whose trailer has been checked (`read_trailer`), so every
+    /// entry's frame lies inside it.
+    pub fn new(file: &'a [u8]) -> Self {
+        FrameReader { file, last: None, frame_bytes: 0 }
+    }
+
+    /// The chunk `e` names, checked against its id.
+    pub fn chunk(&mut self, e: &PackEntry) -> std::result::Result<&[u8], ChunkError> {
+        if self.last.as_ref().is_none_or(|(at, _)| *at != e.offset) {
+            let stored = &self.file[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
+            self.last = Some((e.offset, decode_frame(e.codec, stored, e.frame_raw)));
+            self.frame_bytes += e.stored_len as u64;
+        }
+        match self.last.as_ref().map(|(_, f)| f) {
+            Some(Ok(frame)) => chunk_of_frame(e.id, frame, e.skip, e.raw_len),
+            Some(Err(why)) => Err(why.clone()),
+            None => Err(ChunkError::Decompress("no frame".into())),
+        }
+    }
+}
+
+/// Runs `f` with this thread's zstd decompression context, made on first use.
+fn with_decompressor<T>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let d = slot.as_mut().ok_or_else(|| std::io::Error::other("no decompressor"))?;
+        f(d)
+    })
 }
 
 /// Decodes one stored frame to exactly `frame_raw` bytes. Bounded: never allocates more than
@@ -136,14 +178,8 @@ pub fn decode_frame(codec: Codec, stored: &[u8], frame_raw: u32) -> Result<Vec<u
     }
     let raw = match codec {
         Codec::Raw => stored.to_vec(),
-        Codec::Zstd => DECOMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| ChunkError::Decompress(e.to_string()))?);
-            }
-            let d = slot.as_mut().ok_or_else(|| ChunkError::Decompress("no decompressor".into()))?;
-            d.decompress(stored, frame_raw as usize).map_err(|e| ChunkError::Decompress(e.to_string()))
-        })?,
+        Codec::Zstd => with_decompressor(|d| d.decompress(stored, frame_raw as usize))
+            .map_err(|e| ChunkError::Decompress(e.to_string()))?,
     };
     if raw.len() != frame_raw as usize {
         return Err(ChunkError::Length { expected: frame_raw, found: raw.len() });
@@ -153,9 +189,8 @@ pub fn decode_frame(codec: Codec, stored: &[u8], frame_raw: u32) -> Result<Vec<u
 
 /// Backup closes a frame once its chunks reach this many bytes (before compression): 1 MiB
 /// (about 64 chunks) saved 11 % over one frame per chunk on the reference workload at the same
-/// speed, 256 KiB 8 %
-/// (docs/BENCHMARKS.md, compression study), while a restore that needs one chunk of a frame
-/// decodes at most this much more.
+/// speed, 256 KiB 8 % (docs/BENCHMARKS.md, compression study), while a restore that needs one
+/// chunk of a frame decodes at most this much more.
 pub const FRAME_TARGET: usize = 1024 * 1024;
 
 /// No frame decodes to more than this: a full frame plus one largest chunk.
@@ -164,7 +199,7 @@ pub const MAX_FRAME_LEN: u32 = FRAME_TARGET as u32 + MAX_CHUNK_LEN;
 /// No chunk is larger than FastCDC's largest maximum size; a recorded length above it is damage.
 pub const MAX_CHUNK_LEN: u32 = fastcdc::v2020::MAXIMUM_MAX;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ChunkError {
     #[error("recorded length {0} is larger than any chunk or frame")]
     TooLarge(u32),
