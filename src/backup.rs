@@ -168,6 +168,7 @@ pub fn backup(
     put_image(&mut batch, &info)?;
     refs::finish(&mut batch);
     refs::apply(repo.index(), delta, batch)?;
+    repo.commit_generation()?;
     // The image is published and durable. Writing the index's log out as a compressed table file
     // only saves space (the log holds the same records uncompressed), so it is skipped when space
     // is short (Debian's librocksdb aborts on some write errors) and its failure is not the

@@ -160,12 +160,8 @@ fn run(
         by_pack.entry(l.pack).or_default().push((*id, *l));
     }
     let indexed_packs: BTreeSet<PackId> = refs::packs(repo.index())?.into_iter().map(|(p, _)| p).collect();
-    for path in repo.backend().list("packs")? {
-        let name = path.rsplit('/').next().unwrap_or_default();
-        if PackId::parse(name).is_none_or(|p| !indexed_packs.contains(&p)) {
-            report.orphan_packs.push(path);
-        }
-    }
+    check_index_health(repo, &mut report);
+    check_orphans(repo, &indexed_packs, &refs_of, &locs, &mut report)?;
     let mut bad_packs: BTreeMap<PackId, String> = BTreeMap::new();
     // Every pack the index knows, referenced or not: a damaged pack is damage even while no
     // readable manifest needs it (its manifest may be the other casualty).
@@ -206,13 +202,18 @@ fn run(
         .collect();
     let sizes: HashMap<PackId, u64> = refs::packs(repo.index())?.into_iter().map(|(p, r)| (p, r.size)).collect();
     progress.begin("check", selected.iter().map(|p| sizes.get(*p).copied().unwrap_or(0)).sum());
-    let results: Vec<(Vec<(ChunkId, String)>, u64, u64)> = selected
+    let results: Vec<(Vec<(Damage, String)>, u64, u64)> = selected
         .par_iter()
         .map(|pack| {
             let mut damaged = Vec::new();
             let (mut n, mut bytes) = (0u64, 0u64);
             let unreadable = |why: String| {
-                by_pack.get(*pack).unwrap_or(&no_chunks).iter().map(|(id, _)| (*id, why.clone())).collect()
+                by_pack
+                    .get(*pack)
+                    .unwrap_or(&no_chunks)
+                    .iter()
+                    .map(|(id, _)| (Damage::Chunk(*id), why.clone()))
+                    .collect()
             };
             let file = match repo.backend().get(&pack.path()) {
                 Ok(f) => f,
@@ -227,7 +228,7 @@ fn run(
                 if let Err(why) = frames.chunk(e) {
                     // Only the copy the index points at decides restores; another damaged copy
                     // is reported all the same.
-                    damaged.push((e.id, format!("{why} (pack {pack}, offset {})", e.offset)));
+                    damaged.push((Damage::Chunk(e.id), format!("{why} (pack {pack}, offset {})", e.offset)));
                 }
                 n += 1;
             }
@@ -236,8 +237,8 @@ fn run(
             // same chunk (zstd padding bits) or lies outside every chunk.
             if damaged.is_empty() && PackId::of(&file) != **pack {
                 damaged.push((
-                    ChunkId([0; 32]),
-                    format!("pack {pack} no longer matches its name (altered bytes that no chunk decodes differently)"),
+                    Damage::Pack(**pack),
+                    "no longer matches its name (altered bytes that no chunk decodes differently)".to_string(),
                 ));
             }
             progress.advance(file.len() as u64);
@@ -249,13 +250,18 @@ fn run(
     for (damaged, n, bytes) in results {
         report.chunks_read += n;
         report.bytes_read += bytes;
-        for (id, why) in damaged {
-            if id == ChunkId([0; 32]) {
+        for (damage, why) in damaged {
+            match damage {
                 // Altered bytes that change no chunk: damage to report, no image affected.
-                let object = why.split_whitespace().nth(1).unwrap_or_default().to_string();
-                report.problems.push(Problem { kind: "pack", object, detail: why, images: vec![] });
-            } else {
-                bad_chunks.insert(id, why);
+                Damage::Pack(pack) => report.problems.push(Problem {
+                    kind: "pack",
+                    object: pack.to_string(),
+                    detail: why,
+                    images: vec![],
+                }),
+                Damage::Chunk(id) => {
+                    bad_chunks.insert(id, why);
+                }
             }
         }
     }
@@ -285,15 +291,11 @@ fn run(
         if bad_images.contains_key(&info.id) || only.is_some_and(|o| o != info.id) {
             continue;
         }
-        let chain = match repo.chain(info) {
+        let chain = match chain_of(info, &by_id) {
             Ok(c) => c,
-            Err(e) => {
-                // Attribute it to the image whose manifest broke the chain, when one is named.
-                let named = match &e {
-                    Error::MissingManifest { image } | Error::CorruptManifest { image, .. } => ImageId::parse(image),
-                    _ => None,
-                };
-                let cause = named.map_or(info.id, |n| root.get(&n).copied().unwrap_or(n));
+            Err(broken) => {
+                // Attribute it to the image whose manifest or base broke the chain.
+                let cause = root.get(&broken).copied().unwrap_or(broken);
                 bad_images.insert(info.id, format!("its chain includes damaged image {}", cause.short()));
                 root.insert(info.id, cause);
                 continue;
@@ -335,7 +337,7 @@ fn run(
     for (pack, why) in &bad_packs {
         let imgs: Vec<ImageId> = affected
             .iter()
-            .filter(|(_, c)| by_pack[pack].iter().any(|(id, _)| c.contains(id)))
+            .filter(|(_, c)| by_pack.get(pack).unwrap_or(&no_chunks).iter().any(|(id, _)| c.contains(id)))
             .map(|(i, _)| *i)
             .collect();
         report.problems.push(Problem { kind: "pack", object: pack.to_string(), detail: why.clone(), images: imgs });
@@ -366,6 +368,101 @@ fn run(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// What `--read-data` found wrong in a pack.
+enum Damage {
+    Chunk(ChunkId),
+    /// Bytes that no chunk decodes differently (the pack no longer matches its name).
+    Pack(PackId),
+}
+
+/// The chain of `info`, full first, from the images' bases; `Err` names the image whose base is
+/// missing or whose chain does not start at a full (the structure checks report it).
+fn chain_of(info: &ImageInfo, by_id: &HashMap<ImageId, &ImageInfo>) -> std::result::Result<Vec<ImageInfo>, ImageId> {
+    let mut chain = vec![info.clone()];
+    while let Some(base) = chain.last().and_then(|i| i.base) {
+        match by_id.get(&base) {
+            Some(b) if chain.len() <= by_id.len() => chain.push((*b).clone()),
+            _ => return Err(chain.last().map_or(info.id, |i| i.id)),
+        }
+    }
+    if chain.last().is_some_and(|full| full.kind != crate::manifest::Kind::Full) {
+        return Err(chain.last().map_or(info.id, |i| i.id));
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// An index that is incomplete or older than the repository cannot vouch for anything.
+fn check_index_health(repo: &Repository, report: &mut CheckReport) {
+    use crate::repository::IndexHealth;
+    let detail = match repo.index_health() {
+        IndexHealth::Current => return,
+        IndexHealth::Incomplete => {
+            "the index is incomplete (an interrupted rebuild, or an older strata made it); run `strata rebuild-index` before any backup or prune".to_string()
+        }
+        IndexHealth::Stale { index, repository } => format!(
+            "the index is older than the repository (generation {index} < {repository}): it may lack packs and images; run `strata rebuild-index` before any backup or prune"
+        ),
+    };
+    report.problems.push(Problem { kind: "index", object: "index".into(), detail, images: vec![] });
+}
+
+/// Pack files the index does not know: an orphan whose chunks no image needs (or that another
+/// indexed copy serves) is left by an interrupted run and `prune` deletes it; one that holds a
+/// chunk an image needs and the index does not place shows an incomplete index, and is reported
+/// as such, never as garbage.
+fn check_orphans(
+    repo: &Repository,
+    indexed_packs: &BTreeSet<PackId>,
+    refs_of: &HashMap<ChunkId, Vec<ImageId>>,
+    locs: &HashMap<ChunkId, ChunkLoc>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    for path in repo.backend().list("packs")? {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let Some(pack) = PackId::parse(name) else {
+            report.orphan_packs.push(path);
+            continue;
+        };
+        if indexed_packs.contains(&pack) {
+            continue;
+        }
+        let entries = repo
+            .backend()
+            .size(&path)
+            .and_then(|size| read_trailer_at(&pack, size, |o, n| repo.backend().read_at(&path, o, n)));
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => {
+                report.problems.push(Problem {
+                    kind: "pack",
+                    object: pack.to_string(),
+                    detail: format!("not in the index and its trailer cannot be read ({e}); prune keeps it"),
+                    images: vec![],
+                });
+                continue;
+            }
+        };
+        let needed: BTreeSet<ChunkId> =
+            entries.iter().map(|e| e.id).filter(|id| refs_of.contains_key(id) && !locs.contains_key(id)).collect();
+        if needed.is_empty() {
+            report.orphan_packs.push(path);
+            continue;
+        }
+        let images: BTreeSet<ImageId> = needed.iter().flat_map(|c| refs_of[c].iter().copied()).collect();
+        report.problems.push(Problem {
+            kind: "index",
+            object: pack.to_string(),
+            detail: format!(
+                "this pack is not in the index but holds {} chunks that images need: the index is incomplete; run `strata rebuild-index` (never delete this pack)",
+                needed.len()
+            ),
+            images: images.into_iter().collect(),
+        });
+    }
+    Ok(())
 }
 
 /// Compares the counters behind `stats` with what the manifests say.

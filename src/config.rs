@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// Version of the on-disk format described in docs/FORMAT.md.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkerParams {
@@ -76,10 +76,10 @@ impl Config {
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut v = serde_json::to_vec_pretty(self).map_err(|e| Error::BadConfig { reason: e.to_string() })?;
         v.push(b'\n');
-        v
+        Ok(v)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Config> {
@@ -139,13 +139,13 @@ mod tests {
     #[test]
     fn config_round_trips_and_rejects_nonsense() {
         let c = Config::new(ChunkerParams::default(), 3);
-        assert_eq!(Config::decode(&c.encode()).unwrap(), c);
+        assert_eq!(Config::decode(&c.encode().unwrap()).unwrap(), c);
         let mut bad = c.clone();
         bad.chunker.avg_size = 1;
-        assert!(matches!(Config::decode(&bad.encode()), Err(Error::BadConfig { .. })));
+        assert!(matches!(Config::decode(&bad.encode().unwrap()), Err(Error::BadConfig { .. })));
         let mut future = c;
         future.format_version = 99;
-        assert!(matches!(Config::decode(&future.encode()), Err(Error::UnsupportedFormat { found: 99, .. })));
+        assert!(matches!(Config::decode(&future.encode().unwrap()), Err(Error::UnsupportedFormat { found: 99, .. })));
         assert!(Config::decode(b"\xff\x00garbage").is_err());
     }
 }

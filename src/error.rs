@@ -78,8 +78,20 @@ pub enum Error {
     #[error("restore target {target} is neither a regular file nor a block device")]
     TargetNotDisk { target: PathBuf },
 
-    #[error("index error: {reason}")]
+    #[error("index error: {reason}; if the index is damaged, `strata rebuild-index` recreates it from the packs and manifests")]
     Index { reason: String },
+
+    #[error("the index {path} cannot be used ({reason}); run `strata rebuild-index`, which recreates it from the packs and manifests (nothing backed up is lost)")]
+    IndexUnusable { path: PathBuf, reason: String },
+
+    #[error("the index is older than the repository (index generation {index}, repository generation {repository}): it may lack packs and images written since (a damaged or replaced index); run `strata rebuild-index`")]
+    IndexStale { index: u64, repository: u64 },
+
+    #[error("image {image} needs chunk {chunk}, which the index does not know: the index is incomplete or out of date, so prune cannot tell which data is unused; run `strata rebuild-index` first")]
+    IndexMissesChunk { image: String, chunk: String },
+
+    #[error("the index marks chunk {chunk} as unused but image {image} needs it: the index disagrees with the manifests; run `strata rebuild-index` before pruning")]
+    IndexDisagrees { image: String, chunk: String },
 
     #[error("chunk {id} failed verification before it was stored ({reason}); this points at memory or compressor trouble, nothing was published")]
     VerifyFailed { id: String, reason: String },

@@ -230,6 +230,7 @@ pub fn execute(repo: &Repository, plan: &ForgetPlan, dry_run: bool) -> Result<Fo
         let mut batch = Batch::default();
         refs::finish(&mut batch);
         refs::apply(repo.index(), delta, batch)?;
+        repo.commit_generation()?;
     }
     Ok(ForgetReport { forgotten: plan.forget.len(), rewritten: plan.rewrite.len(), unreferenced_bytes })
 }

@@ -1,9 +1,16 @@
 //! Reclaiming space: delete chunks no image references, delete packs with no live chunk, repack
 //! packs whose dead fraction is above a threshold. A plan first, then the execution.
 //!
-//! Cost: the work starts from the dead-chunk markers that `forget` leaves in the index (so it
-//! grows with what is removed), the pack records and one listing of `packs/` (for orphans of
-//! interrupted runs); no manifest and no live pack is read, except the packs being repacked.
+//! Proof before deletion. The index says which chunks are dead (the `"d"` markers that `forget`
+//! leaves) and which pack files it does not know (orphans of interrupted runs); but an index can
+//! be wrong (a damaged log, an older copy put back), so the plan does not trust it with a
+//! deletion: it streams every manifest in `images/` and checks every chunk that the plan would
+//! drop. A dead-marked chunk that a manifest names, or a referenced chunk that the index does not
+//! know, stops prune (run `rebuild-index`); a manifest that cannot be read stops it too. An
+//! orphan pack goes only when each of its chunks that an image names has another copy, in a pack
+//! that stays, whose trailer lists it where the index says. Cost: the dead markers, the pack
+//! records, one listing of `packs/`, the trailers of orphans, and one read of every manifest
+//! (small next to packs); no live pack is read except the packs being repacked.
 //!
 //! Order: orphan packs deleted → new packs durable → one synced index batch that moves the live
 //! chunks to them and drops the dead chunks and the old packs' records → old pack files deleted.
@@ -15,9 +22,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::error::{Error, Result};
+use crate::extent::Content;
+use crate::id::ImageId;
 use crate::id::{ChunkId, PackId};
 use crate::index::{chunk_key, pack_key, Batch, ChunkLoc, ChunkLookup, PackRecord};
-use crate::pack::{compress_frame, read_trailer, FrameReader, PackBuilder, FRAME_TARGET};
+use crate::manifest::open_manifest;
+use crate::pack::{compress_frame, read_trailer, read_trailer_at, FrameReader, PackBuilder, PackEntry, FRAME_TARGET};
 use crate::progress::Progress;
 use crate::refs;
 use crate::repository::Repository;
@@ -33,8 +43,12 @@ pub enum PackAction {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PrunePlan {
     pub packs: BTreeMap<PackId, (PackAction, PackRecord)>,
-    /// Pack files the index does not know (left by interrupted runs).
+    /// Pack files the index does not know (left by interrupted runs), proven unneeded.
     pub orphans: Vec<(String, u64)>,
+    /// Pack files the index does not know that prune keeps, and why.
+    pub kept_orphans: Vec<(String, String)>,
+    /// Manifests read to prove that no image needs what goes.
+    pub manifests_read: usize,
     pub dead_chunks: usize,
     /// Dead bytes left in packs under the threshold.
     pub dead_bytes_kept: u64,
@@ -67,12 +81,7 @@ pub struct PruneReport {
 
 /// Packs whose dead bytes exceed `max_unused_percent` of their size are repacked.
 pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
-    if let Some(blocked) = refs::prune_blocked(repo.index())? {
-        return Err(Error::CorruptManifest {
-            image: blocked,
-            reason: "unreadable, so which chunks it needs is unknown; prune refuses to run until it is restored or forgotten".into(),
-        });
-    }
+    repo.index_health().require_current(&repo.root().join("index"))?;
     let dead = refs::dead_chunks(repo.index())?;
     let locs = repo.index().locate(&dead)?;
     let mut dead_by_pack: HashMap<PackId, (u32, u64)> = HashMap::new();
@@ -94,14 +103,158 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
             plan.dead_bytes_kept += bytes;
         }
     }
+    // What the plan would drop: dead chunks of the packs it deletes or repacks, and every chunk
+    // of the orphans.
+    let mut dropped: HashMap<ChunkId, Vec<Dropped>> = HashMap::new();
+    for (id, loc) in dead.iter().zip(&locs) {
+        if loc.is_some_and(|l| plan.packs.contains_key(&l.pack)) {
+            dropped.entry(*id).or_default().push(Dropped::Dead);
+        }
+    }
+    let mut orphans: Vec<(String, u64, Vec<PackEntry>)> = Vec::new();
     for path in repo.backend().list("packs")? {
         let name = path.rsplit('/').next().unwrap_or_default();
-        match PackId::parse(name) {
-            Some(id) if records.contains_key(&id) => {}
-            _ => plan.orphans.push((path.clone(), repo.backend().size(&path)?)),
+        let id = PackId::parse(name);
+        if id.is_some_and(|id| records.contains_key(&id)) {
+            continue;
+        }
+        let size = repo.backend().size(&path)?;
+        let entries = match id {
+            Some(id) => read_trailer_at(&id, size, |o, n| repo.backend().read_at(&path, o, n)),
+            None => Ok(Vec::new()), // not a pack name: holds nothing a manifest can name
+        };
+        match entries {
+            Ok(entries) => {
+                for e in &entries {
+                    dropped.entry(e.id).or_default().push(Dropped::Orphan(orphans.len()));
+                }
+                orphans.push((path, size, entries));
+            }
+            Err(e) => {
+                plan.kept_orphans.push((path, format!("its trailer cannot be read ({e}), so what it holds is unknown")))
+            }
+        }
+    }
+    let (needed, manifests_read) = needed_among(repo, &dropped)?;
+    plan.manifests_read = manifests_read;
+    let mut keep_orphan: BTreeMap<usize, String> = BTreeMap::new();
+    let mut trailers: HashMap<PackId, Option<Vec<PackEntry>>> = HashMap::new();
+    for (chunk, image) in &needed {
+        for d in &dropped[chunk] {
+            match d {
+                Dropped::Dead => {
+                    return Err(Error::IndexDisagrees { image: image.to_string(), chunk: chunk.to_string() })
+                }
+                Dropped::Orphan(i) => {
+                    if !has_other_copy(repo, &plan, chunk, &mut trailers)? {
+                        keep_orphan.entry(*i).or_insert_with(|| {
+                            format!("holds chunk {chunk}, which image {image} needs and no other pack holds; run `strata rebuild-index`")
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for (i, (path, size, _)) in orphans.into_iter().enumerate() {
+        match keep_orphan.remove(&i) {
+            Some(why) => plan.kept_orphans.push((path, why)),
+            None => plan.orphans.push((path, size)),
         }
     }
     Ok(plan)
+}
+
+/// Where a chunk that the plan drops lives.
+enum Dropped {
+    /// A dead-marked chunk in a pack the plan deletes or repacks.
+    Dead,
+    /// A chunk of an orphan pack (index into the orphan list).
+    Orphan(usize),
+}
+
+/// Streams every manifest in `images/` (the catalog is a cache) and returns the chunks of
+/// `dropped` that some image names, each with one such image. Refuses when a manifest cannot be
+/// read or names a chunk the index does not know: the index would then be no guide to what is
+/// unused.
+fn needed_among(
+    repo: &Repository,
+    dropped: &HashMap<ChunkId, Vec<Dropped>>,
+) -> Result<(HashMap<ChunkId, ImageId>, usize)> {
+    /// Chunks already found in the index; cleared when full, to bound memory.
+    const KNOWN_CAP: usize = 1 << 20;
+    let mut needed = HashMap::new();
+    let mut known: HashSet<ChunkId> = HashSet::new();
+    let mut read = 0;
+    for name in repo.backend().list("images")? {
+        let Some(image) = name.strip_prefix("images/").and_then(ImageId::parse) else { continue };
+        let unreadable = |e: Error| {
+            Error::CorruptManifest {
+            image: image.to_string(),
+            reason: format!("{e}; prune cannot tell which data it needs: restore the file or forget the image (`strata forget {image}`)"),
+        }
+        };
+        let (_, extents) = open_manifest(repo.backend(), &image).map_err(unreadable)?;
+        let mut batch: Vec<ChunkId> = Vec::new();
+        for e in extents {
+            let Content::Chunk { id, .. } = e.map_err(unreadable)?.content else { continue };
+            if dropped.contains_key(&id) {
+                needed.entry(id).or_insert(image);
+            }
+            if !known.contains(&id) {
+                batch.push(id);
+            }
+            if batch.len() >= 8192 {
+                check_known(repo, &image, &mut batch, &mut known, KNOWN_CAP)?;
+            }
+        }
+        check_known(repo, &image, &mut batch, &mut known, KNOWN_CAP)?;
+        read += 1;
+    }
+    Ok((needed, read))
+}
+
+fn check_known(
+    repo: &Repository,
+    image: &ImageId,
+    batch: &mut Vec<ChunkId>,
+    known: &mut HashSet<ChunkId>,
+    cap: usize,
+) -> Result<()> {
+    for (id, loc) in batch.iter().zip(repo.index().locate(batch)?) {
+        if loc.is_none() {
+            return Err(Error::IndexMissesChunk { image: image.to_string(), chunk: id.to_string() });
+        }
+        if known.len() >= cap {
+            known.clear();
+        }
+        known.insert(*id);
+    }
+    batch.clear();
+    Ok(())
+}
+
+/// Whether `chunk` has a copy that stays: where the index places it, in a pack the plan does not
+/// delete, whose trailer (read from the pack itself) lists it there.
+fn has_other_copy(
+    repo: &Repository,
+    plan: &PrunePlan,
+    chunk: &ChunkId,
+    trailers: &mut HashMap<PackId, Option<Vec<PackEntry>>>,
+) -> Result<bool> {
+    let Some(loc) = repo.index().locate(std::slice::from_ref(chunk))?.pop().flatten() else { return Ok(false) };
+    if matches!(plan.packs.get(&loc.pack), Some((PackAction::Delete, _))) {
+        return Ok(false);
+    }
+    let entries = trailers.entry(loc.pack).or_insert_with(|| {
+        let path = loc.pack.path();
+        repo.backend()
+            .size(&path)
+            .and_then(|size| read_trailer_at(&loc.pack, size, |o, n| repo.backend().read_at(&path, o, n)))
+            .ok()
+    });
+    Ok(entries
+        .as_ref()
+        .is_some_and(|es| es.iter().any(|e| e.id == *chunk && e.offset == loc.offset && e.skip == loc.skip)))
 }
 
 /// Carries out a plan on a repository opened for writing.
@@ -212,6 +365,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
     for pack in plan.packs.keys().filter(|p| !new.contains(p)) {
         repo.backend().remove(&pack.path())?;
     }
+    repo.commit_generation()?;
     progress.end();
     report.packs_written = written.len();
     let new_bytes: u64 = written.iter().map(|(_, s, _)| s).sum();

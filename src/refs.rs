@@ -162,12 +162,22 @@ pub struct Journal {
 
 pub fn begin(index: &RocksIndex, journal: &Journal) -> Result<()> {
     let mut b = Batch::default();
-    b.put(JOURNAL, serde_json::to_vec(journal).unwrap_or_default());
+    let encoded =
+        serde_json::to_vec(journal).map_err(|e| Error::Internal { reason: format!("journal does not encode: {e}") })?;
+    b.put(JOURNAL, encoded);
     index.write(b)
 }
 
+/// The journal of an interrupted operation. One that does not decode is an error, never an
+/// empty journal: it may list images that an interrupted forget was removing.
 pub fn pending(index: &RocksIndex) -> Result<Option<Journal>> {
-    Ok(index.get(JOURNAL)?.map(|v| serde_json::from_slice(&v).unwrap_or_default()))
+    let Some(v) = index.get(JOURNAL)? else { return Ok(None) };
+    serde_json::from_slice(&v).map(Some).map_err(|e| Error::Index {
+        reason: format!(
+            "the journal of an interrupted operation does not decode ({e}); images that an interrupted \
+             forget was removing may reappear after a rebuild: forget them again"
+        ),
+    })
 }
 
 /// Adds the clearing of the journal to a batch: the operation is complete when it commits.
@@ -478,21 +488,6 @@ pub fn owners(index: &RocksIndex, id: &ChunkId) -> Result<Vec<(SetId, u32)>> {
     match index.get(&owner_key(id))? {
         Some(v) => decode_owners(&v).ok_or_else(|| corrupt("owner record")),
         None => Ok(Vec::new()),
-    }
-}
-
-const PRUNE_BLOCKED: &[u8] = b"B";
-
-/// Images whose manifests were unreadable at the last rebuild: their chunks may look dead.
-pub fn prune_blocked(index: &RocksIndex) -> Result<Option<String>> {
-    Ok(index.get(PRUNE_BLOCKED)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
-}
-
-pub fn set_prune_blocked(batch: &mut Batch, images: &[ImageId]) {
-    if images.is_empty() {
-        batch.delete(PRUNE_BLOCKED);
-    } else {
-        batch.put(PRUNE_BLOCKED, images.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
     }
 }
 

@@ -20,7 +20,80 @@ pub struct Repository {
     config: Config,
     backend: Arc<dyn Backend>,
     index: RocksIndex,
+    health: IndexHealth,
     _lock: Option<RepoLock>,
+}
+
+/// Whether the index can be trusted to know everything the packs and manifests hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexHealth {
+    Current,
+    /// Never finished: a rebuild that was interrupted, or an index of an older strata.
+    Incomplete,
+    /// Older than the repository: records that a finished command wrote are missing (a damaged
+    /// write-ahead log, an older copy put back).
+    Stale {
+        index: u64,
+        repository: u64,
+    },
+}
+
+impl IndexHealth {
+    /// The error a command that must trust the index gives for an unhealthy one.
+    pub fn require_current(&self, index_path: &Path) -> Result<()> {
+        match *self {
+            IndexHealth::Current => Ok(()),
+            IndexHealth::Incomplete => Err(Error::IndexUnusable {
+                path: index_path.into(),
+                reason: "it is incomplete: a rebuild was interrupted, or an older strata made it".into(),
+            }),
+            IndexHealth::Stale { index, repository } => Err(Error::IndexStale { index, repository }),
+        }
+    }
+}
+
+/// The generation file (docs/FORMAT.md, "generation"): the number of the last writing command
+/// that finished, written after that command's last index batch. The index records the same
+/// number in that batch, so an index whose number is lower lost records that a finished command
+/// wrote: its write-ahead log was damaged, or an older copy was put back.
+const GENERATION_FILE: &str = "generation";
+const GENERATION_MAGIC: &[u8; 8] = b"STRATAGN";
+
+fn read_generation(backend: &dyn Backend) -> Result<u64> {
+    let bytes = match backend.get(GENERATION_FILE) {
+        Ok(b) => b,
+        Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let bad =
+        || Error::BadConfig { reason: "the generation file is damaged; `strata rebuild-index` writes it again".into() };
+    if bytes.len() != 24 || &bytes[..8] != GENERATION_MAGIC || blake3::hash(&bytes[..16]).as_bytes()[..8] != bytes[16..]
+    {
+        return Err(bad());
+    }
+    Ok(u64::from_le_bytes(bytes[8..16].try_into().map_err(|_| bad())?))
+}
+
+fn write_generation(backend: &dyn Backend, generation: u64) -> Result<()> {
+    // magic [8] | generation u64 LE | first 8 bytes of BLAKE3 of the 16 bytes before
+    let mut b = Vec::with_capacity(24);
+    b.extend_from_slice(GENERATION_MAGIC);
+    b.extend_from_slice(&generation.to_le_bytes());
+    let sum = blake3::hash(&b);
+    b.extend_from_slice(&sum.as_bytes()[..8]);
+    backend.put(GENERATION_FILE, &b)
+}
+
+fn health_of(index: &RocksIndex, repository_generation: u64) -> Result<IndexHealth> {
+    if !index.is_complete()? {
+        return Ok(IndexHealth::Incomplete);
+    }
+    let g = index.generation()?;
+    Ok(if g < repository_generation {
+        IndexHealth::Stale { index: g, repository: repository_generation }
+    } else {
+        IndexHealth::Current
+    })
 }
 
 /// What `rebuild_index` found.
@@ -85,16 +158,27 @@ impl Repository {
             let d = path.join(dir);
             std::fs::create_dir_all(&d).map_err(|e| Error::io("create directory", &d, e))?;
         }
-        drop(RocksIndex::create(&path.join("index"))?);
-        LocalDir::new(path).put("config", &config.encode())?;
+        let index = RocksIndex::create(&path.join("index"))?;
+        let mut b = Batch::default();
+        RocksIndex::mark_complete(&mut b);
+        index.write(b)?;
+        drop(index);
+        LocalDir::new(path).put("config", &config.encode()?)?;
         Ok(config)
     }
 
     /// Opens for reading: takes no lock and works beside a running writer.
+    /// The index's health is recorded, not enforced: readers that only list or restore work
+    /// with what the index knows, `check` reports it, writers refuse an unhealthy index.
     pub fn open(path: &Path) -> Result<Repository> {
         let config = read_config(path)?;
+        let backend = LocalDir::new(path);
+        // The generation first: a writer that finishes meanwhile raises the index's before the
+        // file's, so this order never mistakes a current index for a stale one.
+        let generation = read_generation(&backend)?;
         let index = RocksIndex::open_read_only(&path.join("index"))?;
-        Ok(Repository { root: path.into(), config, backend: Arc::new(LocalDir::new(path)), index, _lock: None })
+        let health = health_of(&index, generation)?;
+        Ok(Repository { root: path.into(), config, backend: Arc::new(backend), index, health, _lock: None })
     }
 
     /// Opens for writing: takes the exclusive lock (naming `command` as the holder) and brings
@@ -102,9 +186,16 @@ impl Repository {
     pub fn open_writer(path: &Path, command: &str) -> Result<Repository> {
         let config = read_config(path)?;
         let lock = crate::lock::acquire(path, command)?;
-        let index = RocksIndex::open(&path.join("index"))?;
+        let backend = LocalDir::new(path);
+        let generation = read_generation(&backend)?;
+        let index_dir = path.join("index");
+        let index = RocksIndex::open(&index_dir)?;
+        // A writer never builds on an index that may lack what the repository holds: a backup
+        // would miss dedup and counters, and prune could take live data for garbage.
+        let health = health_of(&index, generation)?;
+        health.require_current(&index_dir)?;
         let repo =
-            Repository { root: path.into(), config, backend: Arc::new(LocalDir::new(path)), index, _lock: Some(lock) };
+            Repository { root: path.into(), config, backend: Arc::new(backend), index, health, _lock: Some(lock) };
         for info in repo.uncatalogued()? {
             repo.index.put_image(&info)?;
         }
@@ -127,14 +218,10 @@ impl Repository {
             }
         }
         let has_manifest = |id: &ImageId| manifests.iter().any(|m| m.id == *id);
-        // Images being forgotten whose manifest is already deleted leave the catalog; any other
-        // catalogued image without a readable manifest blocks prune (its chunks would look dead).
+        // Images being forgotten whose manifest is already deleted leave the catalog.
         for id in journal.forget.iter().filter(|id| !has_manifest(id)) {
             b.delete(image_key(id));
         }
-        let unreadable: Vec<ImageId> =
-            catalog.keys().filter(|id| !has_manifest(id) && !journal.forget.contains(id)).copied().collect();
-        refs::set_prune_blocked(&mut b, &unreadable);
         self.index.write(b)?;
         refs::rebuild(&self.index, self.backend(), &manifests)?;
         let remaining: Vec<ImageId> = journal.forget.iter().filter(|id| has_manifest(id)).copied().collect();
@@ -159,61 +246,110 @@ impl Repository {
     }
 
     /// Recreates the index from the packs' trailers and the manifests alone, for an index that
-    /// is lost or damaged. The old index directory is moved aside (`index.old-<ms>`), never
-    /// deleted. Packs or manifests that cannot be read are reported and left in place.
+    /// is lost or damaged. The new index is built beside the old one (`index.rebuild-<pid>`) and
+    /// switched in only once complete; the old one is moved aside (`index.old-<ms>`), never
+    /// deleted. A rebuild killed part-way leaves the old index in place (or, killed between the
+    /// two renames, no index, which every command reports). Packs or manifests that cannot be
+    /// read are reported and left in place.
     pub fn rebuild_index(path: &Path) -> Result<RebuildReport> {
-        read_config(path)?;
+        let config = read_config(path)?;
         let lock = crate::lock::acquire(path, "rebuild-index")?;
-        let index_dir = path.join("index");
+        let backend = LocalDir::new(path);
+        // Builds left by killed rebuilds: we hold the lock, so no live process owns them.
+        for entry in std::fs::read_dir(path).map_err(|e| Error::io("list", path, e))?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("index.rebuild-") {
+                let p = entry.path();
+                std::fs::remove_dir_all(&p).map_err(|e| Error::io("remove", &p, e))?;
+            }
+        }
+        let building = path.join(format!("index.rebuild-{}", std::process::id()));
+        let generation = read_generation(&backend).unwrap_or(0).max(Self::old_generation(path)) + 1;
         let mut report = RebuildReport::default();
+        let repo = Repository {
+            root: path.into(),
+            config,
+            backend: Arc::new(backend),
+            index: RocksIndex::create(&building)?,
+            health: IndexHealth::Incomplete,
+            _lock: Some(lock),
+        };
+        repo.fill_index(&mut report)?;
+        let mut b = Batch::default();
+        RocksIndex::mark_complete(&mut b);
+        RocksIndex::set_generation(&mut b, generation);
+        repo.index.write(b)?;
+        crate::failpoint::hit("rebuild-before-switch");
+        let Repository { index, backend, _lock, .. } = repo;
+        drop(index);
+        let index_dir = path.join("index");
         if index_dir.exists() {
             let aside = path.join(format!("index.old-{}", crate::timefmt::now_ms()));
             std::fs::rename(&index_dir, &aside).map_err(|e| Error::io("move aside", &index_dir, e))?;
             report.old_index = Some(aside);
         }
-        let index = RocksIndex::create(&index_dir)?;
-        let backend = LocalDir::new(path);
-        for name in backend.list("packs")? {
+        crate::failpoint::hit("rebuild-between-renames");
+        std::fs::rename(&building, &index_dir).map_err(|e| Error::io("rename", &building, e))?;
+        crate::backend::sync_dir(path)?;
+        write_generation(backend.as_ref(), generation)?;
+        Ok(report)
+    }
+
+    /// The generation the current index records, when it can be read (a rebuild must end above
+    /// it, so that a copy of it put back later is recognised as stale).
+    fn old_generation(path: &Path) -> u64 {
+        RocksIndex::open_read_only(&path.join("index")).and_then(|i| i.generation()).unwrap_or(0)
+    }
+
+    /// Adds every readable pack trailer and manifest to the (new, empty) index, then the counters.
+    fn fill_index(&self, report: &mut RebuildReport) -> Result<()> {
+        for name in self.backend.list("packs")? {
             let Some(pack) = name.rsplit('/').next().and_then(PackId::parse) else {
                 report.unreadable_packs.push((name, "not a pack name".into()));
                 continue;
             };
-            let read = backend
-                .size(&name)
-                .and_then(|size| read_trailer_at(&pack, size, |o, n| backend.read_at(&name, o, n)).map(|e| (size, e)));
+            let read = self.backend.size(&name).and_then(|size| {
+                read_trailer_at(&pack, size, |o, n| self.backend.read_at(&name, o, n)).map(|e| (size, e))
+            });
             match read {
                 Ok((size, entries)) => {
                     report.chunks += entries.len();
-                    index.add_pack(pack, size, &entries)?;
+                    self.index.add_pack(pack, size, &entries)?;
                     report.packs += 1;
                 }
                 Err(e) => report.unreadable_packs.push((name, e.to_string())),
             }
         }
-        let repo = Repository {
-            root: path.into(),
-            config: read_config(path)?,
-            backend: Arc::new(backend),
-            index,
-            _lock: Some(lock),
-        };
-        let manifests = repo.manifest_infos()?;
+        let manifests = self.manifest_infos()?;
         let mut b = Batch::default();
         for m in &manifests {
             put_image(&mut b, m)?;
         }
-        for name in repo.backend.list("images")? {
+        for name in self.backend.list("images")? {
             let Some(id) = name.strip_prefix("images/").and_then(ImageId::parse) else { continue };
             if !manifests.iter().any(|m| m.id == id) {
                 report.unreadable_manifests.push(id);
             }
         }
-        // Unreadable manifests' chunks would look unreferenced: prune must wait for them.
-        refs::set_prune_blocked(&mut b, &report.unreadable_manifests);
-        repo.index.write(b)?;
-        refs::rebuild(&repo.index, repo.backend(), &manifests)?;
+        self.index.write(b)?;
+        refs::rebuild(&self.index, self.backend(), &manifests)?;
         report.images = manifests.len();
-        Ok(report)
+        Ok(())
+    }
+
+    /// Records that a writing command finished: its last index batch is followed by the next
+    /// generation, first in the index (synced), then in the generation file. Every writing
+    /// command calls this once its index writes are done.
+    pub fn commit_generation(&self) -> Result<()> {
+        let next = self.index.generation()?.max(read_generation(self.backend())?) + 1;
+        let mut b = Batch::default();
+        RocksIndex::set_generation(&mut b, next);
+        self.index.write(b)?;
+        write_generation(self.backend(), next)
+    }
+
+    /// What the index's completeness and generation records say (see `IndexHealth`).
+    pub fn index_health(&self) -> IndexHealth {
+        self.health
     }
 
     pub fn root(&self) -> &Path {

@@ -331,6 +331,8 @@ pub fn prune(plan: &PrunePlan, report: Option<&PruneReport>, json: bool) -> Resu
             "packs_to_delete": plan.packs.values().filter(|(a, _)| *a == PackAction::Delete).count(),
             "packs_to_repack": plan.packs.values().filter(|(a, _)| *a == PackAction::Repack).count(),
             "orphan_packs": plan.orphans.len(),
+            "kept_orphan_packs": plan.kept_orphans.iter().map(|(p, why)| serde_json::json!({"pack": p, "why": why})).collect::<Vec<_>>(),
+            "manifests_read": plan.manifests_read,
             "bytes_removed": plan.bytes_removed(),
             "bytes_rewritten": plan.bytes_rewritten(),
             "dead_bytes_kept": plan.dead_bytes_kept,
@@ -350,6 +352,10 @@ pub fn prune(plan: &PrunePlan, report: Option<&PruneReport>, json: bool) -> Resu
         human(plan.bytes_removed().saturating_sub(plan.bytes_rewritten())),
         human(plan.dead_bytes_kept)
     );
+    println!("  {} manifests read to prove that no image needs what goes", plan.manifests_read);
+    for (p, why) in &plan.kept_orphans {
+        println!("  kept pack file {p}: {why}");
+    }
     match report {
         Some(p) => print_prune(p),
         None => println!("dry run: nothing changed"),
@@ -396,7 +402,7 @@ pub fn check(r: &CheckReport, json: bool) -> Result<()> {
     }
     if !r.orphan_packs.is_empty() {
         println!(
-            "{} pack files are not in the index (left by interrupted runs; prune deletes them)",
+            "{} pack files are not in the index and no image needs them (left by interrupted runs; prune deletes them)",
             r.orphan_packs.len()
         );
     }

@@ -10,7 +10,13 @@ use crate::id::{ChunkId, ImageId, PackId};
 use crate::manifest::ImageInfo;
 use crate::pack::PackEntry;
 
-pub const INDEX_VERSION: u32 = 2;
+pub const INDEX_VERSION: u32 = 3;
+
+/// Present once the index holds everything the repository had when it was made (written by
+/// `init` and as the last record of `rebuild-index`): an index without it was never finished.
+const COMPLETE: &[u8] = b"C";
+/// The generation of the last writing command that finished (u64 LE); see `Repository`.
+const GENERATION: &[u8] = b"G";
 
 pub use rocksdb::WriteBatch as Batch;
 
@@ -48,14 +54,41 @@ impl RocksIndex {
     }
 
     pub fn open(path: &Path) -> Result<RocksIndex> {
-        let db = DB::open(&options(), path)?;
+        let db = DB::open(&options(), path).map_err(|e| unusable(path, e))?;
         Ok(RocksIndex { db, path: path.into() })
     }
 
     /// Opens a view that works beside a running writer (RocksDB's read-only mode takes no lock).
     pub fn open_read_only(path: &Path) -> Result<RocksIndex> {
-        let db = DB::open_for_read_only(&options(), path, false)?;
+        let db = DB::open_for_read_only(&options(), path, false).map_err(|e| unusable(path, e))?;
         Ok(RocksIndex { db, path: path.into() })
+    }
+
+    /// True when the index was finished by `init` or `rebuild-index` (see `COMPLETE`).
+    pub fn is_complete(&self) -> Result<bool> {
+        let version = self.get(b"v")?;
+        Ok(self.get(COMPLETE)?.is_some() && version.as_deref() == Some(&INDEX_VERSION.to_le_bytes()[..]))
+    }
+
+    /// Marks a new index complete; the caller commits it as the index's last batch.
+    pub fn mark_complete(batch: &mut WriteBatch) {
+        batch.put(COMPLETE, []);
+    }
+
+    /// The generation of the last writing command that finished with this index (0: none).
+    pub fn generation(&self) -> Result<u64> {
+        match self.get(GENERATION)? {
+            None => Ok(0),
+            Some(v) => v
+                .as_slice()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| Error::Index { reason: "the generation record does not decode".into() }),
+        }
+    }
+
+    pub fn set_generation(batch: &mut WriteBatch, generation: u64) {
+        batch.put(GENERATION, generation.to_le_bytes());
     }
 
     pub fn path(&self) -> &Path {
@@ -145,6 +178,14 @@ impl RocksIndex {
         }
         Ok(out)
     }
+}
+
+fn unusable(path: &Path, e: rocksdb::Error) -> Error {
+    let reason = e.into_string();
+    if reason.contains("No space left") {
+        return Error::NoSpace { path: path.into() };
+    }
+    Error::IndexUnusable { path: path.into(), reason }
 }
 
 impl ChunkLookup for RocksIndex {
