@@ -161,7 +161,6 @@ fn run(
     }
     let indexed_packs: BTreeSet<PackId> = refs::packs(repo.index())?.into_iter().map(|(p, _)| p).collect();
     check_index_health(repo, &mut report);
-    check_orphans(repo, &indexed_packs, &refs_of, &locs, &mut report)?;
     let mut bad_packs: BTreeMap<PackId, String> = BTreeMap::new();
     // Every pack the index knows, referenced or not: a damaged pack is damage even while no
     // readable manifest needs it (its manifest may be the other casualty).
@@ -270,6 +269,8 @@ fn run(
             bad_chunks.entry(*id).or_insert_with(|| format!("pack {pack} is {why}"));
         }
     }
+
+    check_orphans(repo, &indexed_packs, &refs_of, &locs, &bad_packs, &mut report)?;
 
     // A bad chunk with an intact copy in another pack is damage to report, but restores use
     // the copy, so it breaks no image.
@@ -409,17 +410,20 @@ fn check_index_health(repo: &Repository, report: &mut CheckReport) {
     report.problems.push(Problem { kind: "index", object: "index".into(), detail, images: vec![] });
 }
 
-/// Pack files the index does not know: an orphan whose chunks no image needs (or that another
+/// Pack files the index does not know: an orphan whose chunks no image needs (or that an intact
 /// indexed copy serves) is left by an interrupted run and `prune` deletes it; one that holds a
-/// chunk an image needs and the index does not place shows an incomplete index, and is reported
-/// as such, never as garbage.
+/// chunk an image needs which the index does not place, or places in a missing or damaged pack,
+/// is reported as needed, never as garbage (prune keeps it too).
 fn check_orphans(
     repo: &Repository,
     indexed_packs: &BTreeSet<PackId>,
     refs_of: &HashMap<ChunkId, Vec<ImageId>>,
     locs: &HashMap<ChunkId, ChunkLoc>,
+    bad_packs: &BTreeMap<PackId, String>,
     report: &mut CheckReport,
 ) -> Result<()> {
+    // The indexed copy is missing or in a pack that is missing or damaged.
+    let unserved = |id: &ChunkId| locs.get(id).is_none_or(|l| bad_packs.contains_key(&l.pack));
     for path in repo.backend().list("packs")? {
         let name = path.rsplit('/').next().unwrap_or_default();
         let Some(pack) = PackId::parse(name) else {
@@ -446,7 +450,7 @@ fn check_orphans(
             }
         };
         let needed: BTreeSet<ChunkId> =
-            entries.iter().map(|e| e.id).filter(|id| refs_of.contains_key(id) && !locs.contains_key(id)).collect();
+            entries.iter().map(|e| e.id).filter(|id| refs_of.contains_key(id) && unserved(id)).collect();
         if needed.is_empty() {
             report.orphan_packs.push(path);
             continue;
@@ -456,7 +460,7 @@ fn check_orphans(
             kind: "index",
             object: pack.to_string(),
             detail: format!(
-                "this pack is not in the index but holds {} chunks that images need: the index is incomplete; run `strata rebuild-index` (never delete this pack)",
+                "this pack is not in the index but holds {} chunks that images need and whose indexed copies are missing or damaged; run `strata rebuild-index` (never delete this pack)",
                 needed.len()
             ),
             images: images.into_iter().collect(),

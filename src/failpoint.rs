@@ -21,3 +21,18 @@ pub fn hit(name: &str) {
 pub fn fails(name: &str) -> bool {
     armed() == Some(name)
 }
+
+/// Marks one durable write (an index batch, an object committed, a file removed or renamed).
+/// With `STRATA_FAILPOINT=step:N` the process aborts just before its Nth such write, so a test
+/// can stop a command at every step of its run in turn, without depending on timing.
+pub fn step() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    static DONE: AtomicU64 = AtomicU64::new(0);
+    let limit = LIMIT.get_or_init(|| armed().and_then(|a| a.strip_prefix("step:")).and_then(|n| n.parse().ok()));
+    if let Some(limit) = *limit {
+        if DONE.fetch_add(1, Ordering::Relaxed) + 1 >= limit {
+            std::process::abort();
+        }
+    }
+}

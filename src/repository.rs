@@ -282,12 +282,14 @@ impl Repository {
         let Repository { index, backend, _lock, .. } = repo;
         drop(index);
         let index_dir = path.join("index");
+        crate::failpoint::step();
         if index_dir.exists() {
             let aside = path.join(format!("index.old-{}", crate::timefmt::now_ms()));
             std::fs::rename(&index_dir, &aside).map_err(|e| Error::io("move aside", &index_dir, e))?;
             report.old_index = Some(aside);
         }
         crate::failpoint::hit("rebuild-between-renames");
+        crate::failpoint::step();
         std::fs::rename(&building, &index_dir).map_err(|e| Error::io("rename", &building, e))?;
         crate::backend::sync_dir(path)?;
         write_generation(backend.as_ref(), generation)?;

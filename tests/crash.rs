@@ -247,3 +247,91 @@ fn kill_9_at_random_moments_during_forget_and_prune() {
     check_listed(&repo, &expected, "final forget");
     common::assert_stats_add_up(&repo.path);
 }
+
+/// Runs `args` on fresh copies of `pristine`, killed just before its 1st, 2nd, 3rd … durable
+/// write (index batch, object, removal, rename: `STRATA_FAILPOINT=step:N`) until a run gets
+/// through; after each killed run, `after` proves what must hold. Returns the number of steps.
+/// No timing is involved: every step of the command's run is a kill point once.
+fn kill_at_every_step(pristine: &TestRepo, args: &[&str], after: impl Fn(&TestRepo, &str)) -> usize {
+    for n in 1.. {
+        let repo = pristine.copy();
+        let point = format!("step:{n}");
+        let status = spawn_cli(&repo, args, Some(&point)).wait().unwrap();
+        if status.success() {
+            assert!(n > 1, "{args:?} made no durable write");
+            return n - 1;
+        }
+        after(&repo, &format!("{} killed before write {n}", args.join(" ")));
+        assert!(n < 10_000, "{args:?} never finished");
+    }
+    unreachable!()
+}
+
+/// Brings a repository whose index a killed rebuild may have left missing back into use.
+fn recover_index(repo: &TestRepo, when: &str) {
+    if !repo.path.join("index").exists() {
+        // Killed between moving the old index aside and moving the new one in: every command
+        // says so and points at rebuild-index.
+        common::assert_clean_failure(&repo.cli(&["images"]), "rebuild-index");
+        common::assert_clean_failure(&repo.cli(&["prune"]), "rebuild-index");
+        let out = repo.cli(&["rebuild-index"]);
+        assert!(out.status.success(), "{when}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn a_rebuild_killed_at_every_step_leaves_no_index_that_prune_trusts_wrongly() {
+    let (pristine, expected, _) = lifecycle_repo(11);
+    let all: Vec<ImageId> = pristine.images().iter().map(|i| i.id).collect();
+    let steps = kill_at_every_step(&pristine, &["rebuild-index"], |repo, when| {
+        recover_index(repo, when);
+        let out = repo.cli(&["prune", "--max-unused", "0"]);
+        assert!(out.status.success(), "{when}: prune: {}", String::from_utf8_lossy(&out.stderr));
+        let listed: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+        assert_eq!(listed, all, "{when}: images changed");
+        common::assert_intact(repo, &expected, when);
+    });
+    assert!(steps >= 4, "only {steps} steps");
+}
+
+#[test]
+fn a_forget_with_rebase_killed_at_every_step_loses_nothing_kept() {
+    let (pristine, expected, _) = lifecycle_repo(12);
+    let images = pristine.images();
+    // The first incremental (a consolidation) and the second set's full (a rebase).
+    let named = [images[1].id, images[5].id];
+    let kept: Vec<ImageId> = images.iter().map(|i| i.id).filter(|id| !named.contains(id)).collect();
+    let args = ["forget", "--rebase", &named[0].to_string(), &named[1].to_string()].map(String::from);
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    kill_at_every_step(&pristine, &args, |repo, when| {
+        let listed: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+        assert!(kept.iter().all(|k| listed.contains(k)), "{when}: a kept image vanished");
+        // The next writer finishes or undoes the forget; prune then proves what it deletes.
+        let out = repo.cli(&["prune", "--max-unused", "0"]);
+        assert!(out.status.success(), "{when}: prune: {}", String::from_utf8_lossy(&out.stderr));
+        let listed: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+        assert!(kept.iter().all(|k| listed.contains(k)), "{when}: a kept image vanished after recovery");
+        common::assert_intact(repo, &expected, when);
+    });
+}
+
+#[test]
+fn a_prune_killed_at_every_step_loses_nothing() {
+    let (pristine, expected, _) = lifecycle_repo(13);
+    let images = pristine.images();
+    let out = pristine.cli(&["forget", "--keep-last", "3", "--rebase"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let kept: Vec<ImageId> = pristine.images().iter().map(|i| i.id).collect();
+    assert!(kept.len() < images.len());
+    let steps = kill_at_every_step(&pristine, &["prune", "--max-unused", "0"], |repo, when| {
+        let listed: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+        assert_eq!(listed, kept, "{when}");
+        for info in repo.images() {
+            assert!(repo.restore_bytes(&info) == expected[&info.id], "{when}: image {} restores other bytes", info.id);
+        }
+        let out = repo.cli(&["prune", "--max-unused", "0"]);
+        assert!(out.status.success(), "{when}: prune after the kill: {}", String::from_utf8_lossy(&out.stderr));
+        common::assert_intact(repo, &expected, when);
+    });
+    assert!(steps >= 3, "only {steps} steps");
+}

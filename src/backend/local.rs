@@ -95,6 +95,7 @@ impl Write for LocalWriter {
 impl ObjectWriter for LocalWriter {
     fn commit(mut self: Box<Self>) -> Result<()> {
         let out = self.out.take().ok_or_else(|| Error::io("commit", &self.target, std::io::Error::other("twice")))?;
+        crate::failpoint::step();
         let file = out.into_inner().map_err(|e| Error::io("write", &self.tmp, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io("fsync", &self.tmp, e))?;
         drop(file);
@@ -191,6 +192,7 @@ impl Backend for LocalDir {
 
     fn remove(&self, path: &str) -> Result<()> {
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).remove(path);
+        crate::failpoint::step();
         let full = self.full(path);
         fs::remove_file(&full).map_err(|e| Error::io("remove", &full, e))?;
         sync_dir(full.parent().unwrap_or(Path::new(".")))

@@ -45,6 +45,15 @@ impl TestRepo {
         TestRepo { dir, path }
     }
 
+    /// An independent copy of this repository (and of the scratch files beside it), for running
+    /// one command against the same starting point many times.
+    pub fn copy(&self) -> TestRepo {
+        let dir = tempfile::tempdir().expect("temp dir");
+        copy_tree(self.dir.path(), dir.path());
+        let path = dir.path().join("repo");
+        TestRepo { dir, path }
+    }
+
     /// A scratch path beside the repository.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -112,6 +121,44 @@ impl TestRepo {
         out.sort();
         out
     }
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    copy_tree(from, to)
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for e in std::fs::read_dir(from).expect("list").flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Every listed image restores to the bytes recorded for it, `check --read-data` finds no
+/// problem and calls every image restorable, and the counters behind `stats` add up.
+pub fn assert_intact(repo: &TestRepo, expected: &std::collections::HashMap<strata::id::ImageId, Vec<u8>>, when: &str) {
+    let images = repo.images();
+    for info in &images {
+        let target = repo.file("intact.img");
+        if let Err(e) = repo.try_restore(&info.id.to_string(), &target) {
+            panic!("{when}: image {} does not restore: {e}", info.id);
+        }
+        let want = expected.get(&info.id).unwrap_or_else(|| panic!("{when}: unknown image {} listed", info.id));
+        assert!(std::fs::read(&target).expect("read") == *want, "{when}: image {} restores other bytes", info.id);
+    }
+    let r = Repository::open(&repo.path).expect("open");
+    let report = strata::check::check(&r, strata::check::ReadData::All, &Silent).expect("check");
+    assert!(report.is_clean(), "{when}: check found {:#?}", report.problems);
+    assert!(report.images.iter().all(|i| i.restorable), "{when}: check calls an image damaged");
+    assert_eq!(report.images.len(), images.len(), "{when}");
+    drop(r);
+    assert_stats_add_up(&repo.path);
 }
 
 pub fn strata_cmd() -> Command {

@@ -1,0 +1,196 @@
+//! The index is a cache that can be wrong; nothing that deletes data trusts it. Regression tests
+//! for the data loss found by attacking main: a rebuild killed part-way, or a damaged RocksDB
+//! log, left a partial index that every command accepted, `check` called the live packs
+//! orphans, and `prune` deleted them.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{assert_clean_failure, assert_intact, Disk, TestRepo};
+use strata::id::ImageId;
+use strata::index::{chunk_key, Batch};
+use strata::progress::Silent;
+use strata::{Error, KindRequest, Repository};
+
+const MIB: usize = 1 << 20;
+
+/// Two sets, incrementals and a differential, with packs on both sides of every forget.
+fn history(seed: u64) -> (TestRepo, HashMap<ImageId, Vec<u8>>) {
+    let repo = TestRepo::small();
+    let src = repo.file("disk.img");
+    let mut disk = Disk::new(seed, 4 * MIB).random(0..2 * MIB).text(2 * MIB..3 * MIB).random(3 * MIB..4 * MIB);
+    let mut bytes = HashMap::new();
+    use KindRequest::*;
+    for (n, kind) in [Full, Incremental, Differential, Full, Incremental].into_iter().enumerate() {
+        let at = (n % 3) * MIB;
+        disk = disk.scatter_blocks(30).random(at..at + 150_000);
+        disk.write_to(&src);
+        let info = repo.try_backup(&src, kind, true).unwrap();
+        bytes.insert(info.id, disk.bytes.clone());
+    }
+    (repo, bytes)
+}
+
+fn pack_files(repo: &TestRepo) -> Vec<std::path::PathBuf> {
+    repo.files_in("packs").into_iter().filter(|p| !p.to_string_lossy().contains(".tmp.")).collect()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The reproduction from the issue: a RocksDB log damaged mid-file. RocksDB replays up to the
+/// damaged record and drops the rest; the index that is left must be refused, not trusted.
+#[test]
+fn a_damaged_index_log_makes_prune_refuse_instead_of_deleting_live_packs() {
+    let (repo, bytes) = history(1);
+    // After a rebuild every record of the index sits in its write-ahead log.
+    assert!(repo.cli(&["rebuild-index"]).status.success());
+    let log = repo
+        .files_in("index")
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a write-ahead log");
+    let mut data = std::fs::read(&log).unwrap();
+    assert!(data.len() > 10_000, "log of {} bytes", data.len());
+    let at = data.len() / 3;
+    for b in &mut data[at..at + 30] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&log, &data).unwrap();
+    let packs_before = pack_files(&repo);
+
+    assert_clean_failure(&repo.cli(&["prune", "--dry-run"]), "rebuild-index");
+    assert_clean_failure(&repo.cli(&["prune"]), "rebuild-index");
+    let check = repo.cli(&["check"]);
+    assert!(!check.status.success(), "check accepts a partial index");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(said.contains("rebuild-index"), "check does not point at rebuild-index: {said}");
+    assert!(!said.contains("prune deletes them"), "check advises deleting live packs: {said}");
+    assert_clean_failure(&repo.cli(&["backup", repo.file("disk.img").to_str().unwrap()]), "rebuild-index");
+    assert_eq!(pack_files(&repo), packs_before, "a pack file went");
+
+    let out = repo.cli(&["rebuild-index"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(repo.cli(&["prune", "--max-unused", "0"]).status.success());
+    assert_eq!(repo.images().len(), bytes.len());
+    assert_intact(&repo, &bytes, "after the rebuild");
+}
+
+/// An older copy of the index put back (a restored backup of the repository's disk, a manual
+/// copy): it lacks packs and images, and knows packs that prune has since deleted.
+#[test]
+fn an_older_index_put_back_is_recognised_as_stale() {
+    let (repo, mut bytes) = history(2);
+    let old = repo.file("index.copy");
+    common::copy_dir(&repo.path.join("index"), &old);
+    let src = repo.file("disk.img");
+    let next = repo.backup(&src, KindRequest::Full);
+    bytes.insert(next.id, std::fs::read(&src).unwrap());
+    let first = repo.images()[0].id.to_string();
+    let out = repo.cli(&["forget", &first, "--prune", "--max-unused", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    bytes.retain(|id, _| repo.images().iter().any(|i| i.id == *id));
+
+    std::fs::remove_dir_all(repo.path.join("index")).unwrap();
+    common::copy_dir(&old, &repo.path.join("index"));
+    let open = Repository::open_writer(&repo.path, "test");
+    assert!(matches!(open, Err(Error::IndexStale { .. })), "a writer accepted a stale index");
+    assert_clean_failure(&repo.cli(&["prune", "--dry-run"]), "older than the repository");
+    assert_clean_failure(&repo.cli(&["backup", src.to_str().unwrap()]), "rebuild-index");
+    let check = repo.cli(&["check"]);
+    assert!(!check.status.success());
+    assert!(String::from_utf8_lossy(&check.stdout).contains("older than the repository"));
+
+    assert!(repo.cli(&["rebuild-index"]).status.success());
+    assert_intact(&repo, &bytes, "after the rebuild");
+}
+
+/// Even an index that claims to be complete and current is not trusted with a deletion: a
+/// manifest naming a chunk the index does not know stops prune.
+#[test]
+fn prune_refuses_when_a_manifest_names_a_chunk_the_index_does_not_know() {
+    let (repo, bytes) = history(3);
+    let victim = common::independent(&repo.path).referenced.into_iter().next().unwrap();
+    {
+        let r = Repository::open_writer(&repo.path, "test").unwrap();
+        let mut b = Batch::default();
+        b.delete(chunk_key(&victim));
+        r.index().write(b).unwrap();
+    }
+    let r = Repository::open_writer(&repo.path, "test").unwrap();
+    let plan = strata::prune::plan(&r, 0.0);
+    assert!(matches!(plan, Err(Error::IndexMissesChunk { .. })), "{plan:?}");
+    drop(r);
+    assert_clean_failure(&repo.cli(&["prune"]), "rebuild-index");
+    assert!(repo.cli(&["rebuild-index"]).status.success());
+    assert_intact(&repo, &bytes, "after the rebuild");
+}
+
+/// A chunk that the index marks unused while a manifest names it (counters gone wrong) is never
+/// dropped: prune refuses.
+#[test]
+fn prune_refuses_to_drop_a_chunk_marked_dead_that_an_image_needs() {
+    let (repo, bytes) = history(4);
+    let victim = common::independent(&repo.path).referenced.into_iter().next().unwrap();
+    {
+        let r = Repository::open_writer(&repo.path, "test").unwrap();
+        let mut b = Batch::default();
+        let mut owner = vec![b'o'];
+        owner.extend_from_slice(&victim.0);
+        let mut dead = vec![b'd'];
+        dead.extend_from_slice(&victim.0);
+        b.delete(owner);
+        b.put(dead, []);
+        r.index().write(b).unwrap();
+    }
+    let r = Repository::open_writer(&repo.path, "test").unwrap();
+    let plan = strata::prune::plan(&r, 0.0);
+    assert!(matches!(plan, Err(Error::IndexDisagrees { .. })), "{plan:?}");
+    drop(r);
+    let packs = pack_files(&repo);
+    assert_clean_failure(&repo.cli(&["prune", "--max-unused", "0"]), "rebuild-index");
+    assert_eq!(pack_files(&repo), packs);
+    assert!(repo.cli(&["rebuild-index"]).status.success());
+    assert_intact(&repo, &bytes, "after the rebuild");
+}
+
+/// A pack duplicated under another name is an orphan whose every chunk has its indexed copy:
+/// prune deletes it. But once the indexed original is gone, the orphan holds the only copy of
+/// chunks that images need, and prune keeps it (and check says to rebuild the index).
+#[test]
+fn an_orphan_goes_only_when_another_copy_of_what_images_need_stays() {
+    let (repo, bytes) = history(5);
+    let original = pack_files(&repo).into_iter().next().unwrap();
+    let dup_name = format!("ab{}", "0".repeat(62));
+    let dup = repo.path.join("packs").join("ab").join(&dup_name);
+    std::fs::create_dir_all(dup.parent().unwrap()).unwrap();
+    std::fs::copy(&original, &dup).unwrap();
+    let r = Repository::open_writer(&repo.path, "test").unwrap();
+    let plan = strata::prune::plan(&r, 10.0).unwrap();
+    assert_eq!(plan.orphans.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(), vec![format!("packs/ab/{dup_name}")]);
+    assert!(plan.kept_orphans.is_empty());
+    drop(r);
+
+    // The original goes (the index still names it): the duplicate is now the only copy.
+    std::fs::remove_file(&original).unwrap();
+    let r = Repository::open_writer(&repo.path, "test").unwrap();
+    let plan = strata::prune::plan(&r, 10.0).unwrap();
+    assert!(plan.orphans.is_empty(), "prune would delete the only copy: {plan:?}");
+    assert_eq!(plan.kept_orphans.len(), 1);
+    strata::prune::execute(&r, &plan, &Silent).unwrap();
+    drop(r);
+    assert!(dup.exists());
+    let check = repo.cli(&["check"]);
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(said.contains("never delete this pack"), "{said}");
+    // Every image still restores (the copy is found); back under its true name, all is well.
+    for info in repo.images() {
+        assert!(repo.restore_bytes(&info) == bytes[&info.id]);
+    }
+    std::fs::rename(&dup, &original).unwrap();
+    assert!(repo.cli(&["rebuild-index"]).status.success());
+    assert_intact(&repo, &bytes, "after the rebuild");
+}
