@@ -1,7 +1,7 @@
 //! The index: chunk id → where the chunk is stored, plus the image catalog. It is an accelerator
 //! rebuilt from packs and manifests; losing it loses no backup.
 //!
-//! Keys and values (docs/FORMAT.md, "Index", version 1):
+//! Keys and values (docs/FORMAT.md, "Index", index version 3):
 //! ```text
 //! "c" ++ chunk id [32]  → pack id [32] | offset u64 LE | stored_len u32 LE | raw_len u32 LE | codec u8 |
 //!                          skip u32 LE | frame_raw u32 LE   (the frame, and the chunk inside it)
@@ -12,6 +12,8 @@
 //! "S" ++ set id [16]    → stored bytes u64 | exclusive bytes u64 | raw bytes u64 | chunks u64
 //! "T"                   → live chunks u64 | live raw bytes u64 | live stored bytes u64
 //! "x"                   → journal: present while an operation may have left counters stale
+//! "C"                   → empty: the index is complete (init; last batch of rebuild-index)
+//! "G"                   → generation u64 LE of the last writing command that finished
 //! "v"                   → index version u32 LE
 //! ```
 
