@@ -66,6 +66,27 @@ impl Default for BackupOptions {
     }
 }
 
+/// The longest source id accepted, in bytes (ids are often device paths; Linux paths are at
+/// most 4096 bytes). Checked before anything is written: the catalog and every manifest carry it.
+pub const MAX_SOURCE_ID_LEN: usize = 4096;
+
+/// A source id is 1 to `MAX_SOURCE_ID_LEN` bytes of UTF-8 without control characters (which
+/// would garble listings).
+pub fn validate_source_id(id: &str) -> Result<()> {
+    let shown: String = id.chars().take(40).collect();
+    let bad = |reason: String| Err(Error::BadSourceId { shown: shown.clone(), reason });
+    if id.is_empty() {
+        return bad("it is empty".into());
+    }
+    if id.len() > MAX_SOURCE_ID_LEN {
+        return bad(format!("it is {} bytes long; the limit is {MAX_SOURCE_ID_LEN}", id.len()));
+    }
+    if id.chars().any(char::is_control) {
+        return bad("it contains control characters".into());
+    }
+    Ok(())
+}
+
 /// Chooses kind and base from the catalog: the base of a differential is the set's full, the base
 /// of an incremental is the newest image of the set.
 pub fn plan_kind(images: &[ImageInfo], source_id: &str, req: KindRequest) -> Result<(Kind, Option<ImageInfo>)> {
@@ -80,7 +101,9 @@ pub fn plan_kind(images: &[ImageInfo], source_id: &str, req: KindRequest) -> Res
     let full = latest_full.ok_or(Error::NoBaseImage { source_id: source_id.into(), kind: kind.name() })?;
     let base = match kind {
         Kind::Differential => full,
-        _ => of_source.iter().rev().find(|i| i.set == full.id).copied().unwrap_or(full),
+        // By the set's label, not the full's id: after `forget --rebase` the set's full is a
+        // synthetic one whose id differs from the label.
+        _ => of_source.iter().rev().find(|i| i.set == full.set).copied().unwrap_or(full),
     };
     Ok((kind, Some(base.clone())))
 }
@@ -95,6 +118,7 @@ pub fn backup(
     let started = Instant::now();
     let src = Source::open(source_path)?;
     let source_id = opts.source_id.clone().unwrap_or_else(|| src.canonical_id());
+    validate_source_id(&source_id)?;
     let images = repo.images()?;
     let (kind, base) = plan_kind(&images, &source_id, opts.kind)?;
     // The base's chain, as its manifests say: its length is the new image's depth.

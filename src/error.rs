@@ -57,6 +57,17 @@ pub enum Error {
     #[error("source {source_id:?} has no full image yet, so a {kind} image has no base; run with --kind full or --kind auto")]
     NoBaseImage { source_id: String, kind: &'static str },
 
+    #[error(
+        "a policy that keeps nothing (every --keep-* rule is 0) would forget every image; to forget images, name them"
+    )]
+    PolicyKeepsNothing,
+
+    #[error("source id {shown:?} is not accepted: {reason}")]
+    BadSourceId { shown: String, reason: String },
+
+    #[error("the lock file {path} is not a regular file (a symlink or something else); remove it and run again")]
+    LockNotAFile { path: PathBuf },
+
     #[error("manifest of image {image} is damaged: {reason}")]
     CorruptManifest { image: String, reason: String },
 

@@ -55,6 +55,9 @@ pub struct ForgetPlan {
 
 /// Computes what goes, what stays and what is rewritten. Pure.
 pub fn plan(images: &[ImageInfo], req: &ForgetRequest) -> Result<ForgetPlan> {
+    if req.policy.keeps_nothing() {
+        return Err(Error::PolicyKeepsNothing);
+    }
     let by_id: BTreeMap<ImageId, &ImageInfo> = images.iter().map(|i| (i.id, i)).collect();
     let mut remove: BTreeSet<ImageId> = BTreeSet::new();
     let mut reasons = BTreeMap::new();

@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -46,8 +47,16 @@ pub fn acquire(repo: &Path, command: &str) -> Result<RepoLock> {
         .write(true)
         .create(true)
         .truncate(false)
+        // A symlink planted as the lock file must not make a writer overwrite its target.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&path)
-        .map_err(|e| Error::io("open", &path, e))?;
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP | libc::EISDIR) => Error::LockNotAFile { path: path.clone() },
+            _ => Error::io("open", &path, e),
+        })?;
+    if !file.metadata().map_err(|e| Error::io("stat", &path, e))?.is_file() {
+        return Err(Error::LockNotAFile { path });
+    }
     // SAFETY: flock on a descriptor we own.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -71,7 +80,7 @@ pub fn acquire(repo: &Path, command: &str) -> Result<RepoLock> {
         command: command.to_string(),
         since_ms: crate::timefmt::now_ms(),
     };
-    let text = serde_json::to_vec(&holder).unwrap_or_default();
+    let text = serde_json::to_vec(&holder).map_err(|e| Error::Internal { reason: format!("lock record: {e}") })?;
     file.set_len(0).map_err(|e| Error::io("write", &path, e))?;
     file.write_all_at(&text, 0).map_err(|e| Error::io("write", &path, e))?;
     Ok(RepoLock { _file: file })

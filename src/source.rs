@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -20,7 +20,17 @@ pub struct Source {
 
 impl Source {
     pub fn open(path: &Path) -> Result<Source> {
-        let file = File::open(path).map_err(|e| Error::SourceOpen { path: path.into(), cause: e })?;
+        // The type first: opening a FIFO would block until a writer appears (with the writer
+        // lock held); O_NONBLOCK covers a swap between this check and the open.
+        let meta = std::fs::metadata(path).map_err(|e| Error::SourceOpen { path: path.into(), cause: e })?;
+        if !meta.file_type().is_file() && !meta.file_type().is_block_device() {
+            return Err(Error::SourceNotDisk { path: path.into() });
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| Error::SourceOpen { path: path.into(), cause: e })?;
         let meta = file.metadata().map_err(|e| Error::SourceOpen { path: path.into(), cause: e })?;
         let ft = meta.file_type();
         let (size, is_block_device, stat) = if ft.is_file() {

@@ -68,13 +68,16 @@ fn ratio(a: u64, b: u64) -> f64 {
 pub fn stats(repo: &Repository) -> Result<Stats> {
     let index = repo.index();
     let images = repo.images()?;
-    let mut by_set: BTreeMap<(String, u64, SetId), Vec<&ImageInfo>> = BTreeMap::new();
+    // A set is named by its label (the id of its first full, kept when that full is forgotten
+    // with --rebase), and ordered by its oldest member.
+    let mut members_of: BTreeMap<(String, SetId), Vec<&ImageInfo>> = BTreeMap::new();
     for i in &images {
-        let full_time = images.iter().find(|f| f.id == i.set).map_or(i.created_ms, |f| f.created_ms);
-        by_set.entry((i.source_id.clone(), full_time, i.set)).or_default().push(i);
+        members_of.entry((i.source_id.clone(), i.set)).or_default().push(i);
     }
+    let mut by_set: Vec<((String, SetId), Vec<&ImageInfo>)> = members_of.into_iter().collect();
+    by_set.sort_by_key(|((source, set), m)| (source.clone(), m.iter().map(|i| i.created_ms).min().unwrap_or(0), *set));
     let mut sets = Vec::new();
-    for ((source_id, _, set), members) in by_set {
+    for ((source_id, set), members) in by_set {
         let c = refs::set_counters(index, &set)?;
         sets.push(SetStats {
             set,

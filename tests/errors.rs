@@ -226,3 +226,77 @@ fn two_backups_at_once_one_waits_its_turn() {
         assert!(repo.try_restore(&info.id.to_string(), &repo.file("out.img")).is_ok());
     }
 }
+
+/// A 70,000-character source id was once accepted, and then every command failed to decode the
+/// catalog. Ids are checked before anything is written.
+#[test]
+fn an_overlong_or_garbled_source_id_is_refused_before_anything_is_written() {
+    let (repo, _) = repo_with_image();
+    let src = repo.file("disk.img");
+    let long = "x".repeat(70_000);
+    for bad in [long.as_str(), "", "two\nlines"] {
+        let out = repo.cli(&["backup", "--source-id", bad, src.to_str().unwrap()]);
+        assert_clean_failure(&out, "source id");
+    }
+    let limit = "y".repeat(strata::backup::MAX_SOURCE_ID_LEN);
+    let out = repo.cli(&["backup", "--source-id", &limit, src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(repo.cli(&["images"]).status.success());
+    assert!(repo.cli(&["stats"]).status.success());
+    assert_eq!(repo.images().len(), 2);
+}
+
+/// `--keep-last 0` alone once forgot every image of every source.
+#[test]
+fn a_policy_that_keeps_nothing_is_refused() {
+    let (repo, _) = repo_with_image();
+    for args in [&["forget", "--keep-last", "0"][..], &["forget", "--keep-sets", "0", "--keep-daily", "0"]] {
+        assert_clean_failure(&repo.cli(args), "keeps nothing");
+    }
+    assert_eq!(repo.images().len(), 1);
+    // A policy with one rule that keeps something is fine.
+    assert!(repo.cli(&["forget", "--keep-last", "0", "--keep-daily", "1"]).status.success());
+    assert_eq!(repo.images().len(), 1);
+}
+
+/// A FIFO as the source once hung forever in open() while holding the writer lock.
+#[test]
+fn a_fifo_source_is_refused_at_once() {
+    let (repo, _) = repo_with_image();
+    let fifo = repo.file("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut child = repo.cli_spawn(&["backup", fifo.to_str().unwrap()]);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("backup of a FIFO hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(!status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither a regular file nor a block device"));
+}
+
+/// A lock file that is a symlink once made a backup overwrite the link's target.
+#[test]
+fn a_symlinked_lock_file_is_refused_and_its_target_untouched() {
+    let (repo, _) = repo_with_image();
+    let victim = repo.file("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    let lock = repo.path.join("lock");
+    std::fs::remove_file(&lock).ok();
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let src = repo.file("disk.img");
+    assert_clean_failure(&repo.cli(&["backup", src.to_str().unwrap()]), "not a regular file");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::create_dir(&lock).unwrap();
+    assert_clean_failure(&repo.cli(&["backup", src.to_str().unwrap()]), "not a regular file");
+}

@@ -145,11 +145,20 @@ fn forgetting_a_full_takes_its_set_unless_rebased() {
     );
     h.assert_kept_restore();
     assert_stats_add_up(&h.repo.path);
-    // Later backups join the rebased set.
+    // Later backups join the rebased set: a differential rests on its new full, an incremental
+    // on its newest image (not on the full, whose id is no longer the set's label).
     h.change();
     let next = h.backup(KindRequest::Differential);
     assert_eq!(next.base, Some(j1.id));
+    h.change();
+    let inc = h.backup(KindRequest::Incremental);
+    assert_eq!(inc.base, Some(next.id));
     h.assert_kept_restore();
+    // stats once listed a rebased set once per image ("9 images in 9 sets").
+    let stats = strata::stats::stats(&Repository::open(&h.repo.path).unwrap()).unwrap();
+    assert_eq!(stats.sets.len(), 1, "{:#?}", stats.sets);
+    assert_eq!(stats.sets[0].images, 4);
+    assert_eq!(stats.sets[0].set, f2.id, "the set keeps its label");
 }
 
 #[test]
