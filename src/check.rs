@@ -67,7 +67,45 @@ impl CheckReport {
 /// Checks the whole repository.
 pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Result<CheckReport> {
     let images = repo.images()?;
-    run(repo, &images, None, read, progress)
+    let mut report = run(repo, &images, None, read, progress)?;
+    // Manifests that cannot be read and that the catalog does not list (after a rebuild): damaged
+    // images, reported as such, with the images whose chains pass through them.
+    let damaged = repo.damaged_images()?;
+    for d in &damaged {
+        let broken: Vec<ImageId> =
+            report.images.iter().filter(|s| chain_passes(&images, s.id, d.id)).map(|s| s.id).collect();
+        for s in report.images.iter_mut().filter(|s| broken.contains(&s.id)) {
+            s.restorable = false;
+            s.reasons = vec![format!("its chain includes damaged image {}", d.id.short())];
+        }
+        report.problems.retain(|p| !(p.kind == "chain" && broken.iter().any(|b| b.to_string() == p.object)));
+        report.problems.push(Problem {
+            kind: "manifest",
+            object: d.id.to_string(),
+            detail: format!("{}; `strata forget {}` removes it", d.reason, d.id.short()),
+            images: broken.clone(),
+        });
+        report.images.push(ImageStatus {
+            id: d.id,
+            restorable: false,
+            reasons: vec![format!("manifest of {} is damaged or missing", d.id.short())],
+        });
+    }
+    Ok(report)
+}
+
+/// Whether the chain of `image` (through the bases the catalog records) includes `through`.
+fn chain_passes(images: &[ImageInfo], image: ImageId, through: ImageId) -> bool {
+    let by_id: HashMap<ImageId, &ImageInfo> = images.iter().map(|i| (i.id, i)).collect();
+    let mut cur = by_id.get(&image).and_then(|i| i.base);
+    for _ in 0..=images.len() {
+        match cur {
+            Some(b) if b == through => return true,
+            Some(b) => cur = by_id.get(&b).and_then(|i| i.base),
+            None => return false,
+        }
+    }
+    false
 }
 
 /// Checks what one image needs: its chain's manifests and every chunk of its view, read.

@@ -7,11 +7,21 @@
 //! kept image of the set becomes a synthetic full (its whole view, again metadata only). With a
 //! policy, a set's full is kept whenever one of its images is (unless `rebase`).
 //!
-//! Execution order: journal (the request) → rewritten manifests, each replacing its predecessor
-//! atomically and catalogued at once → catalog entries of the forgotten images removed → their
-//! manifests deleted → one synced batch that applies the reference changes and clears the
-//! journal. Rewriting never changes what an image restores, so every image restores at every
-//! step; a crash leaves the journal, and the next writer rolls the forget forward.
+//! Execution order: preflight (every manifest a rewrite reads is read whole; a forget that
+//! cannot be carried out fails here, before anything is written) → journal (the plan, phase
+//! "rewrite") → rewritten manifests, each replacing its predecessor atomically and catalogued at
+//! once → one batch: catalog entries of the forgotten images removed and the journal's phase set
+//! to "delete" → their manifests deleted, newest first → one synced batch that applies the
+//! reference changes and clears the journal. Rewriting never changes what an image restores, so
+//! every image restores at every step. A writer that finds the journal does exactly what it
+//! says, never something else: in phase "rewrite" it undoes the forget (the rewrites stand, as
+//! equivalent images; nothing is removed), in phase "delete" it deletes the listed manifests
+//! that remain.
+//!
+//! Damaged images. An image whose manifest cannot be read can be forgotten by id; the images
+//! whose chains pass through it (which cannot be restored without it) go with it, and the
+//! counters are rebuilt from the remaining manifests since its references cannot be read. With
+//! `--rebase` such a forget is refused: the images resting on it cannot become a full.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,6 +42,9 @@ pub struct ForgetRequest {
     /// Restrict a policy to one source (default: every source, each on its own).
     pub source_id: Option<String>,
     pub rebase: bool,
+    /// Images whose manifests cannot be read (see `Repository::damaged_images`), named by the
+    /// user; they may be absent from `images` (not catalogued).
+    pub damaged: Vec<ImageId>,
 }
 
 /// How a kept image's manifest is rewritten.
@@ -45,12 +58,48 @@ pub struct Rewrite {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ForgetPlan {
     pub forget: Vec<ImageInfo>,
+    /// Damaged images with no catalog entry (nothing known of them but their id).
+    pub forget_damaged: Vec<ImageId>,
     pub keep: Vec<ImageInfo>,
     /// In the order they must be written (a synthetic full before images based on it).
     pub rewrite: Vec<Rewrite>,
     /// Why each kept image is kept (policy rules), for the dry-run report.
     pub reasons: BTreeMap<ImageId, Vec<&'static str>>,
     pub rebase: bool,
+}
+
+/// Resolves the images a user names (ids, unique prefixes, `latest`) for a forget: catalogued
+/// images and damaged ones that the catalog does not list. Returns the ids and, among them, the
+/// images whose manifests cannot be read (`ForgetRequest::damaged`).
+pub fn resolve(repo: &Repository, specs: &[String]) -> Result<(Vec<ImageId>, Vec<ImageId>)> {
+    let uncatalogued = repo.damaged_images()?;
+    let (mut ids, mut damaged) = (Vec::new(), Vec::new());
+    for spec in specs {
+        let id = match repo.find_image(spec) {
+            Ok(info) => info.id,
+            Err(Error::ImageNotFound { .. }) if !spec.is_empty() => {
+                let spec_l = spec.to_ascii_lowercase();
+                let found: Vec<ImageId> =
+                    uncatalogued.iter().map(|d| d.id).filter(|id| id.to_string().starts_with(&spec_l)).collect();
+                match found.as_slice() {
+                    [one] => *one,
+                    [] => return Err(Error::ImageNotFound { spec: spec.clone() }),
+                    _ => {
+                        return Err(Error::AmbiguousImage {
+                            spec: spec.clone(),
+                            candidates: found.iter().map(|i| i.short()).collect::<Vec<_>>().join(", "),
+                        })
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if crate::manifest::read_info(repo.backend(), &id).is_err() {
+            damaged.push(id);
+        }
+        ids.push(id);
+    }
+    Ok((ids, damaged))
 }
 
 /// Computes what goes, what stays and what is rewritten. Pure.
@@ -62,7 +111,7 @@ pub fn plan(images: &[ImageInfo], req: &ForgetRequest) -> Result<ForgetPlan> {
     let mut remove: BTreeSet<ImageId> = BTreeSet::new();
     let mut reasons = BTreeMap::new();
     for id in &req.ids {
-        if !by_id.contains_key(id) {
+        if !by_id.contains_key(id) && !req.damaged.contains(id) {
             return Err(Error::ImageNotFound { spec: id.to_string() });
         }
         remove.insert(*id);
@@ -96,6 +145,25 @@ pub fn plan(images: &[ImageInfo], req: &ForgetRequest) -> Result<ForgetPlan> {
     }
     let mut ordered: Vec<&ImageInfo> = images.iter().collect();
     ordered.sort_by_key(|i| (i.created_ms, i.id));
+    // A damaged image that goes takes the images whose chains pass through it: they cannot be
+    // restored without it, nor rewritten (their views are unknown). Dependents are newer than
+    // their bases, so one pass, oldest first, finds them all.
+    let mut broken: BTreeSet<ImageId> = req.damaged.iter().filter(|d| remove.contains(d)).copied().collect();
+    for i in &ordered {
+        if i.base.is_some_and(|b| broken.contains(&b)) {
+            if req.rebase {
+                return Err(Error::CorruptManifest {
+                    image: i.base.map(|b| b.to_string()).unwrap_or_default(),
+                    reason: format!(
+                        "unreadable, so image {} that rests on it cannot be rebased; forget without --rebase to remove the images whose chains pass through it",
+                        i.id
+                    ),
+                });
+            }
+            broken.insert(i.id);
+            remove.insert(i.id);
+        }
+    }
     let mut rewrite = Vec::new();
     // Sets whose full goes: the oldest kept member becomes the new full.
     // Sets that keep a full (after a rebase the full's id is no longer the set's; while an
@@ -135,7 +203,8 @@ pub fn plan(images: &[ImageInfo], req: &ForgetRequest) -> Result<ForgetPlan> {
     }
     let (forget, keep): (Vec<ImageInfo>, Vec<ImageInfo>) =
         ordered.into_iter().cloned().partition(|i| remove.contains(&i.id));
-    Ok(ForgetPlan { forget, keep, rewrite, reasons, rebase: req.rebase })
+    let forget_damaged = req.damaged.iter().filter(|d| remove.contains(d) && !by_id.contains_key(d)).copied().collect();
+    Ok(ForgetPlan { forget, forget_damaged, keep, rewrite, reasons, rebase: req.rebase })
 }
 
 /// What executing (or, for a dry run, simulating) a plan does to the repository.
@@ -195,47 +264,99 @@ fn rewrite_one(repo: &Repository, rw: &Rewrite, delta: &mut RefDelta, dry_run: b
     Ok(new)
 }
 
+/// Reads whole every manifest that a rewrite of the plan needs (the chains of the rewritten
+/// images and of their new bases), so that a forget that cannot be carried out fails before it
+/// writes anything.
+fn preflight(repo: &Repository, plan: &ForgetPlan) -> Result<()> {
+    for rw in &plan.rewrite {
+        let info = repo.find_image(&rw.image.to_string())?;
+        let mut needed = repo.chain(&info)?;
+        if let Some(b) = rw.new_base {
+            needed.extend(repo.chain(&repo.find_image(&b.to_string())?)?);
+        }
+        for n in needed {
+            crate::manifest::read_info(repo.backend(), &n.id).map_err(|e| Error::CorruptManifest {
+                image: n.id.to_string(),
+                reason: format!(
+                    "{e}; image {} must be rewritten and needs it, so nothing was forgotten (forget the images whose chains pass through it, or restore the file)",
+                    rw.image
+                ),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The journal of a forget: the images it removes, newest first (the order of deletion).
+fn journal_of(plan: &ForgetPlan, phase: &str) -> refs::Journal {
+    let mut newest_first: Vec<&ImageInfo> = plan.forget.iter().collect();
+    newest_first.sort_by_key(|i| std::cmp::Reverse((i.created_ms, i.id)));
+    // Uncatalogued damaged images have no known time; nothing in the plan rests on them any
+    // more, so they go first.
+    let forget = plan.forget_damaged.iter().copied().chain(newest_first.iter().map(|i| i.id)).collect();
+    refs::Journal { op: "forget".into(), forget, rebase: plan.rebase, phase: phase.into() }
+}
+
+/// Deletes the manifests of a forget in the journal's order (a manifest already gone is fine:
+/// an earlier, interrupted run deleted it).
+pub(crate) fn delete_manifests(repo: &Repository, journal: &refs::Journal) -> Result<()> {
+    for id in &journal.forget {
+        match repo.backend().remove(&format!("images/{id}")) {
+            Ok(()) => {}
+            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        crate::failpoint::hit("forget-after-delete");
+    }
+    Ok(())
+}
+
 /// Carries out a plan on a repository opened for writing (or only measures it with `dry_run`).
 pub fn execute(repo: &Repository, plan: &ForgetPlan, dry_run: bool) -> Result<ForgetReport> {
+    preflight(repo, plan)?;
     let mut delta = RefDelta::default();
+    let journal = journal_of(plan, "rewrite");
     if !dry_run {
-        let journal = refs::Journal {
-            op: "forget".into(),
-            forget: plan.forget.iter().map(|i| i.id).collect(),
-            rebase: plan.rebase,
-        };
         refs::begin(repo.index(), &journal)?;
     }
     for rw in &plan.rewrite {
         rewrite_one(repo, rw, &mut delta, dry_run)?;
         crate::failpoint::hit("forget-after-rewrite");
     }
+    // References of the forgotten images; one whose manifest cannot be read leaves the counters
+    // to be rebuilt from the remaining manifests instead.
+    let mut unreadable = !plan.forget_damaged.is_empty();
     for info in &plan.forget {
-        delta.add_manifest(repo.backend(), info, -1)?;
+        if delta.add_manifest(repo.backend(), info, -1).is_err() {
+            unreadable = true;
+        }
     }
-    let unreferenced_bytes = refs::unreferenced_after(repo.index(), &delta)?;
+    let unreferenced_bytes = if unreadable { 0 } else { refs::unreferenced_after(repo.index(), &delta)? };
     if !dry_run {
-        // Catalog first: until its manifest is deleted, an uncatalogued image is still listed
-        // (and restorable) from its manifest, so no reader ever lists an image that is gone.
+        // Catalog first, with the phase that commits the forget: until a manifest is deleted an
+        // uncatalogued image is still listed (and restorable) from it, so no reader ever lists
+        // an image that is gone; from here on, recovery finishes the deletions.
         let mut batch = Batch::default();
         for info in &plan.forget {
             batch.delete(image_key(&info.id));
         }
+        refs::put_journal(&mut batch, &journal_of(plan, "delete"))?;
         repo.index().write(batch)?;
-        // Newest first: a dependent is always newer than its base (a rewrite keeps the time and
-        // moves onto an older image), so no manifest left behind ever names a deleted one.
-        let mut newest_first: Vec<&ImageInfo> = plan.forget.iter().collect();
-        newest_first.sort_by_key(|i| std::cmp::Reverse((i.created_ms, i.id)));
-        for info in newest_first {
-            repo.backend().remove(&format!("images/{}", info.id))?;
-            crate::failpoint::hit("forget-after-delete");
+        delete_manifests(repo, &journal)?;
+        if unreadable {
+            refs::rebuild(repo.index(), repo.backend(), &repo.manifest_infos()?)?;
+        } else {
+            let mut batch = Batch::default();
+            refs::finish(&mut batch);
+            refs::apply(repo.index(), delta, batch)?;
         }
-        let mut batch = Batch::default();
-        refs::finish(&mut batch);
-        refs::apply(repo.index(), delta, batch)?;
         repo.commit_generation()?;
     }
-    Ok(ForgetReport { forgotten: plan.forget.len(), rewritten: plan.rewrite.len(), unreferenced_bytes })
+    Ok(ForgetReport {
+        forgotten: plan.forget.len() + plan.forget_damaged.len(),
+        rewritten: plan.rewrite.len(),
+        unreferenced_bytes,
+    })
 }
 
 #[cfg(test)]

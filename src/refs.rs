@@ -158,14 +158,24 @@ pub struct Journal {
     pub forget: Vec<ImageId>,
     #[serde(default)]
     pub rebase: bool,
+    /// forget: "rewrite" while kept images are rewritten (recovery undoes the forget), "delete"
+    /// once the forgotten images left the catalog (recovery deletes the listed manifests).
+    #[serde(default)]
+    pub phase: String,
 }
 
 pub fn begin(index: &RocksIndex, journal: &Journal) -> Result<()> {
     let mut b = Batch::default();
+    put_journal(&mut b, journal)?;
+    index.write(b)
+}
+
+/// Adds (or replaces) the journal in a batch.
+pub fn put_journal(batch: &mut Batch, journal: &Journal) -> Result<()> {
     let encoded =
         serde_json::to_vec(journal).map_err(|e| Error::Internal { reason: format!("journal does not encode: {e}") })?;
-    b.put(JOURNAL, encoded);
-    index.write(b)
+    batch.put(JOURNAL, encoded);
+    Ok(())
 }
 
 /// The journal of an interrupted operation. One that does not decode is an error, never an

@@ -96,6 +96,15 @@ fn health_of(index: &RocksIndex, repository_generation: u64) -> Result<IndexHeal
     })
 }
 
+/// An image whose manifest cannot be read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DamagedImage {
+    pub id: ImageId,
+    /// What the manifest's footer says, when it still decodes (the damage is elsewhere).
+    pub info: Option<ImageInfo>,
+    pub reason: String,
+}
+
 /// What `rebuild_index` found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RebuildReport {
@@ -205,10 +214,15 @@ impl Repository {
         Ok(repo)
     }
 
-    /// Finishes what an interrupted operation left: the catalog follows the manifests, the
-    /// reference counters are rebuilt from them, and an interrupted forget is rolled forward
-    /// (planned again over what is left: rewrites never change what an image restores).
+    /// Finishes what an interrupted operation left, exactly as its journal says: the catalog
+    /// follows the manifests, a forget that had begun deleting is finished (the listed manifests
+    /// go), one that was still rewriting is undone (its rewrites stand: each restores what its
+    /// image always restored), and the reference counters are rebuilt from the manifests.
     fn recover(&self, journal: &refs::Journal) -> Result<()> {
+        let deleting = journal.op == "forget" && journal.phase == "delete";
+        if deleting {
+            crate::forget::delete_manifests(self, journal)?;
+        }
         let manifests = self.manifest_infos()?;
         let catalog: HashMap<ImageId, ImageInfo> = self.index.images()?.into_iter().map(|i| (i.id, i)).collect();
         let mut b = Batch::default();
@@ -217,20 +231,33 @@ impl Repository {
                 put_image(&mut b, m)?;
             }
         }
-        let has_manifest = |id: &ImageId| manifests.iter().any(|m| m.id == *id);
-        // Images being forgotten whose manifest is already deleted leave the catalog.
-        for id in journal.forget.iter().filter(|id| !has_manifest(id)) {
-            b.delete(image_key(id));
+        // Catalogued images whose manifests a forget deleted leave the catalog; any other
+        // catalogued image stays (a damaged one is reported by check, and can be forgotten).
+        let listed: HashSet<String> = self.backend.list("images")?.into_iter().collect();
+        for id in catalog.keys().filter(|id| !listed.contains(&format!("images/{id}"))) {
+            if journal.forget.contains(id) {
+                b.delete(image_key(id));
+            }
         }
         self.index.write(b)?;
-        refs::rebuild(&self.index, self.backend(), &manifests)?;
-        let remaining: Vec<ImageId> = journal.forget.iter().filter(|id| has_manifest(id)).copied().collect();
-        if journal.op == "forget" && !remaining.is_empty() {
-            let req = crate::forget::ForgetRequest { ids: remaining, rebase: journal.rebase, ..Default::default() };
-            let plan = crate::forget::plan(&self.images()?, &req)?;
-            crate::forget::execute(self, &plan, false)?;
+        refs::rebuild(&self.index, self.backend(), &manifests)
+    }
+
+    /// Images whose manifests are in `images/` but cannot be read and that the catalog does not
+    /// list (a rebuild could not read them): with what their footer still says, if anything.
+    pub fn damaged_images(&self) -> Result<Vec<DamagedImage>> {
+        let known: HashSet<ImageId> = self.index.images()?.into_iter().map(|i| i.id).collect();
+        let mut out = Vec::new();
+        for name in self.backend.list("images")? {
+            let Some(id) = name.strip_prefix("images/").and_then(ImageId::parse) else { continue };
+            if known.contains(&id) {
+                continue;
+            }
+            if let Err(e) = read_info(self.backend(), &id) {
+                out.push(DamagedImage { id, info: peek_info(self.backend(), &id).ok(), reason: e.to_string() });
+            }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// The info of every readable manifest (damaged ones are left for `check`).

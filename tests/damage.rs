@@ -285,3 +285,113 @@ fn a_backup_after_a_pack_was_lost_stores_its_chunks_again() {
     assert!(wrong.is_empty(), "{wrong:?}");
     assert_stats_add_up(&repo.path);
 }
+
+fn manifest_path(repo: &TestRepo, id: &ImageId) -> std::path::PathBuf {
+    repo.path.join("images").join(id.to_string())
+}
+
+/// After a rebuild with an unreadable manifest there was no way out: check said "no problems",
+/// prune refused "until it is restored or forgotten", and forget said "no image matches".
+#[test]
+fn a_damaged_image_stays_visible_and_can_be_forgotten_with_what_rests_on_it() {
+    let (repo, mut bytes) = history(21);
+    let images = repo.images();
+    // images[1] is the first incremental; images[2] rests on it, images[3] (a differential) does not.
+    let victim = images[1].id;
+    std::fs::write(manifest_path(&repo, &victim), b"not a manifest at all").unwrap();
+    let out = repo.cli(&["rebuild-index"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let listed = repo.cli(&["images"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(text.contains(&victim.short()) && text.contains("DAMAGED"), "{text}");
+    let json: serde_json::Value = serde_json::from_slice(&repo.cli(&["images", "--json"]).stdout).unwrap();
+    assert!(json.as_array().unwrap().iter().any(|i| i["image"] == victim.to_string() && i["damaged"] == true));
+
+    let r = check(&repo, ReadData::None);
+    assert!(!r.is_clean());
+    assert!(r.problems.iter().any(|p| p.kind == "manifest" && p.object == victim.to_string()), "{:#?}", r.problems);
+    let status = |id: ImageId| r.images.iter().find(|s| s.id == id).map(|s| s.restorable);
+    assert_eq!(status(victim), Some(false));
+    assert_eq!(status(images[2].id), Some(false), "it rests on the damaged image");
+    assert_eq!(status(images[3].id), Some(true));
+    common::assert_clean_failure(&repo.cli(&["prune"]), "forget");
+
+    let out = repo.cli(&["forget", &victim.short()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let left: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+    assert!(!left.contains(&victim) && !left.contains(&images[2].id), "{left:?}");
+    assert_eq!(left.len(), images.len() - 2);
+    assert!(repo.cli(&["prune", "--max-unused", "0"]).status.success());
+    bytes.retain(|id, _| left.contains(id));
+    common::assert_intact(&repo, &bytes, "after forgetting the damaged image");
+}
+
+/// A catalogued image whose manifest got damaged is forgotten the same way, counters rebuilt.
+#[test]
+fn a_catalogued_image_with_a_damaged_manifest_can_be_forgotten() {
+    let (repo, mut bytes) = history(22);
+    let images = repo.images();
+    let victim = images[4].id; // the last incremental of the first set: nothing rests on it
+    let path = manifest_path(&repo, &victim);
+    let mut data = std::fs::read(&path).unwrap();
+    data[20] ^= 0xff;
+    std::fs::write(&path, &data).unwrap();
+    let out = repo.cli(&["forget", &victim.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    bytes.remove(&victim);
+    assert!(repo.cli(&["prune", "--max-unused", "0"]).status.success());
+    common::assert_intact(&repo, &bytes, "after forgetting");
+}
+
+/// A failed `forget FULL --rebase` (the full's manifest damaged) was rolled forward by the next,
+/// unrelated backup without the rebase: the full vanished and its dependent kept a base that was
+/// no longer there. Now it fails before writing anything, and stays failed.
+#[test]
+fn a_forget_that_cannot_be_carried_out_fails_before_anything_changes() {
+    let (repo, _) = history(23);
+    let images = repo.images();
+    let full2 = images.iter().filter(|i| i.kind == strata::Kind::Full).nth(1).unwrap().id;
+    let path = manifest_path(&repo, &full2);
+    let mut data = std::fs::read(&path).unwrap();
+    data[15] ^= 0xff;
+    std::fs::write(&path, &data).unwrap();
+    let before: Vec<strata::ImageInfo> = repo.images();
+    common::assert_clean_failure(&repo.cli(&["forget", "--rebase", &full2.to_string()]), "rebase");
+    assert_eq!(repo.images(), before, "a failed forget changed the catalog");
+    // The next, unrelated writer finds nothing to roll forward.
+    let src = repo.file("disk.img");
+    let next = repo.backup(&src, KindRequest::Full);
+    let after: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+    assert!(before.iter().all(|b| after.contains(&b.id)), "an image vanished");
+    assert!(after.contains(&next.id));
+    for i in repo.images().iter().filter(|i| i.base.is_some()) {
+        assert!(after.contains(&i.base.unwrap()), "image {} lost its base", i.id);
+    }
+}
+
+/// Recovery does exactly what the journal says: a forget killed while rewriting is undone, one
+/// killed while deleting is finished.
+#[test]
+fn recovery_undoes_a_forget_that_was_rewriting_and_finishes_one_that_was_deleting() {
+    for (point, finished) in [("forget-after-rewrite", false), ("forget-after-delete", true)] {
+        let (repo, bytes) = history(24);
+        let images = repo.images();
+        let named = images[1].id; // an incremental with a dependent: one rewrite
+        let status = common::strata_cmd()
+            .arg("-r")
+            .arg(&repo.path)
+            .args(["forget", &named.to_string()])
+            .env("STRATA_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert!(!status.status.success(), "{point} did not fire");
+        assert!(repo.cli(&["prune", "--dry-run"]).status.success(), "{point}: recovery failed");
+        let listed: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+        assert_eq!(!listed.contains(&named), finished, "{point}");
+        assert_eq!(listed.len(), images.len() - usize::from(finished), "{point}");
+        let mut kept = bytes.clone();
+        kept.retain(|id, _| listed.contains(id));
+        common::assert_intact(&repo, &kept, point);
+    }
+}

@@ -41,7 +41,7 @@ impl History {
 
     fn forget(&self, ids: &[&ImageInfo], policy: Policy, rebase: bool) -> strata::forget::ForgetPlan {
         let repo = Repository::open_writer(&self.repo.path, "test forget").unwrap();
-        let req = ForgetRequest { ids: ids.iter().map(|i| i.id).collect(), policy, source_id: None, rebase };
+        let req = ForgetRequest { ids: ids.iter().map(|i| i.id).collect(), policy, rebase, ..Default::default() };
         let plan = strata::forget::plan(&repo.images().unwrap(), &req).unwrap();
         strata::forget::execute(&repo, &plan, false).unwrap();
         plan

@@ -225,7 +225,7 @@ pub fn run() -> Result<()> {
         Command::Images { json } => {
             let path = repo_path(&cli.repo)?;
             let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
-            output::images(&repo.images()?, json)?;
+            output::images(&repo.images()?, &repo.damaged_images()?, json)?;
         }
         Command::Restore { image, target, partial, json } => {
             let path = repo_path(&cli.repo)?;
@@ -288,8 +288,8 @@ pub fn run() -> Result<()> {
             if images.is_empty() && policy.is_empty() {
                 anyhow::bail!("nothing to forget: name images or give a --keep-* policy");
             }
-            let ids = images.iter().map(|s| repo.find_image(s).map(|i| i.id)).collect::<strata::Result<Vec<_>>>()?;
-            let req = ForgetRequest { ids, policy, source_id, rebase };
+            let (ids, damaged) = strata::forget::resolve(&repo, &images)?;
+            let req = ForgetRequest { ids, policy, source_id, rebase, damaged };
             let plan = strata::forget::plan(&repo.images()?, &req)?;
             let report = strata::forget::execute(&repo, &plan, dry_run).context("forget failed")?;
             let pruned = if prune && !dry_run {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use strata::check::CheckReport;
 use strata::forget::{ForgetPlan, ForgetReport};
 use strata::prune::{PackAction, PrunePlan, PruneReport};
-use strata::repository::RebuildReport;
+use strata::repository::{DamagedImage, RebuildReport};
 use strata::stats::Stats;
 use strata::timefmt::format_ms;
 use strata::{ImageInfo, RestoreReport};
@@ -89,13 +89,25 @@ pub fn backup(i: &ImageInfo, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn images(list: &[ImageInfo], json: bool) -> Result<()> {
+pub fn images(list: &[ImageInfo], damaged: &[DamagedImage], json: bool) -> Result<()> {
     if json {
-        let v: Vec<ImageJson> = list.iter().map(to_json).collect();
+        // Damaged images carry `"damaged": true` and a `reason`; the fields their footer still
+        // gives, when it decodes.
+        let mut v: Vec<serde_json::Value> =
+            list.iter().map(|i| serde_json::to_value(to_json(i))).collect::<Result<_, _>>()?;
+        for d in damaged {
+            let mut o = match &d.info {
+                Some(i) => serde_json::to_value(to_json(i))?,
+                None => serde_json::json!({"image": d.id.to_string()}),
+            };
+            o["damaged"] = true.into();
+            o["reason"] = d.reason.clone().into();
+            v.push(o);
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    if list.is_empty() {
+    if list.is_empty() && damaged.is_empty() {
         println!("no images yet");
         return Ok(());
     }
@@ -115,6 +127,17 @@ pub fn images(list: &[ImageInfo], json: bool) -> Result<()> {
             human(i.changed_bytes),
             human(i.new_stored_bytes),
             i.source_id
+        );
+    }
+    for d in damaged {
+        let what =
+            d.info.as_ref().map(|i| format!(" ({} of {}, {})", i.kind.name(), i.source_id, format_ms(i.created_ms)));
+        println!(
+            "{}  DAMAGED{}: {}; `strata forget {}` removes it",
+            d.id.short(),
+            what.unwrap_or_default(),
+            d.reason,
+            d.id.short()
         );
     }
     Ok(())
@@ -268,7 +291,7 @@ pub fn forget(
             .collect();
         let v = serde_json::json!({
             "dry_run": dry_run,
-            "forget": plan.forget.iter().map(|i| i.id.to_string()).collect::<Vec<_>>(),
+            "forget": plan.forget.iter().map(|i| i.id).chain(plan.forget_damaged.iter().copied()).map(|i| i.to_string()).collect::<Vec<_>>(),
             "keep": plan.keep.iter().map(|i| i.id.to_string()).collect::<Vec<_>>(),
             "rewrite": rw,
             "unreferenced_bytes": report.unreferenced_bytes,
@@ -284,6 +307,9 @@ pub fn forget(
     }
     for i in &plan.forget {
         println!("forget  {}  {:<12}  {}", i.id.short(), i.kind.name(), format_ms(i.created_ms));
+    }
+    for id in &plan.forget_damaged {
+        println!("forget  {}  (damaged manifest, not catalogued)", id.short());
     }
     for r in &plan.rewrite {
         match r.new_base {
@@ -434,7 +460,7 @@ pub fn rebuild(r: &RebuildReport, json: bool) -> Result<()> {
         println!("  unreadable pack {p}: {why}");
     }
     for i in &r.unreadable_manifests {
-        println!("  unreadable manifest of image {i} (prune waits until it is restored or forgotten)");
+        println!("  unreadable manifest of image {i}: listed as damaged; prune waits until it is restored or forgotten (`strata forget {}`)", i.short());
     }
     if let Some(old) = &r.old_index {
         println!("  the old index is kept in {} (delete it once all is well)", old.display());
