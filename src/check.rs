@@ -199,11 +199,16 @@ fn run(
     }
     let indexed_packs: BTreeSet<PackId> = refs::packs(repo.index())?.into_iter().map(|(p, _)| p).collect();
     check_index_health(repo, &mut report);
+    let checking_all = only.is_none();
     let mut bad_packs: BTreeMap<PackId, String> = BTreeMap::new();
     // Every pack the index knows, referenced or not: a damaged pack is damage even while no
     // readable manifest needs it (its manifest may be the other casualty).
     let no_chunks = Vec::new();
-    let all_packs: BTreeSet<PackId> = by_pack.keys().chain(indexed_packs.iter()).copied().collect();
+    // `verify` reads only what its chain needs; `check` every pack.
+    let all_packs: BTreeSet<PackId> = match only {
+        Some(_) => by_pack.keys().copied().collect(),
+        None => by_pack.keys().chain(indexed_packs.iter()).copied().collect(),
+    };
     for pack in &all_packs {
         let chunks = by_pack.get(pack).unwrap_or(&no_chunks);
         let path = pack.path();
@@ -308,7 +313,9 @@ fn run(
         }
     }
 
-    check_orphans(repo, &indexed_packs, &refs_of, &locs, &bad_packs, &mut report)?;
+    if checking_all {
+        check_orphans(repo, &indexed_packs, &refs_of, &locs, &bad_packs, &mut report)?;
+    }
 
     // A bad chunk with an intact copy in another pack is damage to report, but restores use
     // the copy, so it breaks no image.

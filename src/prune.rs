@@ -77,6 +77,9 @@ pub struct PruneReport {
     pub packs_written: usize,
     pub chunks_removed: usize,
     pub bytes_freed: u64,
+    /// Temporary files of interrupted runs removed (when the repository was opened for writing).
+    pub temporaries_removed: usize,
+    pub temporary_bytes_removed: u64,
 }
 
 /// Packs whose dead bytes exceed `max_unused_percent` of their size are repacked.
@@ -370,5 +373,6 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
     report.packs_written = written.len();
     let new_bytes: u64 = written.iter().map(|(_, s, _)| s).sum();
     report.bytes_freed = plan.bytes_removed().saturating_sub(new_bytes);
+    (report.temporaries_removed, report.temporary_bytes_removed) = repo.temporaries_removed();
     Ok(report)
 }

@@ -21,6 +21,8 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     index: RocksIndex,
     health: IndexHealth,
+    /// Temporary files of dead writers that opening for writing removed: (count, bytes).
+    temporaries_removed: (usize, u64),
     _lock: Option<RepoLock>,
 }
 
@@ -187,7 +189,15 @@ impl Repository {
         let generation = read_generation(&backend)?;
         let index = RocksIndex::open_read_only(&path.join("index"))?;
         let health = health_of(&index, generation)?;
-        Ok(Repository { root: path.into(), config, backend: Arc::new(backend), index, health, _lock: None })
+        Ok(Repository {
+            root: path.into(),
+            config,
+            backend: Arc::new(backend),
+            index,
+            health,
+            temporaries_removed: (0, 0),
+            _lock: None,
+        })
     }
 
     /// Opens for writing: takes the exclusive lock (naming `command` as the holder) and brings
@@ -203,8 +213,21 @@ impl Repository {
         // would miss dedup and counters, and prune could take live data for garbage.
         let health = health_of(&index, generation)?;
         health.require_current(&index_dir)?;
-        let repo =
-            Repository { root: path.into(), config, backend: Arc::new(backend), index, health, _lock: Some(lock) };
+        // Holding the lock, every temporary object belongs to a writer that died.
+        let mut temporaries_removed = (0, 0);
+        for (tmp, size) in backend.temporaries()? {
+            backend.remove_temporary(&tmp)?;
+            temporaries_removed = (temporaries_removed.0 + 1, temporaries_removed.1 + size);
+        }
+        let repo = Repository {
+            root: path.into(),
+            config,
+            backend: Arc::new(backend),
+            index,
+            health,
+            temporaries_removed,
+            _lock: Some(lock),
+        };
         for info in repo.uncatalogued()? {
             repo.index.put_image(&info)?;
         }
@@ -298,6 +321,7 @@ impl Repository {
             backend: Arc::new(backend),
             index: RocksIndex::create(&building)?,
             health: IndexHealth::Incomplete,
+            temporaries_removed: (0, 0),
             _lock: Some(lock),
         };
         repo.fill_index(&mut report)?;
@@ -374,6 +398,11 @@ impl Repository {
         RocksIndex::set_generation(&mut b, next);
         self.index.write(b)?;
         write_generation(self.backend(), next)
+    }
+
+    /// Temporary files left by writers that died, removed when this writer opened: (count, bytes).
+    pub fn temporaries_removed(&self) -> (usize, u64) {
+        self.temporaries_removed
     }
 
     /// What the index's completeness and generation records say (see `IndexHealth`).

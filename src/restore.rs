@@ -110,6 +110,7 @@ pub fn restore_with(
         (Ok((zero_bytes, damaged)), temp) => {
             out.file().sync_all().map_err(|e| Error::io("fsync", target, e))?;
             if let Some(temp) = temp {
+                crate::failpoint::hit("restore-before-rename");
                 std::fs::rename(&temp, target).map_err(|e| Error::io("rename", &temp, e))?;
                 crate::backend::sync_dir(
                     target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
@@ -256,6 +257,7 @@ fn open_target(target: &Path, needed: u64) -> Result<(Target, Option<PathBuf>)> 
         Ok(m) if !m.file_type().is_file() => Err(Error::TargetNotDisk { target: target.into() }),
         _ => {
             let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            remove_dead_temporaries(target, &name);
             let temp = target.with_file_name(format!(".{name}.strata-restore.{}", std::process::id()));
             let f = OpenOptions::new()
                 .write(true)
@@ -266,6 +268,23 @@ fn open_target(target: &Path, needed: u64) -> Result<(Target, Option<PathBuf>)> 
             // Zero extents are never written: in a new file they read back as zeros (holes).
             f.set_len(needed).map_err(|e| Error::io("resize", &temp, e))?;
             Ok((Target::File(f), Some(temp)))
+        }
+    }
+}
+
+/// Removes the temporary files that killed restores to the same target left beside it (full
+/// size each): those whose process no longer exists. Best effort: a leftover costs space only.
+fn remove_dead_temporaries(target: &Path, name: &str) {
+    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let prefix = format!(".{name}.strata-restore.");
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone =
+            unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct RepoStats {
     pub compression_ratio: f64,
     /// True while an interrupted operation's counters wait for the next writer to rebuild them.
     pub counters_stale: bool,
+    /// Temporary files left by interrupted runs (the next writer removes them).
+    pub temporary_files: usize,
+    pub temporary_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -94,6 +97,7 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
         });
     }
     let totals = refs::totals(index)?;
+    let temporaries = repo.backend().temporaries()?;
     let packs = refs::packs(index)?;
     let logical: u64 = images.iter().map(|i| i.logical_bytes).sum();
     let repository = RepoStats {
@@ -109,6 +113,8 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
         dedup_ratio: ratio(logical, totals.live_raw),
         compression_ratio: ratio(totals.live_raw, totals.live_stored),
         counters_stale: refs::pending(index)?.is_some(),
+        temporary_files: temporaries.len(),
+        temporary_bytes: temporaries.iter().map(|(_, s)| s).sum(),
     };
     Ok(Stats { images, sets, repository })
 }

@@ -335,3 +335,48 @@ fn a_prune_killed_at_every_step_loses_nothing() {
     });
     assert!(steps >= 3, "only {steps} steps");
 }
+
+/// Killed backups left a 33 MB `.tmp.` pack and empty `.tmp.` manifests; killed restores left
+/// full-size hidden files beside the target. stats counts them, the next writer removes them.
+#[test]
+fn temporary_files_of_killed_runs_are_counted_and_removed() {
+    let (repo, expected, disk) = lifecycle_repo(14);
+    let src = repo.file("disk.img");
+    disk.clone().scatter_blocks(50).write_to(&src);
+    assert!(!spawn_backup(&repo, &src, Some("object-before-rename")).wait().unwrap().success());
+    let temps = |repo: &TestRepo| {
+        repo.files_in("").into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".tmp.")).count()
+    };
+    assert!(temps(&repo) >= 1, "the killed backup left no temporary file");
+    let stats: serde_json::Value = serde_json::from_slice(&repo.cli(&["stats", "--json"]).stdout).unwrap();
+    assert!(stats["repository"]["temporary_files"].as_u64().unwrap() >= 1, "{stats}");
+    let out = repo.cli(&["prune", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["result"]["temporaries_removed"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(temps(&repo), 0);
+    common::assert_intact(&repo, &expected, "after removing temporaries");
+
+    // A restore killed before its rename leaves a hidden full-size file; the next restore to
+    // the same target removes it (its process is gone).
+    let target = repo.file("target.img");
+    let image = repo.images()[0].id.to_string();
+    let mut cmd = strata_cmd();
+    cmd.arg("-r")
+        .arg(&repo.path)
+        .args(["restore", &image])
+        .arg(&target)
+        .env("STRATA_FAILPOINT", "restore-before-rename");
+    assert!(!cmd.output().unwrap().status.success());
+    let hidden = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".strata-restore."))
+            .count()
+    };
+    assert_eq!(hidden(repo.dir.path()), 1);
+    let out = repo.cli(&["restore", &image, target.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(hidden(repo.dir.path()), 0, "the killed restore's file is still there");
+}

@@ -395,3 +395,23 @@ fn recovery_undoes_a_forget_that_was_rewriting_and_finishes_one_that_was_deletin
         common::assert_intact(&repo, &kept, point);
     }
 }
+
+/// `verify` of a 1.1 MiB image once read all 9 packs (143.5 MiB). It reads only what its chain
+/// needs.
+#[test]
+fn verify_reads_only_the_packs_its_chain_needs() {
+    let (repo, _) = history(25);
+    let small = repo.file("small.img");
+    Disk::new(99, MIB + MIB / 8).random(0..MIB + MIB / 8).write_to(&small);
+    let r = Repository::open_writer(&repo.path, "test").unwrap();
+    let opts = strata::BackupOptions { source_id: Some("small".into()), ..Default::default() };
+    let info = strata::backup(&r, &small, &opts, &Silent).unwrap();
+    drop(r);
+    let packs = repo.files_in("packs").len();
+    let r = Repository::open(&repo.path).unwrap();
+    let report = strata::check::verify(&r, &info, &Silent).unwrap();
+    assert!(report.is_clean(), "{:#?}", report.problems);
+    assert!(packs >= 5, "{packs} packs");
+    assert!(report.packs_read <= 2, "verify read {} of {packs} packs", report.packs_read);
+    assert!(report.bytes_read < 3 * MIB as u64, "verify read {} bytes", report.bytes_read);
+}

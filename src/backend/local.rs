@@ -190,6 +190,44 @@ impl Backend for LocalDir {
         Some(st.f_bavail as u64 * st.f_frsize as u64)
     }
 
+    fn temporaries(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("list", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+                let ft = entry.file_type().map_err(|e| Error::io("stat", entry.path(), e))?;
+                // Objects live at the top and under packs/ and images/; the index is RocksDB's.
+                if ft.is_dir() && rel.is_empty() && (name == "packs" || name == "images")
+                    || ft.is_dir() && rel.starts_with("packs")
+                {
+                    stack.push((entry.path(), child));
+                } else if ft.is_file() && name.starts_with(TMP_PREFIX) {
+                    let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    out.push((child, size));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn remove_temporary(&self, path: &str) -> Result<()> {
+        let full = self.full(path);
+        match fs::remove_file(&full) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &full, e)),
+        }
+    }
+
     fn remove(&self, path: &str) -> Result<()> {
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).remove(path);
         crate::failpoint::step();

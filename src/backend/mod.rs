@@ -25,6 +25,10 @@ pub trait Backend: Send + Sync {
     /// an empty list, while a folder that cannot be read is an error, never an empty list.
     fn list(&self, dir: &str) -> Result<Vec<String>>;
     fn remove(&self, path: &str) -> Result<()>;
+    /// Objects that were being written and never committed (left by a process that died), with
+    /// their sizes: safe to remove only while no writer runs.
+    fn temporaries(&self) -> Result<Vec<(String, u64)>>;
+    fn remove_temporary(&self, path: &str) -> Result<()>;
     /// Bytes that can still be written, where the storage can tell.
     fn available(&self) -> Option<u64>;
 }

@@ -208,6 +208,7 @@ pub fn stats(s: &Stats, json: bool) -> Result<()> {
                 "dead_bytes": r.dead_bytes, "dead_fraction": pct(r.dead_bytes, r.pack_bytes) / 100.0,
                 "dedup_ratio": r.dedup_ratio, "compression_ratio": r.compression_ratio,
                 "counters_stale": r.counters_stale,
+                "temporary_files": r.temporary_files, "temporary_bytes": r.temporary_bytes,
             }
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -273,6 +274,14 @@ pub fn stats(s: &Stats, json: bool) -> Result<()> {
             "  note: an interrupted operation left counters stale; the next backup, forget or prune rebuilds them"
         );
     }
+    if r.temporary_files > 0 {
+        println!(
+            "  note: {} temporary file{} ({}) left by interrupted runs; the next backup, forget or prune removes them",
+            r.temporary_files,
+            if r.temporary_files == 1 { "" } else { "s" },
+            human(r.temporary_bytes)
+        );
+    }
     Ok(())
 }
 
@@ -335,6 +344,7 @@ fn prune_json(p: &PruneReport) -> serde_json::Value {
     serde_json::json!({
         "packs_deleted": p.packs_deleted, "packs_repacked": p.packs_repacked,
         "packs_written": p.packs_written, "chunks_removed": p.chunks_removed, "bytes_freed": p.bytes_freed,
+        "temporaries_removed": p.temporaries_removed, "temporary_bytes_removed": p.temporary_bytes_removed,
     })
 }
 
@@ -347,6 +357,14 @@ fn print_prune(p: &PruneReport) {
         p.chunks_removed,
         human(p.bytes_freed)
     );
+    if p.temporaries_removed > 0 {
+        println!(
+            "removed {} temporary file{} ({}) left by interrupted runs",
+            p.temporaries_removed,
+            if p.temporaries_removed == 1 { "" } else { "s" },
+            human(p.temporary_bytes_removed)
+        );
+    }
 }
 
 pub fn prune(plan: &PrunePlan, report: Option<&PruneReport>, json: bool) -> Result<()> {
