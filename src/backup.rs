@@ -31,9 +31,6 @@ use crate::refs::{self, RefDelta};
 use crate::repository::Repository;
 use crate::source::Source;
 
-/// Free space kept for the index (WAL, flushes, compaction) and the manifest when packs are written.
-const INDEX_HEADROOM: u64 = 16 * 1024 * 1024;
-
 /// Free space needed before the index's memtable is flushed at the end of a backup (RocksDB's
 /// memtable is at most 64 MiB by default).
 const FLUSH_HEADROOM: u64 = 256 * 1024 * 1024;
@@ -261,7 +258,7 @@ fn write_packs(repo: &Repository, packs: Receiver<PackBuilder>, acks: Sender<(u6
         // Fail cleanly before the filesystem is full rather than at RocksDB's WAL: Debian's
         // librocksdb asserts (aborts) on a sync after a write error. Nothing is lost either way.
         if let Some(free) = repo.backend().available() {
-            if free < bytes.len() as u64 + INDEX_HEADROOM {
+            if free < bytes.len() as u64 + crate::index::headroom_for(entries.len()) {
                 return Err(Error::NoSpace { path: repo.root().into() });
             }
         }

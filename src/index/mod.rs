@@ -19,7 +19,7 @@
 
 mod rocks;
 
-pub use rocks::{chunk_key, image_key, pack_key, put_image, Batch, RocksIndex};
+pub use rocks::{chunk_key, headroom_for, image_key, pack_key, put_image, Batch, RocksIndex, WRITE_BUFFER};
 
 use crate::error::Result;
 use crate::id::{ChunkId, PackId};
