@@ -86,6 +86,9 @@ pub enum Error {
     #[error("restore target {target} holds {available} bytes but the image needs {needed}; nothing was written")]
     TargetTooSmall { target: PathBuf, needed: u64, available: u64 },
 
+    #[error("restore target {target} is in use{}; nothing was written (unmount it, or pass --force to write over it anyway)", mounted_at.as_ref().map(|m| format!(" (mounted at {m})")).unwrap_or_default())]
+    TargetInUse { target: PathBuf, mounted_at: Option<String> },
+
     #[error("restore target {target} is neither a regular file nor a block device")]
     TargetNotDisk { target: PathBuf },
 

@@ -74,6 +74,9 @@ pub struct RestoreOptions {
     /// Restore what can be restored: ranges whose chunks are damaged or missing become zeros
     /// (holes in a file) and are listed in the report, instead of failing the restore.
     pub partial: bool,
+    /// Write to a block device even when it is mounted or otherwise in use (opened without
+    /// `O_EXCL`).
+    pub force: bool,
 }
 
 /// A range of the disk that a partial restore could not recover.
@@ -103,8 +106,12 @@ pub fn restore_with(
     let chain = repo.chain(image)?;
     let is_device = std::fs::metadata(target).map(|m| m.file_type().is_block_device()).unwrap_or(false);
     let copies = Copies::default();
+    if is_device {
+        // Before the (long) preflight: a device in use is refused at once.
+        drop(open_device(target, opts.force)?);
+    }
     preflight(repo, &chain, image, opts.partial, is_device, &copies)?;
-    let (out, temp) = open_target(target, image.logical_bytes)?;
+    let (out, temp) = open_target(target, image.logical_bytes, opts.force)?;
     let result = write_all(repo, image, &chain, &out, target, opts, &copies, progress);
     match (result, temp) {
         (Ok((zero_bytes, damaged)), temp) => {
@@ -244,10 +251,37 @@ fn chunk_present(
 }
 
 /// Opens the target; for a file, a temporary file beside it that replaces it at the end.
-fn open_target(target: &Path, needed: u64) -> Result<(Target, Option<PathBuf>)> {
+/// Opens a block device for writing; with `O_EXCL` (unless `force`), which Linux refuses with
+/// EBUSY while the device is mounted or held by another exclusive user.
+fn open_device(target: &Path, force: bool) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = if force { 0 } else { libc::O_EXCL };
+    OpenOptions::new().write(true).custom_flags(flags).open(target).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            Error::TargetInUse { target: target.into(), mounted_at: mount_point(target) }
+        } else {
+            Error::io("open", target, e)
+        }
+    })
+}
+
+/// Where a block device is mounted, from /proc/self/mountinfo (field 3 is the device's
+/// major:minor, field 5 the mount point).
+fn mount_point(device: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(device).ok()?.rdev();
+    let want = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(2) == Some(&want.as_str())).then(|| f.get(4).map(|m| m.to_string())).flatten()
+    })
+}
+
+fn open_target(target: &Path, needed: u64, force: bool) -> Result<(Target, Option<PathBuf>)> {
     match std::fs::metadata(target) {
         Ok(m) if m.file_type().is_block_device() => {
-            let mut f = OpenOptions::new().write(true).open(target).map_err(|e| Error::io("open", target, e))?;
+            let mut f = open_device(target, force)?;
             let available = f.seek(SeekFrom::End(0)).map_err(|e| Error::io("size", target, e))?;
             if available < needed {
                 return Err(Error::TargetTooSmall { target: target.into(), needed, available });

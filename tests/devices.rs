@@ -177,3 +177,34 @@ fn a_small_backup_fits_on_a_small_filesystem() {
     }
     assert!(repo.restore_bytes(&repo.images()[2]) == std::fs::read(&src).unwrap());
 }
+
+/// A restore onto a mounted block device once succeeded silently. It is refused, naming the
+/// mount point, and the device is untouched; unmounted, the same restore works.
+#[test]
+fn a_mounted_block_device_is_refused_as_a_restore_target() {
+    let repo = TestRepo::small();
+    let Some(devs) = loops(&repo, &[8 * MIB]) else { return };
+    let dev = &devs[0].0.dev;
+    let src = repo.file("disk.img");
+    let disk = Disk::new(50, 8 * MIB).random(0..4 * MIB);
+    disk.write_to(&src);
+    let full = repo.backup(&src, KindRequest::Full);
+    if !Command::new("mkfs.ext4").args(["-q", "-F"]).arg(dev).status().is_ok_and(|s| s.success()) {
+        eprintln!("SKIP: mkfs.ext4 is not available");
+        return;
+    }
+    let mnt = repo.file("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    assert!(Command::new("mount").arg(dev).arg(&mnt).status().unwrap().success());
+    let mount = Mount { dir: mnt.clone() };
+    let before = std::fs::read(dev).unwrap();
+    let out = repo.cli(&["restore", &full.id.to_string(), dev.to_str().unwrap()]);
+    assert_clean_failure(&out, "in use");
+    assert_clean_failure(&out, mnt.to_str().unwrap());
+    // Compared while still mounted: unmounting writes ext4's own superblock.
+    assert!(std::fs::read(dev).unwrap() == before, "the mounted device was written");
+    drop(mount);
+    let out = repo.cli(&["restore", &full.id.to_string(), dev.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(dev).unwrap() == disk.bytes);
+}

@@ -68,6 +68,9 @@ enum Command {
         /// listed, and the exit code says the restore is incomplete
         #[arg(long)]
         partial: bool,
+        /// Write to a block device even if it is mounted or in use (otherwise refused)
+        #[arg(long)]
+        force: bool,
         /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
@@ -227,12 +230,12 @@ pub fn run() -> Result<()> {
             let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
             output::images(&repo.images()?, &repo.damaged_images()?, json)?;
         }
-        Command::Restore { image, target, partial, json } => {
+        Command::Restore { image, target, partial, force, json } => {
             let path = repo_path(&cli.repo)?;
             let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
             let info = repo.find_image(&image)?;
             let bar = progress::Bar::new(json);
-            let opts = strata::RestoreOptions { partial };
+            let opts = strata::RestoreOptions { partial, force };
             let report = strata::restore_with(&repo, &info, &target, &opts, &bar)
                 .with_context(|| format!("restore of image {} to {} failed", info.id.short(), target.display()))?;
             bar.clear();
