@@ -9,10 +9,20 @@ fn armed() -> Option<&'static str> {
     ARMED.get_or_init(|| std::env::var("STRATA_FAILPOINT").ok()).as_deref()
 }
 
-/// Aborts the process, as a kill -9 would, when `STRATA_FAILPOINT` names this point.
+/// Aborts the process, as a kill -9 would, when `STRATA_FAILPOINT` names this point; with
+/// `stall:<name>` it pauses there once for 3 s instead (a writer caught mid-way, for tests of
+/// readers racing it).
 pub fn hit(name: &str) {
-    if armed() == Some(name) {
-        std::process::abort();
+    match armed() {
+        Some(a) if a == name => std::process::abort(),
+        Some(a) if a.strip_prefix("stall:") == Some(name) => {
+            use std::sync::atomic::{AtomicBool, Ordering};
+            static ONCE: AtomicBool = AtomicBool::new(false);
+            if !ONCE.swap(true, Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_secs(3));
+            }
+        }
+        _ => {}
     }
 }
 

@@ -85,3 +85,31 @@ pub fn acquire(repo: &Path, command: &str) -> Result<RepoLock> {
     file.write_all_at(&text, 0).map_err(|e| Error::io("write", &path, e))?;
     Ok(RepoLock { _file: file })
 }
+
+/// Whether a writer holds the lock of the repository at `repo` now. Read from /proc/locks, so a
+/// reader asks without taking any lock itself (which could make a starting writer fail).
+pub fn writer_active(repo: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(repo.join("lock")) else { return false };
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else { return false };
+    // "1: FLOCK  ADVISORY  WRITE 1234 fd:01:1311962 0 EOF": device major:minor in hex, inode.
+    let want = (libc::major(meta.dev()) as u64, libc::minor(meta.dev()) as u64, meta.ino());
+    locks.lines().filter(|l| !l.contains("->")).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let Some(id) = f.get(5) else { return false };
+        let parts: Vec<&str> = id.split(':').collect();
+        let parsed = match parts.as_slice() {
+            [maj, min, ino] => (u64::from_str_radix(maj, 16), u64::from_str_radix(min, 16), ino.parse::<u64>()),
+            _ => return false,
+        };
+        f.get(1) == Some(&"FLOCK") && matches!(parsed, (Ok(a), Ok(b), Ok(c)) if (a, b, c) == want)
+    })
+}
+
+/// Waits until no writer holds the lock, or `limit` passes.
+pub fn wait_for_writers(repo: &Path, limit: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while writer_active(repo) && started.elapsed() < limit {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -200,6 +200,30 @@ impl Repository {
         })
     }
 
+    /// Runs a read-only operation so that its answer describes one consistent state. Readers
+    /// take no lock, so a forget or prune running meanwhile can delete a manifest or pack between
+    /// two of its reads; the answer would then show damage that does not exist. When `run` fails,
+    /// or `suspect` says its answer shows damage, and a writer was active or finished during the
+    /// run, this waits for the writer and runs again on a fresh view (up to 5 times).
+    pub fn read_consistently<T>(
+        path: &Path,
+        mut run: impl FnMut(&Repository) -> Result<T>,
+        suspect: impl Fn(&T) -> bool,
+    ) -> Result<T> {
+        let generation = || read_generation(&LocalDir::new(path)).ok();
+        for attempt in 0.. {
+            let before = (crate::lock::writer_active(path), generation());
+            let result = Repository::open(path).and_then(|repo| run(&repo));
+            let doubtful = result.as_ref().map_or(true, &suspect);
+            let raced = before.0 || crate::lock::writer_active(path) || generation() != before.1;
+            if !doubtful || !raced || attempt >= 4 {
+                return result;
+            }
+            crate::lock::wait_for_writers(path, std::time::Duration::from_secs(3600));
+        }
+        unreachable!()
+    }
+
     /// Opens for writing: takes the exclusive lock (naming `command` as the holder) and brings
     /// the catalog up to date with manifests published by a run that died before cataloguing.
     pub fn open_writer(path: &Path, command: &str) -> Result<Repository> {

@@ -232,12 +232,21 @@ pub fn run() -> Result<()> {
         }
         Command::Restore { image, target, partial, force, json } => {
             let path = repo_path(&cli.repo)?;
-            let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
-            let info = repo.find_image(&image)?;
             let bar = progress::Bar::new(json);
             let opts = strata::RestoreOptions { partial, force };
-            let report = strata::restore_with(&repo, &info, &target, &opts, &bar)
-                .with_context(|| format!("restore of image {} to {} failed", info.id.short(), target.display()))?;
+            // Resolved once: a rerun after a racing writer restores the same image.
+            let mut chosen: Option<String> = None;
+            let (info, report) = Repository::read_consistently(
+                &path,
+                |repo| {
+                    let info = repo.find_image(chosen.as_deref().unwrap_or(&image))?;
+                    chosen = Some(info.id.to_string());
+                    let report = strata::restore_with(repo, &info, &target, &opts, &bar)?;
+                    Ok((info, report))
+                },
+                |_| false,
+            )
+            .with_context(|| format!("restore of image {image} to {} failed", target.display()))?;
             bar.clear();
             output::restore(&info, &report, &target, json)?;
             if !report.damaged.is_empty() {
@@ -305,7 +314,6 @@ pub fn run() -> Result<()> {
         }
         Command::Check { read_data, read_data_subset, json } => {
             let path = repo_path(&cli.repo)?;
-            let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
             let read = match (read_data, read_data_subset) {
                 (true, _) => ReadData::All,
                 (_, Some(p)) if (0.0..=100.0).contains(&p) => ReadData::Subset(p),
@@ -313,7 +321,9 @@ pub fn run() -> Result<()> {
                 _ => ReadData::None,
             };
             let bar = progress::Bar::new(json);
-            let report = strata::check::check(&repo, read, &bar)?;
+            let report =
+                Repository::read_consistently(&path, |repo| strata::check::check(repo, read, &bar), |r| !r.is_clean())
+                    .with_context(|| format!("cannot check repository {}", path.display()))?;
             bar.clear();
             output::check(&report, json)?;
             if !report.is_clean() {
@@ -322,10 +332,19 @@ pub fn run() -> Result<()> {
         }
         Command::Verify { image, json } => {
             let path = repo_path(&cli.repo)?;
-            let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
-            let info = repo.find_image(&image)?;
             let bar = progress::Bar::new(json);
-            let report = strata::check::verify(&repo, &info, &bar)?;
+            let mut chosen: Option<String> = None;
+            let (info, report) = Repository::read_consistently(
+                &path,
+                |repo| {
+                    let info = repo.find_image(chosen.as_deref().unwrap_or(&image))?;
+                    chosen = Some(info.id.to_string());
+                    let report = strata::check::verify(repo, &info, &bar)?;
+                    Ok((info, report))
+                },
+                |(_, r)| !r.is_clean(),
+            )
+            .with_context(|| format!("cannot verify image {image}"))?;
             bar.clear();
             output::check(&report, json)?;
             if !report.is_clean() {
