@@ -105,6 +105,14 @@ pub fn plan_kind(images: &[ImageInfo], source_id: &str, req: KindRequest) -> Res
     Ok((kind, Some(base.clone())))
 }
 
+/// What a backup did besides publishing its image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackupOutcome {
+    pub info: ImageInfo,
+    /// Bytes read from the source (holes of sparse files are not read; 0 when skipped by stat).
+    pub bytes_read: u64,
+}
+
 /// Backs up `source_path` into `repo` (opened for writing) and returns the published image.
 pub fn backup(
     repo: &Repository,
@@ -112,6 +120,16 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<ImageInfo> {
+    backup_outcome(repo, source_path, opts, progress).map(|o| o.info)
+}
+
+/// `backup`, with what it read.
+pub fn backup_outcome(
+    repo: &Repository,
+    source_path: &Path,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
     let started = Instant::now();
     let src = Source::open(source_path)?;
     let source_id = opts.source_id.clone().unwrap_or_else(|| src.canonical_id());
@@ -119,7 +137,8 @@ pub fn backup(
     let images = repo.images()?;
     let (kind, base) = plan_kind(&images, &source_id, opts.kind)?;
     // The base's chain, as its manifests say: its length is the new image's depth.
-    let chain = base.as_ref().map(|b| repo.chain(b)).transpose()?.unwrap_or_default();
+    let chain =
+        base.as_ref().map(|b| repo.chain(b)).transpose().map_err(|e| base_unreadable(&base, e))?.unwrap_or_default();
     // Depth bound: a chain that would grow past it gets a synthetic full (a new set) instead.
     let max_depth = repo.config().max_chain_depth;
     let too_deep = kind == Kind::Incremental && max_depth > 0 && chain.len() as u32 > max_depth;
@@ -152,6 +171,7 @@ pub fn backup(
     refs::begin(repo.index(), &refs::Journal { op: "backup".into(), ..Default::default() })?;
     let mut manifest = ManifestWriter::create(repo.backend(), &id)?;
     let mut delta = RefDelta::default();
+    let mut bytes_read = 0;
 
     let unchanged_file = !opts.force_read
         && src.stat().is_some()
@@ -160,8 +180,10 @@ pub fn backup(
         // Same size, inode, mtime and ctime as when the base was read: an empty delta.
         info.read_skipped = true;
     } else {
-        let filter = ChangeFilter::new(if chain.is_empty() { None } else { Some(repo.view(&chain)?) });
-        Run::new(repo, filter, &mut manifest, &mut info, &mut delta).run(&src, progress)?;
+        let view =
+            if chain.is_empty() { None } else { Some(repo.view(&chain).map_err(|e| base_unreadable(&base, e))?) };
+        let filter = ChangeFilter::new(view);
+        bytes_read = Run::new(repo, filter, &mut manifest, &mut info, &mut delta).run(&src, progress)?;
         // A file that changed while it was read must not let a later backup skip reading it.
         if src.current_size()? < src.size() {
             return Err(Error::SourceShrank {
@@ -197,7 +219,17 @@ pub fn backup(
     if repo.backend().available().is_none_or(|free| free > FLUSH_HEADROOM) {
         let _ = repo.index().flush();
     }
-    Ok(info)
+    Ok(BackupOutcome { info, bytes_read })
+}
+
+/// An incremental or differential whose base cannot be read cannot be written; say what helps.
+fn base_unreadable(base: &Option<ImageInfo>, e: Error) -> Error {
+    match (base, e) {
+        (Some(b), e @ (Error::CorruptManifest { .. } | Error::MissingManifest { .. })) => {
+            Error::BaseUnreadable { base: b.id.to_string(), reason: e.to_string() }
+        }
+        (_, e) => e,
+    }
 }
 
 /// One segment of the disk after reading and chunking.
@@ -327,15 +359,17 @@ impl<'a> Run<'a> {
     }
 
     /// Reads, stores and indexes the whole source, with the pack writer on its own thread. Returns
-    /// once every pack is durable and indexed; the writer's error, if any, comes first.
-    fn run(mut self, src: &Source, progress: &dyn Progress) -> Result<()> {
+    /// the bytes read once every pack is durable and indexed; the writer's error, if any, comes
+    /// first.
+    fn run(mut self, src: &Source, progress: &dyn Progress) -> Result<u64> {
         let repo = self.repo;
         std::thread::scope(|scope| {
             let (packs_tx, packs_rx) = sync_channel::<PackBuilder>(1);
             let (acks_tx, acks_rx) = channel::<(u64, Vec<u8>)>();
             let writer = scope.spawn(move || write_packs(repo, packs_rx, acks_tx));
             self.writer = Some(WriterLink { packs: packs_tx, acks: acks_rx });
-            let piped = self.read_all(src, progress).and_then(|()| self.seal_pack()).and_then(|()| self.wait_acks());
+            let piped =
+                self.read_all(src, progress).and_then(|n| self.seal_pack().and_then(|()| self.wait_acks()).map(|()| n));
             self.writer = None; // closes the channel: the writer finishes what it has and stops
             let written =
                 writer.join().unwrap_or_else(|_| Err(Error::Internal { reason: "the pack writer panicked".into() }));
@@ -345,13 +379,13 @@ impl<'a> Run<'a> {
 
     /// Reads window after window of segments; the next window is read and chunked while the
     /// current one is compared, compressed and packed.
-    fn read_all(&mut self, src: &Source, progress: &dyn Progress) -> Result<()> {
+    fn read_all(&mut self, src: &Source, progress: &dyn Progress) -> Result<u64> {
         let params = self.repo.config().chunker.clone();
         let seg = params.segment_size as u64;
         let size = src.size();
         let window = (rayon::current_num_threads() * 2).max(2) as u64;
         let pool = BufferPool(Mutex::new(Vec::new()));
-        let read_window = |start: u64| -> Result<Vec<Segment>> {
+        let read_window = |start: u64| -> Result<(Vec<Segment>, u64)> {
             let mut specs = Vec::new();
             for i in 0..window {
                 let off = start + i * seg;
@@ -361,10 +395,13 @@ impl<'a> Run<'a> {
                 let end = (off + seg).min(size);
                 specs.push((off, (end - off) as usize, src.data_ranges(off, end)?));
             }
-            specs.par_iter().map(|(off, len, data)| read_segment(src, *off, *len, data, &params, &pool)).collect()
+            let read: u64 = specs.iter().flat_map(|(_, _, d)| d.iter().map(|r| r.end - r.start)).sum();
+            let segments: Result<Vec<Segment>> =
+                specs.par_iter().map(|(off, len, data)| read_segment(src, *off, *len, data, &params, &pool)).collect();
+            segments.map(|s| (s, read))
         };
         progress.begin("backup", size);
-        let mut current = read_window(0)?;
+        let (mut current, mut bytes_read) = read_window(0)?;
         let mut next_start = window * seg;
         while !current.is_empty() {
             let (stored, next) = rayon::join(|| self.store_window(&current), || read_window(next_start));
@@ -373,11 +410,13 @@ impl<'a> Run<'a> {
             for s in current {
                 pool.give(s.buf);
             }
-            current = next?;
+            let (segments, read) = next?;
+            current = segments;
+            bytes_read += read;
             next_start += window * seg;
         }
         progress.end();
-        Ok(())
+        Ok(bytes_read)
     }
 
     /// Records the changed extents of a window and stores the chunks the repository lacks.

@@ -13,6 +13,9 @@ pub enum Error {
     #[error("{path} is not a Strata repository (no readable config); create one with `strata init`")]
     NotARepository { path: PathBuf },
 
+    #[error("{path} holds packs or images but no config: a Strata repository whose config file is lost or unreadable; restore `config` from a copy of the repository (`strata init` refuses a non-empty directory)")]
+    ConfigMissing { path: PathBuf },
+
     #[error("{path} already exists and is not empty; choose a new directory for the repository")]
     RepositoryExists { path: PathBuf },
 
@@ -67,6 +70,9 @@ pub enum Error {
 
     #[error("the lock file {path} is not a regular file (a symlink or something else); remove it and run again")]
     LockNotAFile { path: PathBuf },
+
+    #[error("the chain under base image {base} of this backup cannot be read ({reason}); take a full with `--kind full` (and `strata forget` the damaged image)")]
+    BaseUnreadable { base: String, reason: String },
 
     #[error("manifest of image {image} is damaged: {reason}")]
     CorruptManifest { image: String, reason: String },

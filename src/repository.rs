@@ -145,6 +145,9 @@ fn read_config(root: &Path) -> Result<Config> {
     match std::fs::read(&path) {
         Ok(bytes) => Config::decode(&bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => {
+            if root.join("packs").is_dir() || root.join("images").is_dir() {
+                return Err(Error::ConfigMissing { path: root.into() });
+            }
             Err(Error::NotARepository { path: root.into() })
         }
         Err(e) => Err(Error::io("read", &path, e)),

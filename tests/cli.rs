@@ -211,3 +211,76 @@ fn stats_forget_and_prune_through_the_cli() {
     assert_clean_failure(&repo.cli(&["forget", "--keep-within", "7x"]), "unknown unit");
     assert_clean_failure(&repo.cli(&["forget", "deadbeef"]), "no image matches");
 }
+
+/// The smaller things a user noticed, each as it was reported.
+#[test]
+fn small_things_a_user_noticed() {
+    let repo = TestRepo::small();
+    let src = repo.file("sparse.img");
+    // A sparse disk: 64 MiB with 1 MiB of data. Rates are over bytes read, not over holes.
+    Disk::new(3, 64 << 20).random(0..1 << 20).write_to(&src);
+    let out = repo.cli(&["backup", "--json", src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out);
+    assert!(v["bytes_read"].as_u64().unwrap() < 4 << 20, "{v}");
+    let text = repo.cli(&["backup", "--force-read", src.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&text.stdout);
+    assert!(said.contains("MiB/s read") && !said.contains("MB/s"), "{said}");
+    let target = repo.file("out.img");
+    let said = String::from_utf8_lossy(&repo.cli(&["restore", "latest", target.to_str().unwrap()]).stdout).into_owned();
+    assert!(said.contains("of data written") && said.contains("MiB/s written"), "{said}");
+
+    // The lock record names the command, never its arguments (no paths in the lock file).
+    let lock: Value = serde_json::from_slice(&std::fs::read(repo.path.join("lock")).unwrap()).unwrap();
+    assert_eq!(lock["command"], "backup");
+
+    // `backup --help` says what --json does once.
+    let help = String::from_utf8_lossy(&strata_cmd().args(["backup", "--help"]).output().unwrap().stdout).into_owned();
+    assert_eq!(help.matches("JSON").count(), 1, "{help}");
+
+    // Out-of-range numbers are refused.
+    common::assert_clean_failure(&repo.cli(&["prune", "--max-unused", "200"]), "percentage");
+    common::assert_clean_failure(
+        &repo.cli(&["forget", "--keep-last", "1", "--prune", "--max-unused=-1"]),
+        "percentage",
+    );
+    let fresh = repo.file("fresh");
+    common::assert_clean_failure(
+        &strata_cmd().args(["init", "--avg-chunk-kib", "3"]).arg(&fresh).output().unwrap(),
+        "4..=2048",
+    );
+
+    // `strata stats | head`: a closed pipe ends the process quietly, no panic.
+    let mut child = strata_cmd()
+        .arg("-r")
+        .arg(&repo.path)
+        .arg("stats")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A missing index points at rebuild-index; a lost config does not suggest `strata init`.
+    let index = repo.path.join("index");
+    std::fs::rename(&index, repo.file("index.away")).unwrap();
+    common::assert_clean_failure(&repo.cli(&["images"]), "rebuild-index");
+    std::fs::rename(repo.file("index.away"), &index).unwrap();
+    std::fs::rename(repo.path.join("config"), repo.file("config.away")).unwrap();
+    let out = repo.cli(&["images"]);
+    common::assert_clean_failure(&out, "restore `config`");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("create one with"));
+    std::fs::rename(repo.file("config.away"), repo.path.join("config")).unwrap();
+
+    // An incremental whose base's manifest is damaged says to take a full.
+    let base = repo.images().last().unwrap().id;
+    let path = repo.path.join("images").join(base.to_string());
+    let mut m = std::fs::read(&path).unwrap();
+    m[14] ^= 0xff;
+    std::fs::write(&path, &m).unwrap();
+    common::assert_clean_failure(&repo.cli(&["backup", "--force-read", src.to_str().unwrap()]), "--kind full");
+    let out = repo.cli(&["backup", "--kind", "full", src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

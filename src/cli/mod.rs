@@ -31,8 +31,8 @@ enum Command {
     Init {
         /// Directory to create (or an empty one); defaults to --repo
         path: Option<PathBuf>,
-        /// Average chunk size in KiB (min = avg/4, max = 8 x avg)
-        #[arg(long, default_value_t = 16)]
+        /// Average chunk size in KiB, 4 to 2048 (min = avg/4, max = 8 x avg)
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(4..=2048))]
         avg_chunk_kib: u32,
         /// zstd level for chunk data
         #[arg(long, default_value_t = 3)]
@@ -50,7 +50,6 @@ enum Command {
         #[arg(long)]
         force_read: bool,
         /// Print one JSON object instead of a summary
-        /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
     },
@@ -125,8 +124,8 @@ enum Command {
         /// Run prune afterwards
         #[arg(long)]
         prune: bool,
-        /// With --prune: repack packs with more than this percentage of dead bytes
-        #[arg(long, default_value_t = 10.0)]
+        /// With --prune: repack packs with more than this percentage of dead bytes (0-100)
+        #[arg(long, default_value_t = 10.0, value_parser = percentage)]
         max_unused: f64,
         /// Print JSON for scripts instead of text
         #[arg(long)]
@@ -161,8 +160,8 @@ enum Command {
     Prune {
         #[arg(long)]
         dry_run: bool,
-        /// Repack packs with more than this percentage of dead bytes
-        #[arg(long, default_value_t = 10.0)]
+        /// Repack packs with more than this percentage of dead bytes (0-100)
+        #[arg(long, default_value_t = 10.0, value_parser = percentage)]
         max_unused: f64,
         /// Print JSON for scripts instead of text
         #[arg(long)]
@@ -176,6 +175,14 @@ enum KindArg {
     Full,
     Differential,
     Incremental,
+}
+
+/// A percentage: a number from 0 to 100.
+fn percentage(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a percentage from 0 to 100")),
+    }
 }
 
 fn repo_path(cli_repo: &Option<PathBuf>) -> Result<PathBuf> {
@@ -211,7 +218,9 @@ pub fn run() -> Result<()> {
         }
         Command::Backup { source, kind, source_id, force_read, json } => {
             let path = repo_path(&cli.repo)?;
-            let repo = open_writer(&path, &format!("backup {}", source.display()))?;
+            // The lock record names the command only: no paths or ids (an encrypted repository
+            // must not leak them through its lock file).
+            let repo = open_writer(&path, "backup")?;
             let kind = match kind {
                 KindArg::Auto => KindRequest::Auto,
                 KindArg::Full => KindRequest::Full,
@@ -220,10 +229,10 @@ pub fn run() -> Result<()> {
             };
             let opts = BackupOptions { kind, source_id, force_read };
             let bar = progress::Bar::new(json);
-            let info = strata::backup(&repo, &source, &opts, &bar)
+            let outcome = strata::backup::backup_outcome(&repo, &source, &opts, &bar)
                 .with_context(|| format!("backup of {} failed", source.display()))?;
             bar.clear();
-            output::backup(&info, json)?;
+            output::backup(&outcome, json)?;
         }
         Command::Images { json } => {
             let path = repo_path(&cli.repo)?;

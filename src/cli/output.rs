@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
+use strata::backup::BackupOutcome;
 use strata::check::CheckReport;
 use strata::forget::{ForgetPlan, ForgetReport};
 use strata::prune::{PackAction, PrunePlan, PruneReport};
@@ -50,6 +51,15 @@ fn to_json(i: &ImageInfo) -> ImageJson<'_> {
     }
 }
 
+/// A rate in MiB/s, the unit the progress bars use too.
+fn mib_per_s(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / seconds / (1024.0 * 1024.0)
+    } else {
+        0.0
+    }
+}
+
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = bytes as f64;
@@ -65,20 +75,25 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
-pub fn backup(i: &ImageInfo, json: bool) -> Result<()> {
+pub fn backup(o: &BackupOutcome, json: bool) -> Result<()> {
+    let i = &o.info;
     if json {
-        println!("{}", serde_json::to_string(&to_json(i))?);
+        let mut v = serde_json::to_value(to_json(i))?;
+        v["bytes_read"] = o.bytes_read.into();
+        println!("{v}");
         return Ok(());
     }
     let base = i.base.map(|b| format!(" on {}", b.short())).unwrap_or_default();
-    let rate = if i.seconds > 0.0 { i.logical_bytes as f64 / i.seconds / 1e6 } else { 0.0 };
+    // Over the bytes read: holes of a sparse disk are not read and would inflate a rate.
+    let rate = mib_per_s(o.bytes_read, i.seconds);
     println!("image {} ({}{}) of {}", i.id.short(), i.kind.name(), base, i.source_id);
     if i.read_skipped {
         println!("  source unchanged since its base (size, times, inode): not read; --force-read reads it");
     }
     println!(
-        "  disk {}, changed {}, new data {} raw -> {} stored in {} chunks, {:.2} s ({:.0} MB/s)",
+        "  disk {}, read {}, changed {}, new data {} raw -> {} stored in {} chunks, {:.2} s ({:.0} MiB/s read)",
         human(i.logical_bytes),
+        human(o.bytes_read),
         human(i.changed_bytes),
         human(i.new_raw_bytes),
         human(i.new_stored_bytes),
@@ -159,13 +174,15 @@ pub fn restore(i: &ImageInfo, r: &RestoreReport, target: &Path, json: bool) -> R
     for d in &r.damaged {
         println!("damaged: bytes {}..{} ({}) written as zeros: {}", d.offset, d.offset + d.len, human(d.len), d.reason);
     }
-    let rate = if r.seconds > 0.0 { r.bytes as f64 / r.seconds / 1e6 } else { 0.0 };
+    let written = r.bytes.saturating_sub(r.zero_bytes);
+    let rate = mib_per_s(written, r.seconds);
     println!(
-        "restored image {} ({}) to {}: {} ({} as holes or zeros), {:.2} s ({:.0} MB/s)",
+        "restored image {} ({}) to {}: {} ({} of data written, {} as holes or zeros), {:.2} s ({:.0} MiB/s written)",
         i.id.short(),
         i.kind.name(),
         target.display(),
         human(r.bytes),
+        human(written),
         human(r.zero_bytes),
         r.seconds,
         rate
@@ -450,9 +467,9 @@ pub fn check(r: &CheckReport, json: bool) -> Result<()> {
             r.orphan_packs.len()
         );
     }
-    let rate = if r.seconds > 0.0 { r.bytes_read as f64 / r.seconds / 1e6 } else { 0.0 };
+    let rate = mib_per_s(r.bytes_read, r.seconds);
     println!(
-        "{}: {} packs, {} chunks ({}) read and verified in {:.2} s ({rate:.0} MB/s)",
+        "{}: {} packs, {} chunks ({}) read and verified in {:.2} s ({rate:.0} MiB/s)",
         if r.is_clean() { "no problems found" } else { "problems found" },
         r.packs_read,
         r.chunks_read,
