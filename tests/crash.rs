@@ -380,3 +380,30 @@ fn temporary_files_of_killed_runs_are_counted_and_removed() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(hidden(repo.dir.path()), 0, "the killed restore's file is still there");
 }
+
+#[test]
+fn a_backup_killed_at_every_step_loses_nothing() {
+    let (pristine, mut expected, disk) = lifecycle_repo(15);
+    let src = pristine.file("disk.img");
+    let changed = disk.scatter_blocks(80).text(2 * MIB..3 * MIB);
+    changed.write_to(&src);
+    let before: Vec<ImageId> = pristine.images().iter().map(|i| i.id).collect();
+    let src_arg = src.to_str().unwrap().to_string();
+    kill_at_every_step(&pristine, &["backup", "--source-id", "disk", "--force-read", &src_arg], |repo, when| {
+        // A run killed after its manifest's rename published its image: the disk it read.
+        let mut expected = expected.clone();
+        for info in repo.images() {
+            expected.entry(info.id).or_insert_with(|| changed.bytes.clone());
+        }
+        let listed: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+        assert!(before.iter().all(|b| listed.contains(b)), "{when}: an image vanished");
+        // The next backup succeeds (it reads the copy's own disk.img, the same bytes).
+        let copy_src = repo.file("disk.img");
+        let next = repo.try_backup(&copy_src, KindRequest::Auto, true).unwrap_or_else(|e| panic!("{when}: {e}"));
+        expected.insert(next.id, changed.bytes.clone());
+        let out = repo.cli(&["prune", "--max-unused", "0"]);
+        assert!(out.status.success(), "{when}: prune: {}", String::from_utf8_lossy(&out.stderr));
+        common::assert_intact(repo, &expected, when);
+    });
+    expected.clear();
+}

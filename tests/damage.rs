@@ -415,3 +415,32 @@ fn verify_reads_only_the_packs_its_chain_needs() {
     assert!(report.packs_read <= 2, "verify read {} of {packs} packs", report.packs_read);
     assert!(report.bytes_read < 3 * MIB as u64, "verify read {} bytes", report.bytes_read);
 }
+
+/// Found by reading the code: check indexed its per-pack table with every indexed pack, so a
+/// missing pack that nothing references any more, plus any damaged image, made it panic.
+#[test]
+fn a_missing_dead_pack_beside_a_damaged_image_is_reported_not_a_panic() {
+    let (repo, _) = history(26);
+    // Another source with data of its own, forgotten: its pack becomes entirely dead (not pruned).
+    let other = repo.file("other.img");
+    Disk::new(77, MIB).random(0..MIB).write_to(&other);
+    let w = Repository::open_writer(&repo.path, "test").unwrap();
+    let opts = strata::BackupOptions { source_id: Some("other".into()), ..Default::default() };
+    let info = strata::backup(&w, &other, &opts, &Silent).unwrap();
+    drop(w);
+    let out = repo.cli(&["forget", &info.id.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = Repository::open(&repo.path).unwrap();
+    let dead = strata::refs::packs(r.index()).unwrap().into_iter().find(|(_, rec)| rec.dead_chunks == rec.chunks);
+    drop(r);
+    let (dead, _) = dead.expect("a pack only the forgotten image used");
+    std::fs::remove_file(repo.path.join(dead.path())).unwrap();
+    // And damage in a pack that a kept image needs.
+    let live = repo.files_in("packs").into_iter().find(|p| !p.ends_with(dead.to_string())).unwrap();
+    let mut data = std::fs::read(&live).unwrap();
+    data[40] ^= 0xff;
+    std::fs::write(&live, &data).unwrap();
+    let report = check(&repo, ReadData::All);
+    assert!(report.problems.iter().any(|p| p.kind == "pack" && p.object == dead.to_string()), "{:#?}", report.problems);
+    assert!(report.images.iter().any(|i| !i.restorable));
+}
