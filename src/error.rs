@@ -3,7 +3,27 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::lock::LockHolder;
+use serde::{Deserialize, Serialize};
+
+use crate::timefmt::format_ms;
+
+/// Who holds the writer lock, as its lock file says (see `lock`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHolder {
+    pub pid: u32,
+    pub host: String,
+    pub command: String,
+    pub since_ms: u64,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.pid == 0 {
+            return write!(f, "another process (it has not written its name yet)");
+        }
+        write!(f, "pid {} on {} running `{}` since {}", self.pid, self.host, self.command, format_ms(self.since_ms))
+    }
+}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -297,20 +297,6 @@ fn journal_of(plan: &ForgetPlan, phase: &str) -> refs::Journal {
     refs::Journal { op: "forget".into(), forget, rebase: plan.rebase, phase: phase.into() }
 }
 
-/// Deletes the manifests of a forget in the journal's order (a manifest already gone is fine:
-/// an earlier, interrupted run deleted it).
-pub(crate) fn delete_manifests(repo: &Repository, journal: &refs::Journal) -> Result<()> {
-    for id in &journal.forget {
-        match repo.backend().remove(&format!("images/{id}")) {
-            Ok(()) => {}
-            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        crate::failpoint::hit("forget-after-delete");
-    }
-    Ok(())
-}
-
 /// Carries out a plan on a repository opened for writing (or only measures it with `dry_run`).
 pub fn execute(repo: &Repository, plan: &ForgetPlan, dry_run: bool) -> Result<ForgetReport> {
     preflight(repo, plan)?;
@@ -342,7 +328,7 @@ pub fn execute(repo: &Repository, plan: &ForgetPlan, dry_run: bool) -> Result<Fo
         }
         refs::put_journal(&mut batch, &journal_of(plan, "delete"))?;
         repo.index().write(batch)?;
-        delete_manifests(repo, &journal)?;
+        repo.delete_manifests(&journal)?;
         if unreadable {
             refs::rebuild(repo.index(), repo.backend(), &repo.manifest_infos()?)?;
         } else {

@@ -1,7 +1,6 @@
 //! One writer at a time: an exclusive `flock` on `<repo>/lock`, released by the kernel when the
 //! holder exits or dies, so a kill -9 never leaves a stale lock. The file names the holder.
 
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -9,27 +8,8 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::error::LockHolder;
 use crate::error::{Error, Result};
-use crate::timefmt::format_ms;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockHolder {
-    pub pid: u32,
-    pub host: String,
-    pub command: String,
-    pub since_ms: u64,
-}
-
-impl fmt::Display for LockHolder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.pid == 0 {
-            return write!(f, "another process (it has not written its name yet)");
-        }
-        write!(f, "pid {} on {} running `{}` since {}", self.pid, self.host, self.command, format_ms(self.since_ms))
-    }
-}
 
 /// Held while it lives.
 pub struct RepoLock {

@@ -271,7 +271,7 @@ impl Repository {
     fn recover(&self, journal: &refs::Journal) -> Result<()> {
         let deleting = journal.op == "forget" && journal.phase == "delete";
         if deleting {
-            crate::forget::delete_manifests(self, journal)?;
+            self.delete_manifests(journal)?;
         }
         let manifests = self.manifest_infos()?;
         let catalog: HashMap<ImageId, ImageInfo> = self.index.images()?.into_iter().map(|i| (i.id, i)).collect();
@@ -291,6 +291,20 @@ impl Repository {
         }
         self.index.write(b)?;
         refs::rebuild(&self.index, self.backend(), &manifests)
+    }
+
+    /// Deletes the manifests a forget's journal lists, in its order (a manifest already gone is
+    /// fine: an earlier, interrupted run deleted it).
+    pub(crate) fn delete_manifests(&self, journal: &refs::Journal) -> Result<()> {
+        for id in &journal.forget {
+            match self.backend.remove(&format!("images/{id}")) {
+                Ok(()) => {}
+                Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            crate::failpoint::hit("forget-after-delete");
+        }
+        Ok(())
     }
 
     /// Images whose manifests are in `images/` but cannot be read and that the catalog does not
