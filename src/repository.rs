@@ -227,6 +227,27 @@ impl Repository {
         unreachable!()
     }
 
+    /// `read_consistently` for an operation on one image, named by `spec` (id, prefix, `latest`):
+    /// the image is resolved once, so a rerun after a racing writer works on the same image.
+    pub fn read_image_consistently<T>(
+        path: &Path,
+        spec: &str,
+        mut run: impl FnMut(&Repository, &ImageInfo) -> Result<T>,
+        suspect: impl Fn(&T) -> bool,
+    ) -> Result<(ImageInfo, T)> {
+        let mut chosen: Option<String> = None;
+        Self::read_consistently(
+            path,
+            |repo| {
+                let info = repo.find_image(chosen.as_deref().unwrap_or(spec))?;
+                chosen = Some(info.id.to_string());
+                let out = run(repo, &info)?;
+                Ok((info, out))
+            },
+            |(_, out)| suspect(out),
+        )
+    }
+
     /// Opens for writing: takes the exclusive lock (naming `command` as the holder) and brings
     /// the catalog up to date with manifests published by a run that died before cataloguing.
     pub fn open_writer(path: &Path, command: &str) -> Result<Repository> {

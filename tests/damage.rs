@@ -16,21 +16,8 @@ const MIB: usize = 1 << 20;
 
 /// Two sets with incrementals and a differential; returns the repo and each image's bytes.
 fn history(seed: u64) -> (TestRepo, HashMap<ImageId, Vec<u8>>) {
-    let repo = TestRepo::small();
-    let src = repo.file("disk.img");
-    let mut disk = Disk::new(seed, 4 * MIB).random(0..2 * MIB).text(2 * MIB..3 * MIB).random(3 * MIB..4 * MIB);
-    let mut bytes = HashMap::new();
     use KindRequest::*;
-    for (n, kind) in
-        [Full, Incremental, Incremental, Differential, Incremental, Full, Incremental].into_iter().enumerate()
-    {
-        let at = (n % 3) * MIB;
-        disk = disk.scatter_blocks(30).random(at..at + 100_000);
-        disk.write_to(&src);
-        let info = repo.try_backup(&src, kind, true).unwrap();
-        bytes.insert(info.id, disk.bytes.clone());
-    }
-    (repo, bytes)
+    common::history(seed, &[Full, Incremental, Incremental, Differential, Incremental, Full, Incremental])
 }
 
 fn check(repo: &TestRepo, read: ReadData) -> CheckReport {

@@ -7,29 +7,16 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{assert_clean_failure, assert_intact, Disk, TestRepo};
+use common::{assert_clean_failure, assert_intact, TestRepo};
 use strata::id::ImageId;
 use strata::index::{chunk_key, Batch};
 use strata::progress::Silent;
 use strata::{Error, KindRequest, Repository};
 
-const MIB: usize = 1 << 20;
-
 /// Two sets, incrementals and a differential, with packs on both sides of every forget.
 fn history(seed: u64) -> (TestRepo, HashMap<ImageId, Vec<u8>>) {
-    let repo = TestRepo::small();
-    let src = repo.file("disk.img");
-    let mut disk = Disk::new(seed, 4 * MIB).random(0..2 * MIB).text(2 * MIB..3 * MIB).random(3 * MIB..4 * MIB);
-    let mut bytes = HashMap::new();
     use KindRequest::*;
-    for (n, kind) in [Full, Incremental, Differential, Full, Incremental].into_iter().enumerate() {
-        let at = (n % 3) * MIB;
-        disk = disk.scatter_blocks(30).random(at..at + 150_000);
-        disk.write_to(&src);
-        let info = repo.try_backup(&src, kind, true).unwrap();
-        bytes.insert(info.id, disk.bytes.clone());
-    }
-    (repo, bytes)
+    common::history(seed, &[Full, Incremental, Differential, Full, Incremental])
 }
 
 fn pack_files(repo: &TestRepo) -> Vec<std::path::PathBuf> {

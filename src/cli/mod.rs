@@ -243,16 +243,10 @@ pub fn run() -> Result<()> {
             let path = repo_path(&cli.repo)?;
             let bar = progress::Bar::new(json);
             let opts = strata::RestoreOptions { partial, force };
-            // Resolved once: a rerun after a racing writer restores the same image.
-            let mut chosen: Option<String> = None;
-            let (info, report) = Repository::read_consistently(
+            let (info, report) = Repository::read_image_consistently(
                 &path,
-                |repo| {
-                    let info = repo.find_image(chosen.as_deref().unwrap_or(&image))?;
-                    chosen = Some(info.id.to_string());
-                    let report = strata::restore_with(repo, &info, &target, &opts, &bar)?;
-                    Ok((info, report))
-                },
+                &image,
+                |repo, info| strata::restore_with(repo, info, &target, &opts, &bar),
                 |_| false,
             )
             .with_context(|| format!("restore of image {image} to {} failed", target.display()))?;
@@ -342,16 +336,11 @@ pub fn run() -> Result<()> {
         Command::Verify { image, json } => {
             let path = repo_path(&cli.repo)?;
             let bar = progress::Bar::new(json);
-            let mut chosen: Option<String> = None;
-            let (info, report) = Repository::read_consistently(
+            let (info, report) = Repository::read_image_consistently(
                 &path,
-                |repo| {
-                    let info = repo.find_image(chosen.as_deref().unwrap_or(&image))?;
-                    chosen = Some(info.id.to_string());
-                    let report = strata::check::verify(repo, &info, &bar)?;
-                    Ok((info, report))
-                },
-                |(_, r)| !r.is_clean(),
+                &image,
+                |repo, info| strata::check::verify(repo, info, &bar),
+                |r| !r.is_clean(),
             )
             .with_context(|| format!("cannot verify image {image}"))?;
             bar.clear();

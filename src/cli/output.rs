@@ -51,6 +51,10 @@ fn to_json(i: &ImageInfo) -> ImageJson<'_> {
     }
 }
 
+fn temporary_files(n: usize) -> String {
+    format!("{n} temporary file{}", if n == 1 { "" } else { "s" })
+}
+
 /// A rate in MiB/s, the unit the progress bars use too.
 fn mib_per_s(bytes: u64, seconds: f64) -> f64 {
     if seconds > 0.0 {
@@ -293,9 +297,8 @@ pub fn stats(s: &Stats, json: bool) -> Result<()> {
     }
     if r.temporary_files > 0 {
         println!(
-            "  note: {} temporary file{} ({}) left by interrupted runs; the next backup, forget or prune removes them",
-            r.temporary_files,
-            if r.temporary_files == 1 { "" } else { "s" },
+            "  note: {} ({}) left by interrupted runs; the next backup, forget or prune removes them",
+            temporary_files(r.temporary_files),
             human(r.temporary_bytes)
         );
     }
@@ -376,9 +379,8 @@ fn print_prune(p: &PruneReport) {
     );
     if p.temporaries_removed > 0 {
         println!(
-            "removed {} temporary file{} ({}) left by interrupted runs",
-            p.temporaries_removed,
-            if p.temporaries_removed == 1 { "" } else { "s" },
+            "removed {} ({}) left by interrupted runs",
+            temporary_files(p.temporaries_removed),
             human(p.temporary_bytes_removed)
         );
     }

@@ -323,6 +323,27 @@ impl Disk {
     }
 }
 
+/// A 4 MiB disk backed up as the given kinds in turn, changed before each (scattered blocks and
+/// a new 100 KB run): the repository and each image's bytes. Two fulls make two sets.
+pub fn history(
+    seed: u64,
+    kinds: &[KindRequest],
+) -> (TestRepo, std::collections::HashMap<strata::id::ImageId, Vec<u8>>) {
+    const MIB: usize = 1 << 20;
+    let repo = TestRepo::small();
+    let src = repo.file("disk.img");
+    let mut disk = Disk::new(seed, 4 * MIB).random(0..2 * MIB).text(2 * MIB..3 * MIB).random(3 * MIB..4 * MIB);
+    let mut bytes = std::collections::HashMap::new();
+    for (n, kind) in kinds.iter().enumerate() {
+        let at = (n % 3) * MIB;
+        disk = disk.scatter_blocks(30).random(at..at + 100_000);
+        disk.write_to(&src);
+        let info = repo.try_backup(&src, *kind, true).expect("backup");
+        bytes.insert(info.id, disk.bytes.clone());
+    }
+    (repo, bytes)
+}
+
 /// Allocated bytes of a file (to check that holes stay holes).
 pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
