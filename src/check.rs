@@ -471,10 +471,8 @@ fn check_orphans(
     let unserved = |id: &ChunkId| locs.get(id).is_none_or(|l| bad_packs.contains_key(&l.pack));
     for path in repo.backend().list("packs")? {
         let name = path.rsplit('/').next().unwrap_or_default();
-        let Some(pack) = PackId::parse(name) else {
-            report.orphan_packs.push(path);
-            continue;
-        };
+        // A file not named like a pack is nothing of Strata's: prune leaves it, and so does check.
+        let Some(pack) = PackId::parse(name) else { continue };
         if indexed_packs.contains(&pack) {
             continue;
         }

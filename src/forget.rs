@@ -291,9 +291,9 @@ fn preflight(repo: &Repository, plan: &ForgetPlan) -> Result<()> {
 fn journal_of(plan: &ForgetPlan, phase: &str) -> refs::Journal {
     let mut newest_first: Vec<&ImageInfo> = plan.forget.iter().collect();
     newest_first.sort_by_key(|i| std::cmp::Reverse((i.created_ms, i.id)));
-    // Uncatalogued damaged images have no known time; nothing in the plan rests on them any
-    // more, so they go first.
-    let forget = plan.forget_damaged.iter().copied().chain(newest_first.iter().map(|i| i.id)).collect();
+    // Uncatalogued damaged images have no known time; the images resting on them are newer and
+    // go in this plan too, so they go last.
+    let forget = newest_first.iter().map(|i| i.id).chain(plan.forget_damaged.iter().copied()).collect();
     refs::Journal { op: "forget".into(), forget, rebase: plan.rebase, phase: phase.into() }
 }
 

@@ -121,11 +121,12 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
         if id.is_some_and(|id| records.contains_key(&id)) {
             continue;
         }
-        let size = repo.backend().size(&path)?;
-        let entries = match id {
-            Some(id) => read_trailer_at(&id, size, |o, n| repo.backend().read_at(&path, o, n)),
-            None => Ok(Vec::new()), // not a pack name: holds nothing a manifest can name
+        let Some(id) = id else {
+            plan.kept_orphans.push((path, "not named like a pack, so prune leaves it alone".into()));
+            continue;
         };
+        let size = repo.backend().size(&path)?;
+        let entries = read_trailer_at(&id, size, |o, n| repo.backend().read_at(&path, o, n));
         match entries {
             Ok(entries) => {
                 for e in &entries {
