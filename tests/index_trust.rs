@@ -181,3 +181,48 @@ fn an_orphan_goes_only_when_another_copy_of_what_images_need_stays() {
     assert!(repo.cli(&["rebuild-index"]).status.success());
     assert_intact(&repo, &bytes, "after the rebuild");
 }
+
+/// A damaged table file of the index must likewise never lead to a deletion: RocksDB finds the
+/// damage when it reads the block (or at open), and prune stops instead of guessing.
+#[test]
+fn a_damaged_index_table_file_never_leads_to_a_deletion() {
+    let (repo, bytes) = history(6);
+    let out = repo.cli(&["forget", &repo.images()[1].id.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tables: Vec<_> =
+        repo.files_in("index").into_iter().filter(|p| p.extension().is_some_and(|e| e == "sst")).collect();
+    assert!(!tables.is_empty());
+    for t in &tables {
+        let mut data = std::fs::read(t).unwrap();
+        let (at, len) = (data.len() / 2, data.len());
+        for b in &mut data[at..(at + 64).min(len)] {
+            *b ^= 0xa5;
+        }
+        std::fs::write(t, &data).unwrap();
+    }
+    let packs = pack_files(&repo);
+    let out = repo.cli(&["prune", "--max-unused", "0"]);
+    assert!(!out.status.success(), "prune ran on a damaged index");
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert_eq!(pack_files(&repo), packs, "a pack file went");
+    assert!(repo.cli(&["rebuild-index"]).status.success());
+    let mut kept = bytes.clone();
+    kept.retain(|id, _| repo.images().iter().any(|i| i.id == *id));
+    assert_intact(&repo, &kept, "after the rebuild");
+}
+
+/// A journal that does not decode once decoded as an empty one, silently dropping the list of
+/// images an interrupted forget was removing. It is an error that says so.
+#[test]
+fn a_journal_that_does_not_decode_is_an_error_not_an_empty_journal() {
+    let (repo, _) = history(7);
+    {
+        let r = Repository::open_writer(&repo.path, "test").unwrap();
+        let mut b = Batch::default();
+        b.put(b"x", b"{not json");
+        r.index().write(b).unwrap();
+    }
+    let err = Repository::open_writer(&repo.path, "test").err().expect("a damaged journal was accepted");
+    assert!(err.to_string().contains("journal"), "{err}");
+    assert_clean_failure(&repo.cli(&["prune"]), "forget them again");
+}
