@@ -204,9 +204,9 @@ pub fn backup_outcome(
     }
     info.extent_count = manifest.count();
     info.seconds = started.elapsed().as_secs_f64();
-    crate::failpoint::hit("before-manifest");
+    crate::failpoint::hit!("before-manifest");
     manifest.finish(&info)?; // the commit point
-    crate::failpoint::hit("manifest-before-catalog");
+    crate::failpoint::hit!("manifest-before-catalog");
     let mut batch = Batch::default();
     put_image(&mut batch, &info)?;
     refs::finish(&mut batch);
@@ -295,7 +295,7 @@ fn write_packs(repo: &Repository, packs: Receiver<PackBuilder>, acks: Sender<(u6
             }
         }
         repo.backend().put(&pid.path(), &bytes)?;
-        crate::failpoint::hit("pack-before-index");
+        crate::failpoint::hit!("pack-before-index");
         repo.index().add_pack(pid, bytes.len() as u64, &entries)?;
         // The buffer goes back with the acknowledgement, to be filled by a later pack.
         if acks.send((bytes.len() as u64, bytes)).is_err() {

@@ -307,7 +307,7 @@ pub fn execute(repo: &Repository, plan: &ForgetPlan, dry_run: bool) -> Result<Fo
     }
     for rw in &plan.rewrite {
         rewrite_one(repo, rw, &mut delta, dry_run)?;
-        crate::failpoint::hit("forget-after-rewrite");
+        crate::failpoint::hit!("forget-after-rewrite");
     }
     // References of the forgotten images; one whose manifest cannot be read leaves the counters
     // to be rebuilt from the remaining manifests instead.

@@ -346,7 +346,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
     }
     flush(&mut framing, &mut builder, &mut written)?;
     seal(builder, &mut written)?;
-    crate::failpoint::hit("prune-before-switch");
+    crate::failpoint::hit!("prune-before-switch");
     for (pid, size, entries) in &written {
         for e in entries {
             let loc = ChunkLoc::of(*pid, e);
@@ -363,7 +363,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
         .collect();
     refs::recharge(index, &moves, &mut batch)?;
     index.write(batch)?;
-    crate::failpoint::hit("prune-after-switch");
+    crate::failpoint::hit!("prune-after-switch");
     // A repacked pack whose content came out the same has the same name: it stays.
     let new: HashSet<PackId> = written.iter().map(|(id, _, _)| *id).collect();
     for pack in plan.packs.keys().filter(|p| !new.contains(p)) {

@@ -323,7 +323,7 @@ impl Repository {
                 Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-            crate::failpoint::hit("forget-after-delete");
+            crate::failpoint::hit!("forget-after-delete");
         }
         Ok(())
     }
@@ -391,18 +391,18 @@ impl Repository {
         RocksIndex::mark_complete(&mut b);
         RocksIndex::set_generation(&mut b, generation);
         repo.index.write(b)?;
-        crate::failpoint::hit("rebuild-before-switch");
+        crate::failpoint::hit!("rebuild-before-switch");
         let Repository { index, backend, _lock, .. } = repo;
         drop(index);
         let index_dir = path.join("index");
-        crate::failpoint::step();
+        crate::failpoint::step!();
         if index_dir.exists() {
             let aside = path.join(format!("index.old-{}", crate::timefmt::now_ms()));
             std::fs::rename(&index_dir, &aside).map_err(|e| Error::io("move aside", &index_dir, e))?;
             report.old_index = Some(aside);
         }
-        crate::failpoint::hit("rebuild-between-renames");
-        crate::failpoint::step();
+        crate::failpoint::hit!("rebuild-between-renames");
+        crate::failpoint::step!();
         std::fs::rename(&building, &index_dir).map_err(|e| Error::io("rename", &building, e))?;
         crate::backend::sync_dir(path)?;
         write_generation(backend.as_ref(), generation)?;

@@ -117,7 +117,7 @@ pub fn restore_with(
         (Ok((zero_bytes, damaged)), temp) => {
             out.file().sync_all().map_err(|e| Error::io("fsync", target, e))?;
             if let Some(temp) = temp {
-                crate::failpoint::hit("restore-before-rename");
+                crate::failpoint::hit!("restore-before-rename");
                 std::fs::rename(&temp, target).map_err(|e| Error::io("rename", &temp, e))?;
                 crate::backend::sync_dir(
                     target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),

@@ -105,7 +105,7 @@ impl Source {
 
     /// Fills `buf` from `offset`; a source that ends early has shrunk while being read.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let read = if crate::failpoint::fails("source-eio") && offset >= self.size / 2 {
+        let read = if crate::failpoint::fails!("source-eio") && offset >= self.size / 2 {
             Err(std::io::Error::from_raw_os_error(libc::EIO))
         } else {
             self.file.read_exact_at(buf, offset)

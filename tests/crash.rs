@@ -32,6 +32,7 @@ fn history_disk(seed: u64) -> Disk {
 }
 
 #[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
 fn a_kill_at_each_commit_step_loses_nothing() {
     for point in ["object-before-rename", "pack-before-index", "before-manifest", "manifest-before-catalog"] {
         let repo = TestRepo::small();
@@ -160,6 +161,7 @@ fn check_listed(repo: &TestRepo, expected: &HashMap<ImageId, Vec<u8>>, when: &st
 }
 
 #[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
 fn a_kill_at_each_step_of_forget_and_prune_loses_nothing_kept() {
     for point in [
         "object-before-rename",
@@ -280,6 +282,7 @@ fn recover_index(repo: &TestRepo, when: &str) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
 fn a_rebuild_killed_at_every_step_leaves_no_index_that_prune_trusts_wrongly() {
     let (pristine, expected, _) = lifecycle_repo(11);
     let all: Vec<ImageId> = pristine.images().iter().map(|i| i.id).collect();
@@ -295,6 +298,7 @@ fn a_rebuild_killed_at_every_step_leaves_no_index_that_prune_trusts_wrongly() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
 fn a_forget_with_rebase_killed_at_every_step_loses_nothing_kept() {
     let (pristine, expected, _) = lifecycle_repo(12);
     let images = pristine.images();
@@ -316,6 +320,7 @@ fn a_forget_with_rebase_killed_at_every_step_loses_nothing_kept() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
 fn a_prune_killed_at_every_step_loses_nothing() {
     let (pristine, expected, _) = lifecycle_repo(13);
     let images = pristine.images();
@@ -339,6 +344,7 @@ fn a_prune_killed_at_every_step_loses_nothing() {
 /// Killed backups left a 33 MB `.tmp.` pack and empty `.tmp.` manifests; killed restores left
 /// full-size hidden files beside the target. stats counts them, the next writer removes them.
 #[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
 fn temporary_files_of_killed_runs_are_counted_and_removed() {
     let (repo, expected, disk) = lifecycle_repo(14);
     let src = repo.file("disk.img");
@@ -382,6 +388,7 @@ fn temporary_files_of_killed_runs_are_counted_and_removed() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
 fn a_backup_killed_at_every_step_loses_nothing() {
     let (pristine, mut expected, disk) = lifecycle_repo(15);
     let src = pristine.file("disk.img");

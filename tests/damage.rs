@@ -360,6 +360,7 @@ fn a_forget_that_cannot_be_carried_out_fails_before_anything_changes() {
 /// Recovery does exactly what the journal says: a forget killed while rewriting is undone, one
 /// killed while deleting is finished.
 #[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
 fn recovery_undoes_a_forget_that_was_rewriting_and_finishes_one_that_was_deleting() {
     for (point, finished) in [("forget-after-rewrite", false), ("forget-after-delete", true)] {
         let (repo, bytes) = history(24);

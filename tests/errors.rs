@@ -150,6 +150,7 @@ fn a_damaged_config_is_a_clear_error() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
 fn a_source_read_error_fails_the_backup_and_publishes_nothing() {
     // The kernel here has no device-mapper "error" target, so the EIO is injected at the
     // source's read call (STRATA_FAILPOINT=source-eio fails reads past the middle).
@@ -169,6 +170,7 @@ fn a_source_read_error_fails_the_backup_and_publishes_nothing() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
 fn a_frame_that_does_not_decode_to_its_input_is_never_stored() {
     // STRATA_FAILPOINT=corrupt-frame flips a byte of every compressed frame before the
     // verification that precedes storing it.

@@ -95,11 +95,11 @@ impl Write for LocalWriter {
 impl ObjectWriter for LocalWriter {
     fn commit(mut self: Box<Self>) -> Result<()> {
         let out = self.out.take().ok_or_else(|| Error::io("commit", &self.target, std::io::Error::other("twice")))?;
-        crate::failpoint::step();
+        crate::failpoint::step!();
         let file = out.into_inner().map_err(|e| Error::io("write", &self.tmp, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io("fsync", &self.tmp, e))?;
         drop(file);
-        crate::failpoint::hit("object-before-rename");
+        crate::failpoint::hit!("object-before-rename");
         fs::rename(&self.tmp, &self.target).map_err(|e| Error::io("rename", &self.tmp, e))?;
         sync_dir(self.target.parent().unwrap_or(Path::new(".")))
     }
@@ -230,7 +230,7 @@ impl Backend for LocalDir {
 
     fn remove(&self, path: &str) -> Result<()> {
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).remove(path);
-        crate::failpoint::step();
+        crate::failpoint::step!();
         let full = self.full(path);
         fs::remove_file(&full).map_err(|e| Error::io("remove", &full, e))?;
         sync_dir(full.parent().unwrap_or(Path::new(".")))

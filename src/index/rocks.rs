@@ -144,7 +144,7 @@ impl RocksIndex {
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<()> {
-        crate::failpoint::step();
+        crate::failpoint::step!();
         let mut w = WriteOptions::default();
         w.set_sync(true);
         Ok(self.db.write_opt(batch, &w)?)

@@ -67,7 +67,7 @@ fn compress_input(raw: &[u8], first: Option<ChunkId>, level: i32) -> Result<(Cod
         Ok(c) if c.len() < raw.len() => (Codec::Zstd, c),
         _ => (Codec::Raw, raw.to_vec()),
     };
-    if crate::failpoint::fails("corrupt-frame") && codec == Codec::Zstd {
+    if crate::failpoint::fails!("corrupt-frame") && codec == Codec::Zstd {
         let last = stored.len() - 1;
         stored[last] ^= 0x55; // as a bit flip in memory or a compressor bug would
     }
