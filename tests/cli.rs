@@ -107,6 +107,7 @@ fn a_second_writer_is_told_who_holds_the_lock_while_readers_carry_on() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
 fn images_and_restore_work_during_a_running_backup() {
     let repo = TestRepo::small();
     let src = repo.file("disk.img");
@@ -114,27 +115,27 @@ fn images_and_restore_work_during_a_running_backup() {
     disk.write_to(&src);
     let first = repo.backup(&src, strata::KindRequest::Full);
     let big = repo.file("big.img");
-    Disk::new(23, 48 * MIB).random(0..48 * MIB).write_to(&big);
-    let mut child = strata_cmd()
-        .arg("-r")
-        .arg(&repo.path)
-        .args(["backup", "--source-id", "other"])
-        .arg(&big)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let other = Disk::new(23, 8 * MIB).random(0..8 * MIB);
+    other.write_to(&big);
+    // A backup held just before it publishes its manifest: every reader below overlaps it.
+    let mut backup = repo.stalled(&["backup", "--source-id", "other", big.to_str().unwrap()], "before-manifest");
     let target = repo.file("out.img");
-    let mut overlapped = 0;
-    for _ in 0..5 {
+    for _ in 0..3 {
         let out = repo.cli(&["restore", &first.id.to_string(), target.to_str().unwrap()]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        if child.try_wait().unwrap().is_none() {
-            overlapped += 1;
-        }
+        assert!(std::fs::read(&target).unwrap() == disk.bytes);
+        let list = repo.cli(&["images", "--json"]);
+        assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+        assert_eq!(json(&list).as_array().unwrap().len(), 1, "an unpublished image is listed");
+        let check = repo.cli(&["check"]);
+        assert!(check.status.success(), "check beside a running backup: {}", String::from_utf8_lossy(&check.stdout));
+        assert!(backup.running(), "the backup finished while held");
     }
-    assert!(child.wait().unwrap().success());
-    assert!(std::fs::read(&target).unwrap() == disk.bytes);
-    eprintln!("{overlapped} of 5 restores overlapped the running backup");
+    let out = backup.release();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(repo.images().len(), 2);
+    let latest = repo.images().into_iter().find(|i| i.source_id == "other").unwrap();
+    assert!(repo.restore_bytes(&latest) == other.bytes);
 }
 
 #[test]

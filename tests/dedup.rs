@@ -53,8 +53,9 @@ fn an_unchanged_image_file_is_recorded_without_reading_until_it_changes() {
     let src = repo.file("disk.img");
     let disk = Disk::new(12, 2 * MIB).random(0..2 * MIB);
     disk.write_to(&src);
-    // A stat taken within the timestamp granularity of a write is not trusted; let it age.
-    std::thread::sleep(Duration::from_millis(1100));
+    // A stat taken within the timestamp granularity of a write is not trusted: wait until the
+    // file's change time is more than a second old (ctime cannot be set back).
+    wait_until_older_than_a_second(&src);
     let full = repo.backup(&src, KindRequest::Full);
     assert!(full.source_stat.is_some());
 
@@ -75,14 +76,32 @@ fn an_unchanged_image_file_is_recorded_without_reading_until_it_changes() {
     assert!(repo.restore_bytes(&after) == changed.bytes);
 }
 
+fn wait_until_older_than_a_second(path: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    let changed = Duration::new(m.ctime().max(m.mtime()) as u64, 0)
+        + Duration::from_nanos(m.ctime_nsec().max(m.mtime_nsec()) as u64);
+    loop {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        if now > changed + Duration::from_millis(1100) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_file_changed_just_before_the_backup_is_read_by_the_next_one() {
-    // Racy stat: written and backed up within the same second, so its stat is not recorded and
-    // the next backup reads it even though size, inode and times may look the same.
+    // Racy stat: a time within a second of the backup's start is not trusted, so its stat is not
+    // recorded and the next backup reads it even though size, inode and times look the same.
+    // The modification time is set a minute ahead, so "within a second" holds however slowly
+    // the backup starts (it once had to start within 1 s of the write).
     let repo = TestRepo::small();
     let src = repo.file("disk.img");
     let disk = Disk::new(13, MIB).random(0..MIB);
     disk.write_to(&src);
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(60);
+    std::fs::File::options().write(true).open(&src).unwrap().set_modified(ahead).unwrap();
     let full = repo.backup(&src, KindRequest::Full);
     assert!(full.source_stat.is_none());
     let next = repo.backup(&src, KindRequest::Auto);

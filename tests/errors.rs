@@ -213,17 +213,19 @@ fn a_source_that_shrinks_while_read_is_refused() {
 }
 
 #[test]
-fn two_backups_at_once_one_waits_its_turn() {
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
+fn a_second_backup_is_refused_while_one_runs_and_succeeds_after() {
     let (repo, _) = repo_with_image();
     let src = repo.file("disk.img");
-    let children: Vec<_> = (0..2).map(|_| repo.cli_spawn(&["backup", "--force-read", src.to_str().unwrap()])).collect();
-    let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
-    let ok = outs.iter().filter(|o| o.status.success()).count();
-    assert!(ok >= 1, "at least one backup succeeds");
-    for o in outs.iter().filter(|o| !o.status.success()) {
-        assert_clean_failure(o, "locked by");
-    }
-    assert_eq!(repo.images().len(), 1 + ok);
+    let first = repo.stalled(&["backup", "--force-read", src.to_str().unwrap()], "before-manifest");
+    let out = repo.cli(&["backup", "--force-read", src.to_str().unwrap()]);
+    assert_clean_failure(&out, "locked by");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pid {}", first.pid())), "the holder is named");
+    let out = first.release();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = repo.cli(&["backup", "--force-read", src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(repo.images().len(), 3);
     for info in repo.images() {
         assert!(repo.try_restore(&info.id.to_string(), &repo.file("out.img")).is_ok());
     }

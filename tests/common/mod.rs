@@ -54,6 +54,32 @@ impl TestRepo {
         TestRepo { dir, path }
     }
 
+    /// Starts `strata <args>` held at the failpoint `point` (`stall:<point>`) until `release`:
+    /// once this returns, the command holds the writer lock and cannot finish before released.
+    /// Needs the `failpoints` feature.
+    pub fn stalled(&self, args: &[&str], point: &str) -> Stalled {
+        let gate = self.file(&format!("gate-{point}"));
+        std::fs::write(&gate, b"held").expect("gate");
+        let child = strata_cmd()
+            .arg("-r")
+            .arg(&self.path)
+            .args(args)
+            .env("STRATA_FAILPOINT", format!("stall:{point}"))
+            .env("STRATA_STALL_WHILE", &gate)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn strata");
+        let mut stalled = Stalled { child, gate };
+        let started = std::time::Instant::now();
+        while !strata::lock::writer_active(&self.path) {
+            assert!(stalled.running(), "the stalled command ended before taking the lock");
+            assert!(started.elapsed().as_secs() < 60, "the stalled command never took the lock");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        stalled
+    }
+
     /// A scratch path beside the repository.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -159,6 +185,29 @@ pub fn assert_intact(repo: &TestRepo, expected: &std::collections::HashMap<strat
     assert_eq!(report.images.len(), images.len(), "{when}");
     drop(r);
     assert_stats_add_up(&repo.path);
+}
+
+/// A command held at a failpoint (see `TestRepo::stalled`).
+pub struct Stalled {
+    pub child: std::process::Child,
+    gate: PathBuf,
+}
+
+impl Stalled {
+    /// Whether it is still running (it cannot finish before `release`).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets it go on and waits for it.
+    pub fn release(self) -> Output {
+        std::fs::remove_file(&self.gate).ok();
+        self.child.wait_with_output().expect("wait")
+    }
 }
 
 pub fn strata_cmd() -> Command {
