@@ -78,5 +78,13 @@ pub(crate) mod imp {
                 std::process::abort();
             }
         }
+        // `count:<file>`: one byte appended per durable write, so a test learns how many steps
+        // a run has before it picks one to kill at.
+        if let Some(file) = armed().and_then(|a| a.strip_prefix("count:")) {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(file) {
+                let _ = f.write_all(b".");
+            }
+        }
     }
 }
