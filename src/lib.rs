@@ -1,7 +1,7 @@
 //! Strata: deduplicating backups of whole disks as full, differential and incremental images.
 //!
 //! The modules follow the data: [`source`] → [`chunker`] → [`pack`] → [`index`] → [`manifest`],
-//! driven by [`backup`] and read back by [`restore`]; [`repository`] is the thin facade that opens
+//! driven by [`backup`](mod@backup) and read back by [`restore`](mod@restore); [`repository`] is the thin facade that opens
 //! and creates repositories. The library never prints; progress goes to a [`progress::Progress`].
 
 pub mod backend;
