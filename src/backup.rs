@@ -111,6 +111,8 @@ pub struct BackupOutcome {
     pub info: ImageInfo,
     /// Bytes read from the source (holes of sparse files are not read; 0 when skipped by stat).
     pub bytes_read: u64,
+    /// What went wrong after the image was stored (it is stored all the same).
+    pub warnings: Vec<String>,
 }
 
 /// Backs up `source_path` into `repo` (opened for writing) and returns the published image.
@@ -205,13 +207,23 @@ pub fn backup_outcome(
     info.extent_count = manifest.count();
     info.seconds = started.elapsed().as_secs_f64();
     crate::failpoint::hit!("before-manifest");
-    manifest.finish(&info)?; // the commit point
+    manifest.finish(&info)?; // the commit point: from here on the image is stored
     crate::failpoint::hit!("manifest-before-catalog");
-    let mut batch = Batch::default();
-    put_image(&mut batch, &info)?;
-    refs::finish(&mut batch);
-    refs::apply(repo.index(), delta, batch)?;
-    repo.commit_generation()?;
+    // What follows only brings the index up to date; the next writer does it if this fails (the
+    // journal stays set), so a failure here is a warning on a stored image, not a failed backup.
+    let mut warnings = Vec::new();
+    let catalogued = (|| {
+        let mut batch = Batch::default();
+        put_image(&mut batch, &info)?;
+        refs::finish(&mut batch);
+        refs::apply(repo.index(), delta, batch)?;
+        repo.commit_generation()
+    })();
+    if let Err(e) = catalogued {
+        warnings.push(format!(
+            "the image is stored, but bringing the index up to date after it failed ({e}); the next backup, forget or prune completes it"
+        ));
+    }
     // The image is published and durable. Writing the index's log out as a compressed table file
     // only saves space (the log holds the same records uncompressed), so it is skipped when space
     // is short (Debian's librocksdb aborts on some write errors) and its failure is not the
@@ -219,7 +231,7 @@ pub fn backup_outcome(
     if repo.backend().available().is_none_or(|free| free > FLUSH_HEADROOM) {
         let _ = repo.index().flush();
     }
-    Ok(BackupOutcome { info, bytes_read })
+    Ok(BackupOutcome { info, bytes_read, warnings })
 }
 
 /// An incremental or differential whose base cannot be read cannot be written; say what helps.

@@ -185,22 +185,20 @@ impl Repository {
     /// The index's health is recorded, not enforced: readers that only list or restore work
     /// with what the index knows, `check` reports it, writers refuse an unhealthy index.
     pub fn open(path: &Path) -> Result<Repository> {
+        Self::open_on(path, Arc::new(LocalDir::new(path)))
+    }
+
+    /// `open` with packs, manifests and the other repository objects stored in `backend` (the
+    /// index and the lock stay in `path`): the seam for other storage and for fault-injecting
+    /// doubles in tests.
+    pub fn open_on(path: &Path, backend: Arc<dyn Backend>) -> Result<Repository> {
         let config = read_config(path)?;
-        let backend = LocalDir::new(path);
         // The generation first: a writer that finishes meanwhile raises the index's before the
         // file's, so this order never mistakes a current index for a stale one.
-        let generation = read_generation(&backend)?;
+        let generation = read_generation(backend.as_ref())?;
         let index = RocksIndex::open_read_only(&path.join("index"))?;
         let health = health_of(&index, generation)?;
-        Ok(Repository {
-            root: path.into(),
-            config,
-            backend: Arc::new(backend),
-            index,
-            health,
-            temporaries_removed: (0, 0),
-            _lock: None,
-        })
+        Ok(Repository { root: path.into(), config, backend, index, health, temporaries_removed: (0, 0), _lock: None })
     }
 
     /// Runs a read-only operation so that its answer describes one consistent state. Readers
@@ -251,10 +249,14 @@ impl Repository {
     /// Opens for writing: takes the exclusive lock (naming `command` as the holder) and brings
     /// the catalog up to date with manifests published by a run that died before cataloguing.
     pub fn open_writer(path: &Path, command: &str) -> Result<Repository> {
+        Self::open_writer_on(path, command, Arc::new(LocalDir::new(path)))
+    }
+
+    /// `open_writer` with the repository's objects in `backend` (see `open_on`).
+    pub fn open_writer_on(path: &Path, command: &str, backend: Arc<dyn Backend>) -> Result<Repository> {
         let config = read_config(path)?;
         let lock = crate::lock::acquire(path, command)?;
-        let backend = LocalDir::new(path);
-        let generation = read_generation(&backend)?;
+        let generation = read_generation(backend.as_ref())?;
         let index_dir = path.join("index");
         let index = RocksIndex::open(&index_dir)?;
         // A writer never builds on an index that may lack what the repository holds: a backup
@@ -267,15 +269,8 @@ impl Repository {
             backend.remove_temporary(&tmp)?;
             temporaries_removed = (temporaries_removed.0 + 1, temporaries_removed.1 + size);
         }
-        let repo = Repository {
-            root: path.into(),
-            config,
-            backend: Arc::new(backend),
-            index,
-            health,
-            temporaries_removed,
-            _lock: Some(lock),
-        };
+        let repo =
+            Repository { root: path.into(), config, backend, index, health, temporaries_removed, _lock: Some(lock) };
         for info in repo.uncatalogued()? {
             repo.index.put_image(&info)?;
         }

@@ -81,9 +81,13 @@ pub fn human(bytes: u64) -> String {
 
 pub fn backup(o: &BackupOutcome, json: bool) -> Result<()> {
     let i = &o.info;
+    for w in &o.warnings {
+        eprintln!("strata: warning: {w}");
+    }
     if json {
         let mut v = serde_json::to_value(to_json(i))?;
         v["bytes_read"] = o.bytes_read.into();
+        v["warnings"] = o.warnings.clone().into();
         println!("{v}");
         return Ok(());
     }

@@ -1,6 +1,8 @@
 //! Test helpers: a temporary repository, a seeded synthetic disk builder, and a CLI runner.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
