@@ -1,8 +1,8 @@
 //! Strata: deduplicating backups of whole disks as full, differential and incremental images.
 //!
 //! The modules follow the data: [`source`] → [`chunker`] → [`pack`] → [`index`] → [`manifest`],
-//! driven by [`backup`](mod@backup) and read back by [`restore`](mod@restore); [`repository`] is the thin facade that opens
-//! and creates repositories. The library never prints; progress goes to a [`progress::Progress`].
+//! driven by [`backup`](mod@backup) and read back by [`restore`](mod@restore); [`repository`] is
+//! the thin facade that opens and creates repositories. The library never prints; progress goes to a [`progress::Progress`].
 
 pub mod backend;
 pub mod backup;
