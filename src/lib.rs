@@ -2,7 +2,8 @@
 //!
 //! The modules follow the data: [`source`] → [`chunker`] → [`pack`] → [`index`] → [`manifest`],
 //! driven by [`backup`](mod@backup) and read back by [`restore`](mod@restore); [`repository`] is
-//! the thin facade that opens and creates repositories. The library never prints; progress goes to a [`progress::Progress`].
+//! the thin facade that opens and creates repositories. The library never prints; progress goes
+//! to a [`progress::Progress`].
 
 pub mod backend;
 pub mod backup;
