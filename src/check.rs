@@ -71,9 +71,10 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
     // Manifests that cannot be read and that the catalog does not list (after a rebuild): damaged
     // images, reported as such, with the images whose chains pass through them.
     let damaged = repo.damaged_images()?;
+    let by_id: HashMap<ImageId, &ImageInfo> = images.iter().map(|i| (i.id, i)).collect();
     for d in &damaged {
         let broken: Vec<ImageId> =
-            report.images.iter().filter(|s| chain_passes(&images, s.id, d.id)).map(|s| s.id).collect();
+            report.images.iter().filter(|s| chain_passes(&by_id, s.id, d.id)).map(|s| s.id).collect();
         for s in report.images.iter_mut().filter(|s| broken.contains(&s.id)) {
             s.restorable = false;
             s.reasons = vec![format!("its chain includes damaged image {}", d.id.short())];
@@ -95,10 +96,9 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
 }
 
 /// Whether the chain of `image` (through the bases the catalog records) includes `through`.
-fn chain_passes(images: &[ImageInfo], image: ImageId, through: ImageId) -> bool {
-    let by_id: HashMap<ImageId, &ImageInfo> = images.iter().map(|i| (i.id, i)).collect();
+fn chain_passes(by_id: &HashMap<ImageId, &ImageInfo>, image: ImageId, through: ImageId) -> bool {
     let mut cur = by_id.get(&image).and_then(|i| i.base);
-    for _ in 0..=images.len() {
+    for _ in 0..=by_id.len() {
         match cur {
             Some(b) if b == through => return true,
             Some(b) => cur = by_id.get(&b).and_then(|i| i.base),

@@ -78,19 +78,7 @@ pub fn resolve(repo: &Repository, specs: &[String]) -> Result<(Vec<ImageId>, Vec
         let id = match repo.find_image(spec) {
             Ok(info) => info.id,
             Err(Error::ImageNotFound { .. }) if !spec.is_empty() => {
-                let spec_l = spec.to_ascii_lowercase();
-                let found: Vec<ImageId> =
-                    uncatalogued.iter().map(|d| d.id).filter(|id| id.to_string().starts_with(&spec_l)).collect();
-                match found.as_slice() {
-                    [one] => *one,
-                    [] => return Err(Error::ImageNotFound { spec: spec.clone() }),
-                    _ => {
-                        return Err(Error::AmbiguousImage {
-                            spec: spec.clone(),
-                            candidates: found.iter().map(|i| i.short()).collect::<Vec<_>>().join(", "),
-                        })
-                    }
-                }
+                crate::repository::find_by_prefix(spec, uncatalogued.iter().map(|d| d.id).collect(), |id| *id)?
             }
             Err(e) => return Err(e),
         };

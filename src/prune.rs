@@ -114,7 +114,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
             dropped.entry(*id).or_default().push(Dropped::Dead);
         }
     }
-    let mut orphans: Vec<(String, u64, Vec<PackEntry>)> = Vec::new();
+    let mut orphans: Vec<(String, u64)> = Vec::new();
     for path in repo.backend().list("packs")? {
         let name = path.rsplit('/').next().unwrap_or_default();
         let id = PackId::parse(name);
@@ -132,7 +132,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
                 for e in &entries {
                     dropped.entry(e.id).or_default().push(Dropped::Orphan(orphans.len()));
                 }
-                orphans.push((path, size, entries));
+                orphans.push((path, size));
             }
             Err(e) => {
                 plan.kept_orphans.push((path, format!("its trailer cannot be read ({e}), so what it holds is unknown")))
@@ -159,7 +159,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
             }
         }
     }
-    for (i, (path, size, _)) in orphans.into_iter().enumerate() {
+    for (i, (path, size)) in orphans.into_iter().enumerate() {
         match keep_orphan.remove(&i) {
             Some(why) => plan.kept_orphans.push((path, why)),
             None => plan.orphans.push((path, size)),
@@ -267,7 +267,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
     let index = repo.index();
     let mut batch = Batch::default();
     let mut builder = PackBuilder::new();
-    let mut written: Vec<(PackId, u64, Vec<crate::pack::PackEntry>)> = Vec::new();
+    let mut written: Vec<(PackId, u64, Vec<PackEntry>)> = Vec::new();
     let dead: HashSet<ChunkId> = refs::dead_chunks(index)?.into_iter().collect();
     // Orphans go first, before anything is written: pack names are content hashes, so this run
     // may write a pack with the very name of an orphan that an interrupted run left.
@@ -275,7 +275,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
         repo.backend().remove(path)?;
     }
     progress.begin("prune", plan.bytes_rewritten());
-    let seal = |builder: PackBuilder, written: &mut Vec<(PackId, u64, Vec<crate::pack::PackEntry>)>| -> Result<()> {
+    let seal = |builder: PackBuilder, written: &mut Vec<(PackId, u64, Vec<PackEntry>)>| -> Result<()> {
         if builder.is_empty() {
             return Ok(());
         }
@@ -291,7 +291,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
     let mut old_charge: HashMap<ChunkId, u64> = HashMap::new();
     let flush = |framing: &mut Vec<(ChunkId, Vec<u8>)>,
                  builder: &mut PackBuilder,
-                 written: &mut Vec<(PackId, u64, Vec<crate::pack::PackEntry>)>|
+                 written: &mut Vec<(PackId, u64, Vec<PackEntry>)>|
      -> Result<()> {
         if framing.is_empty() {
             return Ok(());

@@ -98,6 +98,22 @@ fn health_of(index: &RocksIndex, repository_generation: u64) -> Result<IndexHeal
     })
 }
 
+/// The one item of `items` whose id starts with `spec` (case-insensitive): none is
+/// `ImageNotFound`, several are `AmbiguousImage` (listing them) unless the spec is empty.
+pub(crate) fn find_by_prefix<T>(spec: &str, items: Vec<T>, id: impl Fn(&T) -> ImageId) -> Result<T> {
+    let spec_l = spec.to_ascii_lowercase();
+    let mut matches: Vec<T> = items.into_iter().filter(|i| id(i).to_string().starts_with(&spec_l)).collect();
+    match matches.len() {
+        1 => matches.pop().ok_or_else(|| Error::ImageNotFound { spec: spec.into() }),
+        0 => Err(Error::ImageNotFound { spec: spec.into() }),
+        _ if spec_l.is_empty() => Err(Error::ImageNotFound { spec: spec.into() }),
+        _ => Err(Error::AmbiguousImage {
+            spec: spec.into(),
+            candidates: matches.iter().map(|i| id(i).short()).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
 /// An image whose manifest cannot be read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DamagedImage {
@@ -517,17 +533,7 @@ impl Repository {
         if spec == "latest" {
             return images.into_iter().last().ok_or_else(|| Error::ImageNotFound { spec: spec.into() });
         }
-        let spec_l = spec.to_ascii_lowercase();
-        let matches: Vec<ImageInfo> = images.into_iter().filter(|i| i.id.to_string().starts_with(&spec_l)).collect();
-        match matches.len() {
-            0 => Err(Error::ImageNotFound { spec: spec.into() }),
-            1 => Ok(matches.into_iter().next().ok_or_else(|| Error::ImageNotFound { spec: spec.into() })?),
-            _ if spec_l.is_empty() => Err(Error::ImageNotFound { spec: spec.into() }),
-            _ => Err(Error::AmbiguousImage {
-                spec: spec.into(),
-                candidates: matches.iter().map(|i| i.id.short()).collect::<Vec<_>>().join(", "),
-            }),
-        }
+        find_by_prefix(spec, images, |i| i.id)
     }
 
     /// The images needed to restore `image`, full first, as their manifests say (the catalog

@@ -57,6 +57,40 @@ impl LocalDir {
     }
 }
 
+impl LocalDir {
+    /// Calls `visit` with the path relative to the root, the name and the entry of every file
+    /// under `dir` (in subfolders too with `recurse`). A missing folder has no files; one that
+    /// cannot be read is an error, never an empty listing.
+    fn walk(
+        &self,
+        dir: &str,
+        recurse: bool,
+        visit: &mut dyn FnMut(String, &str, &fs::DirEntry) -> Result<()>,
+    ) -> Result<()> {
+        let base = self.full(dir);
+        if !base.exists() {
+            return Ok(());
+        }
+        let mut stack = vec![(base, dir.trim_end_matches('/').to_string())];
+        while let Some((path, rel)) = stack.pop() {
+            for entry in fs::read_dir(&path).map_err(|e| Error::io("list", &path, e))? {
+                let entry = entry.map_err(|e| Error::io("list", &path, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+                let ft = entry.file_type().map_err(|e| Error::io("stat", entry.path(), e))?;
+                if ft.is_dir() {
+                    if recurse {
+                        stack.push((entry.path(), child_rel));
+                    }
+                } else {
+                    visit(child_rel, &name, &entry)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// fsync of the directory makes a rename inside it durable (restic #3436).
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync directory", dir, e))
@@ -154,27 +188,12 @@ impl Backend for LocalDir {
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        let base = self.full(dir);
-        if !base.exists() {
-            return Ok(out);
-        }
-        let mut stack = vec![(base, dir.trim_end_matches('/').to_string())];
-        while let Some((path, rel)) = stack.pop() {
-            for entry in fs::read_dir(&path).map_err(|e| Error::io("list", &path, e))? {
-                let entry = entry.map_err(|e| Error::io("list", &path, e))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(TMP_PREFIX) {
-                    continue;
-                }
-                let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-                let ft = entry.file_type().map_err(|e| Error::io("stat", entry.path(), e))?;
-                if ft.is_dir() {
-                    stack.push((entry.path(), child_rel));
-                } else {
-                    out.push(child_rel);
-                }
+        self.walk(dir, true, &mut |rel, name, _| {
+            if !name.starts_with(TMP_PREFIX) {
+                out.push(rel);
             }
-        }
+            Ok(())
+        })?;
         out.sort();
         Ok(out)
     }
@@ -191,29 +210,15 @@ impl Backend for LocalDir {
     }
 
     fn temporaries(&self) -> Result<Vec<(String, u64)>> {
+        // Objects live at the top and under packs/ and images/; the index is RocksDB's.
         let mut out = Vec::new();
-        let mut stack = vec![(self.root.clone(), String::new())];
-        while let Some((dir, rel)) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("list", &dir, e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-                let ft = entry.file_type().map_err(|e| Error::io("stat", entry.path(), e))?;
-                // Objects live at the top and under packs/ and images/; the index is RocksDB's.
-                if ft.is_dir() && rel.is_empty() && (name == "packs" || name == "images")
-                    || ft.is_dir() && rel.starts_with("packs")
-                {
-                    stack.push((entry.path(), child));
-                } else if ft.is_file() && name.starts_with(TMP_PREFIX) {
-                    let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                    out.push((child, size));
+        for (dir, recurse) in [("", false), ("packs", true), ("images", true)] {
+            self.walk(dir, recurse, &mut |rel, name, entry| {
+                if name.starts_with(TMP_PREFIX) {
+                    out.push((rel, entry.metadata().map(|m| m.len()).unwrap_or(0)));
                 }
-            }
+                Ok(())
+            })?;
         }
         out.sort();
         Ok(out)
