@@ -6,12 +6,12 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use strata::chunker::{is_zero, split_segment};
+use strata::backup::{is_zero, split_segment};
 use strata::config::ChunkerParams;
-use strata::extent::Extent;
 use strata::id::ChunkId;
 use strata::id::PackId;
-use strata::index::{ChunkLookup, RocksIndex};
+use strata::index::{ChunkLookup, Index};
+use strata::manifest::Extent;
 use strata::manifest::{ChangeFilter, Overlay, View};
 use strata::pack::{
     chunk_of_frame, compress_chunk, compress_frame, decode_chunk, decode_frame, Codec, PackBuilder, PackEntry,
@@ -154,7 +154,7 @@ fn pack_writing(c: &mut Criterion) {
 fn index_lookups(c: &mut Criterion) {
     // 200,000 chunks indexed (about 3 GiB of data at 16 KiB), looked up in batches of 4,096.
     let dir = tempfile::tempdir().expect("temp dir");
-    let index = RocksIndex::create(&dir.path().join("index")).expect("index");
+    let index = Index::create(&dir.path().join("index")).expect("index");
     let ids: Vec<ChunkId> = (0u32..200_000).map(|i| ChunkId::of(&i.to_le_bytes())).collect();
     for (n, part) in ids.chunks(2000).enumerate() {
         let entries: Vec<PackEntry> = part

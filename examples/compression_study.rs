@@ -13,9 +13,9 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use strata::chunker::split_segment;
+use strata::backup::split_segment;
 use strata::config::ChunkerParams;
-use strata::extent::Content;
+use strata::manifest::Content;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

@@ -151,13 +151,3 @@ impl Error {
         }
     }
 }
-
-impl From<rocksdb::Error> for Error {
-    fn from(e: rocksdb::Error) -> Self {
-        let reason = e.into_string();
-        if reason.contains("No space left") {
-            return Error::NoSpace { path: PathBuf::from("index") };
-        }
-        Error::Index { reason }
-    }
-}

@@ -1,33 +1,32 @@
 //! Strata: deduplicating backups of whole disks as full, differential and incremental images.
 //!
-//! The modules follow the data: [`source`] → [`chunker`] → [`pack`] → [`index`] → [`manifest`],
-//! driven by [`backup`](mod@backup) and read back by [`restore`](mod@restore); [`repository`] is
-//! the thin facade that opens and creates repositories. The library never prints; progress goes
-//! to a [`progress::Progress`].
+//! The modules follow the data (docs/DESIGN.md draws the map). Operations, top to bottom:
+//! [`backup`](mod@backup) (source → chunker → frames → packs → index → manifest),
+//! [`restore`](mod@restore) and [`check`] (both reading through the one [`reader`]),
+//! [`forget`] and [`prune`] (retiring images and reclaiming space), [`stats`], and [`recover`]
+//! (crash recovery, rebuild-index). Beneath them: [`repository`] (opens and hands out the
+//! pieces), [`manifest`] (images, catalog, chains), [`index`] (every key of the RocksDB index),
+//! [`pack`] (the pack format) and [`storage`] (where objects live). The library never prints;
+//! progress goes to a [`progress::Progress`].
 
-pub mod backend;
 pub mod backup;
 pub mod check;
-pub mod chunker;
 pub mod config;
-pub mod copies;
 pub mod error;
-pub mod extent;
-pub mod failpoint;
+pub(crate) mod failpoint;
 pub mod forget;
 pub mod id;
 pub mod index;
-pub mod lock;
 pub mod manifest;
 pub mod pack;
 pub mod progress;
 pub mod prune;
-pub mod refs;
+pub mod reader;
+pub mod recover;
 pub mod repository;
 pub mod restore;
-pub mod retention;
-pub mod source;
 pub mod stats;
+pub mod storage;
 pub mod timefmt;
 
 pub use backup::{backup, BackupOptions, KindRequest};

@@ -21,16 +21,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::backup::{Repacker, StoredPack};
 use crate::error::{Error, Result};
-use crate::extent::Content;
-use crate::id::ImageId;
-use crate::id::{ChunkId, PackId};
-use crate::index::{chunk_key, pack_key, Batch, ChunkLoc, ChunkLookup, PackRecord};
-use crate::manifest::open_manifest;
-use crate::pack::{compress_frame, read_trailer, read_trailer_at, FrameReader, PackBuilder, PackEntry, FRAME_TARGET};
+use crate::id::{ChunkId, ImageId, PackId};
+use crate::index::{ChunkLookup, PackRecord, Txn};
+use crate::manifest::{open_manifest, Content};
+use crate::pack::{read_trailer, read_trailer_at, FrameReader, PackEntry};
 use crate::progress::Progress;
-use crate::refs;
 use crate::repository::Repository;
+use crate::storage::paths;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PackAction {
@@ -85,7 +84,7 @@ pub struct PruneReport {
 /// Packs whose dead bytes exceed `max_unused_percent` of their size are repacked.
 pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
     repo.index_health().require_current(&repo.root().join("index"))?;
-    let dead = refs::dead_chunks(repo.index())?;
+    let dead = repo.index().counters().dead_chunks()?;
     let locs = repo.index().locate(&dead)?;
     let mut dead_by_pack: HashMap<PackId, (u32, u64)> = HashMap::new();
     for loc in locs.iter().flatten() {
@@ -93,7 +92,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
         e.0 += 1;
         e.1 += loc.charged();
     }
-    let records: HashMap<PackId, PackRecord> = refs::packs(repo.index())?.into_iter().collect();
+    let records: HashMap<PackId, PackRecord> = repo.index().packs()?.into_iter().collect();
     let mut plan = PrunePlan { dead_chunks: dead.len(), ..Default::default() };
     for (pack, (n, bytes)) in dead_by_pack {
         let Some(rec) = records.get(&pack) else { continue };
@@ -115,9 +114,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
         }
     }
     let mut orphans: Vec<(String, u64)> = Vec::new();
-    for path in repo.backend().list("packs")? {
-        let name = path.rsplit('/').next().unwrap_or_default();
-        let id = PackId::parse(name);
+    for paths::PackFile { path, id } in paths::pack_files(repo.backend())? {
         if id.is_some_and(|id| records.contains_key(&id)) {
             continue;
         }
@@ -189,8 +186,7 @@ fn needed_among(
     let mut needed = HashMap::new();
     let mut known: HashSet<ChunkId> = HashSet::new();
     let mut read = 0;
-    for name in repo.backend().list("images")? {
-        let Some(image) = name.strip_prefix("images/").and_then(ImageId::parse) else { continue };
+    for image in paths::manifest_ids(repo.backend())? {
         let unreadable = |e: Error| {
             Error::CorruptManifest {
             image: image.to_string(),
@@ -256,124 +252,107 @@ fn has_other_copy(
             .and_then(|size| read_trailer_at(&loc.pack, size, |o, n| repo.backend().read_at(&path, o, n)))
             .ok()
     });
-    Ok(entries
-        .as_ref()
-        .is_some_and(|es| es.iter().any(|e| e.id == *chunk && e.offset == loc.offset && e.skip == loc.skip)))
+    Ok(entries.as_ref().is_some_and(|es| es.iter().any(|e| e.id == *chunk && loc.is(&loc.pack, e))))
 }
 
 /// Carries out a plan on a repository opened for writing.
 pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> Result<PruneReport> {
     let mut report = PruneReport::default();
-    let index = repo.index();
-    let mut batch = Batch::default();
-    let mut builder = PackBuilder::new();
-    let mut written: Vec<(PackId, u64, Vec<PackEntry>)> = Vec::new();
-    let dead: HashSet<ChunkId> = refs::dead_chunks(index)?.into_iter().collect();
     // Orphans go first, before anything is written: pack names are content hashes, so this run
     // may write a pack with the very name of an orphan that an interrupted run left.
     for (path, _) in &plan.orphans {
         repo.backend().remove(path)?;
     }
     progress.begin("prune", plan.bytes_rewritten());
-    let seal = |builder: PackBuilder, written: &mut Vec<(PackId, u64, Vec<PackEntry>)>| -> Result<()> {
-        if builder.is_empty() {
-            return Ok(());
-        }
-        let (pid, bytes, entries) = builder.finish();
-        repo.backend().put(&pid.path(), &bytes)?;
-        written.push((pid, bytes.len() as u64, entries));
-        Ok(())
-    };
-    // Live chunks of repacked packs are framed again (a frame may have lost some of its chunks),
-    // verified on the way out and on the way in.
-    let level = repo.config().compression_level;
-    let mut framing: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+    let mut txn = Txn::new();
+    let mut repacker = Repacker::new(repo);
     let mut old_charge: HashMap<ChunkId, u64> = HashMap::new();
-    let flush = |framing: &mut Vec<(ChunkId, Vec<u8>)>,
-                 builder: &mut PackBuilder,
-                 written: &mut Vec<(PackId, u64, Vec<PackEntry>)>|
-     -> Result<()> {
-        if framing.is_empty() {
-            return Ok(());
-        }
-        let chunks: Vec<(ChunkId, &[u8])> = framing.iter().map(|(id, raw)| (*id, raw.as_slice())).collect();
-        let (codec, stored) = compress_frame(&chunks, level)?;
-        let lens: Vec<(ChunkId, u32)> = framing.iter().map(|(id, raw)| (*id, raw.len() as u32)).collect();
-        builder.add_frame(codec, &stored, &lens);
-        framing.clear();
-        if builder.len() as u64 >= repo.config().pack_target_size {
-            seal(std::mem::take(builder), written)?;
-        }
-        Ok(())
-    };
+    let dead: HashSet<ChunkId> = repo.index().counters().dead_chunks()?.into_iter().collect();
     for (pack, (action, _)) in &plan.packs {
-        let file = repo.backend().get(&pack.path())?;
-        let entries = read_trailer(pack, &file)?;
-        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
-        let current = index.locate(&ids)?;
-        let mut frames = FrameReader::new(&file);
-        for (e, loc) in entries.iter().zip(current) {
-            // The index may name another copy of the chunk: then this one is not the live one.
-            let here = loc.is_some_and(|l| l.pack == *pack && l.offset == e.offset && l.skip == e.skip);
-            if !here {
-                continue;
-            }
-            if dead.contains(&e.id) {
-                batch.delete(chunk_key(&e.id));
-                refs::forget_dead(&mut batch, &e.id);
-                report.chunks_removed += 1;
-            } else if *action == PackAction::Repack {
-                // Never copy damage forward: every moved chunk is verified.
-                let corrupt = |err: crate::pack::ChunkError| Error::CorruptChunk {
-                    id: e.id.to_string(),
-                    pack: pack.to_string(),
-                    reason: err.to_string(),
-                };
-                let raw = frames.chunk(e).map_err(corrupt)?.to_vec();
-                progress.advance(e.charged());
-                old_charge.insert(e.id, e.charged());
-                framing.push((e.id, raw));
-                if framing.iter().map(|(_, r)| r.len()).sum::<usize>() >= FRAME_TARGET {
-                    flush(&mut framing, &mut builder, &mut written)?;
-                }
-            }
-        }
-        batch.delete(pack_key(pack));
+        let moved = empty_pack(repo, pack, *action == PackAction::Repack, &dead, &mut txn, &mut repacker, progress)?;
+        report.chunks_removed += moved.removed;
+        old_charge.extend(moved.charged);
         match action {
             PackAction::Delete => report.packs_deleted += 1,
             PackAction::Repack => report.packs_repacked += 1,
         }
     }
-    flush(&mut framing, &mut builder, &mut written)?;
-    seal(builder, &mut written)?;
+    let written = repacker.finish()?;
     crate::failpoint::hit!("prune-before-switch");
-    for (pid, size, entries) in &written {
-        for e in entries {
-            let loc = ChunkLoc::of(*pid, e);
-            batch.put(chunk_key(&e.id), loc.encode());
-        }
-        let rec = PackRecord { size: *size, chunks: entries.len() as u32, dead_bytes: 0, dead_chunks: 0 };
-        batch.put(pack_key(pid), rec.encode());
-    }
-    // Re-framed chunks are charged their new share of stored bytes, in the same batch.
-    let moves: Vec<(ChunkId, u64, u64)> = written
-        .iter()
-        .flat_map(|(_, _, entries)| entries.iter())
-        .map(|e| (e.id, old_charge.get(&e.id).copied().unwrap_or(e.charged()), e.charged()))
-        .collect();
-    refs::recharge(index, &moves, &mut batch)?;
-    index.write(batch)?;
+    switch(repo, &written, &old_charge, txn)?;
     crate::failpoint::hit!("prune-after-switch");
     // A repacked pack whose content came out the same has the same name: it stays.
-    let new: HashSet<PackId> = written.iter().map(|(id, _, _)| *id).collect();
+    let new: HashSet<PackId> = written.iter().map(|p| p.id).collect();
     for pack in plan.packs.keys().filter(|p| !new.contains(p)) {
         repo.backend().remove(&pack.path())?;
     }
     repo.commit_generation()?;
     progress.end();
     report.packs_written = written.len();
-    let new_bytes: u64 = written.iter().map(|(_, s, _)| s).sum();
+    let new_bytes: u64 = written.iter().map(|p| p.bytes.len() as u64).sum();
     report.bytes_freed = plan.bytes_removed().saturating_sub(new_bytes);
     (report.temporaries_removed, report.temporary_bytes_removed) = repo.temporaries_removed();
     Ok(report)
+}
+
+/// What emptying one pack did: dead chunks removed, live ones moved (with their old charge).
+struct Emptied {
+    removed: usize,
+    charged: Vec<(ChunkId, u64)>,
+}
+
+/// Removes the dead chunks of `pack` from the index (in `txn`) and, when it is repacked, hands
+/// its live chunks (verified: damage is never copied forward) to the repacker.
+fn empty_pack(
+    repo: &Repository,
+    pack: &PackId,
+    repack: bool,
+    dead: &HashSet<ChunkId>,
+    txn: &mut Txn,
+    repacker: &mut Repacker,
+    progress: &dyn Progress,
+) -> Result<Emptied> {
+    let mut out = Emptied { removed: 0, charged: Vec::new() };
+    let file = repo.backend().get(&pack.path())?;
+    let entries = read_trailer(pack, &file)?;
+    let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+    let current = repo.index().locate(&ids)?;
+    let mut frames = FrameReader::new(&file);
+    for (e, loc) in entries.iter().zip(current) {
+        // The index may name another copy of the chunk: then this one is not the live one.
+        if !loc.is_some_and(|l| l.is(pack, e)) {
+            continue;
+        }
+        if dead.contains(&e.id) {
+            txn.remove_chunk(&e.id);
+            out.removed += 1;
+        } else if repack {
+            let corrupt = |err: crate::pack::ChunkError| Error::CorruptChunk {
+                id: e.id.to_string(),
+                pack: pack.to_string(),
+                reason: err.to_string(),
+            };
+            let raw = frames.chunk(e).map_err(corrupt)?.to_vec();
+            progress.advance(e.charged());
+            out.charged.push((e.id, e.charged()));
+            repacker.push(e.id, raw)?;
+        }
+    }
+    txn.remove_pack(pack);
+    Ok(out)
+}
+
+/// The one synced batch that moves the live chunks to the new packs, charges them their new
+/// share of stored bytes, and drops the dead chunks and the old packs' records (in `txn`).
+fn switch(repo: &Repository, written: &[StoredPack], old_charge: &HashMap<ChunkId, u64>, mut txn: Txn) -> Result<()> {
+    for p in written {
+        txn.add_pack(p.id, p.bytes.len() as u64, &p.entries);
+    }
+    let moves: Vec<(ChunkId, u64, u64)> = written
+        .iter()
+        .flat_map(|p| p.entries.iter())
+        .map(|e| (e.id, old_charge.get(&e.id).copied().unwrap_or(e.charged()), e.charged()))
+        .collect();
+    repo.index().counters().recharge(&moves, &mut txn)?;
+    repo.index().commit(txn)
 }

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::error::Result;
+use crate::index::SetId;
 use crate::manifest::ImageInfo;
-use crate::refs::{self, SetId};
 use crate::repository::Repository;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -81,7 +81,7 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
     by_set.sort_by_key(|((source, set), m)| (source.clone(), m.iter().map(|i| i.created_ms).min().unwrap_or(0), *set));
     let mut sets = Vec::new();
     for ((source_id, set), members) in by_set {
-        let c = refs::set_counters(index, &set)?;
+        let c = index.counters().set(&set)?;
         sets.push(SetStats {
             set,
             source_id,
@@ -96,9 +96,9 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
             last_ms: members.iter().map(|i| i.created_ms).max().unwrap_or(0),
         });
     }
-    let totals = refs::totals(index)?;
+    let totals = index.counters().totals()?;
     let temporaries = repo.backend().temporaries()?;
-    let packs = refs::packs(index)?;
+    let packs = index.packs()?;
     let logical: u64 = images.iter().map(|i| i.logical_bytes).sum();
     let repository = RepoStats {
         images: images.len(),
@@ -112,7 +112,7 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
         dead_bytes: packs.iter().map(|(_, p)| p.dead_bytes).sum(),
         dedup_ratio: ratio(logical, totals.live_raw),
         compression_ratio: ratio(totals.live_raw, totals.live_stored),
-        counters_stale: refs::pending(index)?.is_some(),
+        counters_stale: index.journal()?.is_some(),
         temporary_files: temporaries.len(),
         temporary_bytes: temporaries.iter().map(|(_, s)| s).sum(),
     };

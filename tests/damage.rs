@@ -419,7 +419,7 @@ fn a_missing_dead_pack_beside_a_damaged_image_is_reported_not_a_panic() {
     let out = repo.cli(&["forget", &info.id.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r = Repository::open(&repo.path).unwrap();
-    let dead = strata::refs::packs(r.index()).unwrap().into_iter().find(|(_, rec)| rec.dead_chunks == rec.chunks);
+    let dead = r.index().packs().unwrap().into_iter().find(|(_, rec)| rec.dead_chunks == rec.chunks);
     drop(r);
     let (dead, _) = dead.expect("a pack only the forgotten image used");
     std::fs::remove_file(repo.path.join(dead.path())).unwrap();

@@ -33,7 +33,7 @@ proptest! {
             let buf = vec![7u8; 1 << 16];
             let mut out = Vec::new();
             let n = (c.chunker.segment_size as usize).min(buf.len());
-            strata::chunker::split_segment(&buf[..n], 0, &[0..n], &c.chunker, &mut out);
+            strata::backup::split_segment(&buf[..n], 0, &[0..n], &c.chunker, &mut out);
         }
     }
 

@@ -5,9 +5,9 @@ mod common;
 
 use common::{assert_stats_add_up, independent, indexed_chunks, Disk, TestRepo};
 use proptest::prelude::*;
+use strata::forget::retention::Policy;
 use strata::forget::{ForgetRequest, Rewrite};
 use strata::progress::Silent;
-use strata::retention::Policy;
 use strata::{ImageInfo, Kind, KindRequest, Repository};
 
 const MIB: usize = 1 << 20;

@@ -2,9 +2,9 @@
 //! change of fastcdc, of our chunking rules or of the hash can never slip in unnoticed: such a
 //! change breaks dedup against every existing repository and needs a format version bump.
 
-use strata::chunker::split_segment;
+use strata::backup::split_segment;
 use strata::config::ChunkerParams;
-use strata::extent::{Content, Extent};
+use strata::manifest::{Content, Extent};
 
 /// 4 MiB of seeded, partly compressible bytes with a zero run and a hole.
 fn fixture() -> Vec<u8> {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use common::{assert_clean_failure, assert_intact, TestRepo};
 use strata::id::ImageId;
-use strata::index::{chunk_key, Batch};
+use strata::index::Txn;
 use strata::progress::Silent;
 use strata::{Error, KindRequest, Repository};
 
@@ -103,9 +103,9 @@ fn prune_refuses_when_a_manifest_names_a_chunk_the_index_does_not_know() {
     let victim = common::independent(&repo.path).referenced.into_iter().next().unwrap();
     {
         let r = Repository::open_writer(&repo.path, "test").unwrap();
-        let mut b = Batch::default();
-        b.delete(chunk_key(&victim));
-        r.index().write(b).unwrap();
+        let mut b = Txn::new();
+        b.damage_forget_chunk(&victim);
+        r.index().commit(b).unwrap();
     }
     let r = Repository::open_writer(&repo.path, "test").unwrap();
     let plan = strata::prune::plan(&r, 0.0);
@@ -124,14 +124,9 @@ fn prune_refuses_to_drop_a_chunk_marked_dead_that_an_image_needs() {
     let victim = common::independent(&repo.path).referenced.into_iter().next().unwrap();
     {
         let r = Repository::open_writer(&repo.path, "test").unwrap();
-        let mut b = Batch::default();
-        let mut owner = vec![b'o'];
-        owner.extend_from_slice(&victim.0);
-        let mut dead = vec![b'd'];
-        dead.extend_from_slice(&victim.0);
-        b.delete(owner);
-        b.put(dead, []);
-        r.index().write(b).unwrap();
+        let mut b = Txn::new();
+        b.damage_mark_dead(&victim);
+        r.index().commit(b).unwrap();
     }
     let r = Repository::open_writer(&repo.path, "test").unwrap();
     let plan = strata::prune::plan(&r, 0.0);
@@ -218,9 +213,9 @@ fn a_journal_that_does_not_decode_is_an_error_not_an_empty_journal() {
     let (repo, _) = history(7);
     {
         let r = Repository::open_writer(&repo.path, "test").unwrap();
-        let mut b = Batch::default();
-        b.put(b"x", b"{not json");
-        r.index().write(b).unwrap();
+        let mut b = Txn::new();
+        b.damage_journal(b"{not json");
+        r.index().commit(b).unwrap();
     }
     let err = Repository::open_writer(&repo.path, "test").err().expect("a damaged journal was accepted");
     assert!(err.to_string().contains("journal"), "{err}");

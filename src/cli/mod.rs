@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use strata::check::ReadData;
 use strata::config::ChunkerParams;
+use strata::forget::retention::Policy;
 use strata::forget::ForgetRequest;
-use strata::retention::Policy;
 use strata::{BackupOptions, InitOptions, KindRequest, Repository};
 
 #[derive(Parser)]

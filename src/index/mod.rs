@@ -1,125 +1,167 @@
-//! The index: chunk id → where the chunk is stored, plus the image catalog. It is an accelerator
-//! rebuilt from packs and manifests; losing it loses no backup.
+//! The index: where each chunk is stored, what each pack holds, the image catalog, the usage
+//! counters and the journal of the operation in progress. It is an accelerator rebuilt from
+//! packs and manifests (`crate::recover`); losing it loses no backup.
 //!
-//! Keys and values (docs/FORMAT.md, "Index", index version 3):
-//! ```text
-//! "c" ++ chunk id [32]  → pack id [32] | offset u64 LE | stored_len u32 LE | raw_len u32 LE | codec u8 |
-//!                          skip u32 LE | frame_raw u32 LE   (the frame, and the chunk inside it)
-//! "p" ++ pack id [32]   → pack size u64 | chunk count u32 | dead bytes u64 | dead chunks u32
-//! "i" ++ image id [16]  → ImageInfo (bincode, as in the manifest footer)
-//! "o" ++ chunk id [32]  → owners: n × (set id [16] | reference count u32)
-//! "d" ++ chunk id [32]  → empty: the chunk is referenced by no image (prune's candidates)
-//! "S" ++ set id [16]    → stored bytes u64 | exclusive bytes u64 | raw bytes u64 | chunks u64
-//! "T"                   → live chunks u64 | live raw bytes u64 | live stored bytes u64
-//! "x"                   → journal: present while an operation may have left counters stale
-//! "C"                   → empty: the index is complete (init; last batch of rebuild-index)
-//! "G"                   → generation u64 LE of the last writing command that finished
-//! "v"                   → index version u32 LE
-//! ```
+//! This folder owns every key (`keys`, the table of docs/FORMAT.md as code) and is the only
+//! place that names RocksDB (`rocks`). Everything else changes the index through one
+//! transaction type (`Txn`) and reads it through typed handles: chunk locations (`ChunkLookup`),
+//! pack records, the catalog, the counters (`Counters`, over the pure arithmetic of `usage`)
+//! and the journal.
 
+mod counters;
+mod journal;
+mod keys;
+mod records;
 mod rocks;
+mod txn;
+mod usage;
 
-pub use rocks::{chunk_key, headroom_for, image_key, pack_key, put_image, Batch, RocksIndex, WRITE_BUFFER};
+pub use counters::Counters;
+pub use journal::Journal;
+pub use records::{ChunkLoc, Owners, PackRecord, SetCounters, SetId, Totals, LOC_LEN};
+pub use rocks::{headroom_for, WRITE_BUFFER};
+pub use txn::Txn;
+pub use usage::RefDelta;
 
-use crate::error::Result;
-use crate::id::{ChunkId, PackId};
-use crate::pack::{Codec, PackEntry};
+use std::path::Path;
 
-/// Where one chunk is stored: its frame in a pack, and its place in the decoded frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChunkLoc {
-    pub pack: PackId,
-    pub offset: u64,
-    pub stored_len: u32,
-    pub raw_len: u32,
-    pub codec: Codec,
-    pub skip: u32,
-    pub frame_raw: u32,
-}
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, ImageId, PackId};
+use records::corrupt;
 
-pub const LOC_LEN: usize = 57;
-
-impl ChunkLoc {
-    /// The location a pack trailer entry gives.
-    pub fn of(pack: PackId, e: &PackEntry) -> ChunkLoc {
-        ChunkLoc {
-            pack,
-            offset: e.offset,
-            stored_len: e.stored_len,
-            raw_len: e.raw_len,
-            codec: e.codec,
-            skip: e.skip,
-            frame_raw: e.frame_raw,
-        }
-    }
-
-    /// The chunk's share of its frame's stored bytes, as the counters charge it.
-    pub fn charged(&self) -> u64 {
-        crate::pack::charged(self.stored_len, self.raw_len, self.frame_raw)
-    }
-
-    pub fn encode(&self) -> [u8; LOC_LEN] {
-        let mut b = [0u8; LOC_LEN];
-        b[0..32].copy_from_slice(&self.pack.0);
-        b[32..40].copy_from_slice(&self.offset.to_le_bytes());
-        b[40..44].copy_from_slice(&self.stored_len.to_le_bytes());
-        b[44..48].copy_from_slice(&self.raw_len.to_le_bytes());
-        b[48] = self.codec as u8;
-        b[49..53].copy_from_slice(&self.skip.to_le_bytes());
-        b[53..57].copy_from_slice(&self.frame_raw.to_le_bytes());
-        b
-    }
-
-    pub fn decode(b: &[u8]) -> Option<ChunkLoc> {
-        if b.len() != LOC_LEN {
-            return None;
-        }
-        Some(ChunkLoc {
-            pack: PackId(b[0..32].try_into().ok()?),
-            offset: u64::from_le_bytes(b[32..40].try_into().ok()?),
-            stored_len: u32::from_le_bytes(b[40..44].try_into().ok()?),
-            raw_len: u32::from_le_bytes(b[44..48].try_into().ok()?),
-            codec: Codec::from_u8(b[48])?,
-            skip: u32::from_le_bytes(b[49..53].try_into().ok()?),
-            frame_raw: u32::from_le_bytes(b[53..57].try_into().ok()?),
-        })
-    }
-}
-
-/// What the index knows of a pack: its size, chunks, and how much of it no image needs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PackRecord {
-    pub size: u64,
-    pub chunks: u32,
-    pub dead_bytes: u64,
-    pub dead_chunks: u32,
-}
-
-impl PackRecord {
-    pub fn encode(&self) -> [u8; 24] {
-        let mut b = [0u8; 24];
-        b[0..8].copy_from_slice(&self.size.to_le_bytes());
-        b[8..12].copy_from_slice(&self.chunks.to_le_bytes());
-        b[12..20].copy_from_slice(&self.dead_bytes.to_le_bytes());
-        b[20..24].copy_from_slice(&self.dead_chunks.to_le_bytes());
-        b
-    }
-
-    pub fn decode(b: &[u8]) -> Option<PackRecord> {
-        if b.len() != 24 {
-            return None;
-        }
-        Some(PackRecord {
-            size: u64::from_le_bytes(b[0..8].try_into().ok()?),
-            chunks: u32::from_le_bytes(b[8..12].try_into().ok()?),
-            dead_bytes: u64::from_le_bytes(b[12..20].try_into().ok()?),
-            dead_chunks: u32::from_le_bytes(b[20..24].try_into().ok()?),
-        })
-    }
-}
-
-/// The narrow view that backup (dedup) and restore need of the index.
+/// The narrow view of the index that dedup and reading need: where chunks are.
 pub trait ChunkLookup: Sync {
     /// Locations of `ids`, in order; `None` for a chunk the index does not know.
     fn locate(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkLoc>>>;
+}
+
+pub struct Index {
+    db: rocks::Db,
+}
+
+impl Index {
+    /// Creates an empty index (not yet complete: see `Txn::mark_complete`).
+    pub fn create(path: &Path) -> Result<Index> {
+        let index = Index { db: rocks::Db::create(path)? };
+        let mut txn = Txn::new();
+        txn.set_version();
+        index.commit(txn)?;
+        Ok(index)
+    }
+
+    pub fn open(path: &Path) -> Result<Index> {
+        Ok(Index { db: rocks::Db::open(path)? })
+    }
+
+    /// Opens a view that works beside a running writer.
+    pub fn open_read_only(path: &Path) -> Result<Index> {
+        Ok(Index { db: rocks::Db::open_read_only(path)? })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.db.path()
+    }
+
+    /// Commits a transaction durably (synced WAL): all of it or nothing survives a crash.
+    pub fn commit(&self, txn: Txn) -> Result<()> {
+        self.db.commit(txn.batch)
+    }
+
+    /// Writes the memtable to a (compressed) table file so that the write-ahead log, which holds
+    /// the same records uncompressed, can go. Everything was already durable through the WAL.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()
+    }
+
+    /// True when the index was finished by `init` or `rebuild-index` and has this version.
+    pub fn is_complete(&self) -> Result<bool> {
+        let version = self.db.get(keys::VERSION)?;
+        Ok(self.db.get(keys::COMPLETE)?.is_some() && version.as_deref() == Some(&keys::INDEX_VERSION.to_le_bytes()[..]))
+    }
+
+    /// The generation of the last writing command that finished with this index (0: none).
+    pub fn generation(&self) -> Result<u64> {
+        match self.db.get(keys::GENERATION)? {
+            None => Ok(0),
+            Some(v) => v
+                .as_slice()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| Error::Index { reason: "the generation record does not decode".into() }),
+        }
+    }
+
+    /// Records a pack and all its chunks in one durable batch; called only after the pack
+    /// itself is durable.
+    pub fn add_pack(&self, pack: PackId, size: u64, entries: &[crate::pack::PackEntry]) -> Result<()> {
+        let mut txn = Txn::new();
+        txn.add_pack(pack, size, entries);
+        self.commit(txn)
+    }
+
+    /// Every pack the index knows, with its record.
+    pub fn packs(&self) -> Result<Vec<(PackId, PackRecord)>> {
+        let mut out = Vec::new();
+        self.db.for_each_prefix(keys::PACK, |k, v| {
+            let id = PackId(keys::id_of(k).ok_or_else(|| corrupt("pack key"))?);
+            out.push((id, PackRecord::decode(v).ok_or_else(|| corrupt("pack record"))?));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Every chunk the index knows, with its location.
+    pub fn chunk_entries(&self) -> Result<Vec<(ChunkId, ChunkLoc)>> {
+        let mut out = Vec::new();
+        self.db.for_each_prefix(keys::CHUNK, |k, v| {
+            let id = ChunkId(keys::id_of(k).ok_or_else(|| corrupt("chunk key"))?);
+            out.push((id, ChunkLoc::decode(v).ok_or_else(|| corrupt("chunk entry"))?));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The catalog: every entry, its info encoded as in the manifest footer (the manifest
+    /// module decodes it).
+    pub fn catalog(&self) -> Result<Vec<(ImageId, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.db.for_each_prefix(keys::IMAGE, |k, v| {
+            out.push((ImageId(keys::id_of(k).ok_or_else(|| corrupt("catalog key"))?), v.to_vec()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The usage counters (see `Counters`).
+    pub fn counters(&self) -> Counters<'_> {
+        Counters { index: self }
+    }
+
+    /// The journal of an interrupted operation, if one is recorded.
+    pub fn journal(&self) -> Result<Option<Journal>> {
+        self.db.get(keys::JOURNAL)?.map(|v| Journal::decode(&v)).transpose()
+    }
+
+    /// Records that an operation begins (its own synced write).
+    pub fn begin(&self, journal: &Journal) -> Result<()> {
+        let mut txn = Txn::new();
+        txn.set_journal(journal)?;
+        self.commit(txn)
+    }
+}
+
+impl ChunkLookup for Index {
+    fn locate(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkLoc>>> {
+        let found = self.db.multi_get(&ids.iter().map(keys::chunk).collect::<Vec<_>>())?;
+        found
+            .into_iter()
+            .zip(ids)
+            .map(|(v, id)| match v {
+                None => Ok(None),
+                Some(v) => ChunkLoc::decode(&v)
+                    .map(Some)
+                    .ok_or_else(|| Error::Index { reason: format!("entry of chunk {id} does not decode") }),
+            })
+            .collect()
+    }
 }

@@ -1,8 +1,8 @@
 //! Chain resolution and change detection over sorted extent streams. Pure and streaming: memory
 //! stays constant whatever the disk size or chain length.
 
+use super::extent::{Content, Extent};
 use crate::error::{Error, Result};
-use crate::extent::{Content, Extent};
 
 /// A resolved disk view: extents in order, covering `0..size` without gaps.
 pub type View = Box<dyn Iterator<Item = Result<Extent>> + Send>;
@@ -161,8 +161,8 @@ impl ChangeFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extent::push_coalesced;
     use crate::id::ChunkId;
+    use crate::manifest::extent::push_coalesced;
     use proptest::prelude::*;
 
     /// A disk as a byte-level model: each byte is 0 or "byte k of chunk X".

@@ -12,12 +12,12 @@
 
 use std::io::{Read, Write};
 
+use super::extent::{Content, Extent};
 use super::ImageInfo;
-use crate::backend::{Backend, ObjectWriter};
 use crate::error::{Error, Result};
-use crate::extent::{Content, Extent};
 use crate::id::{ChunkId, ImageId};
 use crate::pack::MAX_CHUNK_LEN;
+use crate::storage::{Backend, ObjectWriter};
 
 pub const MANIFEST_VERSION: u16 = 1;
 const HEADER_MAGIC: &[u8; 8] = b"STRATAIM";
@@ -29,8 +29,8 @@ const TAG_CHUNK: u8 = 1;
 /// An info larger than this is damage, not an image.
 const MAX_INFO_LEN: u32 = 64 * 1024;
 
-pub fn manifest_path(id: &ImageId) -> String {
-    format!("images/{id}")
+fn manifest_path(id: &ImageId) -> String {
+    crate::storage::paths::manifest(id)
 }
 
 fn info_config() -> impl bincode::config::Config {
@@ -187,6 +187,22 @@ fn read_footer(backend: &dyn Backend, id: &ImageId, verify: bool) -> Result<Foot
     Ok(Footer { info, records_len: info_at - HEADER_LEN, count })
 }
 
+/// An image's info as the manifest footer and the catalog store it.
+pub fn encode_info(info: &ImageInfo) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(info, info_config())
+        .map_err(|e| Error::Internal { reason: format!("image info does not encode: {e}") })
+}
+
+/// A catalog entry (an info encoded as in the manifest footer).
+pub fn decode_info(raw: &[u8]) -> Result<ImageInfo> {
+    let (info, used): (ImageInfo, usize) = bincode::serde::decode_from_slice(raw, info_config())
+        .map_err(|e| Error::Index { reason: format!("catalog entry does not decode: {e}") })?;
+    if used != raw.len() {
+        return Err(Error::Index { reason: "catalog entry has trailing bytes".into() });
+    }
+    Ok(info)
+}
+
 /// The image info stored in a manifest, after checking the whole file.
 pub fn read_info(backend: &dyn Backend, id: &ImageId) -> Result<ImageInfo> {
     Ok(read_footer(backend, id, true)?.info)
@@ -288,8 +304,8 @@ impl Iterator for ExtentReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::LocalDir;
     use crate::manifest::{Kind, SourceStat};
+    use crate::storage::LocalDir;
     use proptest::prelude::*;
 
     fn info(id: ImageId) -> ImageInfo {

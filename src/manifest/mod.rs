@@ -1,11 +1,17 @@
 //! Image manifests: what one image records (its info and its extents), how manifests are encoded,
-//! and how a chain of them resolves to the full view of a disk.
+//! the catalog of images, and how a chain of manifests resolves to the full view of a disk.
 
+pub mod catalog;
 mod chain;
 mod codec;
+pub mod extent;
 
+pub use catalog::DamagedImage;
 pub use chain::{ChangeFilter, Overlay, View};
-pub use codec::{open_manifest, peek_info, read_info, ExtentReader, ManifestWriter, MANIFEST_VERSION};
+pub use codec::{
+    decode_info, encode_info, open_manifest, peek_info, read_info, ExtentReader, ManifestWriter, MANIFEST_VERSION,
+};
+pub use extent::{Content, Extent};
 
 use serde::{Deserialize, Serialize};
 

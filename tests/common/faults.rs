@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use strata::backend::{Backend, LocalDir, ObjectWriter};
+use strata::storage::{Backend, LocalDir, ObjectWriter};
 use strata::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

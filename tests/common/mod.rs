@@ -74,7 +74,7 @@ impl TestRepo {
             .expect("spawn strata");
         let mut stalled = Stalled { child, gate };
         let started = std::time::Instant::now();
-        while !strata::lock::writer_active(&self.path) {
+        while !strata::storage::lock::writer_active(&self.path) {
             assert!(stalled.running(), "the stalled command ended before taking the lock");
             assert!(started.elapsed().as_secs() < 60, "the stalled command never took the lock");
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -416,8 +416,8 @@ pub struct Independent {
 
 pub fn independent(repo_path: &Path) -> Independent {
     use std::collections::{BTreeSet, HashMap, HashSet};
-    use strata::extent::Content;
     use strata::index::ChunkLookup;
+    use strata::manifest::Content;
     let repo = Repository::open(repo_path).expect("open");
     let mut member: HashMap<strata::id::ChunkId, BTreeSet<strata::id::ImageId>> = HashMap::new();
     for info in repo.images().expect("images") {
@@ -450,14 +450,7 @@ pub fn independent(repo_path: &Path) -> Independent {
 /// Every chunk id the index holds.
 pub fn indexed_chunks(repo_path: &Path) -> Vec<strata::id::ChunkId> {
     let repo = Repository::open(repo_path).expect("open");
-    let mut out = Vec::new();
-    repo.index()
-        .for_each_prefix(b"c", |k, _| {
-            out.push(strata::id::ChunkId(k[1..].try_into().expect("key")));
-            Ok(())
-        })
-        .expect("scan");
-    out
+    repo.index().chunk_entries().expect("scan").into_iter().map(|(id, _)| id).collect()
 }
 
 /// Asserts that the counters behind `stats` equal the independent computation.

@@ -23,16 +23,17 @@
 //! counters are rebuilt from the remaining manifests since its references cannot be read. With
 //! `--rebase` such a forget is refused: the images resting on it cannot become a full.
 
+pub mod retention;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{Error, Result};
-use crate::extent::Content;
 use crate::id::ImageId;
-use crate::index::{image_key, Batch};
-use crate::manifest::{ChangeFilter, ImageInfo, Kind, ManifestWriter};
-use crate::refs::{self, RefDelta};
+use crate::index::{Journal, RefDelta, Txn};
+use crate::manifest::{catalog, ChangeFilter, Content, ImageInfo, Kind, ManifestWriter};
+use crate::recover;
 use crate::repository::Repository;
-use crate::retention::{self, Policy};
+use retention::Policy;
 
 #[derive(Clone, Debug, Default)]
 pub struct ForgetRequest {
@@ -78,7 +79,7 @@ pub fn resolve(repo: &Repository, specs: &[String]) -> Result<(Vec<ImageId>, Vec
         let id = match repo.find_image(spec) {
             Ok(info) => info.id,
             Err(Error::ImageNotFound { .. }) if !spec.is_empty() => {
-                crate::repository::find_by_prefix(spec, uncatalogued.iter().map(|d| d.id).collect(), |id| *id)?
+                catalog::find_by_prefix(spec, uncatalogued.iter().map(|d| d.id).collect(), |id| *id)?
             }
             Err(e) => return Err(e),
         };
@@ -244,10 +245,10 @@ fn rewrite_one(repo: &Repository, rw: &Rewrite, delta: &mut RefDelta, dry_run: b
         }
     }
     new.extent_count = count;
-    delta.add_manifest(repo.backend(), &info, -1)?;
+    catalog::for_each_chunk(repo.backend(), &info.id, |id| delta.add(id, info.set, -1))?;
     if let Some(w) = writer {
         w.finish(&new)?;
-        repo.index().put_image(&new)?;
+        catalog::add(repo.index(), &new)?;
     }
     Ok(new)
 }
@@ -276,13 +277,13 @@ fn preflight(repo: &Repository, plan: &ForgetPlan) -> Result<()> {
 }
 
 /// The journal of a forget: the images it removes, newest first (the order of deletion).
-fn journal_of(plan: &ForgetPlan, phase: &str) -> refs::Journal {
+fn journal_of(plan: &ForgetPlan, phase: &str) -> Journal {
     let mut newest_first: Vec<&ImageInfo> = plan.forget.iter().collect();
     newest_first.sort_by_key(|i| std::cmp::Reverse((i.created_ms, i.id)));
     // Uncatalogued damaged images have no known time; the images resting on them are newer and
     // go in this plan too, so they go last.
     let forget = newest_first.iter().map(|i| i.id).chain(plan.forget_damaged.iter().copied()).collect();
-    refs::Journal { op: "forget".into(), forget, rebase: plan.rebase, phase: phase.into() }
+    Journal { op: "forget".into(), forget, rebase: plan.rebase, phase: phase.into() }
 }
 
 /// Carries out a plan on a repository opened for writing (or only measures it with `dry_run`).
@@ -291,7 +292,7 @@ pub fn execute(repo: &Repository, plan: &ForgetPlan, dry_run: bool) -> Result<Fo
     let mut delta = RefDelta::default();
     let journal = journal_of(plan, "rewrite");
     if !dry_run {
-        refs::begin(repo.index(), &journal)?;
+        repo.index().begin(&journal)?;
     }
     for rw in &plan.rewrite {
         rewrite_one(repo, rw, &mut delta, dry_run)?;
@@ -301,28 +302,28 @@ pub fn execute(repo: &Repository, plan: &ForgetPlan, dry_run: bool) -> Result<Fo
     // to be rebuilt from the remaining manifests instead.
     let mut unreadable = !plan.forget_damaged.is_empty();
     for info in &plan.forget {
-        if delta.add_manifest(repo.backend(), info, -1).is_err() {
+        if catalog::for_each_chunk(repo.backend(), &info.id, |id| delta.add(id, info.set, -1)).is_err() {
             unreadable = true;
         }
     }
-    let unreferenced_bytes = if unreadable { 0 } else { refs::unreferenced_after(repo.index(), &delta)? };
+    let unreferenced_bytes = if unreadable { 0 } else { repo.index().counters().unreferenced_after(&delta)? };
     if !dry_run {
         // Catalog first, with the phase that commits the forget: until a manifest is deleted an
         // uncatalogued image is still listed (and restorable) from it, so no reader ever lists
         // an image that is gone; from here on, recovery finishes the deletions.
-        let mut batch = Batch::default();
+        let mut txn = Txn::new();
         for info in &plan.forget {
-            batch.delete(image_key(&info.id));
+            txn.remove_image(&info.id);
         }
-        refs::put_journal(&mut batch, &journal_of(plan, "delete"))?;
-        repo.index().write(batch)?;
-        repo.delete_manifests(&journal)?;
+        txn.set_journal(&journal_of(plan, "delete"))?;
+        repo.index().commit(txn)?;
+        recover::delete_manifests(repo.backend(), &journal)?;
         if unreadable {
-            refs::rebuild(repo.index(), repo.backend(), &repo.manifest_infos()?)?;
+            recover::rebuild_counters(repo.backend(), repo.index(), &catalog::manifest_infos(repo.backend())?)?;
         } else {
-            let mut batch = Batch::default();
-            refs::finish(&mut batch);
-            refs::apply(repo.index(), delta, batch)?;
+            let mut txn = Txn::new();
+            txn.clear_journal();
+            repo.index().counters().apply(delta, txn)?;
         }
         repo.commit_generation()?;
     }

@@ -4,8 +4,8 @@
 use std::ops::Range;
 
 use crate::config::ChunkerParams;
-use crate::extent::{push_coalesced, Extent};
 use crate::id::ChunkId;
+use crate::manifest::extent::{push_coalesced, Extent};
 
 const BLOCK: usize = 4096;
 
@@ -84,7 +84,7 @@ fn cdc(buf: &[u8], seg_offset: u64, r: Range<usize>, p: &ChunkerParams, out: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extent::Content;
+    use crate::manifest::Content;
 
     fn params() -> ChunkerParams {
         ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16384, segment_size: 65536, zero_run_min: 8192 }

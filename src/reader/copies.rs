@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::id::{ChunkId, PackId};
 use crate::index::ChunkLoc;
 use crate::pack::{decode_entry, read_trailer_at, PackEntry};
-use crate::repository::Repository;
+use crate::storage::{paths, Backend};
 
 #[derive(Default)]
 pub struct Copies {
@@ -17,16 +17,15 @@ pub struct Copies {
 }
 
 impl Copies {
-    fn load(&self, repo: &Repository) -> Result<HashMap<PackId, Vec<PackEntry>>> {
+    fn load(&self, backend: &dyn Backend) -> Result<HashMap<PackId, Vec<PackEntry>>> {
         let mut slot = self.trailers.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             let mut map = HashMap::new();
-            for path in repo.backend().list("packs")? {
-                let Some(pack) = path.rsplit('/').next().and_then(PackId::parse) else { continue };
-                let entries = repo
-                    .backend()
-                    .size(&path)
-                    .and_then(|size| read_trailer_at(&pack, size, |o, n| repo.backend().read_at(&path, o, n)));
+            for file in paths::pack_files(backend)? {
+                let Some(pack) = file.id else { continue };
+                let entries = backend
+                    .size(&file.path)
+                    .and_then(|size| read_trailer_at(&pack, size, |o, n| backend.read_at(&file.path, o, n)));
                 if let Ok(entries) = entries {
                     map.insert(pack, entries);
                 }
@@ -39,21 +38,20 @@ impl Copies {
     /// An intact copy of `id` somewhere other than `not`, verified, with its bytes.
     pub fn intact(
         &self,
-        repo: &Repository,
+        backend: &dyn Backend,
         id: &ChunkId,
         not: Option<&ChunkLoc>,
     ) -> Result<Option<(ChunkLoc, Vec<u8>)>> {
-        for (pack, entries) in self.load(repo)? {
+        for (pack, entries) in self.load(backend)? {
             for e in entries.iter().filter(|e| e.id == *id) {
-                let loc = ChunkLoc::of(pack, e);
-                if not.is_some_and(|n| n.pack == loc.pack && n.offset == loc.offset && n.skip == loc.skip) {
+                if not.is_some_and(|n| n.is(&pack, e)) {
                     continue;
                 }
-                let Ok(stored) = repo.backend().read_at(&pack.path(), e.offset, e.stored_len as usize) else {
+                let Ok(stored) = backend.read_at(&pack.path(), e.offset, e.stored_len as usize) else {
                     continue;
                 };
                 if let Ok(raw) = decode_entry(*id, e.codec, &stored, e.skip, e.raw_len, e.frame_raw) {
-                    return Ok(Some((loc, raw)));
+                    return Ok(Some((ChunkLoc::of(pack, e), raw)));
                 }
             }
         }

@@ -1,7 +1,12 @@
-//! Where packs and manifests live: a small trait so that object storage can come later; the
-//! local directory is the embedded default. The RocksDB index is always local and not behind it.
+//! Where the repository's objects live: the `Backend` trait (the seam for object storage and for
+//! fault-injecting doubles), the local directory that implements it, the repository's layout
+//! (`paths`), its generation file, and the writer lock. The RocksDB index is always local and
+//! not behind the trait.
 
+pub mod generation;
 mod local;
+pub mod lock;
+pub mod paths;
 
 pub use local::{sync_dir, LocalDir};
 

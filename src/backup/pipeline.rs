@@ -1,247 +1,37 @@
 //! The backup pipeline: read → cut (FastCDC) → hash (BLAKE3), segments in parallel → compare
 //! with the base image → batched dedup lookups → frames of new chunks, zstd + verify in parallel
-//! → packs → index → manifest → catalog. The next window of segments is read and chunked while
-//! the current one is compressed, and a pack writer thread makes packs durable and indexes them
-//! meanwhile. Memory is bounded by two windows of segments and three packs, whatever the disk
-//! size.
-//!
-//! Write order (docs/FORMAT.md, "Write order"): each pack is durable (fsync, rename, directory
-//! fsync) before its index batch is committed (synced); all of an image's packs are indexed
-//! before its manifest is published (the commit point); the catalog entry comes last.
+//! → packs, handed to the pack writer thread (`packer`). The next window of segments is read and
+//! chunked while the current one is compressed. Memory is bounded by two windows of segments and
+//! three packs, whatever the disk size.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
-use std::path::Path;
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Mutex;
-use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::chunker::split_segment;
+use super::chunker::split_segment;
+use super::packer::write_packs;
+use super::source::Source;
 use crate::config::ChunkerParams;
 use crate::error::{Error, Result};
-use crate::extent::{Content, Extent};
-use crate::id::{ChunkId, ImageId, PackId};
-use crate::index::{put_image, Batch, ChunkLookup};
-use crate::manifest::{ChangeFilter, ImageInfo, Kind, ManifestWriter};
+use crate::id::{ChunkId, PackId};
+use crate::index::{ChunkLookup, RefDelta, Txn};
+use crate::manifest::{ChangeFilter, Content, Extent, ImageInfo, ManifestWriter};
 use crate::pack::{compress_frame, Codec, PackBuilder, FRAME_TARGET, MAX_FRAME_LEN};
 use crate::progress::Progress;
-use crate::refs::{self, RefDelta};
 use crate::repository::Repository;
-use crate::source::Source;
 
-/// Free space needed before the index's memtable is flushed at the end of a backup (RocksDB's
-/// memtable is at most 64 MiB by default).
-const FLUSH_HEADROOM: u64 = 256 * 1024 * 1024;
-
-/// A file changed this close to the backup's start is read again by the next backup.
-const RACY_WINDOW_NS: i128 = 1_000_000_000;
-
-/// Which kind of image to make.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KindRequest {
-    /// Full when the source has no backup set yet, else incremental.
-    Auto,
-    Full,
-    Differential,
-    Incremental,
+/// The pipeline's end of the pack writer: sealed packs go out (at most one waits, so memory stays
+/// bounded), the stored size of each pack comes back once it is durable and indexed.
+struct WriterLink {
+    packs: SyncSender<PackBuilder>,
+    acks: Receiver<(u64, Vec<u8>)>,
 }
 
-#[derive(Clone, Debug)]
-pub struct BackupOptions {
-    pub kind: KindRequest,
-    /// Identity that joins repeated backups of one disk into sets; default: the canonical path.
-    pub source_id: Option<String>,
-    /// Read a regular file even when its stat says it is unchanged since the base image.
-    pub force_read: bool,
-}
-
-impl Default for BackupOptions {
-    fn default() -> Self {
-        BackupOptions { kind: KindRequest::Auto, source_id: None, force_read: false }
-    }
-}
-
-/// The longest source id accepted, in bytes (ids are often device paths; Linux paths are at
-/// most 4096 bytes). Checked before anything is written: the catalog and every manifest carry it.
-pub const MAX_SOURCE_ID_LEN: usize = 4096;
-
-/// A source id is 1 to `MAX_SOURCE_ID_LEN` bytes of UTF-8 without control characters (which
-/// would garble listings).
-pub fn validate_source_id(id: &str) -> Result<()> {
-    let shown: String = id.chars().take(40).collect();
-    let bad = |reason: String| Err(Error::BadSourceId { shown: shown.clone(), reason });
-    if id.is_empty() {
-        return bad("it is empty".into());
-    }
-    if id.len() > MAX_SOURCE_ID_LEN {
-        return bad(format!("it is {} bytes long; the limit is {MAX_SOURCE_ID_LEN}", id.len()));
-    }
-    if id.chars().any(char::is_control) {
-        return bad("it contains control characters".into());
-    }
-    Ok(())
-}
-
-/// Chooses kind and base from the catalog: the base of a differential is the set's full, the base
-/// of an incremental is the newest image of the set.
-pub fn plan_kind(images: &[ImageInfo], source_id: &str, req: KindRequest) -> Result<(Kind, Option<ImageInfo>)> {
-    let of_source: Vec<&ImageInfo> = images.iter().filter(|i| i.source_id == source_id).collect();
-    let latest_full = of_source.iter().rev().find(|i| i.kind == Kind::Full).copied();
-    let kind = match req {
-        KindRequest::Full => return Ok((Kind::Full, None)),
-        KindRequest::Auto if latest_full.is_none() => return Ok((Kind::Full, None)),
-        KindRequest::Auto | KindRequest::Incremental => Kind::Incremental,
-        KindRequest::Differential => Kind::Differential,
-    };
-    let full = latest_full.ok_or(Error::NoBaseImage { source_id: source_id.into(), kind: kind.name() })?;
-    let base = match kind {
-        Kind::Differential => full,
-        // By the set's label, not the full's id: after `forget --rebase` the set's full is a
-        // synthetic one whose id differs from the label.
-        _ => of_source.iter().rev().find(|i| i.set == full.set).copied().unwrap_or(full),
-    };
-    Ok((kind, Some(base.clone())))
-}
-
-/// What a backup did besides publishing its image.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BackupOutcome {
-    pub info: ImageInfo,
-    /// Bytes read from the source (holes of sparse files are not read; 0 when skipped by stat).
-    pub bytes_read: u64,
-    /// What went wrong after the image was stored (it is stored all the same).
-    pub warnings: Vec<String>,
-}
-
-/// Backs up `source_path` into `repo` (opened for writing) and returns the published image.
-pub fn backup(
-    repo: &Repository,
-    source_path: &Path,
-    opts: &BackupOptions,
-    progress: &dyn Progress,
-) -> Result<ImageInfo> {
-    backup_outcome(repo, source_path, opts, progress).map(|o| o.info)
-}
-
-/// `backup`, with what it read.
-pub fn backup_outcome(
-    repo: &Repository,
-    source_path: &Path,
-    opts: &BackupOptions,
-    progress: &dyn Progress,
-) -> Result<BackupOutcome> {
-    let started = Instant::now();
-    let src = Source::open(source_path)?;
-    let source_id = opts.source_id.clone().unwrap_or_else(|| src.canonical_id());
-    validate_source_id(&source_id)?;
-    let images = repo.images()?;
-    let (kind, base) = plan_kind(&images, &source_id, opts.kind)?;
-    // The base's chain, as its manifests say: its length is the new image's depth.
-    let chain =
-        base.as_ref().map(|b| repo.chain(b)).transpose().map_err(|e| base_unreadable(&base, e))?.unwrap_or_default();
-    // Depth bound: a chain that would grow past it gets a synthetic full (a new set) instead.
-    let max_depth = repo.config().max_chain_depth;
-    let too_deep = kind == Kind::Incremental && max_depth > 0 && chain.len() as u32 > max_depth;
-    let (kind, base, chain, synthetic) =
-        if too_deep { (Kind::Full, None, Vec::new(), true) } else { (kind, base, chain, false) };
-    // Strictly after every earlier image, so that catalog order is backup order even within one
-    // millisecond (writers are exclusive, so this cannot race).
-    let created_ms = images.iter().map(|i| i.created_ms + 1).max().unwrap_or(0).max(crate::timefmt::now_ms());
-    let id = ImageId::generate(&source_id);
-    let mut info = ImageInfo {
-        id,
-        kind,
-        source_id,
-        set: base.as_ref().map_or(id, |b| b.set),
-        base: base.as_ref().map(|b| b.id),
-        created_ms,
-        logical_bytes: src.size(),
-        changed_bytes: 0,
-        new_stored_bytes: 0,
-        new_raw_bytes: 0,
-        new_chunks: 0,
-        changed_zero_bytes: 0,
-        extent_count: 0,
-        depth: chain.len() as u32,
-        seconds: 0.0,
-        source_stat: src.stat(),
-        read_skipped: false,
-        synthetic,
-    };
-    refs::begin(repo.index(), &refs::Journal { op: "backup".into(), ..Default::default() })?;
-    let mut manifest = ManifestWriter::create(repo.backend(), &id)?;
-    let mut delta = RefDelta::default();
-    let mut bytes_read = 0;
-
-    let unchanged_file = !opts.force_read
-        && src.stat().is_some()
-        && base.as_ref().is_some_and(|b| b.source_stat == src.stat() && b.logical_bytes == src.size());
-    if unchanged_file {
-        // Same size, inode, mtime and ctime as when the base was read: an empty delta.
-        info.read_skipped = true;
-    } else {
-        let view =
-            if chain.is_empty() { None } else { Some(repo.view(&chain).map_err(|e| base_unreadable(&base, e))?) };
-        let filter = ChangeFilter::new(view);
-        bytes_read = Run::new(repo, filter, &mut manifest, &mut info, &mut delta).run(&src, progress)?;
-        // A file that changed while it was read must not let a later backup skip reading it.
-        if src.current_size()? < src.size() {
-            return Err(Error::SourceShrank {
-                path: src.path().into(),
-                expected: src.size(),
-                found: src.current_size()?,
-            });
-        }
-        if src.current_stat() != src.stat() {
-            info.source_stat = None;
-        }
-    }
-    // Timestamps come from a coarse clock: a file changed within the same tick as this backup
-    // could keep its mtime and ctime. Such a "racy" stat is not recorded, so the next backup reads.
-    let started_ns = created_ms as i128 * 1_000_000;
-    if info.source_stat.is_some_and(|s| s.mtime_ns.max(s.ctime_ns) + RACY_WINDOW_NS > started_ns) {
-        info.source_stat = None;
-    }
-    info.extent_count = manifest.count();
-    info.seconds = started.elapsed().as_secs_f64();
-    crate::failpoint::hit!("before-manifest");
-    manifest.finish(&info)?; // the commit point: from here on the image is stored
-    crate::failpoint::hit!("manifest-before-catalog");
-    // What follows only brings the index up to date; the next writer does it if this fails (the
-    // journal stays set), so a failure here is a warning on a stored image, not a failed backup.
-    let mut warnings = Vec::new();
-    let catalogued = (|| {
-        let mut batch = Batch::default();
-        put_image(&mut batch, &info)?;
-        refs::finish(&mut batch);
-        refs::apply(repo.index(), delta, batch)?;
-        repo.commit_generation()
-    })();
-    if let Err(e) = catalogued {
-        warnings.push(format!(
-            "the image is stored, but bringing the index up to date after it failed ({e}); the next backup, forget or prune completes it"
-        ));
-    }
-    // The image is published and durable. Writing the index's log out as a compressed table file
-    // only saves space (the log holds the same records uncompressed), so it is skipped when space
-    // is short (Debian's librocksdb aborts on some write errors) and its failure is not the
-    // backup's: the log stays and is replayed at the next open.
-    if repo.backend().available().is_none_or(|free| free > FLUSH_HEADROOM) {
-        let _ = repo.index().flush();
-    }
-    Ok(BackupOutcome { info, bytes_read, warnings })
-}
-
-/// An incremental or differential whose base cannot be read cannot be written; say what helps.
-fn base_unreadable(base: &Option<ImageInfo>, e: Error) -> Error {
-    match (base, e) {
-        (Some(b), e @ (Error::CorruptManifest { .. } | Error::MissingManifest { .. })) => {
-            Error::BaseUnreadable { base: b.id.to_string(), reason: e.to_string() }
-        }
-        (_, e) => e,
-    }
+fn writer_stopped() -> Error {
+    Error::Internal { reason: "the pack writer stopped".into() }
 }
 
 /// One segment of the disk after reading and chunking.
@@ -285,43 +75,7 @@ fn read_segment(
     Ok(Segment { buf, offset, extents })
 }
 
-/// The pipeline's end of the pack writer: sealed packs go out (at most one waits, so memory stays
-/// bounded), the stored size of each pack comes back once it is durable and indexed.
-struct WriterLink {
-    packs: SyncSender<PackBuilder>,
-    acks: Receiver<(u64, Vec<u8>)>,
-}
-
-/// The pack writer thread: for each pack in turn, trailer and name (a hash of the whole pack), pack
-/// durable (fsync, rename, directory fsync), then its index batch committed. Running beside the
-/// pipeline, this overlaps with reading, chunking and compressing; the order per pack is the same
-/// as when it was inline.
-fn write_packs(repo: &Repository, packs: Receiver<PackBuilder>, acks: Sender<(u64, Vec<u8>)>) -> Result<()> {
-    for pack in packs {
-        let (pid, bytes, entries) = pack.finish();
-        // Fail cleanly before the filesystem is full rather than at RocksDB's WAL: Debian's
-        // librocksdb asserts (aborts) on a sync after a write error. Nothing is lost either way.
-        if let Some(free) = repo.backend().available() {
-            if free < bytes.len() as u64 + crate::index::headroom_for(entries.len()) {
-                return Err(Error::NoSpace { path: repo.root().into() });
-            }
-        }
-        repo.backend().put(&pid.path(), &bytes)?;
-        crate::failpoint::hit!("pack-before-index");
-        repo.index().add_pack(pid, bytes.len() as u64, &entries)?;
-        // The buffer goes back with the acknowledgement, to be filled by a later pack.
-        if acks.send((bytes.len() as u64, bytes)).is_err() {
-            break; // the pipeline stopped; it has nothing more to send
-        }
-    }
-    Ok(())
-}
-
-fn writer_stopped() -> Error {
-    Error::Internal { reason: "the pack writer stopped".into() }
-}
-
-struct Run<'a> {
+pub(super) struct Run<'a> {
     repo: &'a Repository,
     filter: ChangeFilter,
     manifest: &'a mut ManifestWriter,
@@ -347,7 +101,7 @@ struct Run<'a> {
 const REF_FLUSH: usize = 200_000;
 
 impl<'a> Run<'a> {
-    fn new(
+    pub(super) fn new(
         repo: &'a Repository,
         filter: ChangeFilter,
         manifest: &'a mut ManifestWriter,
@@ -373,7 +127,7 @@ impl<'a> Run<'a> {
     /// Reads, stores and indexes the whole source, with the pack writer on its own thread. Returns
     /// the bytes read once every pack is durable and indexed; the writer's error, if any, comes
     /// first.
-    fn run(mut self, src: &Source, progress: &dyn Progress) -> Result<u64> {
+    pub(super) fn run(mut self, src: &Source, progress: &dyn Progress) -> Result<u64> {
         let repo = self.repo;
         std::thread::scope(|scope| {
             let (packs_tx, packs_rx) = sync_channel::<PackBuilder>(1);
@@ -520,7 +274,7 @@ impl<'a> Run<'a> {
             // by a rebuild.
             self.seal_pack()?;
             self.wait_acks()?;
-            refs::apply(self.repo.index(), std::mem::take(self.refs), Batch::default())?;
+            self.repo.index().counters().apply(std::mem::take(self.refs), Txn::new())?;
         }
         Ok(())
     }
@@ -562,9 +316,9 @@ impl<'a> Run<'a> {
                 moves.push((*id, old, new.charged()));
             }
         }
-        let mut batch = Batch::default();
-        refs::recharge(self.repo.index(), &moves, &mut batch)?;
-        self.repo.index().write(batch)
+        let mut txn = Txn::new();
+        self.repo.index().counters().recharge(&moves, &mut txn)?;
+        self.repo.index().commit(txn)
     }
 
     /// Counts acknowledged packs and forgets their chunks as pending: from now on the index

@@ -1,0 +1,188 @@
+//! Backup: plan the image (`plan`), run the pipeline that reads, chunks, deduplicates and packs
+//! the source (`pipeline`, `packer`), then publish the manifest and bring the index up to date.
+//!
+//! Write order (docs/FORMAT.md, "Write order"): each pack is durable (fsync, rename, directory
+//! fsync) before its index batch is committed (synced); all of an image's packs are indexed
+//! before its manifest is published (the commit point); the catalog entry comes last.
+
+mod chunker;
+mod packer;
+mod pipeline;
+mod plan;
+mod source;
+
+pub use chunker::{is_zero, split_segment};
+pub(crate) use packer::{Repacker, StoredPack};
+pub use plan::{plan_kind, validate_source_id, KindRequest, MAX_SOURCE_ID_LEN};
+pub use source::Source;
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::id::ImageId;
+use crate::index::{Journal, RefDelta, Txn};
+use crate::manifest::{catalog, ChangeFilter, ImageInfo, Kind, ManifestWriter};
+use crate::progress::Progress;
+use crate::repository::Repository;
+use pipeline::Run;
+
+/// Free space needed before the index's memtable is flushed at the end of a backup.
+const FLUSH_HEADROOM: u64 = 256 * 1024 * 1024;
+
+/// A file changed this close to the backup's start is read again by the next backup.
+const RACY_WINDOW_NS: i128 = 1_000_000_000;
+
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    pub kind: KindRequest,
+    /// Identity that joins repeated backups of one disk into sets; default: the canonical path.
+    pub source_id: Option<String>,
+    /// Read a regular file even when its stat says it is unchanged since the base image.
+    pub force_read: bool,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions { kind: KindRequest::Auto, source_id: None, force_read: false }
+    }
+}
+
+/// What a backup did besides publishing its image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackupOutcome {
+    pub info: ImageInfo,
+    /// Bytes read from the source (holes of sparse files are not read; 0 when skipped by stat).
+    pub bytes_read: u64,
+    /// What went wrong after the image was stored (it is stored all the same).
+    pub warnings: Vec<String>,
+}
+
+/// Backs up `source_path` into `repo` (opened for writing) and returns the published image.
+pub fn backup(
+    repo: &Repository,
+    source_path: &Path,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<ImageInfo> {
+    backup_outcome(repo, source_path, opts, progress).map(|o| o.info)
+}
+
+/// `backup`, with what it read.
+pub fn backup_outcome(
+    repo: &Repository,
+    source_path: &Path,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let src = Source::open(source_path)?;
+    let source_id = opts.source_id.clone().unwrap_or_else(|| src.canonical_id());
+    validate_source_id(&source_id)?;
+    let images = repo.images()?;
+    let (kind, base) = plan_kind(&images, &source_id, opts.kind)?;
+    // The base's chain, as its manifests say: its length is the new image's depth.
+    let chain =
+        base.as_ref().map(|b| repo.chain(b)).transpose().map_err(|e| base_unreadable(&base, e))?.unwrap_or_default();
+    // Depth bound: a chain that would grow past it gets a synthetic full (a new set) instead.
+    let max_depth = repo.config().max_chain_depth;
+    let too_deep = kind == Kind::Incremental && max_depth > 0 && chain.len() as u32 > max_depth;
+    let (kind, base, chain, synthetic) =
+        if too_deep { (Kind::Full, None, Vec::new(), true) } else { (kind, base, chain, false) };
+    // Strictly after every earlier image, so that catalog order is backup order even within one
+    // millisecond (writers are exclusive, so this cannot race).
+    let created_ms = images.iter().map(|i| i.created_ms + 1).max().unwrap_or(0).max(crate::timefmt::now_ms());
+    let id = ImageId::generate(&source_id);
+    let mut info = ImageInfo {
+        id,
+        kind,
+        source_id,
+        set: base.as_ref().map_or(id, |b| b.set),
+        base: base.as_ref().map(|b| b.id),
+        created_ms,
+        logical_bytes: src.size(),
+        changed_bytes: 0,
+        new_stored_bytes: 0,
+        new_raw_bytes: 0,
+        new_chunks: 0,
+        changed_zero_bytes: 0,
+        extent_count: 0,
+        depth: chain.len() as u32,
+        seconds: 0.0,
+        source_stat: src.stat(),
+        read_skipped: false,
+        synthetic,
+    };
+    repo.index().begin(&Journal { op: "backup".into(), ..Default::default() })?;
+    let mut manifest = ManifestWriter::create(repo.backend(), &id)?;
+    let mut delta = RefDelta::default();
+    let mut bytes_read = 0;
+
+    let unchanged_file = !opts.force_read
+        && src.stat().is_some()
+        && base.as_ref().is_some_and(|b| b.source_stat == src.stat() && b.logical_bytes == src.size());
+    if unchanged_file {
+        // Same size, inode, mtime and ctime as when the base was read: an empty delta.
+        info.read_skipped = true;
+    } else {
+        let view =
+            if chain.is_empty() { None } else { Some(repo.view(&chain).map_err(|e| base_unreadable(&base, e))?) };
+        let filter = ChangeFilter::new(view);
+        bytes_read = Run::new(repo, filter, &mut manifest, &mut info, &mut delta).run(&src, progress)?;
+        // A file that changed while it was read must not let a later backup skip reading it.
+        if src.current_size()? < src.size() {
+            return Err(Error::SourceShrank {
+                path: src.path().into(),
+                expected: src.size(),
+                found: src.current_size()?,
+            });
+        }
+        if src.current_stat() != src.stat() {
+            info.source_stat = None;
+        }
+    }
+    // Timestamps come from a coarse clock: a file changed within the same tick as this backup
+    // could keep its mtime and ctime. Such a "racy" stat is not recorded, so the next backup reads.
+    let started_ns = created_ms as i128 * 1_000_000;
+    if info.source_stat.is_some_and(|s| s.mtime_ns.max(s.ctime_ns) + RACY_WINDOW_NS > started_ns) {
+        info.source_stat = None;
+    }
+    info.extent_count = manifest.count();
+    info.seconds = started.elapsed().as_secs_f64();
+    crate::failpoint::hit!("before-manifest");
+    manifest.finish(&info)?; // the commit point: from here on the image is stored
+    crate::failpoint::hit!("manifest-before-catalog");
+    // What follows only brings the index up to date; the next writer does it if this fails (the
+    // journal stays set), so a failure here is a warning on a stored image, not a failed backup.
+    let mut warnings = Vec::new();
+    let catalogued = (|| {
+        let mut txn = Txn::new();
+        catalog::put(&mut txn, &info)?;
+        txn.clear_journal();
+        repo.index().counters().apply(delta, txn)?;
+        repo.commit_generation()
+    })();
+    if let Err(e) = catalogued {
+        warnings.push(format!(
+            "the image is stored, but bringing the index up to date after it failed ({e}); the next backup, forget or prune completes it"
+        ));
+    }
+    // The image is published and durable. Writing the index's log out as a compressed table file
+    // only saves space (the log holds the same records uncompressed), so it is skipped when space
+    // is short (Debian's librocksdb aborts on some write errors) and its failure is not the
+    // backup's: the log stays and is replayed at the next open.
+    if repo.backend().available().is_none_or(|free| free > FLUSH_HEADROOM) {
+        let _ = repo.index().flush();
+    }
+    Ok(BackupOutcome { info, bytes_read, warnings })
+}
+
+/// An incremental or differential whose base cannot be read cannot be written; say what helps.
+fn base_unreadable(base: &Option<ImageInfo>, e: Error) -> Error {
+    match (base, e) {
+        (Some(b), e @ (Error::CorruptManifest { .. } | Error::MissingManifest { .. })) => {
+            Error::BaseUnreadable { base: b.id.to_string(), reason: e.to_string() }
+        }
+        (_, e) => e,
+    }
+}

@@ -1,0 +1,151 @@
+//! The data: chunks decoded and re-hashed. `check` reads whole packs (every chunk, referenced or
+//! not: damage nobody needs today is still damage), `verify` reads one image through the image
+//! reader (exactly the chunks it needs).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use rayon::prelude::*;
+
+use super::{CheckReport, Findings, Problem, ReadData};
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, ImageId, PackId};
+use crate::manifest::ImageInfo;
+use crate::pack::FrameReader;
+use crate::progress::Progress;
+use crate::reader::{ImageMap, ImageReader};
+use crate::repository::Repository;
+
+/// What reading a pack found wrong.
+enum Damage {
+    Chunk(ChunkId),
+    /// Bytes that no chunk decodes differently (the pack no longer matches its name).
+    Pack(PackId),
+}
+
+/// Reads the selected packs whole, in parallel, each chunk decoded and re-hashed.
+pub(super) fn read_packs(
+    repo: &Repository,
+    packs: &BTreeSet<PackId>,
+    read: ReadData,
+    f: &mut Findings,
+    report: &mut CheckReport,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let selected: Vec<&PackId> = packs
+        .iter()
+        .filter(|p| !f.bad_packs.contains_key(p))
+        .filter(|p| match read {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Subset(pct) => (u16::from_le_bytes([p.0[0], p.0[1]]) as f64) < pct / 100.0 * 65536.0,
+        })
+        .collect();
+    let sizes: HashMap<PackId, u64> = repo.index().packs()?.into_iter().map(|(p, r)| (p, r.size)).collect();
+    progress.begin("check", selected.iter().map(|p| sizes.get(*p).copied().unwrap_or(0)).sum());
+    let results: Vec<(Vec<(Damage, String)>, u64, u64)> =
+        selected.par_iter().map(|pack| read_pack(repo, pack, f, progress)).collect();
+    progress.end();
+    report.packs_read = selected.len();
+    for (damaged, n, bytes) in results {
+        report.chunks_read += n;
+        report.bytes_read += bytes;
+        for (damage, why) in damaged {
+            match damage {
+                // Altered bytes that change no chunk: damage to report, no image affected.
+                Damage::Pack(pack) => report.problems.push(Problem {
+                    kind: "pack",
+                    object: pack.to_string(),
+                    detail: why,
+                    images: vec![],
+                }),
+                Damage::Chunk(id) => {
+                    f.bad_chunks.insert(id, why);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One pack: what is damaged, chunks read, frame bytes read.
+fn read_pack(
+    repo: &Repository,
+    pack: &PackId,
+    f: &Findings,
+    progress: &dyn Progress,
+) -> (Vec<(Damage, String)>, u64, u64) {
+    let unreadable = |why: String| {
+        let chunks = f.by_pack.get(pack).map(Vec::as_slice).unwrap_or_default();
+        chunks.iter().map(|(id, _)| (Damage::Chunk(*id), why.clone())).collect()
+    };
+    let file = match repo.backend().get(&pack.path()) {
+        Ok(f) => f,
+        Err(e) => return (unreadable(format!("pack {pack} unreadable: {e}")), 0, 0),
+    };
+    let entries = match crate::pack::read_trailer(pack, &file) {
+        Ok(e) => e,
+        Err(e) => return (unreadable(e.to_string()), 0, 0),
+    };
+    let mut damaged = Vec::new();
+    let mut frames = FrameReader::new(&file);
+    for e in &entries {
+        if let Err(why) = frames.chunk(e) {
+            // Only the copy the index points at decides restores; another damaged copy is
+            // reported all the same.
+            damaged.push((Damage::Chunk(e.id), format!("{why} (pack {pack}, offset {})", e.offset)));
+        }
+    }
+    // A pack is named by the hash of its bytes: this catches a flip that decodes to the same
+    // chunk (zstd padding bits) or lies outside every chunk.
+    if damaged.is_empty() && PackId::of(&file) != *pack {
+        damaged.push((
+            Damage::Pack(*pack),
+            "no longer matches its name (altered bytes that no chunk decodes differently)".to_string(),
+        ));
+    }
+    progress.advance(file.len() as u64);
+    (damaged, entries.len() as u64, frames.frame_bytes)
+}
+
+/// Reads every chunk `image` needs through the image reader, taking only the copies the index
+/// names (other copies are attribution's business).
+pub(super) fn read_image(
+    repo: &Repository,
+    images: &[ImageInfo],
+    image: ImageId,
+    f: &mut Findings,
+    report: &mut CheckReport,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let Some(info) = images.iter().find(|i| i.id == image) else { return Ok(()) };
+    // A chain that cannot be resolved is the structure's finding already.
+    let Ok(map) = ImageMap::resolve(repo.backend(), info) else { return Ok(()) };
+    let reader = ImageReader::with_map(repo.backend(), repo.index(), map, 64 << 20).strict();
+    let pieces = reader.map().pieces();
+    progress.begin("verify", pieces.iter().map(|p| p.len as u64).sum());
+    let mut frames: HashSet<(PackId, u64)> = HashSet::new();
+    let mut chunks: HashSet<ChunkId> = HashSet::new();
+    for batch in pieces.chunks(4096) {
+        for (p, data) in batch.iter().zip(reader.fetch(batch)?) {
+            match data {
+                Err(e @ (Error::ChunkMissing { .. } | Error::CorruptChunk { .. } | Error::CorruptPack { .. })) => {
+                    f.bad_chunks.entry(p.id).or_insert_with(|| e.to_string());
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+            if chunks.insert(p.id) {
+                if let Some(l) = f.locs.get(&p.id) {
+                    if frames.insert((l.pack, l.offset)) {
+                        report.bytes_read += l.stored_len as u64;
+                    }
+                }
+            }
+            progress.advance(p.len as u64);
+        }
+    }
+    progress.end();
+    report.chunks_read = chunks.len() as u64;
+    report.packs_read = frames.iter().map(|(p, _)| *p).collect::<HashSet<_>>().len();
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! The values the index stores, each with its fixed little-endian codec (docs/FORMAT.md).
+
+use crate::error::{Error, Result};
+use crate::id::{ImageId, PackId};
+use crate::pack::{Codec, PackEntry};
+
+/// A backup set is named by the id of its first full.
+pub type SetId = ImageId;
+
+/// Where one chunk is stored: its frame in a pack, and its place in the decoded frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLoc {
+    pub pack: PackId,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+    pub skip: u32,
+    pub frame_raw: u32,
+}
+
+pub const LOC_LEN: usize = 57;
+
+impl ChunkLoc {
+    /// The location a pack trailer entry gives.
+    pub fn of(pack: PackId, e: &PackEntry) -> ChunkLoc {
+        ChunkLoc {
+            pack,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            codec: e.codec,
+            skip: e.skip,
+            frame_raw: e.frame_raw,
+        }
+    }
+
+    /// The trailer entry of the chunk `id` at this location: the same fields, and the same
+    /// 57-byte codec with the chunk id where the location has the pack id.
+    pub fn entry(&self, id: crate::id::ChunkId) -> PackEntry {
+        PackEntry {
+            id,
+            offset: self.offset,
+            stored_len: self.stored_len,
+            raw_len: self.raw_len,
+            codec: self.codec,
+            skip: self.skip,
+            frame_raw: self.frame_raw,
+        }
+    }
+
+    /// Whether `e` is the copy this location names (same frame, same place in it).
+    pub fn is(&self, pack: &PackId, e: &PackEntry) -> bool {
+        self.pack == *pack && self.offset == e.offset && self.skip == e.skip
+    }
+
+    /// The chunk's share of its frame's stored bytes, as the counters charge it.
+    pub fn charged(&self) -> u64 {
+        crate::pack::charged(self.stored_len, self.raw_len, self.frame_raw)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(LOC_LEN);
+        // The trailer entry's codec, with the pack id in the place of the chunk id.
+        self.entry(crate::id::ChunkId(self.pack.0)).encode(&mut b);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<ChunkLoc> {
+        let e = PackEntry::decode(b)?;
+        Some(ChunkLoc::of(PackId(e.id.0), &e))
+    }
+}
+
+/// What the index knows of a pack: its size, chunks, and how much of it no image needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PackRecord {
+    pub size: u64,
+    pub chunks: u32,
+    pub dead_bytes: u64,
+    pub dead_chunks: u32,
+}
+
+impl PackRecord {
+    pub fn encode(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[0..8].copy_from_slice(&self.size.to_le_bytes());
+        b[8..12].copy_from_slice(&self.chunks.to_le_bytes());
+        b[12..20].copy_from_slice(&self.dead_bytes.to_le_bytes());
+        b[20..24].copy_from_slice(&self.dead_chunks.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<PackRecord> {
+        if b.len() != 24 {
+            return None;
+        }
+        Some(PackRecord {
+            size: u64::from_le_bytes(b[0..8].try_into().ok()?),
+            chunks: u32::from_le_bytes(b[8..12].try_into().ok()?),
+            dead_bytes: u64::from_le_bytes(b[12..20].try_into().ok()?),
+            dead_chunks: u32::from_le_bytes(b[20..24].try_into().ok()?),
+        })
+    }
+}
+
+/// What a backup set costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetCounters {
+    /// Stored (compressed) bytes of the distinct chunks the set references.
+    pub stored_bytes: u64,
+    /// Of those, the bytes of chunks no other set references: what forgetting the set frees.
+    pub exclusive_bytes: u64,
+    pub raw_bytes: u64,
+    pub chunks: u64,
+}
+
+impl SetCounters {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        le_bytes(&[self.stored_bytes, self.exclusive_bytes, self.raw_bytes, self.chunks])
+    }
+
+    pub(super) fn decode(b: &[u8]) -> Result<SetCounters> {
+        let v = le_u64s::<4>(b).ok_or_else(|| corrupt("set counters"))?;
+        Ok(SetCounters { stored_bytes: v[0], exclusive_bytes: v[1], raw_bytes: v[2], chunks: v[3] })
+    }
+}
+
+/// Chunks that some image references.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub live_chunks: u64,
+    pub live_raw: u64,
+    pub live_stored: u64,
+}
+
+impl Totals {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        le_bytes(&[self.live_chunks, self.live_raw, self.live_stored])
+    }
+
+    pub(super) fn decode(b: &[u8]) -> Result<Totals> {
+        let v = le_u64s::<3>(b).ok_or_else(|| corrupt("totals"))?;
+        Ok(Totals { live_chunks: v[0], live_raw: v[1], live_stored: v[2] })
+    }
+}
+
+/// The sets that reference a chunk, each with its reference count.
+pub type Owners = Vec<(SetId, u32)>;
+
+pub(super) fn encode_owners(o: &[(SetId, u32)]) -> Vec<u8> {
+    o.iter().flat_map(|(s, n)| s.0.iter().copied().chain(n.to_le_bytes())).collect()
+}
+
+pub(super) fn decode_owners(b: &[u8]) -> Result<Owners> {
+    if b.len() % 20 != 0 {
+        return Err(corrupt("owner record"));
+    }
+    b.chunks_exact(20)
+        .map(|c| {
+            let set = c[0..16].try_into().map(ImageId);
+            let n = c[16..20].try_into().map(u32::from_le_bytes);
+            set.and_then(|s| n.map(|n| (s, n))).map_err(|_| corrupt("owner record"))
+        })
+        .collect()
+}
+
+fn le_bytes(v: &[u64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn le_u64s<const N: usize>(b: &[u8]) -> Option<[u64; N]> {
+    if b.len() != N * 8 {
+        return None;
+    }
+    let mut out = [0u64; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().ok()?);
+    }
+    Some(out)
+}
+
+pub(super) fn corrupt(what: &str) -> Error {
+    Error::Index { reason: format!("{what} does not decode; run the next writer to rebuild the counters") }
+}

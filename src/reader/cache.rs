@@ -1,0 +1,125 @@
+//! Decoded frames, shared by every read of one reader: each frame is read and decoded once while
+//! it stays in the cache, however many chunks and reads use it, also when several threads ask
+//! for it at the same moment (the first decodes, the others wait for its result). Bounded by a
+//! byte cap; the least recently used frames go first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::id::PackId;
+
+/// A decoded frame, or why it could not be had.
+pub(super) type Frame = std::result::Result<Arc<Vec<u8>>, FrameError>;
+
+/// Why a frame could not be used: its pack could not be read there, or the bytes do not decode.
+#[derive(Clone, Debug)]
+pub(super) enum FrameError {
+    Unreadable(String),
+    Undecodable(String),
+}
+
+type Key = (PackId, u64);
+
+struct Slot {
+    frame: Arc<OnceLock<Frame>>,
+    used: u64,
+    bytes: u64,
+}
+
+#[derive(Default)]
+struct Lru {
+    slots: HashMap<Key, Slot>,
+    order: BTreeMap<u64, Key>,
+    clock: u64,
+    bytes: u64,
+}
+
+pub(super) struct FrameCache {
+    cap: u64,
+    lru: Mutex<Lru>,
+}
+
+impl FrameCache {
+    pub fn new(cap_bytes: u64) -> FrameCache {
+        FrameCache { cap: cap_bytes, lru: Mutex::new(Lru::default()) }
+    }
+
+    /// The frame at `key`, decoded by `load` unless the cache holds it.
+    pub fn get(&self, key: Key, load: impl FnOnce() -> Frame) -> Frame {
+        let frame = {
+            let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+            lru.clock += 1;
+            let now = lru.clock;
+            let slot = lru.slots.entry(key).or_insert_with(|| Slot { frame: Arc::default(), used: 0, bytes: 0 });
+            let (frame, was) = (slot.frame.clone(), std::mem::replace(&mut slot.used, now));
+            lru.order.remove(&was);
+            lru.order.insert(now, key);
+            frame
+        };
+        let mut loaded = false;
+        let out = frame
+            .get_or_init(|| {
+                loaded = true;
+                load()
+            })
+            .clone();
+        if loaded {
+            self.account(key, out.as_ref().map_or(64, |f| f.len() as u64));
+        }
+        out
+    }
+
+    /// Counts a newly decoded frame and evicts the least recently used ones above the cap (a
+    /// frame in use stays alive for its users; only the cache lets go of it).
+    fn account(&self, key: Key, bytes: u64) {
+        let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = lru.slots.get_mut(&key) {
+            slot.bytes = bytes;
+            lru.bytes += bytes;
+        }
+        while lru.bytes > self.cap && lru.order.len() > 1 {
+            let Some((_, oldest)) = lru.order.pop_first() else { break };
+            if let Some(slot) = lru.slots.remove(&oldest) {
+                lru.bytes -= slot.bytes;
+            }
+        }
+    }
+
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// Bytes of decoded frames held now.
+    #[cfg(test)]
+    pub fn bytes(&self) -> u64 {
+        self.lru.lock().unwrap_or_else(|p| p.into_inner()).bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_frame_is_decoded_once_while_cached_and_the_cap_holds() {
+        let cache = FrameCache::new(250);
+        let decodes = AtomicUsize::new(0);
+        let load = |n: u8| {
+            decodes.fetch_add(1, Ordering::SeqCst);
+            Ok(Arc::new(vec![n; 100]))
+        };
+        for _ in 0..3 {
+            cache.get((PackId([1; 32]), 0), || load(1)).unwrap();
+        }
+        assert_eq!(decodes.load(Ordering::SeqCst), 1);
+        cache.get((PackId([1; 32]), 100), || load(2)).unwrap();
+        cache.get((PackId([1; 32]), 0), || load(1)).unwrap(); // used last: stays
+        cache.get((PackId([1; 32]), 200), || load(3)).unwrap(); // evicts frame 100
+        assert!(cache.bytes() <= 250, "{}", cache.bytes());
+        cache.get((PackId([1; 32]), 0), || load(1)).unwrap();
+        assert_eq!(decodes.load(Ordering::SeqCst), 3);
+        cache.get((PackId([1; 32]), 100), || load(2)).unwrap();
+        assert_eq!(decodes.load(Ordering::SeqCst), 4);
+    }
+}

@@ -1,0 +1,304 @@
+//! The one image reader: any byte range of any image, as restore, verify, check (and, next,
+//! mount, NBD and the file browser) need it. An image's chain is resolved once into an
+//! `ImageMap` (its chunk extents in disk order; everything between them reads as zeros); chunk
+//! bytes come through a bounded cache of decoded frames, so each frame is read and decoded once
+//! while cached, and every chunk is verified against its id before a byte of it is returned.
+//! When the copy the index names is damaged or gone, an intact copy in another pack is used
+//! (`Copies`).
+//!
+//! It depends on two narrow seams only: `storage::Backend` for bytes and `index::ChunkLookup`
+//! for where chunks are, so object storage and test doubles plug in beneath it unchanged.
+
+mod cache;
+mod copies;
+
+pub use copies::Copies;
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, ImageId};
+use crate::index::{ChunkLoc, ChunkLookup};
+use crate::manifest::{catalog, Content, Extent, ImageInfo};
+use crate::pack::{chunk_of_frame, decode_frame};
+use crate::storage::Backend;
+use cache::{Frame, FrameCache, FrameError};
+
+/// One chunk extent of an image's resolved view: bytes `skip .. skip + len` of chunk `id`, at
+/// `offset` on the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub offset: u64,
+    pub len: u32,
+    pub skip: u32,
+    pub id: ChunkId,
+}
+
+impl Piece {
+    pub fn end(&self) -> u64 {
+        self.offset + self.len as u64
+    }
+}
+
+/// The resolved view of one image, held in memory (48 bytes per chunk extent; zeros cost
+/// nothing): built once from the chain, every manifest of which is checked whole.
+pub struct ImageMap {
+    info: ImageInfo,
+    pieces: Vec<Piece>,
+}
+
+impl ImageMap {
+    /// Resolves `image`'s chain (as its manifests say) into its map.
+    pub fn resolve(backend: &dyn Backend, image: &ImageInfo) -> Result<ImageMap> {
+        let chain = catalog::chain(backend, image)?;
+        Self::of_chain(backend, image, &chain)
+    }
+
+    /// The map of the last image of `chain` (full first).
+    pub fn of_chain(backend: &dyn Backend, image: &ImageInfo, chain: &[ImageInfo]) -> Result<ImageMap> {
+        let mut pieces = Vec::new();
+        for e in catalog::view(backend, chain)? {
+            let e = e?;
+            if let Content::Chunk { id, skip } = e.content {
+                // A chunk extent is at most one chunk long, far below u32::MAX.
+                pieces.push(Piece { offset: e.offset, len: e.len as u32, skip, id });
+            }
+        }
+        Ok(ImageMap { info: image.clone(), pieces })
+    }
+
+    pub fn info(&self) -> &ImageInfo {
+        &self.info
+    }
+
+    /// The disk's size.
+    pub fn size(&self) -> u64 {
+        self.info.logical_bytes
+    }
+
+    /// Every chunk extent, in disk order.
+    pub fn pieces(&self) -> &[Piece] {
+        &self.pieces
+    }
+
+    /// The chunk extents that overlap `range`.
+    pub fn pieces_in(&self, range: Range<u64>) -> &[Piece] {
+        let first = self.pieces.partition_point(|p| p.end() <= range.start);
+        let last = self.pieces.partition_point(|p| p.offset < range.end);
+        &self.pieces[first..last.max(first)]
+    }
+
+    /// The view's extents within `range`, clipped to it, zero runs included.
+    pub fn extents(&self, range: Range<u64>) -> Vec<Extent> {
+        let end = range.end.min(self.size());
+        let mut out = Vec::new();
+        let mut at = range.start;
+        for p in self.pieces_in(range.start..end) {
+            if p.offset > at {
+                out.push(Extent::zero(at, p.offset - at));
+            }
+            let whole =
+                Extent { offset: p.offset, len: p.len as u64, content: Content::Chunk { id: p.id, skip: p.skip } };
+            let e = whole.slice(range.start.max(p.offset), end.min(p.end()));
+            at = e.end();
+            out.push(e);
+        }
+        if at < end {
+            out.push(Extent::zero(at, end - at));
+        }
+        out
+    }
+}
+
+/// Reads images: see the module documentation.
+pub struct ImageReader<'a> {
+    backend: &'a dyn Backend,
+    index: &'a dyn ChunkLookup,
+    map: ImageMap,
+    cache: FrameCache,
+    copies: Copies,
+    /// Use other copies of a chunk whose indexed copy fails (see `strict`).
+    fallback: bool,
+}
+
+/// The default cap on decoded frames held by one reader.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
+impl<'a> ImageReader<'a> {
+    /// A reader of `image`, its chain resolved once, holding at most `cache_bytes` of decoded
+    /// frames.
+    pub fn open(
+        backend: &'a dyn Backend,
+        index: &'a dyn ChunkLookup,
+        image: &ImageInfo,
+        cache_bytes: u64,
+    ) -> Result<ImageReader<'a>> {
+        Ok(Self::with_map(backend, index, ImageMap::resolve(backend, image)?, cache_bytes))
+    }
+
+    pub fn with_map(
+        backend: &'a dyn Backend,
+        index: &'a dyn ChunkLookup,
+        map: ImageMap,
+        cache_bytes: u64,
+    ) -> ImageReader<'a> {
+        ImageReader {
+            backend,
+            index,
+            map,
+            cache: FrameCache::new(cache_bytes),
+            copies: Copies::default(),
+            fallback: true,
+        }
+    }
+
+    /// Reads only the copies the index names: a chunk whose indexed copy fails is an error even
+    /// when another pack holds it intact (`check` reports those copies itself).
+    pub fn strict(mut self) -> Self {
+        self.fallback = false;
+        self
+    }
+
+    pub fn map(&self) -> &ImageMap {
+        &self.map
+    }
+
+    pub fn backend(&self) -> &'a dyn Backend {
+        self.backend
+    }
+
+    pub fn index(&self) -> &'a dyn ChunkLookup {
+        self.index
+    }
+
+    /// Another copy of a chunk when the indexed one fails (see `Copies`).
+    pub fn copies(&self) -> &Copies {
+        &self.copies
+    }
+
+    fn image(&self) -> ImageId {
+        self.map.info.id
+    }
+
+    /// Fills `buf` with the image's bytes at `offset` (fewer at the end of the disk) and returns
+    /// how many. A range that meets a chunk which cannot be read intact is an error; no wrong
+    /// byte is ever returned.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let end = offset.saturating_add(buf.len() as u64).min(self.map.size());
+        if offset >= end {
+            return Ok(0);
+        }
+        let n = (end - offset) as usize;
+        buf[..n].fill(0);
+        let pieces = self.map.pieces_in(offset..end);
+        for (p, data) in pieces.iter().zip(self.fetch(pieces)?) {
+            let data = data?;
+            let (from, to) = (offset.max(p.offset), end.min(p.end()));
+            let src = &data[(from - p.offset) as usize..(to - p.offset) as usize];
+            buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
+        }
+        Ok(n)
+    }
+
+    /// The bytes of each piece, verified, in parallel: the outer error is the index's, an inner
+    /// one says why that piece cannot be had (`ChunkMissing`, `CorruptChunk`, `CorruptPack`).
+    /// Decoded frames are held at most `cap / 2` at once per call, so a piece list that takes
+    /// one chunk from each of many frames stays bounded too.
+    pub fn fetch(&self, pieces: &[Piece]) -> Result<Vec<Result<Vec<u8>>>> {
+        let ids: Vec<ChunkId> = pieces.iter().map(|p| p.id).collect();
+        let locs = self.index.locate(&ids)?;
+        let budget = (self.cache_cap() / 2).max(crate::pack::MAX_FRAME_LEN as u64);
+        let mut out = Vec::with_capacity(pieces.len());
+        let mut start = 0;
+        while start < pieces.len() {
+            let (end, frames) = frame_group(&locs[start..], budget);
+            let end = start + end;
+            let decoded: HashMap<(crate::id::PackId, u64), Frame> = frames
+                .par_iter()
+                .map(|loc| {
+                    ((loc.pack, loc.offset), self.cache.get((loc.pack, loc.offset), || read_frame(self.backend, loc)))
+                })
+                .collect();
+            let part: Vec<Result<Vec<u8>>> = pieces[start..end]
+                .par_iter()
+                .zip(&locs[start..end])
+                .map(|(p, loc)| self.piece(p, loc.as_ref(), loc.and_then(|l| decoded.get(&(l.pack, l.offset)))))
+                .collect();
+            out.extend(part);
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn cache_cap(&self) -> u64 {
+        self.cache.cap()
+    }
+
+    /// One piece's bytes from its decoded frame, or from an intact copy elsewhere.
+    fn piece(&self, p: &Piece, loc: Option<&ChunkLoc>, frame: Option<&Frame>) -> Result<Vec<u8>> {
+        let take = |raw: &[u8]| -> Result<Vec<u8>> {
+            let (s, n) = (p.skip as usize, p.len as usize);
+            raw.get(s..s + n).map(<[u8]>::to_vec).ok_or_else(|| Error::CorruptManifest {
+                image: self.image().to_string(),
+                reason: format!("extent at {} reaches past the end of chunk {}", p.offset, p.id),
+            })
+        };
+        match self.chunk_from(p.id, loc, frame) {
+            Ok(raw) => take(raw),
+            // The copy the index names is damaged or gone: another pack may hold an intact one.
+            Err(err) if !self.fallback => Err(err),
+            Err(err) => match self.copies.intact(self.backend, &p.id, loc)? {
+                Some((_, raw)) => take(&raw),
+                None => Err(err),
+            },
+        }
+    }
+
+    /// The chunk `id` (verified) out of its decoded frame.
+    fn chunk_from<'f>(&self, id: ChunkId, loc: Option<&ChunkLoc>, frame: Option<&'f Frame>) -> Result<&'f [u8]> {
+        let loc = loc.ok_or_else(|| Error::ChunkMissing { id: id.to_string(), image: self.image().to_string() })?;
+        let corrupt = |reason: String| Error::CorruptChunk { id: id.to_string(), pack: loc.pack.to_string(), reason };
+        match frame {
+            Some(Ok(decoded)) => chunk_of_frame(id, decoded, loc.skip, loc.raw_len).map_err(|e| corrupt(e.to_string())),
+            Some(Err(FrameError::Undecodable(why))) => Err(corrupt(why.clone())),
+            Some(Err(FrameError::Unreadable(why))) => Err(Error::CorruptPack {
+                pack: loc.pack.to_string(),
+                reason: format!("chunk {id} cannot be read: {why}"),
+            }),
+            None => Err(corrupt("its frame was not read".into())),
+        }
+    }
+}
+
+/// The first run of `locs` whose distinct frames decode to at most `budget` bytes (at least one
+/// piece), with those frames.
+fn frame_group(locs: &[Option<ChunkLoc>], budget: u64) -> (usize, Vec<ChunkLoc>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut frames = Vec::new();
+    let mut bytes = 0u64;
+    for (i, loc) in locs.iter().enumerate() {
+        if let Some(l) = loc {
+            if seen.insert((l.pack, l.offset)) {
+                if bytes > 0 && bytes + l.frame_raw as u64 > budget {
+                    return (i, frames);
+                }
+                bytes += l.frame_raw as u64;
+                frames.push(*l);
+            }
+        }
+    }
+    (locs.len(), frames)
+}
+
+/// Reads and decodes the frame at `loc` (all the chunks it holds).
+fn read_frame(backend: &dyn Backend, loc: &ChunkLoc) -> Frame {
+    let stored = backend
+        .read_at(&loc.pack.path(), loc.offset, loc.stored_len as usize)
+        .map_err(|err| FrameError::Unreadable(err.to_string()))?;
+    decode_frame(loc.codec, &stored, loc.frame_raw)
+        .map(std::sync::Arc::new)
+        .map_err(|err| FrameError::Undecodable(err.to_string()))
+}

@@ -1,0 +1,169 @@
+//! Recovery: finishing what an interrupted operation left (as its journal says), and rebuilding
+//! the index from the packs and manifests alone (`rebuild-index`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, ImageId};
+use crate::index::{Index, Journal, Owners, RefDelta, Txn};
+use crate::manifest::{catalog, ImageInfo};
+use crate::pack::read_trailer_at;
+use crate::storage::{generation, lock, paths, sync_dir, Backend, LocalDir};
+
+/// Finishes what an interrupted operation left, exactly as its journal says: the catalog
+/// follows the manifests, a forget that had begun deleting is finished (the listed manifests
+/// go), one that was still rewriting is undone (its rewrites stand: each restores what its
+/// image always restored), and the reference counters are rebuilt from the manifests.
+pub(crate) fn finish(backend: &dyn Backend, index: &Index, journal: &Journal) -> Result<()> {
+    if journal.op == "forget" && journal.phase == "delete" {
+        delete_manifests(backend, journal)?;
+    }
+    let manifests = catalog::manifest_infos(backend)?;
+    let catalogued: HashMap<ImageId, ImageInfo> = catalog::catalogued(index)?.into_iter().map(|i| (i.id, i)).collect();
+    let mut txn = Txn::new();
+    for m in &manifests {
+        if catalogued.get(&m.id) != Some(m) {
+            catalog::put(&mut txn, m)?;
+        }
+    }
+    // Catalogued images whose manifests a forget deleted leave the catalog; any other
+    // catalogued image stays (a damaged one is reported by check, and can be forgotten).
+    let listed: HashSet<ImageId> = paths::manifest_ids(backend)?.into_iter().collect();
+    for id in catalogued.keys().filter(|id| !listed.contains(id) && journal.forget.contains(id)) {
+        txn.remove_image(id);
+    }
+    index.commit(txn)?;
+    rebuild_counters(backend, index, &manifests)
+}
+
+/// Deletes the manifests a forget's journal lists, in its order (a manifest already gone is
+/// fine: an earlier, interrupted run deleted it).
+pub(crate) fn delete_manifests(backend: &dyn Backend, journal: &Journal) -> Result<()> {
+    for id in &journal.forget {
+        match backend.remove(&paths::manifest(id)) {
+            Ok(()) => {}
+            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        crate::failpoint::hit!("forget-after-delete");
+    }
+    Ok(())
+}
+
+/// Recomputes every owner record and counter from the manifests of `images`.
+pub(crate) fn rebuild_counters(backend: &dyn Backend, index: &Index, images: &[ImageInfo]) -> Result<()> {
+    let mut refs: HashMap<ChunkId, Owners> = HashMap::new();
+    for info in images {
+        let mut delta = RefDelta::default();
+        catalog::for_each_chunk(backend, &info.id, |id| delta.add(id, info.set, 1))?;
+        for (chunk, owners) in delta.into_owners() {
+            let v = refs.entry(chunk).or_default();
+            for (set, n) in owners {
+                match v.iter_mut().find(|(s, _)| *s == set) {
+                    Some((_, c)) => *c += n,
+                    None => v.push((set, n)),
+                }
+            }
+        }
+    }
+    index.counters().rebuild(refs)
+}
+
+/// What `rebuild_index` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub packs: usize,
+    pub chunks: usize,
+    pub images: usize,
+    pub unreadable_packs: Vec<(String, String)>,
+    pub unreadable_manifests: Vec<ImageId>,
+    pub old_index: Option<PathBuf>,
+}
+
+/// Recreates the index from the packs' trailers and the manifests alone, for an index that is
+/// lost or damaged. The new index is built beside the old one (`index.rebuild-<pid>`) and
+/// switched in only once complete; the old one is moved aside (`index.old-<ms>`), never
+/// deleted. A rebuild killed part-way leaves the old index in place (or, killed between the two
+/// renames, no index, which every command reports). Packs or manifests that cannot be read are
+/// reported and left in place.
+pub fn rebuild_index(path: &Path) -> Result<RebuildReport> {
+    crate::repository::read_config(path)?;
+    let _lock = lock::acquire(path, "rebuild-index")?;
+    let backend = LocalDir::new(path);
+    remove_dead_builds(path)?;
+    let building = path.join(format!("index.rebuild-{}", std::process::id()));
+    let next = generation::read(&backend).unwrap_or(0).max(old_generation(path)) + 1;
+    let mut report = RebuildReport::default();
+    let index = Index::create(&building)?;
+    fill(&backend, &index, &mut report)?;
+    let mut txn = Txn::new();
+    txn.mark_complete();
+    txn.set_generation(next);
+    index.commit(txn)?;
+    crate::failpoint::hit!("rebuild-before-switch");
+    drop(index);
+    let index_dir = path.join(paths::INDEX);
+    crate::failpoint::step!();
+    if index_dir.exists() {
+        let aside = path.join(format!("index.old-{}", crate::timefmt::now_ms()));
+        std::fs::rename(&index_dir, &aside).map_err(|e| Error::io("move aside", &index_dir, e))?;
+        report.old_index = Some(aside);
+    }
+    crate::failpoint::hit!("rebuild-between-renames");
+    crate::failpoint::step!();
+    std::fs::rename(&building, &index_dir).map_err(|e| Error::io("rename", &building, e))?;
+    sync_dir(path)?;
+    generation::write(&backend, next)?;
+    Ok(report)
+}
+
+/// Builds left by killed rebuilds: the caller holds the lock, so no live process owns them.
+fn remove_dead_builds(path: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(path).map_err(|e| Error::io("list", path, e))?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("index.rebuild-") {
+            let p = entry.path();
+            std::fs::remove_dir_all(&p).map_err(|e| Error::io("remove", &p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The generation the current index records, when it can be read (a rebuild must end above it,
+/// so that a copy of it put back later is recognised as stale).
+fn old_generation(path: &Path) -> u64 {
+    Index::open_read_only(&path.join(paths::INDEX)).and_then(|i| i.generation()).unwrap_or(0)
+}
+
+/// Adds every readable pack trailer and manifest to the (new, empty) index, then the counters.
+fn fill(backend: &dyn Backend, index: &Index, report: &mut RebuildReport) -> Result<()> {
+    for file in paths::pack_files(backend)? {
+        let Some(pack) = file.id else {
+            report.unreadable_packs.push((file.path, "not a pack name".into()));
+            continue;
+        };
+        let read = backend
+            .size(&file.path)
+            .and_then(|size| read_trailer_at(&pack, size, |o, n| backend.read_at(&file.path, o, n)).map(|e| (size, e)));
+        match read {
+            Ok((size, entries)) => {
+                report.chunks += entries.len();
+                index.add_pack(pack, size, &entries)?;
+                report.packs += 1;
+            }
+            Err(e) => report.unreadable_packs.push((file.path, e.to_string())),
+        }
+    }
+    let manifests = catalog::manifest_infos(backend)?;
+    let mut txn = Txn::new();
+    for m in &manifests {
+        catalog::put(&mut txn, m)?;
+    }
+    let readable: HashSet<ImageId> = manifests.iter().map(|m| m.id).collect();
+    report.unreadable_manifests =
+        paths::manifest_ids(backend)?.into_iter().filter(|id| !readable.contains(id)).collect();
+    index.commit(txn)?;
+    rebuild_counters(backend, index, &manifests)?;
+    report.images = manifests.len();
+    Ok(())
+}
