@@ -59,7 +59,7 @@ fn default_max_chain_depth() -> u32 {
 
 /// Restores resolve at most this many deltas, and a damaged old delta never takes down images
 /// more than this many backups later.
-pub const DEFAULT_MAX_CHAIN_DEPTH: u32 = 30;
+pub(crate) const DEFAULT_MAX_CHAIN_DEPTH: u32 = 30;
 
 impl Config {
     pub fn new(chunker: ChunkerParams, compression_level: i32) -> Config {
@@ -76,7 +76,7 @@ impl Config {
         }
     }
 
-    pub fn encode(&self) -> Result<Vec<u8>> {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
         let mut v = serde_json::to_vec_pretty(self).map_err(|e| Error::BadConfig { reason: e.to_string() })?;
         v.push(b'\n');
         Ok(v)
@@ -93,7 +93,7 @@ impl Config {
 
     /// Checks every parameter against the limits of fastcdc and our own format, so that no
     /// later stage can panic on a hand-edited config.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(Error::BadConfig { reason });
         let p = &self.chunker;
         use fastcdc::v2020::{AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN};
@@ -147,5 +147,21 @@ mod tests {
         future.format_version = 99;
         assert!(matches!(Config::decode(&future.encode().unwrap()), Err(Error::UnsupportedFormat { found: 99, .. })));
         assert!(Config::decode(b"\xff\x00garbage").is_err());
+    }
+}
+
+/// The config of the repository at `root`; a directory without one is not a repository (or, when
+/// it holds packs or images, one whose config is lost).
+pub fn read(root: &std::path::Path) -> Result<Config> {
+    let path = root.join(crate::storage::paths::CONFIG);
+    match std::fs::read(&path) {
+        Ok(bytes) => Config::decode(&bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => {
+            if root.join(crate::storage::paths::PACKS).is_dir() || root.join(crate::storage::paths::IMAGES).is_dir() {
+                return Err(Error::ConfigMissing { path: root.into() });
+            }
+            Err(Error::NotARepository { path: root.into() })
+        }
+        Err(e) => Err(Error::io("read", &path, e)),
     }
 }

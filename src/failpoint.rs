@@ -45,7 +45,7 @@ pub(crate) mod imp {
     /// Aborts the process, as a kill -9 would, when `STRATA_FAILPOINT` names this point; with
     /// `stall:<name>` it pauses there once for 3 s instead (a writer caught mid-way, for tests of
     /// readers racing it).
-    pub fn hit(name: &str) {
+    pub(crate) fn hit(name: &str) {
         match armed() {
             Some(a) if a == name => std::process::abort(),
             Some(a) if a.strip_prefix("stall:") == Some(name) => {

@@ -36,7 +36,7 @@ impl PackId {
 
 impl ImageId {
     /// A fresh id: hash of the time, the process and a counter, so two ids never collide in practice.
-    pub fn generate(source_id: &str) -> ImageId {
+    pub(crate) fn generate(source_id: &str) -> ImageId {
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let now = std::time::SystemTime::now()

@@ -88,7 +88,7 @@ pub struct RebuildReport {
 /// renames, no index, which every command reports). Packs or manifests that cannot be read are
 /// reported and left in place.
 pub fn rebuild_index(path: &Path) -> Result<RebuildReport> {
-    crate::repository::read_config(path)?;
+    crate::config::read(path)?;
     let _lock = lock::acquire(path, "rebuild-index")?;
     let backend = LocalDir::new(path);
     remove_dead_builds(path)?;

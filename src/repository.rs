@@ -26,7 +26,7 @@ pub struct Repository {
 
 /// Whether the index can be trusted to know everything the packs and manifests hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IndexHealth {
+pub(crate) enum IndexHealth {
     Current,
     /// Never finished: a rebuild that was interrupted, or an index of an older strata.
     Incomplete,
@@ -52,7 +52,7 @@ impl IndexHealth {
     }
 
     /// The error a command that must trust the index gives for an unhealthy one.
-    pub fn require_current(&self, index_path: &Path) -> Result<()> {
+    pub(crate) fn require_current(&self, index_path: &Path) -> Result<()> {
         match *self {
             IndexHealth::Current => Ok(()),
             IndexHealth::Incomplete => Err(Error::IndexUnusable {
@@ -83,20 +83,6 @@ impl Default for InitOptions {
             pack_target_size: 32 * 1024 * 1024,
             max_chain_depth: crate::config::DEFAULT_MAX_CHAIN_DEPTH,
         }
-    }
-}
-
-pub(crate) fn read_config(root: &Path) -> Result<Config> {
-    let path = root.join(paths::CONFIG);
-    match std::fs::read(&path) {
-        Ok(bytes) => Config::decode(&bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => {
-            if root.join(paths::PACKS).is_dir() || root.join(paths::IMAGES).is_dir() {
-                return Err(Error::ConfigMissing { path: root.into() });
-            }
-            Err(Error::NotARepository { path: root.into() })
-        }
-        Err(e) => Err(Error::io("read", &path, e)),
     }
 }
 
@@ -138,7 +124,7 @@ impl Repository {
     /// index and the lock stay in `path`): the seam for other storage and for fault-injecting
     /// doubles in tests.
     pub fn open_on(path: &Path, backend: Arc<dyn Backend>) -> Result<Repository> {
-        let config = read_config(path)?;
+        let config = crate::config::read(path)?;
         // The generation first: a writer that finishes meanwhile raises the index's before the
         // file's, so this order never mistakes a current index for a stale one.
         let generation = generation::read(backend.as_ref())?;
@@ -201,7 +187,7 @@ impl Repository {
 
     /// `open_writer` with the repository's objects in `backend` (see `open_on`).
     pub fn open_writer_on(path: &Path, command: &str, backend: Arc<dyn Backend>) -> Result<Repository> {
-        let config = read_config(path)?;
+        let config = crate::config::read(path)?;
         let lock = lock::acquire(path, command)?;
         let generation = generation::read(backend.as_ref())?;
         let index_dir = path.join(paths::INDEX);
@@ -236,7 +222,7 @@ impl Repository {
     /// Records that a writing command finished: its last index batch is followed by the next
     /// generation, first in the index (synced), then in the generation file. Every writing
     /// command calls this once its index writes are done.
-    pub fn commit_generation(&self) -> Result<()> {
+    pub(crate) fn commit_generation(&self) -> Result<()> {
         let next = self.index.generation()?.max(generation::read(self.backend())?) + 1;
         let mut txn = Txn::new();
         txn.set_generation(next);
@@ -250,7 +236,7 @@ impl Repository {
     }
 
     /// What the index's completeness and generation records say (see `IndexHealth`).
-    pub fn index_health(&self) -> IndexHealth {
+    pub(crate) fn index_health(&self) -> IndexHealth {
         self.health
     }
 

@@ -1,11 +1,11 @@
 //! Wall-clock helpers: milliseconds since the epoch and their ISO 8601 UTC form.
 
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Year, month (1-12) and day (1-31) in UTC of a time in milliseconds since the Unix epoch.
-pub fn civil(ms: u64) -> (i64, u32, u32) {
+pub(crate) fn civil(ms: u64) -> (i64, u32, u32) {
     let days = (ms / 86_400_000) as i64;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;

@@ -13,8 +13,9 @@ mod source;
 
 pub use chunker::{is_zero, split_segment};
 pub(crate) use packer::{Repacker, StoredPack};
-pub use plan::{plan_kind, validate_source_id, KindRequest, MAX_SOURCE_ID_LEN};
-pub use source::Source;
+pub(crate) use plan::{plan_kind, validate_source_id};
+pub use plan::{KindRequest, MAX_SOURCE_ID_LEN};
+pub(crate) use source::Source;
 
 use std::path::Path;
 use std::time::Instant;
@@ -68,7 +69,8 @@ pub fn backup(
     backup_outcome(repo, source_path, opts, progress).map(|o| o.info)
 }
 
-/// `backup`, with what it read.
+/// `backup`, with what it read. Named steps: plan the image, read the source (unless its stat
+/// says it is unchanged), publish the manifest (the commit point), bring the index up to date.
 pub fn backup_outcome(
     repo: &Repository,
     source_path: &Path,
@@ -77,6 +79,45 @@ pub fn backup_outcome(
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let src = Source::open(source_path)?;
+    let (mut info, base, chain) = plan_image(repo, &src, opts)?;
+    repo.index().begin(&Journal { op: "backup".into(), ..Default::default() })?;
+    let mut manifest = ManifestWriter::create(repo.backend(), &info.id)?;
+    let mut delta = RefDelta::default();
+    let mut bytes_read = 0;
+    let unchanged_file = !opts.force_read
+        && src.stat().is_some()
+        && base.as_ref().is_some_and(|b| b.source_stat == src.stat() && b.logical_bytes == src.size());
+    if unchanged_file {
+        // Same size, inode, mtime and ctime as when the base was read: an empty delta.
+        info.read_skipped = true;
+    } else {
+        let view =
+            if chain.is_empty() { None } else { Some(repo.view(&chain).map_err(|e| base_unreadable(&base, e))?) };
+        let filter = ChangeFilter::new(view);
+        bytes_read = Run::new(repo, filter, &mut manifest, &mut info, &mut delta).run(&src, progress)?;
+        check_source_after_read(&src, &mut info)?;
+    }
+    // Timestamps come from a coarse clock: a file changed within the same tick as this backup
+    // could keep its mtime and ctime. Such a "racy" stat is not recorded, so the next backup reads.
+    let started_ns = info.created_ms as i128 * 1_000_000;
+    if info.source_stat.is_some_and(|s| s.mtime_ns.max(s.ctime_ns) + RACY_WINDOW_NS > started_ns) {
+        info.source_stat = None;
+    }
+    info.extent_count = manifest.count();
+    info.seconds = started.elapsed().as_secs_f64();
+    crate::failpoint::hit!("before-manifest");
+    manifest.finish(&info)?; // the commit point: from here on the image is stored
+    crate::failpoint::hit!("manifest-before-catalog");
+    let warnings = update_index(repo, &info, delta);
+    Ok(BackupOutcome { info, bytes_read, warnings })
+}
+
+/// The new image's info (kind, base, set, depth), its base and the base's chain.
+fn plan_image(
+    repo: &Repository,
+    src: &Source,
+    opts: &BackupOptions,
+) -> Result<(ImageInfo, Option<ImageInfo>, Vec<ImageInfo>)> {
     let source_id = opts.source_id.clone().unwrap_or_else(|| src.canonical_id());
     validate_source_id(&source_id)?;
     let images = repo.images()?;
@@ -93,7 +134,7 @@ pub fn backup_outcome(
     // millisecond (writers are exclusive, so this cannot race).
     let created_ms = images.iter().map(|i| i.created_ms + 1).max().unwrap_or(0).max(crate::timefmt::now_ms());
     let id = ImageId::generate(&source_id);
-    let mut info = ImageInfo {
+    let info = ImageInfo {
         id,
         kind,
         source_id,
@@ -113,51 +154,29 @@ pub fn backup_outcome(
         read_skipped: false,
         synthetic,
     };
-    repo.index().begin(&Journal { op: "backup".into(), ..Default::default() })?;
-    let mut manifest = ManifestWriter::create(repo.backend(), &id)?;
-    let mut delta = RefDelta::default();
-    let mut bytes_read = 0;
+    Ok((info, base, chain))
+}
 
-    let unchanged_file = !opts.force_read
-        && src.stat().is_some()
-        && base.as_ref().is_some_and(|b| b.source_stat == src.stat() && b.logical_bytes == src.size());
-    if unchanged_file {
-        // Same size, inode, mtime and ctime as when the base was read: an empty delta.
-        info.read_skipped = true;
-    } else {
-        let view =
-            if chain.is_empty() { None } else { Some(repo.view(&chain).map_err(|e| base_unreadable(&base, e))?) };
-        let filter = ChangeFilter::new(view);
-        bytes_read = Run::new(repo, filter, &mut manifest, &mut info, &mut delta).run(&src, progress)?;
-        // A file that changed while it was read must not let a later backup skip reading it.
-        if src.current_size()? < src.size() {
-            return Err(Error::SourceShrank {
-                path: src.path().into(),
-                expected: src.size(),
-                found: src.current_size()?,
-            });
-        }
-        if src.current_stat() != src.stat() {
-            info.source_stat = None;
-        }
+/// A file that shrank while it was read is refused; one that changed must not let a later
+/// backup skip reading it.
+fn check_source_after_read(src: &Source, info: &mut ImageInfo) -> Result<()> {
+    if src.current_size()? < src.size() {
+        return Err(Error::SourceShrank { path: src.path().into(), expected: src.size(), found: src.current_size()? });
     }
-    // Timestamps come from a coarse clock: a file changed within the same tick as this backup
-    // could keep its mtime and ctime. Such a "racy" stat is not recorded, so the next backup reads.
-    let started_ns = created_ms as i128 * 1_000_000;
-    if info.source_stat.is_some_and(|s| s.mtime_ns.max(s.ctime_ns) + RACY_WINDOW_NS > started_ns) {
+    if src.current_stat() != src.stat() {
         info.source_stat = None;
     }
-    info.extent_count = manifest.count();
-    info.seconds = started.elapsed().as_secs_f64();
-    crate::failpoint::hit!("before-manifest");
-    manifest.finish(&info)?; // the commit point: from here on the image is stored
-    crate::failpoint::hit!("manifest-before-catalog");
-    // What follows only brings the index up to date; the next writer does it if this fails (the
-    // journal stays set), so a failure here is a warning on a stored image, not a failed backup.
+    Ok(())
+}
+
+/// After the commit point: catalog entry, counters, generation. This only brings the index up
+/// to date; the next writer does it if this fails (the journal stays set), so a failure is a
+/// warning on a stored image, not a failed backup.
+fn update_index(repo: &Repository, info: &ImageInfo, delta: RefDelta) -> Vec<String> {
     let mut warnings = Vec::new();
     let catalogued = (|| {
         let mut txn = Txn::new();
-        catalog::put(&mut txn, &info)?;
+        catalog::put(&mut txn, info)?;
         txn.clear_journal();
         repo.index().counters().apply(delta, txn)?;
         repo.commit_generation()
@@ -167,14 +186,14 @@ pub fn backup_outcome(
             "the image is stored, but bringing the index up to date after it failed ({e}); the next backup, forget or prune completes it"
         ));
     }
-    // The image is published and durable. Writing the index's log out as a compressed table file
-    // only saves space (the log holds the same records uncompressed), so it is skipped when space
-    // is short (Debian's librocksdb aborts on some write errors) and its failure is not the
-    // backup's: the log stays and is replayed at the next open.
+    // Writing the index's log out as a compressed table file only saves space (the log holds
+    // the same records uncompressed), so it is skipped when space is short (Debian's librocksdb
+    // aborts on some write errors) and its failure is not the backup's: the log stays and is
+    // replayed at the next open.
     if repo.backend().available().is_none_or(|free| free > FLUSH_HEADROOM) {
         let _ = repo.index().flush();
     }
-    Ok(BackupOutcome { info, bytes_read, warnings })
+    warnings
 }
 
 /// An incremental or differential whose base cannot be read cannot be written; say what helps.

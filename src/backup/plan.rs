@@ -20,7 +20,7 @@ pub const MAX_SOURCE_ID_LEN: usize = 4096;
 
 /// A source id is 1 to `MAX_SOURCE_ID_LEN` bytes of UTF-8 without control characters (which
 /// would garble listings).
-pub fn validate_source_id(id: &str) -> Result<()> {
+pub(crate) fn validate_source_id(id: &str) -> Result<()> {
     let shown: String = id.chars().take(40).collect();
     let bad = |reason: String| Err(Error::BadSourceId { shown: shown.clone(), reason });
     if id.is_empty() {
@@ -37,7 +37,7 @@ pub fn validate_source_id(id: &str) -> Result<()> {
 
 /// Chooses kind and base from the catalog: the base of a differential is the set's full, the base
 /// of an incremental is the newest image of the set.
-pub fn plan_kind(images: &[ImageInfo], source_id: &str, req: KindRequest) -> Result<(Kind, Option<ImageInfo>)> {
+pub(crate) fn plan_kind(images: &[ImageInfo], source_id: &str, req: KindRequest) -> Result<(Kind, Option<ImageInfo>)> {
     let of_source: Vec<&ImageInfo> = images.iter().filter(|i| i.source_id == source_id).collect();
     let latest_full = of_source.iter().rev().find(|i| i.kind == Kind::Full).copied();
     let kind = match req {

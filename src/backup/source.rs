@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::manifest::SourceStat;
 
-pub struct Source {
+pub(crate) struct Source {
     path: PathBuf,
     file: File,
     size: u64,
@@ -52,23 +52,19 @@ impl Source {
         &self.path
     }
 
-    pub fn is_block_device(&self) -> bool {
-        self.is_block_device
-    }
-
     /// Size, inode and times of a regular file (None for block devices, which are always read).
     pub fn stat(&self) -> Option<SourceStat> {
         self.stat
     }
 
     /// The default identity of a source: its canonical path.
-    pub fn canonical_id(&self) -> String {
+    pub(crate) fn canonical_id(&self) -> String {
         std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone()).to_string_lossy().into_owned()
     }
 
     /// Ranges of `start..end` that hold data, from SEEK_DATA/SEEK_HOLE; the rest are holes that
     /// read as zeros and need not be read. A filesystem without support reports all data.
-    pub fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<Range<u64>>> {
+    pub(crate) fn data_ranges(&self, start: u64, end: u64) -> Result<Vec<Range<u64>>> {
         if self.is_block_device {
             return Ok(vec![start..end]);
         }
@@ -104,7 +100,7 @@ impl Source {
     }
 
     /// Fills `buf` from `offset`; a source that ends early has shrunk while being read.
-    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let read = if crate::failpoint::fails!("source-eio") && offset >= self.size / 2 {
             Err(std::io::Error::from_raw_os_error(libc::EIO))
         } else {
@@ -121,7 +117,7 @@ impl Source {
     }
 
     /// The size now, to detect a source that shrank during the backup.
-    pub fn current_size(&self) -> Result<u64> {
+    pub(crate) fn current_size(&self) -> Result<u64> {
         if self.is_block_device {
             return (&self.file).seek(SeekFrom::End(0)).map_err(|e| Error::SourceRead {
                 path: self.path.clone(),
@@ -136,7 +132,7 @@ impl Source {
 
     /// The stat now, to notice a file changed while it was read (then it is not recorded as a
     /// stat that later backups may skip on).
-    pub fn current_stat(&self) -> Option<SourceStat> {
+    pub(crate) fn current_stat(&self) -> Option<SourceStat> {
         self.file.metadata().ok().filter(|m| m.file_type().is_file()).map(|m| stat_of(&m))
     }
 }

@@ -197,24 +197,7 @@ pub fn run() -> Result<()> {
                 Some(p) => p,
                 None => repo_path(&cli.repo)?,
             };
-            let avg = avg_chunk_kib.checked_mul(1024).context("--avg-chunk-kib is too large")?;
-            let chunker = ChunkerParams {
-                min_size: avg / 4,
-                avg_size: avg,
-                max_size: avg.saturating_mul(8),
-                ..ChunkerParams::default()
-            };
-            let config = Repository::init(&path, &InitOptions { chunker, compression_level, ..InitOptions::default() })
-                .with_context(|| format!("cannot create a repository in {}", path.display()))?;
-            println!(
-                "created repository {} in {} (chunks {}/{}/{} KiB, zstd level {})",
-                &config.repository_id[..8],
-                path.display(),
-                config.chunker.min_size / 1024,
-                config.chunker.avg_size / 1024,
-                config.chunker.max_size / 1024,
-                config.compression_level
-            );
+            init(&path, avg_chunk_kib, compression_level)?;
         }
         Command::Backup { source, kind, source_id, force_read, json } => {
             let path = repo_path(&cli.repo)?;
@@ -240,45 +223,9 @@ pub fn run() -> Result<()> {
             output::images(&repo.images()?, &repo.damaged_images()?, json)?;
         }
         Command::Restore { image, target, partial, force, json } => {
-            let path = repo_path(&cli.repo)?;
-            let bar = progress::Bar::new(json);
-            let opts = strata::RestoreOptions { partial, force };
-            let (info, report) = Repository::read_image_consistently(
-                &path,
-                &image,
-                |repo, info| strata::restore_with(repo, info, &target, &opts, &bar),
-                |_| false,
-            )
-            .with_context(|| format!("restore of image {image} to {} failed", target.display()))?;
-            bar.clear();
-            output::restore(&info, &report, &target, json)?;
-            if !report.damaged.is_empty() {
-                let lost: u64 = report.damaged.iter().map(|d| d.len).sum();
-                anyhow::bail!(
-                    "partial restore: {} damaged ranges ({lost} bytes) were written as zeros",
-                    report.damaged.len()
-                );
-            }
+            restore(&repo_path(&cli.repo)?, &image, &target, strata::RestoreOptions { partial, force }, json)?;
         }
-        Command::Stats { json, set, image } => {
-            let path = repo_path(&cli.repo)?;
-            let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
-            let mut stats = strata::stats::stats(&repo)?;
-            let set_filter = match (set, image) {
-                (Some(s), _) => Some(find_set(&stats, &s)?),
-                (_, Some(i)) => {
-                    let info = repo.find_image(&i)?;
-                    stats.images.retain(|x| x.id == info.id);
-                    Some(info.set)
-                }
-                _ => None,
-            };
-            if let Some(set) = set_filter {
-                stats.sets.retain(|s| s.set == set);
-                stats.images.retain(|i| i.set == set);
-            }
-            output::stats(&stats, json)?;
-        }
+        Command::Stats { json, set, image } => stats(&repo_path(&cli.repo)?, set, image, json)?,
         Command::Forget {
             images,
             keep_sets,
@@ -295,43 +242,19 @@ pub fn run() -> Result<()> {
             max_unused,
             json,
         } => {
-            let path = repo_path(&cli.repo)?;
-            let repo = open_writer(&path, "forget")?;
             let keep_within_ms = keep_within.map(|d| parse_duration_ms(&d)).transpose()?;
             let policy =
                 Policy { keep_sets, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within_ms };
             if images.is_empty() && policy.is_empty() {
                 anyhow::bail!("nothing to forget: name images or give a --keep-* policy");
             }
+            let repo = open_writer(&repo_path(&cli.repo)?, "forget")?;
             let (ids, damaged) = strata::forget::resolve(&repo, &images)?;
             let req = ForgetRequest { ids, policy, source_id, rebase, damaged };
-            let plan = strata::forget::plan(&repo.images()?, &req)?;
-            let report = strata::forget::execute(&repo, &plan, dry_run).context("forget failed")?;
-            let pruned = if prune && !dry_run {
-                let p = strata::prune::plan(&repo, max_unused)?;
-                Some(strata::prune::execute(&repo, &p, &progress::Bar::new(json))?)
-            } else {
-                None
-            };
-            output::forget(&plan, &report, pruned.as_ref(), dry_run, json)?;
+            forget(&repo, &req, dry_run, prune.then_some(max_unused), json)?;
         }
         Command::Check { read_data, read_data_subset, json } => {
-            let path = repo_path(&cli.repo)?;
-            let read = match (read_data, read_data_subset) {
-                (true, _) => ReadData::All,
-                (_, Some(p)) if (0.0..=100.0).contains(&p) => ReadData::Subset(p),
-                (_, Some(p)) => anyhow::bail!("--read-data-subset {p} is not a percentage between 0 and 100"),
-                _ => ReadData::None,
-            };
-            let bar = progress::Bar::new(json);
-            let report =
-                Repository::read_consistently(&path, |repo| strata::check::check(repo, read, &bar), |r| !r.is_clean())
-                    .with_context(|| format!("cannot check repository {}", path.display()))?;
-            bar.clear();
-            output::check(&report, json)?;
-            if !report.is_clean() {
-                anyhow::bail!("check found {} problem(s)", report.problems.len());
-            }
+            check(&repo_path(&cli.repo)?, read_data, read_data_subset, json)?;
         }
         Command::Verify { image, json } => {
             let path = repo_path(&cli.repo)?;
@@ -355,20 +278,115 @@ pub fn run() -> Result<()> {
                 .with_context(|| format!("cannot rebuild the index of {}", path.display()))?;
             output::rebuild(&r, json)?;
         }
-        Command::Prune { dry_run, max_unused, json } => {
-            let path = repo_path(&cli.repo)?;
-            let repo = open_writer(&path, "prune")?;
-            let plan = strata::prune::plan(&repo, max_unused)?;
-            let report = if dry_run {
-                None
-            } else {
-                let bar = progress::Bar::new(json);
-                let r = strata::prune::execute(&repo, &plan, &bar).context("prune failed")?;
-                bar.clear();
-                Some(r)
-            };
-            output::prune(&plan, report.as_ref(), json)?;
+        Command::Prune { dry_run, max_unused, json } => prune(&repo_path(&cli.repo)?, dry_run, max_unused, json)?,
+    }
+    Ok(())
+}
+
+/// Forgets what `req` names (with `prune_above`: then prunes packs with more unused bytes than
+/// that percentage).
+fn forget(repo: &Repository, req: &ForgetRequest, dry_run: bool, prune_above: Option<f64>, json: bool) -> Result<()> {
+    let plan = strata::forget::plan(&repo.images()?, req)?;
+    let report = strata::forget::execute(repo, &plan, dry_run).context("forget failed")?;
+    let pruned = match prune_above {
+        Some(max_unused) if !dry_run => {
+            let p = strata::prune::plan(repo, max_unused)?;
+            Some(strata::prune::execute(repo, &p, &progress::Bar::new(json))?)
         }
+        _ => None,
+    };
+    output::forget(&plan, &report, pruned.as_ref(), dry_run, json)
+}
+
+fn prune(path: &std::path::Path, dry_run: bool, max_unused: f64, json: bool) -> Result<()> {
+    let repo = open_writer(path, "prune")?;
+    let plan = strata::prune::plan(&repo, max_unused)?;
+    let report = if dry_run {
+        None
+    } else {
+        let bar = progress::Bar::new(json);
+        let r = strata::prune::execute(&repo, &plan, &bar).context("prune failed")?;
+        bar.clear();
+        Some(r)
+    };
+    output::prune(&plan, report.as_ref(), json)
+}
+
+fn init(path: &std::path::Path, avg_chunk_kib: u32, compression_level: i32) -> Result<()> {
+    let avg = avg_chunk_kib.checked_mul(1024).context("--avg-chunk-kib is too large")?;
+    let chunker =
+        ChunkerParams { min_size: avg / 4, avg_size: avg, max_size: avg.saturating_mul(8), ..ChunkerParams::default() };
+    let config = Repository::init(path, &InitOptions { chunker, compression_level, ..InitOptions::default() })
+        .with_context(|| format!("cannot create a repository in {}", path.display()))?;
+    println!(
+        "created repository {} in {} (chunks {}/{}/{} KiB, zstd level {})",
+        &config.repository_id[..8],
+        path.display(),
+        config.chunker.min_size / 1024,
+        config.chunker.avg_size / 1024,
+        config.chunker.max_size / 1024,
+        config.compression_level
+    );
+    Ok(())
+}
+
+fn restore(
+    path: &std::path::Path,
+    image: &str,
+    target: &std::path::Path,
+    opts: strata::RestoreOptions,
+    json: bool,
+) -> Result<()> {
+    let bar = progress::Bar::new(json);
+    let (info, report) = Repository::read_image_consistently(
+        path,
+        image,
+        |repo, info| strata::restore_with(repo, info, target, &opts, &bar),
+        |_| false,
+    )
+    .with_context(|| format!("restore of image {image} to {} failed", target.display()))?;
+    bar.clear();
+    output::restore(&info, &report, target, json)?;
+    if !report.damaged.is_empty() {
+        let lost: u64 = report.damaged.iter().map(|d| d.len).sum();
+        anyhow::bail!("partial restore: {} damaged ranges ({lost} bytes) were written as zeros", report.damaged.len());
+    }
+    Ok(())
+}
+
+fn stats(path: &std::path::Path, set: Option<String>, image: Option<String>, json: bool) -> Result<()> {
+    let repo = Repository::open(path).with_context(|| format!("cannot open repository {}", path.display()))?;
+    let mut stats = strata::stats::stats(&repo)?;
+    let set_filter = match (set, image) {
+        (Some(s), _) => Some(find_set(&stats, &s)?),
+        (_, Some(i)) => {
+            let info = repo.find_image(&i)?;
+            stats.images.retain(|x| x.id == info.id);
+            Some(info.set)
+        }
+        _ => None,
+    };
+    if let Some(set) = set_filter {
+        stats.sets.retain(|s| s.set == set);
+        stats.images.retain(|i| i.set == set);
+    }
+    output::stats(&stats, json)
+}
+
+fn check(path: &std::path::Path, read_data: bool, read_data_subset: Option<f64>, json: bool) -> Result<()> {
+    let read = match (read_data, read_data_subset) {
+        (true, _) => ReadData::All,
+        (_, Some(p)) if (0.0..=100.0).contains(&p) => ReadData::Subset(p),
+        (_, Some(p)) => anyhow::bail!("--read-data-subset {p} is not a percentage between 0 and 100"),
+        _ => ReadData::None,
+    };
+    let bar = progress::Bar::new(json);
+    let report = Repository::read_consistently(path, |repo| strata::check::check(repo, read, &bar), |r| !r.is_clean())
+        .with_context(|| format!("cannot check repository {}", path.display()))?;
+    bar.clear();
+    output::check(&report, json)?;
+    if !report.is_clean() {
+        anyhow::bail!("check found {} problem(s)", report.problems.len());
     }
     Ok(())
 }

@@ -208,8 +208,16 @@ fn pct(part: u64, whole: u64) -> f64 {
 }
 
 pub fn stats(s: &Stats, json: bool) -> Result<()> {
-    let r = &s.repository;
     if json {
+        return stats_json(s);
+    }
+    stats_text(s);
+    Ok(())
+}
+
+fn stats_json(s: &Stats) -> Result<()> {
+    let r = &s.repository;
+    {
         let sets: Vec<_> = s
             .sets
             .iter()
@@ -238,8 +246,12 @@ pub fn stats(s: &Stats, json: bool) -> Result<()> {
             }
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
     }
+    Ok(())
+}
+
+fn stats_text(s: &Stats) {
+    let r = &s.repository;
     let mut source = None;
     for set in &s.sets {
         if source != Some(&set.source_id) {
@@ -307,7 +319,6 @@ pub fn stats(s: &Stats, json: bool) -> Result<()> {
             human(r.temporary_bytes)
         );
     }
-    Ok(())
 }
 
 pub fn forget(

@@ -106,25 +106,7 @@ pub fn plan(images: &[ImageInfo], req: &ForgetRequest) -> Result<ForgetPlan> {
         remove.insert(*id);
     }
     if !req.policy.is_empty() {
-        let mut sources: BTreeMap<&str, Vec<ImageInfo>> = BTreeMap::new();
-        for i in images.iter().filter(|i| req.source_id.as_deref().is_none_or(|s| s == i.source_id)) {
-            sources.entry(&i.source_id).or_default().push(i.clone());
-        }
-        for group in sources.values() {
-            let kept = retention::apply(group, &req.policy);
-            let mut keep: BTreeSet<ImageId> = kept.keys().copied().collect();
-            reasons.extend(kept);
-            if !req.rebase {
-                // A kept image keeps its set's full: a policy never forgets a full under a kept image.
-                let sets: BTreeSet<ImageId> = group.iter().filter(|i| keep.contains(&i.id)).map(|i| i.set).collect();
-                for full in group.iter().filter(|i| i.kind == Kind::Full && sets.contains(&i.set)) {
-                    if keep.insert(full.id) {
-                        reasons.entry(full.id).or_insert_with(Vec::new).push("full of kept images");
-                    }
-                }
-            }
-            remove.extend(group.iter().filter(|i| !keep.contains(&i.id)).map(|i| i.id));
-        }
+        policy_removals(images, req, &mut remove, &mut reasons);
     }
     // A forgotten full takes its set, unless rebased.
     if !req.rebase {
@@ -194,6 +176,35 @@ pub fn plan(images: &[ImageInfo], req: &ForgetRequest) -> Result<ForgetPlan> {
         ordered.into_iter().cloned().partition(|i| remove.contains(&i.id));
     let forget_damaged = req.damaged.iter().filter(|d| remove.contains(d) && !by_id.contains_key(d)).copied().collect();
     Ok(ForgetPlan { forget, forget_damaged, keep, rewrite, reasons, rebase: req.rebase })
+}
+
+/// The images a retention policy does not keep (per source), added to `remove`, with why each
+/// kept image is kept.
+fn policy_removals(
+    images: &[ImageInfo],
+    req: &ForgetRequest,
+    remove: &mut BTreeSet<ImageId>,
+    reasons: &mut BTreeMap<ImageId, Vec<&'static str>>,
+) {
+    let mut sources: BTreeMap<&str, Vec<ImageInfo>> = BTreeMap::new();
+    for i in images.iter().filter(|i| req.source_id.as_deref().is_none_or(|s| s == i.source_id)) {
+        sources.entry(&i.source_id).or_default().push(i.clone());
+    }
+    for group in sources.values() {
+        let kept = retention::apply(group, &req.policy);
+        let mut keep: BTreeSet<ImageId> = kept.keys().copied().collect();
+        reasons.extend(kept);
+        if !req.rebase {
+            // A kept image keeps its set's full: a policy never forgets a full under a kept image.
+            let sets: BTreeSet<ImageId> = group.iter().filter(|i| keep.contains(&i.id)).map(|i| i.set).collect();
+            for full in group.iter().filter(|i| i.kind == Kind::Full && sets.contains(&i.set)) {
+                if keep.insert(full.id) {
+                    reasons.entry(full.id).or_insert_with(Vec::new).push("full of kept images");
+                }
+            }
+        }
+        remove.extend(group.iter().filter(|i| !keep.contains(&i.id)).map(|i| i.id));
+    }
 }
 
 /// What executing (or, for a dry run, simulating) a plan does to the repository.

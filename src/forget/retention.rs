@@ -25,7 +25,7 @@ impl Policy {
     }
 
     /// A policy whose every rule is "keep 0" keeps no image at all (restic refuses it too).
-    pub fn keeps_nothing(&self) -> bool {
+    pub(crate) fn keeps_nothing(&self) -> bool {
         let counts =
             [self.keep_sets, self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly];
         !self.is_empty() && self.keep_within_ms.is_none() && counts.iter().all(|c| c.is_none_or(|n| n == 0))

@@ -24,7 +24,7 @@ impl Counters<'_> {
         }
     }
 
-    pub fn totals(&self) -> Result<Totals> {
+    pub(crate) fn totals(&self) -> Result<Totals> {
         match self.index.db.get(keys::TOTALS)? {
             Some(v) => Totals::decode(&v),
             None => Ok(Totals::default()),
@@ -95,7 +95,7 @@ impl Counters<'_> {
     /// Charges chunks that moved into new frames (prune re-framing them, or a backup storing
     /// again a chunk whose pack was lost) at their new share of stored bytes: `moves` lists
     /// (chunk, old charge, new charge). Adds the changes to `txn`, for the caller to commit.
-    pub fn recharge(&self, moves: &[(ChunkId, u64, u64)], txn: &mut Txn) -> Result<()> {
+    pub(crate) fn recharge(&self, moves: &[(ChunkId, u64, u64)], txn: &mut Txn) -> Result<()> {
         let moves: Vec<&(ChunkId, u64, u64)> = moves.iter().filter(|(_, old, new)| old != new).collect();
         if moves.is_empty() {
             return Ok(());
@@ -153,7 +153,7 @@ impl Counters<'_> {
     }
 
     /// Stored bytes of the chunks that `delta` would leave without any reference (a dry run).
-    pub fn unreferenced_after(&self, delta: &RefDelta) -> Result<u64> {
+    pub(crate) fn unreferenced_after(&self, delta: &RefDelta) -> Result<u64> {
         let chunks: Vec<ChunkId> = delta.changes.keys().copied().collect();
         let locs: Vec<Option<ChunkLoc>> = self.index.locate(&chunks)?;
         let owners = self.owners_of(&chunks)?;

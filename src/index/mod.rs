@@ -19,7 +19,7 @@ mod usage;
 pub use counters::Counters;
 pub use journal::Journal;
 pub use records::{ChunkLoc, Owners, PackRecord, SetCounters, SetId, Totals, LOC_LEN};
-pub use rocks::{headroom_for, WRITE_BUFFER};
+pub(crate) use rocks::headroom_for;
 pub use txn::Txn;
 pub use usage::RefDelta;
 
@@ -54,7 +54,7 @@ impl Index {
     }
 
     /// Opens a view that works beside a running writer.
-    pub fn open_read_only(path: &Path) -> Result<Index> {
+    pub(crate) fn open_read_only(path: &Path) -> Result<Index> {
         Ok(Index { db: rocks::Db::open_read_only(path)? })
     }
 
@@ -74,13 +74,13 @@ impl Index {
     }
 
     /// True when the index was finished by `init` or `rebuild-index` and has this version.
-    pub fn is_complete(&self) -> Result<bool> {
+    pub(crate) fn is_complete(&self) -> Result<bool> {
         let version = self.db.get(keys::VERSION)?;
         Ok(self.db.get(keys::COMPLETE)?.is_some() && version.as_deref() == Some(&keys::INDEX_VERSION.to_le_bytes()[..]))
     }
 
     /// The generation of the last writing command that finished with this index (0: none).
-    pub fn generation(&self) -> Result<u64> {
+    pub(crate) fn generation(&self) -> Result<u64> {
         match self.db.get(keys::GENERATION)? {
             None => Ok(0),
             Some(v) => v

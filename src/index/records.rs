@@ -59,7 +59,7 @@ impl ChunkLoc {
         crate::pack::charged(self.stored_len, self.raw_len, self.frame_raw)
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(LOC_LEN);
         // The trailer entry's codec, with the pack id in the place of the chunk id.
         self.entry(crate::id::ChunkId(self.pack.0)).encode(&mut b);
@@ -82,7 +82,7 @@ pub struct PackRecord {
 }
 
 impl PackRecord {
-    pub fn encode(&self) -> [u8; 24] {
+    pub(crate) fn encode(&self) -> [u8; 24] {
         let mut b = [0u8; 24];
         b[0..8].copy_from_slice(&self.size.to_le_bytes());
         b[8..12].copy_from_slice(&self.chunks.to_le_bytes());

@@ -11,11 +11,11 @@ use crate::error::{Error, Result};
 /// log (1.1 × this): with the default 64 MiB, a 10 KB backup failed for lack of space on a
 /// filesystem with 83 MB free. An index batch per pack is small, so a small memtable costs
 /// only a few more (small) flushes.
-pub const WRITE_BUFFER: u64 = 8 << 20;
+pub(crate) const WRITE_BUFFER: u64 = 8 << 20;
 
 /// Free space the index may take while a pack with `entries` chunks is indexed: a memtable flush
 /// (a table file of at most one memtable) and the next log's preallocation, plus the records.
-pub fn headroom_for(entries: usize) -> u64 {
+pub(crate) fn headroom_for(entries: usize) -> u64 {
     2 * WRITE_BUFFER + WRITE_BUFFER / 10 + entries as u64 * 160
 }
 

@@ -18,17 +18,17 @@ impl Txn {
         Txn::default()
     }
 
-    pub fn put_chunk(&mut self, id: &ChunkId, loc: &ChunkLoc) {
+    pub(crate) fn put_chunk(&mut self, id: &ChunkId, loc: &ChunkLoc) {
         self.batch.put(keys::chunk(id), loc.encode());
     }
 
     /// Removes a chunk (its location and its dead marker): prune, when the chunk itself goes.
-    pub fn remove_chunk(&mut self, id: &ChunkId) {
+    pub(crate) fn remove_chunk(&mut self, id: &ChunkId) {
         self.batch.delete(keys::chunk(id));
         self.batch.delete(keys::dead(id));
     }
 
-    pub fn put_pack(&mut self, id: &PackId, record: &PackRecord) {
+    pub(crate) fn put_pack(&mut self, id: &PackId, record: &PackRecord) {
         self.batch.put(keys::pack(id), record.encode());
     }
 
@@ -41,36 +41,36 @@ impl Txn {
         self.put_pack(&pack, &record);
     }
 
-    pub fn remove_pack(&mut self, id: &PackId) {
+    pub(crate) fn remove_pack(&mut self, id: &PackId) {
         self.batch.delete(keys::pack(id));
     }
 
     /// A catalog entry: the image's info, encoded as in its manifest's footer.
-    pub fn put_image(&mut self, id: &ImageId, encoded_info: &[u8]) {
+    pub(crate) fn put_image(&mut self, id: &ImageId, encoded_info: &[u8]) {
         self.batch.put(keys::image(id), encoded_info);
     }
 
-    pub fn remove_image(&mut self, id: &ImageId) {
+    pub(crate) fn remove_image(&mut self, id: &ImageId) {
         self.batch.delete(keys::image(id));
     }
 
     /// Records (or replaces) the journal of the operation in progress.
-    pub fn set_journal(&mut self, journal: &Journal) -> Result<()> {
+    pub(crate) fn set_journal(&mut self, journal: &Journal) -> Result<()> {
         self.batch.put(keys::JOURNAL, journal.encode()?);
         Ok(())
     }
 
     /// The operation is complete when this commits.
-    pub fn clear_journal(&mut self) {
+    pub(crate) fn clear_journal(&mut self) {
         self.batch.delete(keys::JOURNAL);
     }
 
     /// Marks a new index complete (init, and the last batch of rebuild-index).
-    pub fn mark_complete(&mut self) {
+    pub(crate) fn mark_complete(&mut self) {
         self.batch.put(keys::COMPLETE, []);
     }
 
-    pub fn set_generation(&mut self, generation: u64) {
+    pub(crate) fn set_generation(&mut self, generation: u64) {
         self.batch.put(keys::GENERATION, generation.to_le_bytes());
     }
 

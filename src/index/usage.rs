@@ -23,14 +23,6 @@ impl RefDelta {
         }
     }
 
-    /// Adds (`sign` = 1) or removes (`sign` = -1) one reference per chunk of `chunks` (the chunk
-    /// extents of a manifest), counted under `set`.
-    pub fn add_all(&mut self, chunks: impl IntoIterator<Item = ChunkId>, set: SetId, sign: i64) {
-        for id in chunks {
-            self.add(id, set, sign);
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.changes.len()
     }
@@ -40,7 +32,7 @@ impl RefDelta {
     }
 
     /// The owners of every chunk as this delta, applied to no owners, gives them.
-    pub fn into_owners(self) -> HashMap<ChunkId, Owners> {
+    pub(crate) fn into_owners(self) -> HashMap<ChunkId, Owners> {
         self.changes
             .into_iter()
             .map(|(id, sets)| (id, sets.into_iter().filter(|(_, n)| *n > 0).map(|(s, n)| (s, n as u32)).collect()))
@@ -138,7 +130,7 @@ impl Usage {
     }
 
     /// A chunk that no image references counts against its pack.
-    pub fn became_dead(&mut self, loc: &ChunkLoc) -> Result<()> {
+    pub(crate) fn became_dead(&mut self, loc: &ChunkLoc) -> Result<()> {
         let p = self.pack(loc.pack)?;
         p.dead_bytes += loc.charged();
         p.dead_chunks += 1;
@@ -147,7 +139,7 @@ impl Usage {
 
     /// A chunk owned by `owners` moved into a new frame: its owners are charged `new` stored
     /// bytes instead of `old`.
-    pub fn recharge(&mut self, owners: &[(SetId, u32)], old: u64, new: u64) {
+    pub(crate) fn recharge(&mut self, owners: &[(SetId, u32)], old: u64, new: u64) {
         let shift = |v: u64| (v + new).saturating_sub(old);
         for (s, _) in owners {
             let c = self.set(*s);

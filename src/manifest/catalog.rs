@@ -42,7 +42,7 @@ pub fn catalogued(index: &Index) -> Result<Vec<ImageInfo>> {
 
 /// Manifests that are published but not (yet) in the catalog. Damaged ones are left for
 /// `check` to report rather than hiding the rest.
-pub fn uncatalogued(backend: &dyn Backend, index: &Index) -> Result<Vec<ImageInfo>> {
+pub(crate) fn uncatalogued(backend: &dyn Backend, index: &Index) -> Result<Vec<ImageInfo>> {
     let known: HashSet<ImageId> = index.catalog()?.into_iter().map(|(id, _)| id).collect();
     let ids = paths::manifest_ids(backend)?;
     Ok(ids.iter().filter(|id| !known.contains(id)).filter_map(|id| read_info(backend, id).ok()).collect())
@@ -62,13 +62,13 @@ pub fn damaged(backend: &dyn Backend, index: &Index) -> Result<Vec<DamagedImage>
 }
 
 /// The info of every readable manifest (damaged ones are left for `check`).
-pub fn manifest_infos(backend: &dyn Backend) -> Result<Vec<ImageInfo>> {
+pub(crate) fn manifest_infos(backend: &dyn Backend) -> Result<Vec<ImageInfo>> {
     Ok(paths::manifest_ids(backend)?.iter().filter_map(|id| read_info(backend, id).ok()).collect())
 }
 
 /// The one item of `items` whose id starts with `spec` (case-insensitive): none is
 /// `ImageNotFound`, several are `AmbiguousImage` (listing them) unless the spec is empty.
-pub fn find_by_prefix<T>(spec: &str, items: Vec<T>, id: impl Fn(&T) -> ImageId) -> Result<T> {
+pub(crate) fn find_by_prefix<T>(spec: &str, items: Vec<T>, id: impl Fn(&T) -> ImageId) -> Result<T> {
     let spec_l = spec.to_ascii_lowercase();
     let mut matches: Vec<T> = items.into_iter().filter(|i| id(i).to_string().starts_with(&spec_l)).collect();
     match matches.len() {
@@ -130,7 +130,7 @@ pub fn view(backend: &dyn Backend, chain: &[ImageInfo]) -> Result<View> {
 }
 
 /// Calls `f` with the chunk of every chunk extent an image's manifest lists (its references).
-pub fn for_each_chunk(backend: &dyn Backend, id: &ImageId, mut f: impl FnMut(ChunkId)) -> Result<()> {
+pub(crate) fn for_each_chunk(backend: &dyn Backend, id: &ImageId, mut f: impl FnMut(ChunkId)) -> Result<()> {
     let (_, extents) = open_manifest(backend, id)?;
     for e in extents {
         if let Content::Chunk { id, .. } = e?.content {

@@ -19,7 +19,7 @@ use crate::id::{ChunkId, ImageId};
 use crate::pack::MAX_CHUNK_LEN;
 use crate::storage::{Backend, ObjectWriter};
 
-pub const MANIFEST_VERSION: u16 = 1;
+pub(crate) const MANIFEST_VERSION: u16 = 1;
 const HEADER_MAGIC: &[u8; 8] = b"STRATAIM";
 const FOOTER_MAGIC: &[u8; 8] = b"STRATAIE";
 const HEADER_LEN: u64 = 12;
@@ -37,7 +37,7 @@ fn info_config() -> impl bincode::config::Config {
     bincode::config::standard().with_little_endian().with_fixed_int_encoding().with_limit::<{ 64 * 1024 }>()
 }
 
-pub struct ManifestWriter {
+pub(crate) struct ManifestWriter {
     out: Box<dyn ObjectWriter>,
     hasher: blake3::Hasher,
     count: u64,
@@ -188,13 +188,13 @@ fn read_footer(backend: &dyn Backend, id: &ImageId, verify: bool) -> Result<Foot
 }
 
 /// An image's info as the manifest footer and the catalog store it.
-pub fn encode_info(info: &ImageInfo) -> Result<Vec<u8>> {
+pub(crate) fn encode_info(info: &ImageInfo) -> Result<Vec<u8>> {
     bincode::serde::encode_to_vec(info, info_config())
         .map_err(|e| Error::Internal { reason: format!("image info does not encode: {e}") })
 }
 
 /// A catalog entry (an info encoded as in the manifest footer).
-pub fn decode_info(raw: &[u8]) -> Result<ImageInfo> {
+pub(crate) fn decode_info(raw: &[u8]) -> Result<ImageInfo> {
     let (info, used): (ImageInfo, usize) = bincode::serde::decode_from_slice(raw, info_config())
         .map_err(|e| Error::Index { reason: format!("catalog entry does not decode: {e}") })?;
     if used != raw.len() {
@@ -204,14 +204,14 @@ pub fn decode_info(raw: &[u8]) -> Result<ImageInfo> {
 }
 
 /// The image info stored in a manifest, after checking the whole file.
-pub fn read_info(backend: &dyn Backend, id: &ImageId) -> Result<ImageInfo> {
+pub(crate) fn read_info(backend: &dyn Backend, id: &ImageId) -> Result<ImageInfo> {
     Ok(read_footer(backend, id, true)?.info)
 }
 
 /// The image info from the footer alone (magic, version, bounds and decoding checked, not the
 /// whole-file checksum): for walking chains, whose manifests are verified again whole when
 /// their extents are read (`open_manifest`), before any of them is used.
-pub fn peek_info(backend: &dyn Backend, id: &ImageId) -> Result<ImageInfo> {
+pub(crate) fn peek_info(backend: &dyn Backend, id: &ImageId) -> Result<ImageInfo> {
     Ok(read_footer(backend, id, false)?.info)
 }
 

@@ -37,7 +37,7 @@ impl Extent {
     }
 
     /// The part of this extent inside `[from, to)`; the caller guarantees the ranges overlap.
-    pub fn slice(&self, from: u64, to: u64) -> Extent {
+    pub(crate) fn slice(&self, from: u64, to: u64) -> Extent {
         let start = from.max(self.offset);
         let end = to.min(self.end());
         debug_assert!(start < end, "slice outside the extent");
@@ -51,7 +51,7 @@ impl Extent {
 }
 
 /// Appends `e` to `out`, merging it into the previous extent when both are zeros and adjacent.
-pub fn push_coalesced(out: &mut Vec<Extent>, e: Extent) {
+pub(crate) fn push_coalesced(out: &mut Vec<Extent>, e: Extent) {
     if let Some(last) = out.last_mut() {
         if last.is_zero() && e.is_zero() && last.end() == e.offset {
             last.len += e.len;

@@ -8,9 +8,8 @@ pub mod extent;
 
 pub use catalog::DamagedImage;
 pub use chain::{ChangeFilter, Overlay, View};
-pub use codec::{
-    decode_info, encode_info, open_manifest, peek_info, read_info, ExtentReader, ManifestWriter, MANIFEST_VERSION,
-};
+pub use codec::open_manifest;
+pub(crate) use codec::{read_info, ManifestWriter};
 pub use extent::{Content, Extent};
 
 use serde::{Deserialize, Serialize};

@@ -21,7 +21,7 @@ impl PackBuilder {
 
     /// A builder that writes into `buf` (cleared; its capacity is kept): reusing the buffer of a
     /// finished pack saves the page faults of a fresh one.
-    pub fn with_buffer(mut buf: Vec<u8>) -> PackBuilder {
+    pub(crate) fn with_buffer(mut buf: Vec<u8>) -> PackBuilder {
         buf.clear();
         // header: magic | version u16 LE | flags u16 LE (0: not encrypted)
         buf.extend_from_slice(HEADER_MAGIC);
@@ -36,7 +36,7 @@ impl PackBuilder {
     }
 
     /// Adds a frame holding `chunks` (id and length), in the order they were put in the frame.
-    pub fn add_frame(&mut self, codec: Codec, stored: &[u8], chunks: &[(ChunkId, u32)]) {
+    pub(crate) fn add_frame(&mut self, codec: Codec, stored: &[u8], chunks: &[(ChunkId, u32)]) {
         let offset = self.buf.len() as u64;
         self.buf.extend_from_slice(stored);
         let frame_raw: u32 = chunks.iter().map(|(_, n)| n).sum();

@@ -14,7 +14,7 @@ pub enum Codec {
 }
 
 impl Codec {
-    pub fn from_u8(b: u8) -> Option<Codec> {
+    pub(crate) fn from_u8(b: u8) -> Option<Codec> {
         match b {
             0 => Some(Codec::Raw),
             1 => Some(Codec::Zstd),

@@ -25,12 +25,12 @@ pub use codec::{
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 
-pub const HEADER_MAGIC: &[u8; 8] = b"STRATAPK";
-pub const FOOTER_MAGIC: &[u8; 8] = b"STRATAPE";
-pub const PACK_VERSION: u16 = 2;
-pub const HEADER_LEN: usize = 12;
-pub const ENTRY_LEN: usize = 57;
-pub const FOOTER_LEN: usize = 4 + 32 + 8;
+pub(crate) const HEADER_MAGIC: &[u8; 8] = b"STRATAPK";
+pub(crate) const FOOTER_MAGIC: &[u8; 8] = b"STRATAPE";
+pub(crate) const PACK_VERSION: u16 = 2;
+pub(crate) const HEADER_LEN: usize = 12;
+pub(crate) const ENTRY_LEN: usize = 57;
+pub(crate) const FOOTER_LEN: usize = 4 + 32 + 8;
 
 /// One chunk inside a pack, as its trailer lists it: the frame that holds it (offset, stored
 /// length, codec, decoded length) and where the chunk lies in the decoded frame.
@@ -46,7 +46,7 @@ pub struct PackEntry {
 }
 
 impl PackEntry {
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.stored_len.to_le_bytes());
@@ -87,7 +87,7 @@ pub fn charged(stored_len: u32, raw_len: u32, frame_raw: u32) -> u64 {
 }
 
 /// Reads the trailer of a pack through `read_at(offset, len)` without reading its frames.
-pub fn read_trailer_at(
+pub(crate) fn read_trailer_at(
     pack: &PackId,
     size: u64,
     read_at: impl Fn(u64, usize) -> Result<Vec<u8>>,
@@ -110,7 +110,7 @@ pub fn read_trailer_at(
 
 /// Reads the trailer of a complete pack file, checking magic numbers, checksum and that every
 /// entry lies inside the frame area. Never panics on arbitrary bytes.
-pub fn read_trailer(pack: &PackId, file: &[u8]) -> Result<Vec<PackEntry>> {
+pub(crate) fn read_trailer(pack: &PackId, file: &[u8]) -> Result<Vec<PackEntry>> {
     let corrupt = |reason: &str| Error::CorruptPack { pack: pack.to_string(), reason: reason.to_string() };
     if file.len() < HEADER_LEN + FOOTER_LEN {
         return Err(corrupt("shorter than header and footer"));

@@ -85,7 +85,7 @@ impl FrameCache {
         }
     }
 
-    pub fn cap(&self) -> u64 {
+    pub(crate) fn cap(&self) -> u64 {
         self.cap
     }
 

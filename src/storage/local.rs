@@ -92,7 +92,7 @@ impl LocalDir {
 }
 
 /// fsync of the directory makes a rename inside it durable (restic #3436).
-pub fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync directory", dir, e))
 }
 

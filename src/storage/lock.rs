@@ -12,7 +12,7 @@ pub use crate::error::LockHolder;
 use crate::error::{Error, Result};
 
 /// Held while it lives.
-pub struct RepoLock {
+pub(crate) struct RepoLock {
     _file: File,
 }
 
@@ -20,7 +20,7 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
 }
 
-pub fn acquire(repo: &Path, command: &str) -> Result<RepoLock> {
+pub(crate) fn acquire(repo: &Path, command: &str) -> Result<RepoLock> {
     let path = repo.join("lock");
     let mut file = OpenOptions::new()
         .read(true)
@@ -87,7 +87,7 @@ pub fn writer_active(repo: &Path) -> bool {
 }
 
 /// Waits until no writer holds the lock, or `limit` passes.
-pub fn wait_for_writers(repo: &Path, limit: std::time::Duration) {
+pub(crate) fn wait_for_writers(repo: &Path, limit: std::time::Duration) {
     let started = std::time::Instant::now();
     while writer_active(repo) && started.elapsed() < limit {
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -8,7 +8,8 @@ mod local;
 pub mod lock;
 pub mod paths;
 
-pub use local::{sync_dir, LocalDir};
+pub(crate) use local::sync_dir;
+pub use local::LocalDir;
 
 use std::io::{Read, Write};
 

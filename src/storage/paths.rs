@@ -14,11 +14,11 @@ use super::Backend;
 use crate::error::Result;
 use crate::id::{ImageId, PackId};
 
-pub const CONFIG: &str = "config";
-pub const GENERATION: &str = "generation";
-pub const PACKS: &str = "packs";
-pub const IMAGES: &str = "images";
-pub const INDEX: &str = "index";
+pub(crate) const CONFIG: &str = "config";
+pub(crate) const GENERATION: &str = "generation";
+pub(crate) const PACKS: &str = "packs";
+pub(crate) const IMAGES: &str = "images";
+pub(crate) const INDEX: &str = "index";
 
 pub fn manifest(id: &ImageId) -> String {
     format!("{IMAGES}/{id}")
@@ -44,6 +44,6 @@ pub fn pack_files(backend: &dyn Backend) -> Result<Vec<PackFile>> {
 }
 
 /// The ids of every manifest in `images/` (files not named like an image are skipped).
-pub fn manifest_ids(backend: &dyn Backend) -> Result<Vec<ImageId>> {
+pub(crate) fn manifest_ids(backend: &dyn Backend) -> Result<Vec<ImageId>> {
     Ok(backend.list(IMAGES)?.iter().filter_map(|name| name.strip_prefix("images/").and_then(ImageId::parse)).collect())
 }
