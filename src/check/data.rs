@@ -22,6 +22,9 @@ enum Damage {
     Pack(PackId),
 }
 
+/// What reading one pack found: its damage, chunks read, frame bytes read.
+type PackRead = (Vec<(Damage, String)>, u64, u64);
+
 /// Reads the selected packs whole, in parallel, each chunk decoded and re-hashed.
 pub(super) fn read_packs(
     repo: &Repository,
@@ -42,8 +45,7 @@ pub(super) fn read_packs(
         .collect();
     let sizes: HashMap<PackId, u64> = repo.index().packs()?.into_iter().map(|(p, r)| (p, r.size)).collect();
     progress.begin("check", selected.iter().map(|p| sizes.get(*p).copied().unwrap_or(0)).sum());
-    let results: Vec<(Vec<(Damage, String)>, u64, u64)> =
-        selected.par_iter().map(|pack| read_pack(repo, pack, f, progress)).collect();
+    let results: Vec<PackRead> = selected.par_iter().map(|pack| read_pack(repo, pack, f, progress)).collect();
     progress.end();
     report.packs_read = selected.len();
     for (damaged, n, bytes) in results {

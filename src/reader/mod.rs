@@ -216,17 +216,25 @@ impl<'a> ImageReader<'a> {
         while start < pieces.len() {
             let (end, frames) = frame_group(&locs[start..], budget);
             let end = start + end;
-            let decoded: HashMap<(crate::id::PackId, u64), Frame> = frames
-                .par_iter()
-                .map(|loc| {
-                    ((loc.pack, loc.offset), self.cache.get((loc.pack, loc.offset), || read_frame(self.backend, loc)))
-                })
-                .collect();
-            let part: Vec<Result<Vec<u8>>> = pieces[start..end]
-                .par_iter()
-                .zip(&locs[start..end])
-                .map(|(p, loc)| self.piece(p, loc.as_ref(), loc.and_then(|l| decoded.get(&(l.pack, l.offset)))))
-                .collect();
+            let frame = |loc: &ChunkLoc| {
+                let key = (loc.pack, loc.offset);
+                (key, self.cache.get(key, || read_frame(self.backend, loc)))
+            };
+            // Small reads stay on the calling thread: handing one frame to the pool costs more
+            // than the work (mount and NBD serve many small reads, each on its own thread).
+            let decoded: HashMap<(crate::id::PackId, u64), Frame> = if frames.len() > 1 {
+                frames.par_iter().map(frame).collect()
+            } else {
+                frames.iter().map(frame).collect()
+            };
+            let piece = |(p, loc): (&Piece, &Option<ChunkLoc>)| {
+                self.piece(p, loc.as_ref(), loc.and_then(|l| decoded.get(&(l.pack, l.offset))))
+            };
+            let part: Vec<Result<Vec<u8>>> = if end - start > 4 {
+                pieces[start..end].par_iter().zip(&locs[start..end]).map(piece).collect()
+            } else {
+                pieces[start..end].iter().zip(&locs[start..end]).map(piece).collect()
+            };
             out.extend(part);
             start = end;
         }

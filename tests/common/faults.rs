@@ -139,3 +139,111 @@ impl Backend for Faulty {
         self.inner.available()
     }
 }
+
+/// The local directory behind a volatile write cache that ignored every flush: each object the
+/// backend reported durable is remembered (with what it replaced), and `power_cut` undoes the
+/// writes after the first `keep`, as if they had never reached the disk. The index, which is
+/// local and syncs itself, keeps what it recorded: it is ahead of the storage after the cut.
+pub struct Lossy {
+    inner: LocalDir,
+    root: std::path::PathBuf,
+    /// Every durable write in order: the object's path and its previous bytes (None: it was new).
+    log: std::sync::Mutex<Vec<(String, Option<Vec<u8>>)>>,
+}
+
+impl Lossy {
+    pub fn new(root: &Path) -> Lossy {
+        Lossy { inner: LocalDir::new(root), root: root.into(), log: Default::default() }
+    }
+
+    fn remember(&self, path: &str) {
+        let previous = std::fs::read(self.root.join(path)).ok();
+        self.log.lock().unwrap().push((path.to_string(), previous));
+    }
+
+    /// Writes reported durable so far.
+    pub fn writes(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// Loses every write after the first `keep` (newest first, so each object falls back to
+    /// what it held before); returns the paths of the objects lost.
+    pub fn power_cut(&self, keep: usize) -> Vec<String> {
+        let mut log = self.log.lock().unwrap();
+        let keep = keep.min(log.len());
+        let lost = log.split_off(keep);
+        for (path, previous) in lost.iter().rev() {
+            let full = self.root.join(path);
+            match previous {
+                Some(bytes) => std::fs::write(&full, bytes).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(&full);
+                }
+            }
+        }
+        lost.into_iter().map(|(path, _)| path).collect()
+    }
+}
+
+struct LossyWriter {
+    inner: Box<dyn ObjectWriter>,
+    owner: Arc<Lossy>,
+    path: String,
+}
+
+impl Write for LossyWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl ObjectWriter for LossyWriter {
+    fn commit(self: Box<Self>) -> Result<()> {
+        self.owner.remember(&self.path);
+        self.inner.commit()
+    }
+}
+
+/// `Lossy` shared between the repository (as its backend) and the test (which cuts the power).
+pub struct LossyBackend(pub Arc<Lossy>);
+
+impl Backend for LossyBackend {
+    fn put(&self, path: &str, data: &[u8]) -> Result<()> {
+        self.0.remember(path);
+        self.0.inner.put(path, data)
+    }
+    fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>> {
+        let inner = self.0.inner.create(path)?;
+        Ok(Box::new(LossyWriter { inner, owner: self.0.clone(), path: path.to_string() }))
+    }
+    fn get(&self, path: &str) -> Result<Vec<u8>> {
+        self.0.inner.get(path)
+    }
+    fn open(&self, path: &str) -> Result<Box<dyn Read + Send>> {
+        self.0.inner.open(path)
+    }
+    fn read_at(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.0.inner.read_at(path, offset, len)
+    }
+    fn size(&self, path: &str) -> Result<u64> {
+        self.0.inner.size(path)
+    }
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        self.0.inner.list(dir)
+    }
+    fn remove(&self, path: &str) -> Result<()> {
+        self.0.inner.remove(path)
+    }
+    fn temporaries(&self) -> Result<Vec<(String, u64)>> {
+        self.0.inner.temporaries()
+    }
+    fn remove_temporary(&self, path: &str) -> Result<()> {
+        self.0.inner.remove_temporary(path)
+    }
+    fn available(&self) -> Option<u64> {
+        self.0.inner.available()
+    }
+}
