@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, ImageId, PackId};
 use crate::index::{ChunkLookup, PackRecord, Txn};
 use crate::manifest::{open_manifest, Content};
-use crate::pack::{read_trailer, read_trailer_at, FrameReader, PackEntry};
+use crate::pack::{read_trailer, stored_trailer, unindexed, FrameReader, PackEntry, Unindexed};
 use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::storage::paths;
@@ -114,18 +114,13 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
         }
     }
     let mut orphans: Vec<(String, u64)> = Vec::new();
-    for paths::PackFile { path, id } in paths::pack_files(repo.backend())? {
-        if id.is_some_and(|id| records.contains_key(&id)) {
-            continue;
-        }
-        let Some(id) = id else {
+    for Unindexed { path, id, trailer } in unindexed(repo.backend(), |id| records.contains_key(id))? {
+        if id.is_none() {
             plan.kept_orphans.push((path, "not named like a pack, so prune leaves it alone".into()));
             continue;
-        };
-        let size = repo.backend().size(&path)?;
-        let entries = read_trailer_at(&id, size, |o, n| repo.backend().read_at(&path, o, n));
-        match entries {
-            Ok(entries) => {
+        }
+        match trailer {
+            Ok((size, entries)) => {
                 for e in &entries {
                     dropped.entry(e.id).or_default().push(Dropped::Orphan(orphans.len()));
                 }
@@ -245,13 +240,9 @@ fn has_other_copy(
     if matches!(plan.packs.get(&loc.pack), Some((PackAction::Delete, _))) {
         return Ok(false);
     }
-    let entries = trailers.entry(loc.pack).or_insert_with(|| {
-        let path = loc.pack.path();
-        repo.backend()
-            .size(&path)
-            .and_then(|size| read_trailer_at(&loc.pack, size, |o, n| repo.backend().read_at(&path, o, n)))
-            .ok()
-    });
+    let entries = trailers
+        .entry(loc.pack)
+        .or_insert_with(|| stored_trailer(repo.backend(), &loc.pack, &loc.pack.path()).ok().map(|(_, e)| e));
     Ok(entries.as_ref().is_some_and(|es| es.iter().any(|e| e.id == *chunk && loc.is(&loc.pack, e))))
 }
 

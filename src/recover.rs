@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, ImageId};
 use crate::index::{Index, Journal, Owners, RefDelta, Txn};
 use crate::manifest::{catalog, ImageInfo};
-use crate::pack::read_trailer_at;
+use crate::pack::stored_trailer;
 use crate::storage::{generation, lock, paths, sync_dir, Backend, LocalDir};
 
 /// Finishes what an interrupted operation left, exactly as its journal says: the catalog
@@ -142,10 +142,7 @@ fn fill(backend: &dyn Backend, index: &Index, report: &mut RebuildReport) -> Res
             report.unreadable_packs.push((file.path, "not a pack name".into()));
             continue;
         };
-        let read = backend
-            .size(&file.path)
-            .and_then(|size| read_trailer_at(&pack, size, |o, n| backend.read_at(&file.path, o, n)).map(|e| (size, e)));
-        match read {
+        match stored_trailer(backend, &pack, &file.path) {
             Ok((size, entries)) => {
                 report.chunks += entries.len();
                 index.add_pack(pack, size, &entries)?;

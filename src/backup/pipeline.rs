@@ -185,8 +185,28 @@ impl<'a> Run<'a> {
         Ok(bytes_read)
     }
 
-    /// Records the changed extents of a window and stores the chunks the repository lacks.
+    /// Records the changed extents of a window and stores the chunks the repository lacks: the
+    /// named steps of a window.
     fn store_window(&mut self, segments: &[Segment]) -> Result<()> {
+        let candidates = self.record_changes(segments)?;
+        if !candidates.is_empty() {
+            let frames = self.frames_of_missing(&candidates)?;
+            self.pack_frames(&frames)?;
+        }
+        if self.refs.len() >= REF_FLUSH {
+            // Chunks must be indexed before their references count: seal the pack and wait for
+            // the writer first. The journal stays set, so a crash after this point is repaired
+            // by a rebuild.
+            self.seal_pack()?;
+            self.wait_acks()?;
+            self.repo.index().counters().apply(std::mem::take(self.refs), Txn::new())?;
+        }
+        Ok(())
+    }
+
+    /// Writes the extents that differ from the base into the manifest, counts their references,
+    /// and returns the distinct chunks among them that are not already on their way into a pack.
+    fn record_changes<'s>(&mut self, segments: &'s [Segment]) -> Result<Vec<(ChunkId, &'s [u8])>> {
         let mut candidates: Vec<(ChunkId, &[u8])> = Vec::new();
         let mut seen: HashSet<ChunkId> = HashSet::new();
         for s in segments {
@@ -208,41 +228,32 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        if candidates.is_empty() {
-            return Ok(());
-        }
+        Ok(candidates)
+    }
+
+    /// The candidates the repository lacks (unknown to the index, or whose pack is gone or cut
+    /// short: self-healing stores those again rather than trusting the index; one stat per pack
+    /// and run), in disk order, grouped into frames of about `FRAME_TARGET` bytes.
+    fn frames_of_missing<'s>(&mut self, candidates: &[(ChunkId, &'s [u8])]) -> Result<Vec<Vec<(ChunkId, &'s [u8])>>> {
         let ids: Vec<ChunkId> = candidates.iter().map(|(id, _)| *id).collect();
         let known = self.repo.index().locate(&ids)?;
-        // Self-healing: a chunk whose pack is gone or cut short is stored again rather than
-        // trusted to the index (one stat per pack and run).
-        let mut stored_ok = Vec::with_capacity(known.len());
-        for loc in &known {
-            stored_ok.push(match loc {
-                Some(l) => {
-                    let size = match self.pack_sizes.get(&l.pack) {
-                        Some(s) => *s,
-                        None => {
-                            let s = self.repo.backend().size(&l.pack.path()).ok();
-                            self.pack_sizes.insert(l.pack, s);
-                            s
-                        }
-                    };
-                    size.is_some_and(|s| l.offset + l.stored_len as u64 <= s)
-                }
-                None => false,
-            });
-        }
-        // New chunks, in disk order, go into frames of about FRAME_TARGET bytes, compressed
-        // (and verified) in parallel.
         let mut frames: Vec<Vec<(ChunkId, &[u8])>> = Vec::new();
         let mut open = 0usize;
-        for ((&(id, data), ok), loc) in candidates.iter().zip(&stored_ok).zip(&known) {
-            if *ok {
-                continue;
-            }
-            if let Some(lost) = loc {
+        for (&(id, data), loc) in candidates.iter().zip(&known) {
+            if let Some(l) = loc {
+                let size = match self.pack_sizes.get(&l.pack) {
+                    Some(s) => *s,
+                    None => {
+                        let s = self.repo.backend().size(&l.pack.path()).ok();
+                        self.pack_sizes.insert(l.pack, s);
+                        s
+                    }
+                };
+                if size.is_some_and(|s| l.offset + l.stored_len as u64 <= s) {
+                    continue;
+                }
                 // Stored again: once indexed, its owners are charged its new share of a frame.
-                self.restored.insert(id, lost.charged());
+                self.restored.insert(id, l.charged());
             }
             if frames.is_empty() || open >= FRAME_TARGET {
                 frames.push(Vec::new());
@@ -253,6 +264,12 @@ impl<'a> Run<'a> {
             }
             open += data.len();
         }
+        Ok(frames)
+    }
+
+    /// Compresses (and verifies) the frames in parallel and adds them to the pack being built,
+    /// sealing it whenever it is full.
+    fn pack_frames(&mut self, frames: &[Vec<(ChunkId, &[u8])>]) -> Result<()> {
         let level = self.repo.config().compression_level;
         let compressed: Vec<(Codec, Vec<u8>)> =
             frames.par_iter().map(|chunks| compress_frame(chunks, level)).collect::<Result<_>>()?;
@@ -267,14 +284,6 @@ impl<'a> Run<'a> {
             if self.pack.len() as u64 >= self.repo.config().pack_target_size {
                 self.seal_pack()?;
             }
-        }
-        if self.refs.len() >= REF_FLUSH {
-            // Chunks must be indexed before their references count: seal the pack and wait for
-            // the writer first. The journal stays set, so a crash after this point is repaired
-            // by a rebuild.
-            self.seal_pack()?;
-            self.wait_acks()?;
-            self.repo.index().counters().apply(std::mem::take(self.refs), Txn::new())?;
         }
         Ok(())
     }

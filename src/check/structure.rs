@@ -8,9 +8,8 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, ImageId, PackId};
 use crate::index::ChunkLookup;
 use crate::manifest::{open_manifest, Content, ImageInfo};
-use crate::pack::read_trailer_at;
+use crate::pack::{stored_trailer, unindexed, Unindexed};
 use crate::repository::Repository;
-use crate::storage::paths;
 
 /// Each manifest must read whole (checksum) and decode; collects who references what.
 pub(super) fn manifests(repo: &Repository, images: &[ImageInfo], f: &mut Findings, report: &mut CheckReport) {
@@ -90,10 +89,9 @@ pub(super) fn packs(repo: &Repository, packs: &BTreeSet<PackId>, f: &mut Finding
     for pack in packs {
         let chunks = f.by_pack.get(pack).unwrap_or(&no_chunks);
         let path = pack.path();
-        let structure = repo.backend().size(&path).and_then(|size| {
-            let entries = read_trailer_at(pack, size, |o, n| repo.backend().read_at(&path, o, n))?;
+        let structure = stored_trailer(repo.backend(), pack, &path).map(|(_, entries)| {
             let listed: HashSet<(ChunkId, u64, u32)> = entries.iter().map(|e| (e.id, e.offset, e.stored_len)).collect();
-            Ok(chunks.iter().filter(|(id, l)| !listed.contains(&(*id, l.offset, l.stored_len))).count())
+            chunks.iter().filter(|(id, l)| !listed.contains(&(*id, l.offset, l.stored_len))).count()
         });
         match structure {
             Ok(0) => {}
@@ -138,18 +136,11 @@ pub(super) fn orphans(
     let (refs_of, locs, bad_packs) = (&f.refs_of, &f.locs, &f.bad_packs);
     // The indexed copy is missing or in a pack that is missing or damaged.
     let unserved = |id: &ChunkId| locs.get(id).is_none_or(|l| bad_packs.contains_key(&l.pack));
-    for paths::PackFile { path, id } in paths::pack_files(repo.backend())? {
+    for Unindexed { path, id, trailer } in unindexed(repo.backend(), |id| indexed_packs.contains(id))? {
         // A file not named like a pack is nothing of Strata's: prune leaves it, and so does check.
         let Some(pack) = id else { continue };
-        if indexed_packs.contains(&pack) {
-            continue;
-        }
-        let entries = repo
-            .backend()
-            .size(&path)
-            .and_then(|size| read_trailer_at(&pack, size, |o, n| repo.backend().read_at(&path, o, n)));
-        let entries = match entries {
-            Ok(e) => e,
+        let entries = match trailer {
+            Ok((_, e)) => e,
             Err(e) => {
                 report.problems.push(Problem {
                     kind: "pack",

@@ -24,6 +24,7 @@ pub use codec::{
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
+use crate::storage::{paths, Backend};
 
 pub(crate) const HEADER_MAGIC: &[u8; 8] = b"STRATAPK";
 pub(crate) const FOOTER_MAGIC: &[u8; 8] = b"STRATAPE";
@@ -106,6 +107,36 @@ pub(crate) fn read_trailer_at(
     let header = read_at(0, HEADER_LEN)?;
     let trailer = read_at(frames_end, trailer_len as usize)?;
     parse_trailer(pack, &header, &trailer, &footer, frames_end)
+}
+
+/// The size and trailer of the stored pack `pack` at `path`, read without its frames.
+pub(crate) fn stored_trailer(backend: &dyn Backend, pack: &PackId, path: &str) -> Result<(u64, Vec<PackEntry>)> {
+    let size = backend.size(path)?;
+    Ok((size, read_trailer_at(pack, size, |o, n| backend.read_at(path, o, n))?))
+}
+
+/// A file in `packs/` that the index does not know: left by an interrupted run (or, without an
+/// id, a file not named like a pack, which nothing of Strata's touches).
+pub(crate) struct Unindexed {
+    pub path: String,
+    pub id: Option<PackId>,
+    /// Its size and trailer (not read for a file without an id).
+    pub trailer: Result<(u64, Vec<PackEntry>)>,
+}
+
+/// Every file in `packs/` whose id `indexed` does not accept, each trailer read once: what both
+/// `check` (orphans to report) and `prune` (orphans to prove unneeded) start from.
+pub(crate) fn unindexed(backend: &dyn Backend, indexed: impl Fn(&PackId) -> bool) -> Result<Vec<Unindexed>> {
+    let mut out = Vec::new();
+    for file in paths::pack_files(backend)? {
+        let trailer = match &file.id {
+            Some(id) if indexed(id) => continue,
+            Some(id) => stored_trailer(backend, id, &file.path),
+            None => Err(Error::CorruptPack { pack: file.path.clone(), reason: "not named like a pack".into() }),
+        };
+        out.push(Unindexed { path: file.path, id: file.id, trailer });
+    }
+    Ok(out)
 }
 
 /// Reads the trailer of a complete pack file, checking magic numbers, checksum and that every

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use crate::error::Result;
 use crate::id::{ChunkId, PackId};
 use crate::index::ChunkLoc;
-use crate::pack::{decode_entry, read_trailer_at, PackEntry};
+use crate::pack::{decode_entry, stored_trailer, PackEntry};
 use crate::storage::{paths, Backend};
 
 #[derive(Default)]
@@ -23,10 +23,7 @@ impl Copies {
             let mut map = HashMap::new();
             for file in paths::pack_files(backend)? {
                 let Some(pack) = file.id else { continue };
-                let entries = backend
-                    .size(&file.path)
-                    .and_then(|size| read_trailer_at(&pack, size, |o, n| backend.read_at(&file.path, o, n)));
-                if let Ok(entries) = entries {
+                if let Ok((_, entries)) = stored_trailer(backend, &pack, &file.path) {
                     map.insert(pack, entries);
                 }
             }

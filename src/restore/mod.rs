@@ -24,7 +24,7 @@ const BATCH_BYTES: u64 = 32 << 20;
 
 /// Decoded frames a restore keeps: enough for a batch, whose pieces may each come from another
 /// frame (the reader bounds each call at half of it).
-const CACHE_BYTES: u64 = 128 << 20;
+const CACHE_BYTES: u64 = 64 << 20;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RestoreReport {
