@@ -7,6 +7,9 @@
 //!
 //! Run: `cargo bench --bench reader` (setup backs up the image once, about 5 s).
 
+mod common;
+
+use common::data;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use strata::progress::Silent;
@@ -15,31 +18,10 @@ use strata::{BackupOptions, InitOptions, Repository};
 
 const DISK: usize = 512 << 20;
 
-fn disk(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let words: [&[u8]; 6] = [b"the ", b"disk ", b"image ", b"of ", b"backup\n", b"chunk "];
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        match (v.len() >> 20) % 3 {
-            0 => v.extend_from_slice(&next().to_le_bytes()),
-            1 => v.extend_from_slice(words[(next() % 6) as usize]),
-            _ => v.extend_from_slice(&[0u8; 64]),
-        }
-    }
-    v.truncate(len);
-    v
-}
-
 fn random_reads(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("disk.img");
-    std::fs::write(&src, disk(DISK)).expect("write disk");
+    std::fs::write(&src, data("mixed", DISK)).expect("write disk");
     let repo_path = dir.path().join("repo");
     Repository::init(&repo_path, &InitOptions::default()).expect("init");
     let info = {

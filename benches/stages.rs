@@ -14,36 +14,14 @@ use strata::index::{ChunkLookup, Index};
 use strata::manifest::Extent;
 use strata::manifest::{ChangeFilter, Overlay, View};
 use strata::pack::{
-    chunk_of_frame, compress_chunk, compress_frame, decode_chunk, decode_frame, Codec, PackBuilder, PackEntry,
+    chunk_of_frame, compress_chunk, compress_frame, decode_chunk, decode_frame, Codec, PackBuilder, PackEntry, Slot,
 };
 
-const SEGMENT: usize = 16 << 20;
+mod common;
 
-/// Seeded generators: random, text-like (compressible), all zeros, and a mix of the three.
-fn data(kind: &str, len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x1234_5678_9ABC_DEF1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let words: [&[u8]; 6] = [b"the ", b"disk ", b"image ", b"of ", b"backup\n", b"chunk "];
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        let region = match kind {
-            "mixed" => ["random", "text", "zeros"][(v.len() / (1 << 20)) % 3],
-            k => k,
-        };
-        match region {
-            "random" => v.extend_from_slice(&next().to_le_bytes()),
-            "text" => v.extend_from_slice(words[(next() % 6) as usize]),
-            _ => v.extend_from_slice(&[0u8; 64]),
-        }
-    }
-    v.truncate(len);
-    v
-}
+use common::data;
+
+const SEGMENT: usize = 16 << 20;
 
 fn chunking(c: &mut Criterion) {
     let p = ChunkerParams::default();
@@ -162,12 +140,14 @@ fn index_lookups(c: &mut Criterion) {
             .enumerate()
             .map(|(i, id)| PackEntry {
                 id: *id,
-                offset: 12 + i as u64 * 100,
-                stored_len: 100,
-                raw_len: 16384,
-                codec: Codec::Zstd,
-                skip: 0,
-                frame_raw: 16384,
+                slot: Slot {
+                    offset: 12 + i as u64 * 100,
+                    stored_len: 100,
+                    raw_len: 16384,
+                    codec: Codec::Zstd,
+                    skip: 0,
+                    frame_raw: 16384,
+                },
             })
             .collect();
         index.add_pack(PackId::of(&(n as u64).to_le_bytes()), 1 << 25, &entries).expect("add");

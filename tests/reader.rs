@@ -88,8 +88,8 @@ fn a_damaged_chunk_fails_its_range_only_and_never_returns_wrong_bytes() {
     let loc = r.index().locate(&[victim.id]).unwrap()[0].unwrap();
     let pack = repo.path.join(loc.pack.path());
     let mut b = std::fs::read(&pack).unwrap();
-    assert_eq!(loc.codec, strata::pack::Codec::Raw);
-    b[(loc.offset + (loc.skip + loc.raw_len / 2) as u64) as usize] ^= 0x40;
+    assert_eq!(loc.slot.codec, strata::pack::Codec::Raw);
+    b[(loc.slot.offset + (loc.slot.skip + loc.slot.raw_len / 2) as u64) as usize] ^= 0x40;
     std::fs::write(&pack, &b).unwrap();
     drop(reader);
     let reader = ImageReader::open(r.backend(), r.index(), &info, 4 * MIB as u64).unwrap();

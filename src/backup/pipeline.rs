@@ -249,7 +249,7 @@ impl<'a> Run<'a> {
                         s
                     }
                 };
-                if size.is_some_and(|s| l.offset + l.stored_len as u64 <= s) {
+                if size.is_some_and(|s| l.slot.offset + l.slot.stored_len as u64 <= s) {
                     continue;
                 }
                 // Stored again: once indexed, its owners are charged its new share of a frame.

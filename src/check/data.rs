@@ -94,7 +94,7 @@ fn read_pack(
         if let Err(why) = frames.chunk(e) {
             // Only the copy the index points at decides restores; another damaged copy is
             // reported all the same.
-            damaged.push((Damage::Chunk(e.id), format!("{why} (pack {pack}, offset {})", e.offset)));
+            damaged.push((Damage::Chunk(e.id), format!("{why} (pack {pack}, offset {})", e.slot.offset)));
         }
     }
     // A pack is named by the hash of its bytes: this catches a flip that decodes to the same
@@ -138,8 +138,8 @@ pub(super) fn read_image(
             }
             if chunks.insert(p.id) {
                 if let Some(l) = f.locs.get(&p.id) {
-                    if frames.insert((l.pack, l.offset)) {
-                        report.bytes_read += l.stored_len as u64;
+                    if frames.insert((l.pack, l.slot.offset)) {
+                        report.bytes_read += l.slot.stored_len as u64;
                     }
                 }
             }

@@ -90,8 +90,9 @@ pub(super) fn packs(repo: &Repository, packs: &BTreeSet<PackId>, f: &mut Finding
         let chunks = f.by_pack.get(pack).unwrap_or(&no_chunks);
         let path = pack.path();
         let structure = stored_trailer(repo.backend(), pack, &path).map(|(_, entries)| {
-            let listed: HashSet<(ChunkId, u64, u32)> = entries.iter().map(|e| (e.id, e.offset, e.stored_len)).collect();
-            chunks.iter().filter(|(id, l)| !listed.contains(&(*id, l.offset, l.stored_len))).count()
+            let listed: HashSet<(ChunkId, u64, u32)> =
+                entries.iter().map(|e| (e.id, e.slot.offset, e.slot.stored_len)).collect();
+            chunks.iter().filter(|(id, l)| !listed.contains(&(*id, l.slot.offset, l.slot.stored_len))).count()
         });
         match structure {
             Ok(0) => {}

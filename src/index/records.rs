@@ -2,73 +2,49 @@
 
 use crate::error::{Error, Result};
 use crate::id::{ImageId, PackId};
-use crate::pack::{Codec, PackEntry};
+use crate::pack::{PackEntry, Slot};
 
 /// A backup set is named by the id of its first full.
 pub type SetId = ImageId;
 
-/// Where one chunk is stored: its frame in a pack, and its place in the decoded frame.
+/// Where one chunk is stored: a pack, and the chunk's slot in it (its frame, and its place in
+/// the decoded frame). Encoded as a trailer entry with the pack id in the place of the chunk id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkLoc {
     pub pack: PackId,
-    pub offset: u64,
-    pub stored_len: u32,
-    pub raw_len: u32,
-    pub codec: Codec,
-    pub skip: u32,
-    pub frame_raw: u32,
+    pub slot: Slot,
 }
 
-pub const LOC_LEN: usize = 57;
+pub const LOC_LEN: usize = 32 + crate::pack::SLOT_LEN;
 
 impl ChunkLoc {
     /// The location a pack trailer entry gives.
     pub fn of(pack: PackId, e: &PackEntry) -> ChunkLoc {
-        ChunkLoc {
-            pack,
-            offset: e.offset,
-            stored_len: e.stored_len,
-            raw_len: e.raw_len,
-            codec: e.codec,
-            skip: e.skip,
-            frame_raw: e.frame_raw,
-        }
+        ChunkLoc { pack, slot: e.slot }
     }
 
-    /// The trailer entry of the chunk `id` at this location: the same fields, and the same
-    /// 57-byte codec with the chunk id where the location has the pack id.
-    pub fn entry(&self, id: crate::id::ChunkId) -> PackEntry {
-        PackEntry {
-            id,
-            offset: self.offset,
-            stored_len: self.stored_len,
-            raw_len: self.raw_len,
-            codec: self.codec,
-            skip: self.skip,
-            frame_raw: self.frame_raw,
-        }
-    }
-
-    /// Whether `e` is the copy this location names (same frame, same place in it).
+    /// Whether `e`, in `pack`, is the copy this location names.
     pub fn is(&self, pack: &PackId, e: &PackEntry) -> bool {
-        self.pack == *pack && self.offset == e.offset && self.skip == e.skip
+        self.pack == *pack && self.slot.same_place(&e.slot)
     }
 
     /// The chunk's share of its frame's stored bytes, as the counters charge it.
     pub fn charged(&self) -> u64 {
-        crate::pack::charged(self.stored_len, self.raw_len, self.frame_raw)
+        self.slot.charged()
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(LOC_LEN);
-        // The trailer entry's codec, with the pack id in the place of the chunk id.
-        self.entry(crate::id::ChunkId(self.pack.0)).encode(&mut b);
+        b.extend_from_slice(&self.pack.0);
+        self.slot.encode(&mut b);
         b
     }
 
     pub fn decode(b: &[u8]) -> Option<ChunkLoc> {
-        let e = PackEntry::decode(b)?;
-        Some(ChunkLoc::of(PackId(e.id.0), &e))
+        if b.len() != LOC_LEN {
+            return None;
+        }
+        Some(ChunkLoc { pack: PackId(b[0..32].try_into().ok()?), slot: Slot::decode(&b[32..])? })
     }
 }
 

@@ -86,7 +86,7 @@ impl Usage {
 
     /// Moves one chunk from `old` owners to `new` owners, updating every derived counter.
     pub fn change(&mut self, loc: &ChunkLoc, old: &[(SetId, u32)], new: &[(SetId, u32)], was_dead: bool) -> Result<()> {
-        let (stored, raw) = (loc.charged(), loc.raw_len as u64);
+        let (stored, raw) = (loc.charged(), loc.slot.raw_len as u64);
         for (s, _) in old.iter().filter(|(s, _)| !new.iter().any(|(n, _)| n == s)) {
             let c = self.set(*s);
             c.stored_bytes -= stored.min(c.stored_bytes);
@@ -159,18 +159,11 @@ impl Usage {
 mod tests {
     use super::*;
     use crate::id::ImageId;
-    use crate::pack::Codec;
+    use crate::pack::{Codec, Slot};
 
     fn loc(stored: u32, raw: u32) -> ChunkLoc {
-        ChunkLoc {
-            pack: PackId([7; 32]),
-            offset: 12,
-            stored_len: stored,
-            raw_len: raw,
-            codec: Codec::Zstd,
-            skip: 0,
-            frame_raw: raw,
-        }
+        let slot = Slot { offset: 12, stored_len: stored, raw_len: raw, codec: Codec::Zstd, skip: 0, frame_raw: raw };
+        ChunkLoc { pack: PackId([7; 32]), slot }
     }
 
     fn usage() -> Usage {

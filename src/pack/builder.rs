@@ -1,6 +1,6 @@
 //! Builds a pack in memory, with no I/O inside: add chunk frames, then `finish` for the bytes.
 
-use super::{Codec, PackEntry, ENTRY_LEN, FOOTER_MAGIC, HEADER_MAGIC, PACK_VERSION};
+use super::{Codec, PackEntry, Slot, ENTRY_LEN, FOOTER_MAGIC, HEADER_MAGIC, PACK_VERSION};
 use crate::id::{ChunkId, PackId};
 
 pub struct PackBuilder {
@@ -43,7 +43,7 @@ impl PackBuilder {
         let mut skip = 0;
         for &(id, raw_len) in chunks {
             let stored_len = stored.len() as u32;
-            self.entries.push(PackEntry { id, offset, stored_len, raw_len, codec, skip, frame_raw });
+            self.entries.push(PackEntry { id, slot: Slot { offset, stored_len, raw_len, codec, skip, frame_raw } });
             skip += raw_len;
         }
     }
@@ -101,8 +101,8 @@ mod tests {
         let at = |o: u64, n: usize| Ok(bytes[o as usize..o as usize + n].to_vec());
         assert_eq!(crate::pack::read_trailer_at(&pid, bytes.len() as u64, at).unwrap(), entries);
         for (e, c) in read.iter().zip(&chunks) {
-            let stored = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
-            assert_eq!(&decode_chunk(e.id, e.codec, stored, e.raw_len).unwrap(), c);
+            let stored = &bytes[e.slot.offset as usize..(e.slot.offset + e.slot.stored_len as u64) as usize];
+            assert_eq!(&decode_chunk(e.id, e.slot.codec, stored, e.slot.raw_len).unwrap(), c);
         }
     }
 
@@ -122,19 +122,19 @@ mod tests {
         let (pid, mut bytes, entries) = b.finish();
         assert_eq!(read_trailer(&pid, &bytes).unwrap(), entries);
         // Three frames; chunks 1..4 share one, at increasing skips.
-        assert_eq!(entries.iter().map(|e| e.offset).collect::<HashSet<_>>().len(), 3);
-        assert_eq!((entries[2].offset, entries[2].skip), (entries[1].offset, chunks[1].len() as u32));
+        assert_eq!(entries.iter().map(|e| e.slot.offset).collect::<HashSet<_>>().len(), 3);
+        assert_eq!((entries[2].slot.offset, entries[2].slot.skip), (entries[1].slot.offset, chunks[1].len() as u32));
         let shares: u64 = entries[1..4].iter().map(|e| e.charged()).sum();
-        assert!(shares <= entries[1].stored_len as u64 && shares + 3 > entries[1].stored_len as u64);
+        assert!(shares <= entries[1].slot.stored_len as u64 && shares + 3 > entries[1].slot.stored_len as u64);
         let decode = |bytes: &[u8], e: &PackEntry| {
-            let stored = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
-            crate::pack::decode_entry(e.id, e.codec, stored, e.skip, e.raw_len, e.frame_raw)
+            let stored = &bytes[e.slot.offset as usize..(e.slot.offset + e.slot.stored_len as u64) as usize];
+            crate::pack::decode_entry(e.id, e.slot.codec, stored, e.slot.skip, e.slot.raw_len, e.slot.frame_raw)
         };
         for (e, c) in entries.iter().zip(&chunks) {
             assert_eq!(&decode(&bytes, e).unwrap(), c);
         }
         // A flipped byte in the shared frame: all three of its chunks fail, the others decode.
-        let mid = (entries[1].offset + entries[1].stored_len as u64 / 2) as usize;
+        let mid = (entries[1].slot.offset + entries[1].slot.stored_len as u64 / 2) as usize;
         bytes[mid] ^= 0x40;
         let failed: Vec<bool> = entries.iter().map(|e| decode(&bytes, e).is_err()).collect();
         assert_eq!(failed, [false, true, true, true, false, false]);

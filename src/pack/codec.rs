@@ -142,13 +142,13 @@ impl<'a> FrameReader<'a> {
 
     /// The chunk `e` names, checked against its id.
     pub fn chunk(&mut self, e: &PackEntry) -> std::result::Result<&[u8], ChunkError> {
-        if self.last.as_ref().is_none_or(|(at, _)| *at != e.offset) {
-            let stored = &self.file[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
-            self.last = Some((e.offset, decode_frame(e.codec, stored, e.frame_raw)));
-            self.frame_bytes += e.stored_len as u64;
+        if self.last.as_ref().is_none_or(|(at, _)| *at != e.slot.offset) {
+            let stored = &self.file[e.slot.offset as usize..(e.slot.offset + e.slot.stored_len as u64) as usize];
+            self.last = Some((e.slot.offset, decode_frame(e.slot.codec, stored, e.slot.frame_raw)));
+            self.frame_bytes += e.slot.stored_len as u64;
         }
         match self.last.as_ref().map(|(_, f)| f) {
-            Some(Ok(frame)) => chunk_of_frame(e.id, frame, e.skip, e.raw_len),
+            Some(Ok(frame)) => chunk_of_frame(e.id, frame, e.slot.skip, e.slot.raw_len),
             Some(Err(why)) => Err(why.clone()),
             None => Err(ChunkError::Decompress("no frame".into())),
         }

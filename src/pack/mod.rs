@@ -30,14 +30,14 @@ pub(crate) const HEADER_MAGIC: &[u8; 8] = b"STRATAPK";
 pub(crate) const FOOTER_MAGIC: &[u8; 8] = b"STRATAPE";
 pub(crate) const PACK_VERSION: u16 = 2;
 pub(crate) const HEADER_LEN: usize = 12;
-pub(crate) const ENTRY_LEN: usize = 57;
+pub(crate) const ENTRY_LEN: usize = 32 + SLOT_LEN;
 pub(crate) const FOOTER_LEN: usize = 4 + 32 + 8;
 
-/// One chunk inside a pack, as its trailer lists it: the frame that holds it (offset, stored
-/// length, codec, decoded length) and where the chunk lies in the decoded frame.
+/// Where a chunk lies: the frame that holds it (offset in the pack, stored length, codec, decoded
+/// length) and the chunk's place in the decoded frame. A pack's trailer lists a chunk id and a
+/// slot per chunk; the index locates a chunk by a pack id and a slot: one type, one codec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PackEntry {
-    pub id: ChunkId,
+pub struct Slot {
     pub offset: u64,
     pub stored_len: u32,
     pub raw_len: u32,
@@ -46,9 +46,11 @@ pub struct PackEntry {
     pub frame_raw: u32,
 }
 
-impl PackEntry {
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.id.0);
+/// Encoded length of a slot.
+pub const SLOT_LEN: usize = 25;
+
+impl Slot {
+    pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.stored_len.to_le_bytes());
         out.extend_from_slice(&self.raw_len.to_le_bytes());
@@ -57,24 +59,54 @@ impl PackEntry {
         out.extend_from_slice(&self.frame_raw.to_le_bytes());
     }
 
-    /// The chunk's share of its frame's stored bytes (the whole frame for a frame of one).
+    pub fn decode(b: &[u8]) -> Option<Slot> {
+        if b.len() != SLOT_LEN {
+            return None;
+        }
+        Some(Slot {
+            offset: u64::from_le_bytes(b[0..8].try_into().ok()?),
+            stored_len: u32::from_le_bytes(b[8..12].try_into().ok()?),
+            raw_len: u32::from_le_bytes(b[12..16].try_into().ok()?),
+            codec: Codec::from_u8(b[16])?,
+            skip: u32::from_le_bytes(b[17..21].try_into().ok()?),
+            frame_raw: u32::from_le_bytes(b[21..25].try_into().ok()?),
+        })
+    }
+
+    /// The chunk's share of its frame's stored bytes (the whole frame for a frame of one), as
+    /// the counters charge it.
     pub fn charged(&self) -> u64 {
         charged(self.stored_len, self.raw_len, self.frame_raw)
+    }
+
+    /// Whether both name the same copy: the same frame, the same place in it.
+    pub fn same_place(&self, other: &Slot) -> bool {
+        self.offset == other.offset && self.skip == other.skip
+    }
+}
+
+/// One chunk inside a pack, as its trailer lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: ChunkId,
+    pub slot: Slot,
+}
+
+impl PackEntry {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id.0);
+        self.slot.encode(out);
+    }
+
+    pub fn charged(&self) -> u64 {
+        self.slot.charged()
     }
 
     pub fn decode(b: &[u8]) -> Option<PackEntry> {
         if b.len() != ENTRY_LEN {
             return None;
         }
-        Some(PackEntry {
-            id: ChunkId(b[0..32].try_into().ok()?),
-            offset: u64::from_le_bytes(b[32..40].try_into().ok()?),
-            stored_len: u32::from_le_bytes(b[40..44].try_into().ok()?),
-            raw_len: u32::from_le_bytes(b[44..48].try_into().ok()?),
-            codec: Codec::from_u8(b[48])?,
-            skip: u32::from_le_bytes(b[49..53].try_into().ok()?),
-            frame_raw: u32::from_le_bytes(b[53..57].try_into().ok()?),
-        })
+        Some(PackEntry { id: ChunkId(b[0..32].try_into().ok()?), slot: Slot::decode(&b[32..])? })
     }
 }
 
@@ -182,11 +214,11 @@ fn parse_trailer(
     let mut entries = Vec::with_capacity(trailer.len() / ENTRY_LEN);
     for raw in trailer.chunks_exact(ENTRY_LEN) {
         let e = PackEntry::decode(raw).ok_or_else(|| corrupt("unknown codec in trailer entry"))?;
-        let end = e.offset.checked_add(e.stored_len as u64);
-        if e.offset < HEADER_LEN as u64 || end.is_none_or(|end| end > frames_end) {
+        let end = e.slot.offset.checked_add(e.slot.stored_len as u64);
+        if e.slot.offset < HEADER_LEN as u64 || end.is_none_or(|end| end > frames_end) {
             return Err(corrupt("trailer entry points outside the pack"));
         }
-        if e.frame_raw > MAX_FRAME_LEN || e.skip as u64 + e.raw_len as u64 > e.frame_raw as u64 {
+        if e.slot.frame_raw > MAX_FRAME_LEN || e.slot.skip as u64 + e.slot.raw_len as u64 > e.slot.frame_raw as u64 {
             return Err(corrupt("trailer entry lies outside its frame"));
         }
         entries.push(e);

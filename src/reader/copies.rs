@@ -44,10 +44,11 @@ impl Copies {
                 if not.is_some_and(|n| n.is(&pack, e)) {
                     continue;
                 }
-                let Ok(stored) = backend.read_at(&pack.path(), e.offset, e.stored_len as usize) else {
+                let Ok(stored) = backend.read_at(&pack.path(), e.slot.offset, e.slot.stored_len as usize) else {
                     continue;
                 };
-                if let Ok(raw) = decode_entry(*id, e.codec, &stored, e.skip, e.raw_len, e.frame_raw) {
+                if let Ok(raw) = decode_entry(*id, e.slot.codec, &stored, e.slot.skip, e.slot.raw_len, e.slot.frame_raw)
+                {
                     return Ok(Some((ChunkLoc::of(pack, e), raw)));
                 }
             }

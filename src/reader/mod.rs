@@ -217,7 +217,7 @@ impl<'a> ImageReader<'a> {
             let (end, frames) = frame_group(&locs[start..], budget);
             let end = start + end;
             let frame = |loc: &ChunkLoc| {
-                let key = (loc.pack, loc.offset);
+                let key = (loc.pack, loc.slot.offset);
                 (key, self.cache.get(key, || read_frame(self.backend, loc)))
             };
             // Small reads stay on the calling thread: handing one frame to the pool costs more
@@ -228,7 +228,7 @@ impl<'a> ImageReader<'a> {
                 frames.iter().map(frame).collect()
             };
             let piece = |(p, loc): (&Piece, &Option<ChunkLoc>)| {
-                self.piece(p, loc.as_ref(), loc.and_then(|l| decoded.get(&(l.pack, l.offset))))
+                self.piece(p, loc.as_ref(), loc.and_then(|l| decoded.get(&(l.pack, l.slot.offset))))
             };
             let part: Vec<Result<Vec<u8>>> = if end - start > 4 {
                 pieces[start..end].par_iter().zip(&locs[start..end]).map(piece).collect()
@@ -270,7 +270,9 @@ impl<'a> ImageReader<'a> {
         let loc = loc.ok_or_else(|| Error::ChunkMissing { id: id.to_string(), image: self.image().to_string() })?;
         let corrupt = |reason: String| Error::CorruptChunk { id: id.to_string(), pack: loc.pack.to_string(), reason };
         match frame {
-            Some(Ok(decoded)) => chunk_of_frame(id, decoded, loc.skip, loc.raw_len).map_err(|e| corrupt(e.to_string())),
+            Some(Ok(decoded)) => {
+                chunk_of_frame(id, decoded, loc.slot.skip, loc.slot.raw_len).map_err(|e| corrupt(e.to_string()))
+            }
             Some(Err(FrameError::Undecodable(why))) => Err(corrupt(why.clone())),
             Some(Err(FrameError::Unreadable(why))) => Err(Error::CorruptPack {
                 pack: loc.pack.to_string(),
@@ -289,11 +291,11 @@ fn frame_group(locs: &[Option<ChunkLoc>], budget: u64) -> (usize, Vec<ChunkLoc>)
     let mut bytes = 0u64;
     for (i, loc) in locs.iter().enumerate() {
         if let Some(l) = loc {
-            if seen.insert((l.pack, l.offset)) {
-                if bytes > 0 && bytes + l.frame_raw as u64 > budget {
+            if seen.insert((l.pack, l.slot.offset)) {
+                if bytes > 0 && bytes + l.slot.frame_raw as u64 > budget {
                     return (i, frames);
                 }
-                bytes += l.frame_raw as u64;
+                bytes += l.slot.frame_raw as u64;
                 frames.push(*l);
             }
         }
@@ -304,9 +306,9 @@ fn frame_group(locs: &[Option<ChunkLoc>], budget: u64) -> (usize, Vec<ChunkLoc>)
 /// Reads and decodes the frame at `loc` (all the chunks it holds).
 fn read_frame(backend: &dyn Backend, loc: &ChunkLoc) -> Frame {
     let stored = backend
-        .read_at(&loc.pack.path(), loc.offset, loc.stored_len as usize)
+        .read_at(&loc.pack.path(), loc.slot.offset, loc.slot.stored_len as usize)
         .map_err(|err| FrameError::Unreadable(err.to_string()))?;
-    decode_frame(loc.codec, &stored, loc.frame_raw)
+    decode_frame(loc.slot.codec, &stored, loc.slot.frame_raw)
         .map(std::sync::Arc::new)
         .map_err(|err| FrameError::Undecodable(err.to_string()))
 }

@@ -169,7 +169,7 @@ fn chunk_present(
             s
         }
     };
-    if loc.offset + loc.stored_len as u64 > size {
+    if loc.slot.offset + loc.slot.stored_len as u64 > size {
         return Err(Error::CorruptPack {
             pack: loc.pack.to_string(),
             reason: format!("truncated to {size} bytes; chunk {} of image {image} lies beyond", p.id),
