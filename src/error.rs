@@ -94,6 +94,18 @@ pub enum Error {
     #[error("the chain under base image {base} of this backup cannot be read ({reason}); take a full with `--kind full` (and `strata forget` the damaged image)")]
     BaseUnreadable { base: String, reason: String },
 
+    #[error("{spec:?} does not name an image or a partition of one ({reason}); write IMAGE or IMAGE:N, N from 1")]
+    BadImageSpec { spec: String, reason: String },
+
+    #[error("image {image} has no partition table; name the whole image, without `:N`")]
+    NoPartitionTable { image: String },
+
+    #[error("image {image} has no partition {number} (it has {numbers}); list them with `strata partitions {image}`")]
+    PartitionNotFound { image: String, number: u32, numbers: String },
+
+    #[error("the partition table of image {image} cannot be used: {reason}")]
+    BadPartitionTable { image: String, reason: String },
+
     #[error("manifest of image {image} is damaged: {reason}")]
     CorruptManifest { image: String, reason: String },
 

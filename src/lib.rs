@@ -19,6 +19,7 @@ pub mod id;
 pub mod index;
 pub mod manifest;
 pub mod pack;
+pub mod partition;
 pub mod progress;
 pub mod prune;
 pub mod reader;

@@ -114,7 +114,7 @@ fn read_pack(
 pub(super) fn read_image(
     repo: &Repository,
     images: &[ImageInfo],
-    image: ImageId,
+    (image, partition): (ImageId, Option<u32>),
     f: &mut Findings,
     report: &mut CheckReport,
     progress: &dyn Progress,
@@ -122,7 +122,13 @@ pub(super) fn read_image(
     let Some(info) = images.iter().find(|i| i.id == image) else { return Ok(()) };
     // A chain that cannot be resolved is the structure's finding already.
     let Ok(map) = ImageMap::resolve(repo.backend(), info) else { return Ok(()) };
-    let reader = ImageReader::with_map(repo.backend(), repo.index(), map, 64 << 20).strict();
+    let mut reader = ImageReader::with_map(repo.backend(), repo.index(), map, 64 << 20).strict();
+    if let Some(n) = partition {
+        let table = crate::partition::read_table(&reader)?;
+        let p = table.get(&info.id.short(), n)?;
+        let range = p.start..p.start + p.size;
+        reader = reader.into_window(range);
+    }
     let pieces = reader.map().pieces();
     progress.begin("verify", pieces.iter().map(|p| p.len as u64).sum());
     let mut frames: HashSet<(PackId, u64)> = HashSet::new();

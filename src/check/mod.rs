@@ -111,11 +111,22 @@ fn chain_passes(by_id: &HashMap<ImageId, &ImageInfo>, image: ImageId, through: I
 
 /// Checks what one image needs: its chain's manifests and every chunk of its view, read.
 pub fn verify(repo: &Repository, image: &ImageInfo, progress: &dyn Progress) -> Result<CheckReport> {
+    verify_partition(repo, image, None, progress)
+}
+
+/// `verify`, reading only the chunks of partition `partition` when one is named (`IMAGE:N`); the
+/// structure of the whole chain is checked either way.
+pub fn verify_partition(
+    repo: &Repository,
+    image: &ImageInfo,
+    partition: Option<u32>,
+    progress: &dyn Progress,
+) -> Result<CheckReport> {
     let all = repo.images()?;
     let chain = repo.chain(image).unwrap_or_else(|_| vec![image.clone()]);
     let ids: HashSet<ImageId> = chain.iter().map(|i| i.id).collect();
     let chain_infos: Vec<ImageInfo> = all.into_iter().filter(|i| ids.contains(&i.id)).collect();
-    run(repo, &chain_infos, Some(image.id), ReadData::All, progress)
+    run(repo, &chain_infos, Some((image.id, partition)), ReadData::All, progress)
 }
 
 /// What the steps of a check find, passed from one to the next.
@@ -139,10 +150,11 @@ struct Findings {
 fn run(
     repo: &Repository,
     images: &[ImageInfo],
-    only: Option<ImageId>,
+    only: Option<(ImageId, Option<u32>)>,
     read: ReadData,
     progress: &dyn Progress,
 ) -> Result<CheckReport> {
+    let (only, partition) = (only.map(|(i, _)| i), only.and_then(|(_, p)| p));
     let started = Instant::now();
     let mut report = CheckReport::default();
     let mut f = Findings::default();
@@ -161,7 +173,7 @@ fn run(
     };
     structure::packs(repo, &packs, &mut f);
     match only {
-        Some(image) => data::read_image(repo, images, image, &mut f, &mut report, progress)?,
+        Some(image) => data::read_image(repo, images, (image, partition), &mut f, &mut report, progress)?,
         None => data::read_packs(repo, &packs, read, &mut f, &mut report, progress)?,
     }
     attribution::spread_pack_damage(&mut f);

@@ -61,6 +61,7 @@ enum Command {
     },
     /// Restore an image (id, unique id prefix, or `latest`) to a file or block device
     Restore {
+        /// The image (id, unique prefix or `latest`), or one partition of it as IMAGE:N
         image: String,
         target: PathBuf,
         /// Restore what can be restored: damaged or missing chunks become zeros, their ranges are
@@ -145,6 +146,16 @@ enum Command {
     },
     /// Verify one image: its chain and every chunk it needs, read and re-hashed
     Verify {
+        /// The image (id, unique prefix or `latest`), or one partition of it as IMAGE:N
+        image: String,
+        /// Print JSON for scripts instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the partition table of an image: scheme, and each partition's number, place, type and
+    /// filesystem
+    Partitions {
+        /// The image (id, unique prefix or `latest`)
         image: String,
         /// Print JSON for scripts instead of text
         #[arg(long)]
@@ -223,7 +234,9 @@ pub fn run() -> Result<()> {
             output::images(&repo.images()?, &repo.damaged_images()?, json)?;
         }
         Command::Restore { image, target, partial, force, json } => {
-            restore(&repo_path(&cli.repo)?, &image, &target, strata::RestoreOptions { partial, force }, json)?;
+            let spec = strata::partition::Spec::parse(&image)?;
+            let opts = strata::RestoreOptions { partial, force, partition: spec.partition };
+            restore(&repo_path(&cli.repo)?, &spec.image, &target, opts, json)?;
         }
         Command::Stats { json, set, image } => stats(&repo_path(&cli.repo)?, set, image, json)?,
         Command::Forget {
@@ -256,13 +269,15 @@ pub fn run() -> Result<()> {
         Command::Check { read_data, read_data_subset, json } => {
             check(&repo_path(&cli.repo)?, read_data, read_data_subset, json)?;
         }
+        Command::Partitions { image, json } => partitions(&repo_path(&cli.repo)?, &image, json)?,
         Command::Verify { image, json } => {
             let path = repo_path(&cli.repo)?;
             let bar = progress::Bar::new(json);
+            let spec = strata::partition::Spec::parse(&image)?;
             let (info, report) = Repository::read_image_consistently(
                 &path,
-                &image,
-                |repo, info| strata::check::verify(repo, info, &bar),
+                &spec.image,
+                |repo, info| strata::check::verify_partition(repo, info, spec.partition, &bar),
                 |r| !r.is_clean(),
             )
             .with_context(|| format!("cannot verify image {image}"))?;
@@ -310,6 +325,25 @@ fn prune(path: &std::path::Path, dry_run: bool, max_unused: f64, json: bool) -> 
         Some(r)
     };
     output::prune(&plan, report.as_ref(), json)
+}
+
+fn partitions(path: &std::path::Path, image: &str, json: bool) -> Result<()> {
+    let (info, table) = Repository::read_image_consistently(
+        path,
+        image,
+        |repo, info| {
+            let reader = strata::reader::ImageReader::open(
+                repo.backend(),
+                repo.index(),
+                info,
+                strata::reader::DEFAULT_CACHE_BYTES,
+            )?;
+            strata::partition::read_table(&reader)
+        },
+        |_| false,
+    )
+    .with_context(|| format!("cannot read the partition table of image {image}"))?;
+    output::partitions(&info, &table, json)
 }
 
 fn init(path: &std::path::Path, avg_chunk_kib: u32, compression_level: i32) -> Result<()> {

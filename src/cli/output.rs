@@ -520,3 +520,37 @@ pub fn rebuild(r: &RebuildReport, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+pub fn partitions(info: &ImageInfo, table: &strata::partition::Table, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(table)?);
+        return Ok(());
+    }
+    let scheme = match table.scheme {
+        strata::partition::Scheme::Gpt => "GPT",
+        strata::partition::Scheme::Mbr => "MBR",
+        strata::partition::Scheme::None => {
+            println!("image {}: no partition table ({})", info.id.short(), human(info.logical_bytes));
+            return Ok(());
+        }
+    };
+    println!(
+        "image {}: {scheme}, sector size {}, {} partitions",
+        info.id.short(),
+        table.sector_size,
+        table.partitions.len()
+    );
+    println!("  {:>3}  {:>14}  {:>10}  {:<36}  {:<12}  label", "#", "start", "size", "type", "filesystem");
+    for p in &table.partitions {
+        println!(
+            "  {:>3}  {:>14}  {:>10}  {:<36}  {:<12}  {}",
+            p.number,
+            p.start,
+            human(p.size),
+            format!("{} ({})", p.type_name, if p.type_id.len() > 4 { &p.type_id[..8] } else { &p.type_id }),
+            p.filesystem.unwrap_or("-"),
+            p.label.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}

@@ -91,6 +91,29 @@ impl ImageMap {
         &self.pieces[first..last.max(first)]
     }
 
+    /// The map of the bytes in `range` alone, as a disk of its own (a partition): offsets start
+    /// at 0 and the size is the range's length.
+    pub fn window(&self, range: Range<u64>) -> ImageMap {
+        let end = range.end.min(self.size());
+        let pieces = self
+            .pieces_in(range.start..end)
+            .iter()
+            .map(|p| {
+                let (from, to) = (range.start.max(p.offset), end.min(p.end()));
+                // Within one piece, so the clipped length and the new skip stay below u32::MAX.
+                Piece {
+                    offset: from - range.start,
+                    len: (to - from) as u32,
+                    skip: p.skip + (from - p.offset) as u32,
+                    id: p.id,
+                }
+            })
+            .collect();
+        let mut info = self.info.clone();
+        info.logical_bytes = end.saturating_sub(range.start);
+        ImageMap { info, pieces }
+    }
+
     /// The view's extents within `range`, clipped to it, zero runs included.
     pub fn extents(&self, range: Range<u64>) -> Vec<Extent> {
         let end = range.end.min(self.size());
@@ -159,6 +182,12 @@ impl<'a> ImageReader<'a> {
     /// when another pack holds it intact (`check` reports those copies itself).
     pub fn strict(mut self) -> Self {
         self.fallback = false;
+        self
+    }
+
+    /// This reader, reading only `range` of the image as a disk of its own (a partition).
+    pub fn into_window(mut self, range: Range<u64>) -> Self {
+        self.map = self.map.window(range);
         self
     }
 

@@ -43,6 +43,8 @@ pub struct RestoreOptions {
     /// Write to a block device even when it is mounted or otherwise in use (opened without
     /// `O_EXCL`).
     pub force: bool,
+    /// Restore only this partition of the image (`IMAGE:N`), as a disk of its own.
+    pub partition: Option<u32>,
 }
 
 /// A range of the disk that a partial restore could not recover.
@@ -76,8 +78,18 @@ pub fn restore_with(
         drop(open_device(target, opts.force)?);
     }
     let reader = ImageReader::open(repo.backend(), repo.index(), image, CACHE_BYTES)?;
+    let reader = match opts.partition {
+        Some(n) => {
+            let table = crate::partition::read_table(&reader)?;
+            let p = table.get(&image.id.short(), n)?;
+            let range = p.start..p.start + p.size;
+            reader.into_window(range)
+        }
+        None => reader,
+    };
+    let size = reader.map().size();
     preflight(&reader, opts.partial, is_device)?;
-    let (out, temp) = open_target(target, image.logical_bytes, opts.force)?;
+    let (out, temp) = open_target(target, size, opts.force)?;
     match (write_all(&reader, &out, target, opts, progress), temp) {
         (Ok(damaged), temp) => {
             out.file().sync_all().map_err(|e| Error::io("fsync", target, e))?;
@@ -91,8 +103,8 @@ pub fn restore_with(
             progress.end();
             let data: u64 = reader.map().pieces().iter().map(|p| p.len as u64).sum();
             Ok(RestoreReport {
-                bytes: image.logical_bytes,
-                zero_bytes: image.logical_bytes - data.min(image.logical_bytes),
+                bytes: size,
+                zero_bytes: size - data.min(size),
                 damaged,
                 seconds: started.elapsed().as_secs_f64(),
             })
