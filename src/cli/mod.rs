@@ -2,6 +2,7 @@
 
 mod output;
 mod progress;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -161,6 +162,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve an image (or IMAGE:N, one partition) read-only over NBD, until interrupted; the
+    /// default export (empty name) and the export named after the image both serve it
+    #[command(group(clap::ArgGroup::new("listen").required(true).args(["unix", "tcp"])))]
+    ServeNbd {
+        /// The image (id, unique prefix or `latest`), or one partition of it as IMAGE:N
+        image: String,
+        /// Listen on this Unix socket (created; refused when the path exists)
+        #[arg(long, value_name = "PATH")]
+        unix: Option<PathBuf>,
+        /// Listen on this TCP address, e.g. 127.0.0.1:10809
+        #[arg(long, value_name = "ADDR:PORT")]
+        tcp: Option<String>,
+        /// Decoded frames kept in memory, MiB
+        #[arg(long, default_value_t = 256)]
+        cache_mib: u64,
+    },
     /// Recreate the index from the packs and manifests (the old one is moved aside)
     RebuildIndex {
         /// Print JSON for scripts instead of text
@@ -270,6 +287,9 @@ pub fn run() -> Result<()> {
             check(&repo_path(&cli.repo)?, read_data, read_data_subset, json)?;
         }
         Command::Partitions { image, json } => partitions(&repo_path(&cli.repo)?, &image, json)?,
+        Command::ServeNbd { image, unix, tcp, cache_mib } => {
+            serve::nbd(&repo_path(&cli.repo)?, &image, unix.as_deref(), tcp.as_deref(), cache_mib)?
+        }
         Command::Verify { image, json } => {
             let path = repo_path(&cli.repo)?;
             let bar = progress::Bar::new(json);
