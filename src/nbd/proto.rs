@@ -74,12 +74,15 @@ const BASE_ALLOCATION_ID: u32 = 1;
 const MAX_OPTION: u32 = 64 * 1024;
 /// The largest read or block-status request served (also advertised as the maximum block size).
 pub const MAX_REQUEST: u32 = 32 << 20;
+/// Zero runs shorter than this are reported as data by block status.
+const MIN_HOLE: u64 = 1 << 20;
 /// Block-status descriptors in one reply, at most.
 const MAX_DESCRIPTORS: usize = 4096;
 
 pub(super) struct Session<'e, 'r, 'a, 'c> {
     export: &'e Export<'r, 'a>,
-    conn: Box<dyn Conn + 'c>,
+    /// Requests are read through a buffer (a header is six fields); replies go out whole.
+    conn: io::BufReader<Box<dyn Conn + 'c>>,
     structured: bool,
     allocation: bool,
 }
@@ -123,7 +126,7 @@ struct Refusal(u32, String);
 
 impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
     pub(super) fn new(export: &'e Export<'r, 'a>, conn: Box<dyn Conn + 'c>) -> Self {
-        Session { export, conn, structured: false, allocation: false }
+        Session { export, conn: io::BufReader::with_capacity(64 * 1024, conn), structured: false, allocation: false }
     }
 
     fn size(&self) -> u64 {
@@ -139,7 +142,7 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
         hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
         hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
         hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
-        self.conn.write_all(&hello)?;
+        self.conn.get_mut().write_all(&hello)?;
         let client_flags = read_u32(&mut self.conn)?;
         if self.haggle(client_flags & CLIENT_NO_ZEROES != 0)? {
             self.transmit()?;
@@ -154,7 +157,7 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
         b.extend_from_slice(&kind.to_be_bytes());
         b.extend_from_slice(&(data.len() as u32).to_be_bytes());
         b.extend_from_slice(data);
-        self.conn.write_all(&b)
+        self.conn.get_mut().write_all(&b)
     }
 
     /// Option haggling; true when the client moves on to transmission.
@@ -184,7 +187,7 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
                     if !no_zeroes {
                         b.extend_from_slice(&[0u8; 124]);
                     }
-                    self.conn.write_all(&b)?;
+                    self.conn.get_mut().write_all(&b)?;
                     return Ok(true);
                 }
                 OPT_ABORT => {
@@ -354,7 +357,7 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
             b.extend_from_slice(&0u32.to_be_bytes());
             b.extend_from_slice(&cookie.to_be_bytes());
             b.extend_from_slice(&buf);
-            self.conn.write_all(&b)
+            self.conn.get_mut().write_all(&b)
         }
     }
 
@@ -366,19 +369,25 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
         if offset >= self.size() {
             return self.error(cookie, EINVAL, "beyond the end of the export");
         }
-        let end = offset.saturating_add(len.max(1) as u64).min(self.size());
+        // A reply may describe less than was asked: at most one request's worth (the map is
+        // searched, not walked, so this costs the same anywhere on the disk).
+        let end = offset.saturating_add(len.clamp(1, MAX_REQUEST) as u64).min(self.size());
         let mut descriptors: Vec<(u32, u32)> = Vec::new();
         for e in self.export.reader.map().extents(offset..end) {
-            let state = if matches!(e.content, Content::Zero) { STATE_HOLE | STATE_ZERO } else { 0 };
+            // Short zero runs between chunks are reported as data: a client reads them (as
+            // zeros, which costs the server nothing) rather than sending a request for each
+            // piece of data between them.
+            let hole = matches!(e.content, Content::Zero) && e.len >= MIN_HOLE;
+            let state = if hole { STATE_HOLE | STATE_ZERO } else { 0 };
+            let full = one || descriptors.len() >= MAX_DESCRIPTORS;
             match descriptors.last_mut() {
                 Some((l, s)) if *s == state && (*l as u64 + e.len) <= u32::MAX as u64 => *l += e.len as u32,
+                // With REQ_ONE, one descriptor: the run of the first state (adjacent chunks of
+                // data are one run, not one descriptor each).
+                Some(_) if full => break,
                 _ => descriptors.push((e.len.min(u32::MAX as u64) as u32, state)),
             }
-            if one || descriptors.len() >= MAX_DESCRIPTORS {
-                break;
-            }
         }
-        descriptors.truncate(if one { 1 } else { MAX_DESCRIPTORS });
         let mut payload = BASE_ALLOCATION_ID.to_be_bytes().to_vec();
         for (l, s) in descriptors {
             payload.extend_from_slice(&l.to_be_bytes());
@@ -400,7 +409,7 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
         b.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
         b.extend_from_slice(&errno.to_be_bytes());
         b.extend_from_slice(&cookie.to_be_bytes());
-        self.conn.write_all(&b)
+        self.conn.get_mut().write_all(&b)
     }
 
     fn error(&mut self, cookie: u64, errno: u32, msg: &str) -> io::Result<()> {
@@ -422,7 +431,7 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
         b.extend_from_slice(&cookie.to_be_bytes());
         b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         b.extend_from_slice(payload);
-        self.conn.write_all(&b)
+        self.conn.get_mut().write_all(&b)
     }
 }
 
