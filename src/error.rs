@@ -127,6 +127,14 @@ pub enum Error {
     #[error("restore target {target} is in use{}; nothing was written (unmount it, or pass --force to write over it anyway)", mounted_at.as_ref().map(|m| format!(" (mounted at {m})")).unwrap_or_default())]
     TargetInUse { target: PathBuf, mounted_at: Option<String> },
 
+    #[error("the delta restore to {target} stopped part-way ({reason}); the target now holds a mix of old and new data: run the same delta restore again to complete it")]
+    DeltaIncomplete { target: PathBuf, reason: String },
+
+    #[error(
+        "a delta restore writes in place over what the target holds, so --partial cannot be combined with --delta"
+    )]
+    DeltaPartial,
+
     #[error("restore target {target} is neither a regular file nor a block device")]
     TargetNotDisk { target: PathBuf },
 

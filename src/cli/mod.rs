@@ -72,6 +72,10 @@ enum Command {
         /// Write to a block device even if it is mounted or in use (otherwise refused)
         #[arg(long)]
         force: bool,
+        /// The target holds an older copy of the disk: write only what differs, in place (a
+        /// failure half-way leaves a mix of old and new data; run it again to complete it)
+        #[arg(long, conflicts_with = "partial")]
+        delta: bool,
         /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
@@ -250,9 +254,9 @@ pub fn run() -> Result<()> {
             let repo = Repository::open(&path).with_context(|| format!("cannot open repository {}", path.display()))?;
             output::images(&repo.images()?, &repo.damaged_images()?, json)?;
         }
-        Command::Restore { image, target, partial, force, json } => {
+        Command::Restore { image, target, partial, force, delta, json } => {
             let spec = strata::partition::Spec::parse(&image)?;
-            let opts = strata::RestoreOptions { partial, force, partition: spec.partition };
+            let opts = strata::RestoreOptions { partial, force, partition: spec.partition, delta };
             restore(&repo_path(&cli.repo)?, &spec.image, &target, opts, json)?;
         }
         Command::Stats { json, set, image } => stats(&repo_path(&cli.repo)?, set, image, json)?,

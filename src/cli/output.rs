@@ -174,6 +174,7 @@ pub fn restore(i: &ImageInfo, r: &RestoreReport, target: &Path, json: bool) -> R
             "target": target.display().to_string(),
             "bytes": r.bytes,
             "zero_bytes": r.zero_bytes,
+            "written_bytes": r.written_bytes,
             "seconds": r.seconds,
             "damaged": r.damaged.iter().map(|d| serde_json::json!({"offset": d.offset, "len": d.len, "reason": d.reason})).collect::<Vec<_>>(),
         });
@@ -183,7 +184,7 @@ pub fn restore(i: &ImageInfo, r: &RestoreReport, target: &Path, json: bool) -> R
     for d in &r.damaged {
         println!("damaged: bytes {}..{} ({}) written as zeros: {}", d.offset, d.offset + d.len, human(d.len), d.reason);
     }
-    let written = r.bytes.saturating_sub(r.zero_bytes);
+    let written = r.written_bytes;
     let rate = mib_per_s(written, r.seconds);
     println!(
         "restored image {} ({}) to {}: {} ({} of data written, {} as holes or zeros), {:.2} s ({:.0} MiB/s written)",

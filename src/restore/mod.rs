@@ -2,6 +2,7 @@
 //! or a block device, verifying every chunk against its id. Everything that can be checked
 //! without reading chunk data is checked before the first byte is written.
 
+mod delta;
 mod target;
 
 use std::collections::HashMap;
@@ -30,6 +31,9 @@ const CACHE_BYTES: u64 = 64 << 20;
 pub struct RestoreReport {
     pub bytes: u64,
     pub zero_bytes: u64,
+    /// Bytes written to the target (a delta restore writes only what differs; holes punched
+    /// count as written).
+    pub written_bytes: u64,
     /// With `partial`: the ranges written as zeros because their chunks are damaged or missing.
     pub damaged: Vec<DamagedRange>,
     pub seconds: f64,
@@ -45,6 +49,8 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Restore only this partition of the image (`IMAGE:N`), as a disk of its own.
     pub partition: Option<u32>,
+    /// The target holds an older copy: write only what differs, in place (see `delta`).
+    pub delta: bool,
 }
 
 /// A range of the disk that a partial restore could not recover.
@@ -71,22 +77,16 @@ pub fn restore_with(
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
+    if opts.delta {
+        return restore_delta(repo, image, target, opts, progress);
+    }
     let is_device = std::fs::metadata(target).map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
     let is_device = is_device.unwrap_or(false);
     if is_device {
         // Before the (long) preflight: a device in use is refused at once.
         drop(open_device(target, opts.force)?);
     }
-    let reader = ImageReader::open(repo.backend(), repo.index(), image, CACHE_BYTES)?;
-    let reader = match opts.partition {
-        Some(n) => {
-            let table = crate::partition::read_table(&reader)?;
-            let p = table.get(&image.id.short(), n)?;
-            let range = p.start..p.start + p.size;
-            reader.into_window(range)
-        }
-        None => reader,
-    };
+    let reader = open_reader(repo, image, opts.partition)?;
     let size = reader.map().size();
     preflight(&reader, opts.partial, is_device)?;
     let (out, temp) = open_target(target, size, opts.force)?;
@@ -105,6 +105,7 @@ pub fn restore_with(
             Ok(RestoreReport {
                 bytes: size,
                 zero_bytes: size - data.min(size),
+                written_bytes: if is_device { size } else { data.min(size) },
                 damaged,
                 seconds: started.elapsed().as_secs_f64(),
             })
@@ -115,6 +116,48 @@ pub fn restore_with(
         }
         (Err(e), None) => Err(e),
     }
+}
+
+/// A reader of `image`, or of its partition `partition` as a disk of its own.
+fn open_reader<'a>(repo: &'a Repository, image: &ImageInfo, partition: Option<u32>) -> Result<ImageReader<'a>> {
+    let reader = ImageReader::open(repo.backend(), repo.index(), image, CACHE_BYTES)?;
+    Ok(match partition {
+        Some(n) => {
+            let table = crate::partition::read_table(&reader)?;
+            let p = table.get(&image.id.short(), n)?;
+            let range = p.start..p.start + p.size;
+            reader.into_window(range)
+        }
+        None => reader,
+    })
+}
+
+/// `restore_with` for `opts.delta`: the target exists and holds an older copy (see `delta`).
+/// Everything that can be checked without chunk data is checked before the first write.
+fn restore_delta(
+    repo: &Repository,
+    image: &ImageInfo,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    if opts.partial {
+        return Err(Error::DeltaPartial);
+    }
+    let (f, device) = delta::open(target, opts.force)?;
+    let reader = open_reader(repo, image, opts.partition)?;
+    preflight(&reader, false, false)?;
+    let done = delta::apply(&reader, &f, device, target, progress)?;
+    let size = reader.map().size();
+    let data: u64 = reader.map().pieces().iter().map(|p| p.len as u64).sum();
+    Ok(RestoreReport {
+        bytes: size,
+        zero_bytes: size - data.min(size),
+        written_bytes: done.written,
+        damaged: Vec::new(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// The pieces of the map in batches (see `BATCH`, `BATCH_BYTES`).
