@@ -30,8 +30,22 @@ pub struct Export<'r, 'a> {
 }
 
 /// A connection from a client (a Unix or TCP stream).
-pub trait Conn: Read + Write + Send {}
-impl<T: Read + Write + Send> Conn for T {}
+pub trait Conn: Read + Write + Send {
+    /// A second handle on the same connection, for writing replies while requests are read.
+    fn writer(&self) -> std::io::Result<Box<dyn Write + Send>>;
+}
+
+impl Conn for std::os::unix::net::UnixStream {
+    fn writer(&self) -> std::io::Result<Box<dyn Write + Send>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+}
+
+impl Conn for std::net::TcpStream {
+    fn writer(&self) -> std::io::Result<Box<dyn Write + Send>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+}
 
 /// Serves clients that `accept` hands over, each on its own thread, until `accept` returns
 /// `None` while `stop` is set (`accept` returns `None` also when no client came in a while, so

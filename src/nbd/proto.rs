@@ -288,8 +288,37 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
         Ok(go)
     }
 
-    /// Serves requests until the client disconnects.
+    /// Serves requests until the client disconnects. Reads and block-status requests are
+    /// answered by `WORKERS` threads, so a client that keeps several requests in flight (as
+    /// `qemu-img convert` does) is served in parallel; replies go out whole, in any order (each
+    /// names its request).
     fn transmit(&mut self) -> io::Result<()> {
+        let replies = Replies {
+            out: std::sync::Mutex::new(self.conn.get_ref().writer()?),
+            export: self.export,
+            structured: self.structured,
+            allocation: self.allocation,
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Request>(WORKERS);
+        let rx = std::sync::Mutex::new(rx);
+        std::thread::scope(|scope| {
+            for _ in 0..WORKERS {
+                scope.spawn(|| loop {
+                    let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(r) = next else { return };
+                    // A reply that cannot be written means the client is gone: the reading
+                    // side sees it too and ends the session.
+                    let _ = replies.answer(&r);
+                });
+            }
+            let read = self.requests(&replies, &tx);
+            drop(tx);
+            read
+        })
+    }
+
+    /// Reads requests and hands them to the workers until `DISC` or the end of the stream.
+    fn requests(&mut self, replies: &Replies, tx: &std::sync::mpsc::SyncSender<Request>) -> io::Result<()> {
         loop {
             let magic = match read_u32(&mut self.conn) {
                 Ok(m) => m,
@@ -306,20 +335,61 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
             let len = read_u32(&mut self.conn)?;
             match kind {
                 CMD_DISC => return Ok(()),
-                CMD_READ => self.read(cookie, offset, len)?,
-                CMD_BLOCK_STATUS => self.block_status(cookie, offset, len, flags & CMD_FLAG_REQ_ONE != 0)?,
-                CMD_FLUSH | CMD_CACHE => self.done(cookie)?,
                 CMD_WRITE => {
                     // Its payload follows: drain it (bounded), then refuse.
                     if len > MAX_REQUEST {
                         return Err(invalid("a write larger than any request served"));
                     }
                     io::copy(&mut (&mut self.conn).take(len as u64), &mut io::sink())?;
-                    self.error(cookie, EPERM, "the export is read-only")?;
+                    replies.error(cookie, EPERM, "the export is read-only")?;
                 }
-                CMD_TRIM | CMD_WRITE_ZEROES => self.error(cookie, EPERM, "the export is read-only")?,
-                _ => self.error(cookie, EINVAL, "unknown command")?,
+                _ => {
+                    let request = Request { kind, flags, cookie, offset, len };
+                    if tx.send(request).is_err() {
+                        return Err(invalid("the workers stopped"));
+                    }
+                }
             }
+        }
+    }
+}
+
+/// Threads answering one client's requests.
+const WORKERS: usize = 2;
+
+/// A request in transmission (its payload, for a write, already read).
+struct Request {
+    kind: u16,
+    flags: u16,
+    cookie: u64,
+    offset: u64,
+    len: u32,
+}
+
+/// The sending side of a session in transmission, shared by its workers.
+struct Replies<'e, 'r, 'a> {
+    out: std::sync::Mutex<Box<dyn Write + Send>>,
+    export: &'e Export<'r, 'a>,
+    structured: bool,
+    allocation: bool,
+}
+
+impl Replies<'_, '_, '_> {
+    fn size(&self) -> u64 {
+        self.export.reader.map().size()
+    }
+
+    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner()).write_all(bytes)
+    }
+
+    fn answer(&self, r: &Request) -> io::Result<()> {
+        match r.kind {
+            CMD_READ => self.read(r.cookie, r.offset, r.len),
+            CMD_BLOCK_STATUS => self.block_status(r.cookie, r.offset, r.len, r.flags & CMD_FLAG_REQ_ONE != 0),
+            CMD_FLUSH | CMD_CACHE => self.done(r.cookie),
+            CMD_TRIM | CMD_WRITE_ZEROES => self.error(r.cookie, EPERM, "the export is read-only"),
+            _ => self.error(r.cookie, EINVAL, "unknown command"),
         }
     }
 
@@ -334,34 +404,34 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
         Ok(())
     }
 
-    fn read(&mut self, cookie: u64, offset: u64, len: u32) -> io::Result<()> {
+    fn read(&self, cookie: u64, offset: u64, len: u32) -> io::Result<()> {
         if let Err((errno, msg)) = self.in_bounds(offset, len) {
             return self.error(cookie, errno, &msg);
         }
-        let mut buf = vec![0u8; len as usize];
-        match self.export.reader.read_at(offset, &mut buf) {
-            Ok(n) if n == buf.len() => {}
+        // The reply's header first, then the data read straight into its place.
+        let header = if self.structured { 20 + 8 } else { 16 };
+        let mut b = vec![0u8; header + len as usize];
+        match self.export.reader.read_at(offset, &mut b[header..]) {
+            Ok(n) if n == len as usize => {}
             Ok(_) => return self.error(cookie, EIO, "short read"),
-            Err(e) => {
-                // Never wrong bytes: the range fails with EIO, and the client hears why.
-                return self.error(cookie, EIO, &format!("{e} (at offset {offset})"));
-            }
+            // Never wrong bytes: the range fails with EIO, and the client hears why.
+            Err(e) => return self.error(cookie, EIO, &format!("{e} (at offset {offset})")),
         }
         if self.structured {
-            let mut payload = offset.to_be_bytes().to_vec();
-            payload.extend_from_slice(&buf);
-            self.chunk(cookie, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, &payload)
+            b[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+            b[4..6].copy_from_slice(&REPLY_FLAG_DONE.to_be_bytes());
+            b[6..8].copy_from_slice(&REPLY_TYPE_OFFSET_DATA.to_be_bytes());
+            b[8..16].copy_from_slice(&cookie.to_be_bytes());
+            b[16..20].copy_from_slice(&(8 + len).to_be_bytes());
+            b[20..28].copy_from_slice(&offset.to_be_bytes());
         } else {
-            let mut b = Vec::with_capacity(16 + buf.len());
-            b.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-            b.extend_from_slice(&0u32.to_be_bytes());
-            b.extend_from_slice(&cookie.to_be_bytes());
-            b.extend_from_slice(&buf);
-            self.conn.get_mut().write_all(&b)
+            b[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+            b[8..16].copy_from_slice(&cookie.to_be_bytes());
         }
+        self.send(&b)
     }
 
-    fn block_status(&mut self, cookie: u64, offset: u64, len: u32, one: bool) -> io::Result<()> {
+    fn block_status(&self, cookie: u64, offset: u64, len: u32, one: bool) -> io::Result<()> {
         if !self.structured || !self.allocation {
             return self.error(cookie, EINVAL, "no metadata context was negotiated");
         }
@@ -396,7 +466,7 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
         self.chunk(cookie, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, &payload)
     }
 
-    fn done(&mut self, cookie: u64) -> io::Result<()> {
+    fn done(&self, cookie: u64) -> io::Result<()> {
         if self.structured {
             self.chunk(cookie, REPLY_FLAG_DONE, REPLY_TYPE_NONE, &[])
         } else {
@@ -404,15 +474,15 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
         }
     }
 
-    fn simple(&mut self, cookie: u64, errno: u32) -> io::Result<()> {
+    fn simple(&self, cookie: u64, errno: u32) -> io::Result<()> {
         let mut b = Vec::with_capacity(16);
         b.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
         b.extend_from_slice(&errno.to_be_bytes());
         b.extend_from_slice(&cookie.to_be_bytes());
-        self.conn.get_mut().write_all(&b)
+        self.send(&b)
     }
 
-    fn error(&mut self, cookie: u64, errno: u32, msg: &str) -> io::Result<()> {
+    fn error(&self, cookie: u64, errno: u32, msg: &str) -> io::Result<()> {
         if !self.structured {
             return self.simple(cookie, errno);
         }
@@ -423,7 +493,7 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
         self.chunk(cookie, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, &payload)
     }
 
-    fn chunk(&mut self, cookie: u64, flags: u16, kind: u16, payload: &[u8]) -> io::Result<()> {
+    fn chunk(&self, cookie: u64, flags: u16, kind: u16, payload: &[u8]) -> io::Result<()> {
         let mut b = Vec::with_capacity(20 + payload.len());
         b.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
         b.extend_from_slice(&flags.to_be_bytes());
@@ -431,7 +501,7 @@ impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
         b.extend_from_slice(&cookie.to_be_bytes());
         b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         b.extend_from_slice(payload);
-        self.conn.get_mut().write_all(&b)
+        self.send(&b)
     }
 }
 
