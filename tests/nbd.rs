@@ -273,3 +273,64 @@ fn bad_input_to_serve_nbd_is_a_clear_error() {
     assert_clean_failure(&repo.cli(&["serve-nbd", "latest"]), "--unix");
     assert!(!sock.exists());
 }
+
+/// The kernel path without the nbd module: `qemu-storage-daemon` as the NBD client exporting
+/// the image as a FUSE file, `losetup -r`, `mount -o ro,noload`, and a file inside compared by
+/// checksum. Needs root, /dev/fuse and the tools; where they are missing it says so and checks
+/// nothing else (CI runs as root, with them).
+#[test]
+fn a_filesystem_in_a_served_image_mounts_through_the_kernel() {
+    let have = |tool: &str| Command::new("which").arg(tool).output().is_ok_and(|o| o.status.success());
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !Path::new("/dev/fuse").exists() || !have("qemu-storage-daemon") || !have("losetup") {
+        eprintln!("skipped: needs root, /dev/fuse, qemu-storage-daemon and losetup");
+        return;
+    }
+    let repo = TestRepo::new();
+    let fs = repo.file("fs.img");
+    let files = repo.file("files");
+    std::fs::create_dir(&files).unwrap();
+    let blob = common::Disk::new(41, 3_000_000).random(0..3_000_000).bytes;
+    std::fs::write(files.join("blob.bin"), &blob).unwrap();
+    std::fs::write(&fs, vec![0u8; 64 << 20]).unwrap();
+    let out = Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&files).arg(&fs).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    repo.backup(&fs, KindRequest::Full);
+    let server = Server::start(&repo, "latest");
+    let export = repo.file("export.raw");
+    std::fs::write(&export, b"").unwrap();
+    let blockdev =
+        format!("driver=nbd,node-name=n0,server.type=unix,server.path={},read-only=on", server.socket.display());
+    let fuse = format!("type=fuse,id=e0,node-name=n0,mountpoint={},writable=off", export.display());
+    let mut qsd = Command::new("qemu-storage-daemon")
+        .args(["--blockdev", &blockdev, "--export", &fuse])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if std::fs::metadata(&export).is_ok_and(|m| m.len() == 64 << 20) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let out = Command::new("losetup").args(["-r", "-f", "--show"]).arg(&export).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let loop_dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mnt = repo.file("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount").args(["-o", "ro,noload", &loop_dev]).arg(&mnt).output().unwrap();
+    let read = mounted.status.success().then(|| std::fs::read(mnt.join("blob.bin")));
+    let _ = Command::new("umount").arg(&mnt).output();
+    let _ = Command::new("losetup").args(["-d", &loop_dev]).output();
+    // SIGTERM lets qemu-storage-daemon unmount its FUSE export; a kill would leave it mounted.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(qsd.id() as i32, libc::SIGTERM) };
+    let _ = qsd.wait();
+    let _ = Command::new("umount").arg("-l").arg(&export).output(); // in case it did not
+    server.stop();
+    assert!(mounted.status.success(), "mount: {}", String::from_utf8_lossy(&mounted.stderr));
+    let read = read.unwrap().expect("read the file through the kernel");
+    assert!(read == blob, "the file read through the kernel differs");
+}
