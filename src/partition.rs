@@ -92,6 +92,14 @@ impl Table {
     }
 }
 
+/// `reader`, narrowed to partition `n` of its image (`IMAGE:N`): a disk of its own.
+pub fn narrow<'a>(reader: ImageReader<'a>, n: u32) -> Result<ImageReader<'a>> {
+    let table = read_table(&reader)?;
+    let p = table.get(&reader.map().info().id.short(), n)?;
+    let range = p.start..p.start + p.size;
+    Ok(reader.into_window(range))
+}
+
 /// Reads an image's bytes as a file (for the partition-table crates).
 struct Cursor<'r, 'a> {
     reader: &'r ImageReader<'a>,

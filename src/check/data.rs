@@ -124,10 +124,7 @@ pub(super) fn read_image(
     let Ok(map) = ImageMap::resolve(repo.backend(), info) else { return Ok(()) };
     let mut reader = ImageReader::with_map(repo.backend(), repo.index(), map, 64 << 20).strict();
     if let Some(n) = partition {
-        let table = crate::partition::read_table(&reader)?;
-        let p = table.get(&info.id.short(), n)?;
-        let range = p.start..p.start + p.size;
-        reader = reader.into_window(range);
+        reader = crate::partition::narrow(reader, n)?;
     }
     let pieces = reader.map().pieces();
     progress.begin("verify", pieces.iter().map(|p| p.len as u64).sum());

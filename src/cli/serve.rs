@@ -51,12 +51,7 @@ pub fn nbd(path: &Path, image: &str, unix: Option<&Path>, tcp: Option<&str>, cac
     let reader = ImageReader::open(repo.backend(), repo.index(), &info, cache_mib.max(1) << 20)
         .with_context(|| format!("cannot read image {}", info.id))?;
     let (reader, name) = match spec.partition {
-        Some(n) => {
-            let table = strata::partition::read_table(&reader)?;
-            let p = table.get(&info.id.short(), n)?;
-            let range = p.start..p.start + p.size;
-            (reader.into_window(range), format!("{}:{n}", info.id))
-        }
+        Some(n) => (strata::partition::narrow(reader, n)?, format!("{}:{n}", info.id)),
         None => (reader, info.id.to_string()),
     };
     let listener = match (unix, tcp) {

@@ -121,15 +121,10 @@ pub fn restore_with(
 /// A reader of `image`, or of its partition `partition` as a disk of its own.
 fn open_reader<'a>(repo: &'a Repository, image: &ImageInfo, partition: Option<u32>) -> Result<ImageReader<'a>> {
     let reader = ImageReader::open(repo.backend(), repo.index(), image, CACHE_BYTES)?;
-    Ok(match partition {
-        Some(n) => {
-            let table = crate::partition::read_table(&reader)?;
-            let p = table.get(&image.id.short(), n)?;
-            let range = p.start..p.start + p.size;
-            reader.into_window(range)
-        }
-        None => reader,
-    })
+    match partition {
+        Some(n) => crate::partition::narrow(reader, n),
+        None => Ok(reader),
+    }
 }
 
 /// `restore_with` for `opts.delta`: the target exists and holds an older copy (see `delta`).
