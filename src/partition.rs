@@ -324,7 +324,7 @@ fn text(b: &[u8]) -> Option<String> {
 /// The filesystem (blkid's `TYPE`) and its label, by the signatures at the start of a partition.
 fn detect(reader: &ImageReader, start: u64, size: u64) -> Result<(Option<&'static str>, Option<String>)> {
     let head = read_exact(reader, start, (68 * 1024).min(size) as usize)?;
-    if signature(&head, 1024 + 56, &[0x53, 0xEF]) {
+    if head.len() >= 1024 + 0x88 && signature(&head, 1024 + 56, &[0x53, 0xEF]) {
         let le = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
         let (compat, incompat, ro) = (le(1024 + 0x5C), le(1024 + 0x60), le(1024 + 0x64));
         // What ext3 does not know makes it ext4 (blkid's rule): incompat beyond filetype,
