@@ -132,6 +132,22 @@ impl Config {
     }
 }
 
+/// The config of the repository at `root`; a directory without one is not a repository (or, when
+/// it holds packs or images, one whose config is lost).
+pub fn read(root: &std::path::Path) -> Result<Config> {
+    let path = root.join(crate::storage::paths::CONFIG);
+    match std::fs::read(&path) {
+        Ok(bytes) => Config::decode(&bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => {
+            if root.join(crate::storage::paths::PACKS).is_dir() || root.join(crate::storage::paths::IMAGES).is_dir() {
+                return Err(Error::ConfigMissing { path: root.into() });
+            }
+            Err(Error::NotARepository { path: root.into() })
+        }
+        Err(e) => Err(Error::io("read", &path, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,21 +163,5 @@ mod tests {
         future.format_version = 99;
         assert!(matches!(Config::decode(&future.encode().unwrap()), Err(Error::UnsupportedFormat { found: 99, .. })));
         assert!(Config::decode(b"\xff\x00garbage").is_err());
-    }
-}
-
-/// The config of the repository at `root`; a directory without one is not a repository (or, when
-/// it holds packs or images, one whose config is lost).
-pub fn read(root: &std::path::Path) -> Result<Config> {
-    let path = root.join(crate::storage::paths::CONFIG);
-    match std::fs::read(&path) {
-        Ok(bytes) => Config::decode(&bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => {
-            if root.join(crate::storage::paths::PACKS).is_dir() || root.join(crate::storage::paths::IMAGES).is_dir() {
-                return Err(Error::ConfigMissing { path: root.into() });
-            }
-            Err(Error::NotARepository { path: root.into() })
-        }
-        Err(e) => Err(Error::io("read", &path, e)),
     }
 }

@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::id::{ChunkId, ImageId};
-use crate::index::{Index, Journal, Owners, RefDelta, Txn};
+use crate::id::ImageId;
+use crate::index::{Index, Journal, RefDelta, Txn};
 use crate::manifest::{catalog, ImageInfo};
 use crate::pack::stored_trailer;
 use crate::storage::{generation, lock, paths, sync_dir, Backend, LocalDir};
@@ -53,21 +53,11 @@ pub(crate) fn delete_manifests(backend: &dyn Backend, journal: &Journal) -> Resu
 
 /// Recomputes every owner record and counter from the manifests of `images`.
 pub(crate) fn rebuild_counters(backend: &dyn Backend, index: &Index, images: &[ImageInfo]) -> Result<()> {
-    let mut refs: HashMap<ChunkId, Owners> = HashMap::new();
+    let mut refs = RefDelta::default();
     for info in images {
-        let mut delta = RefDelta::default();
-        catalog::for_each_chunk(backend, &info.id, |id| delta.add(id, info.set, 1))?;
-        for (chunk, owners) in delta.into_owners() {
-            let v = refs.entry(chunk).or_default();
-            for (set, n) in owners {
-                match v.iter_mut().find(|(s, _)| *s == set) {
-                    Some((_, c)) => *c += n,
-                    None => v.push((set, n)),
-                }
-            }
-        }
+        catalog::for_each_chunk(backend, &info.id, |id| refs.add(id, info.set, 1))?;
     }
-    index.counters().rebuild(refs)
+    index.counters().rebuild(refs.into_owners())
 }
 
 /// What `rebuild_index` found.

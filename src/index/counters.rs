@@ -74,13 +74,21 @@ impl Counters<'_> {
         let locs = self.index.locate(&chunks)?;
         let owners = self.owners_of(&chunks)?;
         let deads = self.index.db.multi_get(&chunks.iter().map(keys::dead).collect::<Vec<_>>())?;
-        let sets = owners.iter().flatten().map(|(s, _)| *s).chain(delta.changes.values().flatten().map(|(s, _)| *s));
-        let mut usage = self.load(sets.collect::<Vec<_>>(), locs.iter().flatten().map(|l| l.pack))?;
+        let mut changes = Vec::with_capacity(chunks.len());
         for (i, id) in chunks.iter().enumerate() {
             let loc = locs[i].ok_or_else(|| crate::error::Error::Index {
                 reason: format!("referenced chunk {id} is not in the index"),
             })?;
-            let new = owners_after(id, &owners[i], &delta.changes[id])?;
+            changes.push((loc, owners_after(id, &owners[i], &delta.changes[id])?));
+        }
+        // Only a chunk that becomes dead, or comes back from the dead, changes its pack's record.
+        let flips = |i: usize, new: &Owners| {
+            (owners[i].is_empty() && !new.is_empty() && deads[i].is_some()) || (!owners[i].is_empty() && new.is_empty())
+        };
+        let packs = changes.iter().enumerate().filter(|(i, (_, new))| flips(*i, new)).map(|(_, (l, _))| l.pack);
+        let sets = owners.iter().flatten().map(|(s, _)| *s).chain(delta.changes.values().flatten().map(|(s, _)| *s));
+        let mut usage = self.load(sets.collect::<Vec<_>>(), packs.collect::<Vec<_>>())?;
+        for (i, (id, (loc, new))) in chunks.iter().zip(changes).enumerate() {
             usage.change(&loc, &owners[i], &new, deads[i].is_some())?;
             if new.is_empty() {
                 txn.mark_dead(id);

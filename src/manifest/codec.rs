@@ -17,7 +17,7 @@ use super::ImageInfo;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ImageId};
 use crate::pack::MAX_CHUNK_LEN;
-use crate::storage::{Backend, ObjectWriter};
+use crate::storage::{paths, Backend, ObjectWriter};
 
 pub(crate) const MANIFEST_VERSION: u16 = 1;
 const HEADER_MAGIC: &[u8; 8] = b"STRATAIM";
@@ -28,10 +28,6 @@ const TAG_ZERO: u8 = 0;
 const TAG_CHUNK: u8 = 1;
 /// An info larger than this is damage, not an image.
 const MAX_INFO_LEN: u32 = 64 * 1024;
-
-fn manifest_path(id: &ImageId) -> String {
-    crate::storage::paths::manifest(id)
-}
 
 fn info_config() -> impl bincode::config::Config {
     bincode::config::standard().with_little_endian().with_fixed_int_encoding().with_limit::<{ 64 * 1024 }>()
@@ -47,7 +43,7 @@ pub(crate) struct ManifestWriter {
 
 impl ManifestWriter {
     pub fn create(backend: &dyn Backend, id: &ImageId) -> Result<ManifestWriter> {
-        let path = manifest_path(id);
+        let path = paths::manifest(id);
         let out = backend.create(&path)?;
         let mut w = ManifestWriter { out, hasher: blake3::Hasher::new(), count: 0, end: 0, path };
         let mut header = Vec::with_capacity(12);
@@ -129,7 +125,7 @@ fn missing_to_typed(id: &ImageId, e: Error) -> Error {
 /// Reads and checks the footer, and with `verify` the checksum over the whole file (one
 /// streaming pass).
 fn read_footer(backend: &dyn Backend, id: &ImageId, verify: bool) -> Result<Footer> {
-    let path = manifest_path(id);
+    let path = paths::manifest(id);
     let size = backend.size(&path).map_err(|e| missing_to_typed(id, e))?;
     if size < HEADER_LEN + FOOTER_FIXED {
         return Err(corrupt(id, "shorter than header and footer"));
@@ -218,7 +214,7 @@ pub(crate) fn peek_info(backend: &dyn Backend, id: &ImageId) -> Result<ImageInfo
 /// Opens a manifest (checked as a whole first) and returns its info and a stream of its extents.
 pub fn open_manifest(backend: &dyn Backend, id: &ImageId) -> Result<(ImageInfo, ExtentReader)> {
     let f = read_footer(backend, id, true)?;
-    let path = manifest_path(id);
+    let path = paths::manifest(id);
     let mut r = backend.open(&path)?;
     let mut head = [0u8; 12];
     r.read_exact(&mut head).map_err(|e| Error::io("read", &path, e))?;
@@ -240,7 +236,7 @@ impl ExtentReader {
         if (buf.len() as u64) > self.left {
             return Err(corrupt(&self.id, "record runs past the record area"));
         }
-        self.r.read_exact(buf).map_err(|e| Error::io("read", manifest_path(&self.id), e))?;
+        self.r.read_exact(buf).map_err(|e| Error::io("read", paths::manifest(&self.id), e))?;
         self.left -= buf.len() as u64;
         Ok(())
     }
@@ -374,7 +370,7 @@ mod tests {
         assert_eq!(read, info(id));
         let ex: Vec<Extent> = extents.collect::<Result<_>>().unwrap();
         assert_eq!(ex, vec![Extent::zero(0, 4096), Extent::chunk(4096, 100, ChunkId([9; 32]))]);
-        assert_eq!(std::fs::metadata(dir.path().join(manifest_path(&id))).unwrap().len(), 12 + 17 + 49 + 199 + 52);
+        assert_eq!(std::fs::metadata(dir.path().join(paths::manifest(&id))).unwrap().len(), 12 + 17 + 49 + 199 + 52);
     }
 
     proptest! {
@@ -385,7 +381,7 @@ mod tests {
             let b = LocalDir::new(dir.path());
             let id = ImageId([1; 16]);
             write_manifest(&b, id);
-            let path = dir.path().join(manifest_path(&id));
+            let path = dir.path().join(paths::manifest(&id));
             let mut bytes = std::fs::read(&path).unwrap();
             let i = pos % bytes.len();
             if cut { bytes.truncate(i) } else { bytes[i] ^= 1 << bit }
@@ -400,7 +396,7 @@ mod tests {
             let b = LocalDir::new(dir.path());
             let id = ImageId([1; 16]);
             std::fs::create_dir_all(dir.path().join("images")).unwrap();
-            std::fs::write(dir.path().join(manifest_path(&id)), &bytes).unwrap();
+            std::fs::write(dir.path().join(paths::manifest(&id)), &bytes).unwrap();
             let _ = open_manifest(&b, &id).map(|(_, ex)| ex.count());
         }
     }

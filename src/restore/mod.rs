@@ -101,14 +101,8 @@ pub fn restore_with(
                 )?;
             }
             progress.end();
-            let data: u64 = reader.map().pieces().iter().map(|p| p.len as u64).sum();
-            Ok(RestoreReport {
-                bytes: size,
-                zero_bytes: size - data.min(size),
-                written_bytes: if is_device { size } else { data.min(size) },
-                damaged,
-                seconds: started.elapsed().as_secs_f64(),
-            })
+            let data = data_bytes(&reader);
+            Ok(report(&reader, if is_device { size } else { data }, damaged, started))
         }
         (Err(e), Some(temp)) => {
             let _ = std::fs::remove_file(&temp);
@@ -144,15 +138,24 @@ fn restore_delta(
     let reader = open_reader(repo, image, opts.partition)?;
     preflight(&reader, false, false)?;
     let done = delta::apply(&reader, &f, device, target, progress)?;
-    let size = reader.map().size();
+    Ok(report(&reader, done.written, Vec::new(), started))
+}
+
+/// Bytes of chunk data in the image (the rest is zeros).
+fn data_bytes(reader: &ImageReader) -> u64 {
     let data: u64 = reader.map().pieces().iter().map(|p| p.len as u64).sum();
-    Ok(RestoreReport {
+    data.min(reader.map().size())
+}
+
+fn report(reader: &ImageReader, written_bytes: u64, damaged: Vec<DamagedRange>, started: Instant) -> RestoreReport {
+    let size = reader.map().size();
+    RestoreReport {
         bytes: size,
-        zero_bytes: size - data.min(size),
-        written_bytes: done.written,
-        damaged: Vec::new(),
+        zero_bytes: size - data_bytes(reader),
+        written_bytes,
+        damaged,
         seconds: started.elapsed().as_secs_f64(),
-    })
+    }
 }
 
 /// The pieces of the map in batches (see `BATCH`, `BATCH_BYTES`).
