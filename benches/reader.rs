@@ -32,7 +32,7 @@ fn random_reads(c: &mut Criterion) {
     let mut g = c.benchmark_group("image_reader");
     g.sample_size(20);
     for (cache, cache_bytes) in [("cold", 8u64 << 20), ("warm", 1u64 << 30)] {
-        let reader = ImageReader::open(repo.backend(), repo.index(), &info, cache_bytes).expect("reader");
+        let reader = repo.reader(&info, cache_bytes).expect("reader");
         for len in [4usize << 10, 64 << 10, 1 << 20] {
             let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
             let mut buf = vec![0u8; len];

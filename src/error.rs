@@ -135,6 +135,15 @@ pub enum Error {
     )]
     DeltaPartial,
 
+    #[error("cannot mount on {path}: {reason}")]
+    MountPoint { path: PathBuf, reason: String },
+
+    #[error("{path} is busy (a program has a file open or its working directory under it); close them and unmount again, or detach it now with `umount -l {path}`")]
+    MountBusy { path: PathBuf },
+
+    #[error("FUSE is not available: {reason}")]
+    FuseUnavailable { reason: String },
+
     #[error("restore target {target} is neither a regular file nor a block device")]
     TargetNotDisk { target: PathBuf },
 

@@ -18,6 +18,7 @@ pub mod forget;
 pub mod id;
 pub mod index;
 pub mod manifest;
+pub mod mount;
 pub mod nbd;
 pub mod pack;
 pub mod partition;

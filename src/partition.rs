@@ -93,7 +93,7 @@ impl Table {
 }
 
 /// `reader`, narrowed to partition `n` of its image (`IMAGE:N`): a disk of its own.
-pub fn narrow<'a>(reader: ImageReader<'a>, n: u32) -> Result<ImageReader<'a>> {
+pub fn narrow(reader: ImageReader, n: u32) -> Result<ImageReader> {
     let table = read_table(&reader)?;
     let p = table.get(&reader.map().info().id.short(), n)?;
     let range = p.start..p.start + p.size;
@@ -101,12 +101,12 @@ pub fn narrow<'a>(reader: ImageReader<'a>, n: u32) -> Result<ImageReader<'a>> {
 }
 
 /// Reads an image's bytes as a file (for the partition-table crates).
-struct Cursor<'r, 'a> {
-    reader: &'r ImageReader<'a>,
+struct Cursor<'r> {
+    reader: &'r ImageReader,
     pos: u64,
 }
 
-impl Read for Cursor<'_, '_> {
+impl Read for Cursor<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.reader.read_at(self.pos, buf).map_err(std::io::Error::other)?;
         self.pos += n as u64;
@@ -114,7 +114,7 @@ impl Read for Cursor<'_, '_> {
     }
 }
 
-impl Seek for Cursor<'_, '_> {
+impl Seek for Cursor<'_> {
     fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
         let size = self.reader.map().size() as i128;
         let at = match to {

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::index::{Index, Txn};
 use crate::manifest::{catalog, DamagedImage, ImageInfo, View};
+use crate::reader::ImageReader;
 use crate::storage::lock::{self, RepoLock};
 use crate::storage::{generation, paths, Backend, LocalDir};
 
@@ -17,7 +18,7 @@ pub struct Repository {
     root: PathBuf,
     config: Config,
     backend: Arc<dyn Backend>,
-    index: Index,
+    index: Arc<Index>,
     health: IndexHealth,
     /// Temporary files of dead writers that opening for writing removed: (count, bytes).
     temporaries_removed: (usize, u64),
@@ -128,7 +129,7 @@ impl Repository {
         // The generation first: a writer that finishes meanwhile raises the index's before the
         // file's, so this order never mistakes a current index for a stale one.
         let generation = generation::read(backend.as_ref())?;
-        let index = Index::open_read_only(&path.join(paths::INDEX))?;
+        let index = Arc::new(Index::open_read_only(&path.join(paths::INDEX))?);
         let health = IndexHealth::of(&index, generation)?;
         Ok(Repository { root: path.into(), config, backend, index, health, temporaries_removed: (0, 0), lock: None })
     }
@@ -191,7 +192,7 @@ impl Repository {
         let lock = lock::acquire(path, command)?;
         let generation = generation::read(backend.as_ref())?;
         let index_dir = path.join(paths::INDEX);
-        let index = Index::open(&index_dir)?;
+        let index = Arc::new(Index::open(&index_dir)?);
         // A writer never builds on an index that may lack what the repository holds: a backup
         // would miss dedup and counters, and prune could take live data for garbage.
         let health = IndexHealth::of(&index, generation)?;
@@ -254,6 +255,21 @@ impl Repository {
 
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// Handles on the storage and the index that outlive a borrow of the repository: for
+    /// readers that live as long as a mount or a server.
+    pub fn shared_backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    pub fn shared_index(&self) -> Arc<Index> {
+        self.index.clone()
+    }
+
+    /// A reader of `image` (see `ImageReader::open`) on this repository's storage and index.
+    pub fn reader(&self, image: &ImageInfo, cache_bytes: u64) -> Result<ImageReader> {
+        ImageReader::open(self.shared_backend(), self.shared_index(), image, cache_bytes)
     }
 
     /// Every image, oldest first: the catalog plus (for a reader) manifests not yet catalogued.

@@ -49,7 +49,7 @@ fn any_range_of_any_image_of_a_chain_reads_back_as_the_disk_was() {
     }
     let r = Repository::open(&repo.path).unwrap();
     for (info, bytes) in &images {
-        let reader = ImageReader::open(r.backend(), r.index(), info, 4 * MIB as u64).unwrap();
+        let reader = r.reader(info, 4 * MIB as u64).unwrap();
         for (offset, len) in reads(info.id.0[0] as u64 + 1, bytes.len()) {
             let mut buf = vec![0xA5u8; len];
             let n = reader.read_at(offset as u64, &mut buf).unwrap();
@@ -81,7 +81,7 @@ fn a_damaged_chunk_fails_its_range_only_and_never_returns_wrong_bytes() {
     disk.write_to(&src);
     let info = repo.try_backup(&src, KindRequest::Full, true).expect("backup");
     let r = Repository::open(&repo.path).unwrap();
-    let reader = ImageReader::open(r.backend(), r.index(), &info, 4 * MIB as u64).unwrap();
+    let reader = r.reader(&info, 4 * MIB as u64).unwrap();
     // Damage the chunk at 2 MiB: one byte in the middle of its bytes (random data is stored raw,
     // so its stored bytes are the decoded frame).
     let victim = *reader.map().pieces_in(2 * MIB as u64..2 * MIB as u64 + 1).first().unwrap();
@@ -92,7 +92,7 @@ fn a_damaged_chunk_fails_its_range_only_and_never_returns_wrong_bytes() {
     b[(loc.slot.offset + (loc.slot.skip + loc.slot.raw_len / 2) as u64) as usize] ^= 0x40;
     std::fs::write(&pack, &b).unwrap();
     drop(reader);
-    let reader = ImageReader::open(r.backend(), r.index(), &info, 4 * MIB as u64).unwrap();
+    let reader = r.reader(&info, 4 * MIB as u64).unwrap();
     let mut buf = vec![0u8; 4096];
     let err = reader.read_at(victim.offset + 10, &mut buf).expect_err("a damaged chunk read without error");
     assert!(matches!(err, strata::Error::CorruptChunk { .. }), "{err}");

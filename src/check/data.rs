@@ -3,6 +3,7 @@
 //! reader (exactly the chunks it needs).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -12,7 +13,7 @@ use crate::id::{ChunkId, ImageId, PackId};
 use crate::manifest::ImageInfo;
 use crate::pack::FrameReader;
 use crate::progress::Progress;
-use crate::reader::{ImageMap, ImageReader};
+use crate::reader::{FrameCache, ImageMap, ImageReader};
 use crate::repository::Repository;
 
 /// What reading a pack found wrong.
@@ -122,7 +123,8 @@ pub(super) fn read_image(
     let Some(info) = images.iter().find(|i| i.id == image) else { return Ok(()) };
     // A chain that cannot be resolved is the structure's finding already.
     let Ok(map) = ImageMap::resolve(repo.backend(), info) else { return Ok(()) };
-    let mut reader = ImageReader::with_map(repo.backend(), repo.index(), map, 64 << 20).strict();
+    let cache = Arc::new(FrameCache::new(64 << 20));
+    let mut reader = ImageReader::with_map(repo.shared_backend(), repo.shared_index(), map, cache).strict();
     if let Some(n) = partition {
         reader = crate::partition::narrow(reader, n)?;
     }

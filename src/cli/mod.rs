@@ -166,6 +166,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mount the repository read-only with FUSE: images/<ID>.img for every image (a raw disk
+    /// file), images/<ID>/p<N>.img for its partitions, sources/<SOURCE>/ with a link per image and
+    /// latest.img. Runs in the foreground until unmounted (`umount MOUNTPOINT`) or interrupted;
+    /// images backed up meanwhile appear within a second
+    Mount {
+        /// An empty directory to mount on
+        mountpoint: PathBuf,
+        /// Decoded frames kept in memory, MiB (shared by every file read through the mount)
+        #[arg(long, default_value_t = 256)]
+        cache_mib: u64,
+    },
     /// Serve an image (or IMAGE:N, one partition) read-only over NBD, until interrupted; the
     /// default export (empty name) and the export named after the image both serve it
     #[command(group(clap::ArgGroup::new("listen").required(true).args(["unix", "tcp"])))]
@@ -291,6 +302,7 @@ pub fn run() -> Result<()> {
             check(&repo_path(&cli.repo)?, read_data, read_data_subset, json)?;
         }
         Command::Partitions { image, json } => partitions(&repo_path(&cli.repo)?, &image, json)?,
+        Command::Mount { mountpoint, cache_mib } => serve::mount(&repo_path(&cli.repo)?, &mountpoint, cache_mib)?,
         Command::ServeNbd { image, unix, tcp, cache_mib } => {
             serve::nbd(&repo_path(&cli.repo)?, &image, unix.as_deref(), tcp.as_deref(), cache_mib)?
         }
@@ -356,12 +368,7 @@ fn partitions(path: &std::path::Path, image: &str, json: bool) -> Result<()> {
         path,
         image,
         |repo, info| {
-            let reader = strata::reader::ImageReader::open(
-                repo.backend(),
-                repo.index(),
-                info,
-                strata::reader::DEFAULT_CACHE_BYTES,
-            )?;
+            let reader = repo.reader(info, strata::reader::DEFAULT_CACHE_BYTES)?;
             strata::partition::read_table(&reader)
         },
         |_| false,

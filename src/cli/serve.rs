@@ -1,4 +1,5 @@
-//! `serve-nbd`: listeners, signals and logging around the library's NBD server.
+//! `serve-nbd` and `mount`: listeners, signals and logging around the library's NBD server and
+//! FUSE filesystem.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,7 +8,6 @@ use anyhow::{Context, Result};
 
 use strata::nbd::{Conn, Export};
 use strata::partition::Spec;
-use strata::reader::ImageReader;
 use strata::Repository;
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -44,11 +44,47 @@ impl Listener {
     }
 }
 
+/// Mounts, then waits for an unmount from outside or a signal (which unmounts; refused while
+/// busy, and then the mount keeps serving until the next signal).
+pub fn mount(path: &Path, at: &Path, cache_mib: u64) -> Result<()> {
+    let opts = strata::mount::MountOptions { cache_bytes: cache_mib.max(1) << 20, ..Default::default() };
+    let log: strata::mount::Log = std::sync::Arc::new(|msg| eprintln!("strata: {msg}"));
+    let mounted = strata::mount::mount(path, at, &opts, log)
+        .with_context(|| format!("cannot mount repository {} on {}", path.display(), at.display()))?;
+    on_signals();
+    eprintln!(
+        "mounted repository {} read-only on {} ({} images); `umount {}` or Ctrl-C unmounts",
+        path.display(),
+        mounted.path().display(),
+        mounted.images(),
+        mounted.path().display()
+    );
+    while !mounted.finished() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if STOP.swap(false, Ordering::SeqCst) {
+            if let Err(e) = mounted.unmount() {
+                eprintln!("strata: {e}");
+            }
+        }
+    }
+    mounted.join()?;
+    eprintln!("strata: unmounted");
+    Ok(())
+}
+
+fn on_signals() {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
 pub fn nbd(path: &Path, image: &str, unix: Option<&Path>, tcp: Option<&str>, cache_mib: u64) -> Result<()> {
     let spec = Spec::parse(image)?;
     let repo = Repository::open(path).with_context(|| format!("cannot open repository {}", path.display()))?;
     let info = repo.find_image(&spec.image)?;
-    let reader = ImageReader::open(repo.backend(), repo.index(), &info, cache_mib.max(1) << 20)
+    let reader = repo.reader(&info, cache_mib.max(1) << 20)
         .with_context(|| format!("cannot read image {}", info.id))?;
     let (reader, name) = match spec.partition {
         Some(n) => (strata::partition::narrow(reader, n)?, format!("{}:{n}", info.id)),
@@ -71,11 +107,7 @@ pub fn nbd(path: &Path, image: &str, unix: Option<&Path>, tcp: Option<&str>, cac
         }
         (None, None) => anyhow::bail!("give --unix PATH or --tcp ADDR:PORT"),
     };
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    on_signals();
     let at = unix.map(|p| format!("unix:{}", p.display())).or(tcp.map(|a| format!("tcp:{a}"))).unwrap_or_default();
     eprintln!(
         "serving image {name} ({} bytes) read-only on {at}; exports \"\" and \"{name}\"; Ctrl-C stops",

@@ -30,7 +30,7 @@ use crate::id::{ChunkId, ImageId, PackId};
 use records::corrupt;
 
 /// The narrow view of the index that dedup and reading need: where chunks are.
-pub trait ChunkLookup: Sync {
+pub trait ChunkLookup: Send + Sync {
     /// Locations of `ids`, in order; `None` for a chunk the index does not know.
     fn locate(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkLoc>>>;
 }

@@ -23,10 +23,10 @@ pub use proto::MAX_REQUEST;
 pub const MAX_CLIENTS: usize = 64;
 
 /// What the server serves: the reader of one image (or partition), under a name.
-pub struct Export<'r, 'a> {
+pub struct Export<'r> {
     /// The export's name besides the default (empty) one: the image id, or `ID:N`.
     pub name: String,
-    pub reader: &'r ImageReader<'a>,
+    pub reader: &'r ImageReader,
 }
 
 /// A connection from a client (a Unix or TCP stream).

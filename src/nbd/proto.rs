@@ -79,8 +79,8 @@ const MIN_HOLE: u64 = 1 << 20;
 /// Block-status descriptors in one reply, at most.
 const MAX_DESCRIPTORS: usize = 4096;
 
-pub(super) struct Session<'e, 'r, 'a, 'c> {
-    export: &'e Export<'r, 'a>,
+pub(super) struct Session<'e, 'r, 'c> {
+    export: &'e Export<'r>,
     /// Requests are read through a buffer (a header is six fields); replies go out whole.
     conn: io::BufReader<Box<dyn Conn + 'c>>,
     structured: bool,
@@ -124,8 +124,8 @@ fn take_string(data: &mut &[u8]) -> io::Result<String> {
 /// Why an option was refused: its reply type and message.
 struct Refusal(u32, String);
 
-impl<'e, 'r, 'a, 'c> Session<'e, 'r, 'a, 'c> {
-    pub(super) fn new(export: &'e Export<'r, 'a>, conn: Box<dyn Conn + 'c>) -> Self {
+impl<'e, 'r, 'c> Session<'e, 'r, 'c> {
+    pub(super) fn new(export: &'e Export<'r>, conn: Box<dyn Conn + 'c>) -> Self {
         Session { export, conn: io::BufReader::with_capacity(64 * 1024, conn), structured: false, allocation: false }
     }
 
@@ -367,14 +367,14 @@ struct Request {
 }
 
 /// The sending side of a session in transmission, shared by its workers.
-struct Replies<'e, 'r, 'a> {
+struct Replies<'e, 'r> {
     out: std::sync::Mutex<Box<dyn Write + Send>>,
-    export: &'e Export<'r, 'a>,
+    export: &'e Export<'r>,
     structured: bool,
     allocation: bool,
 }
 
-impl Replies<'_, '_, '_> {
+impl Replies<'_, '_> {
     fn size(&self) -> u64 {
         self.export.reader.map().size()
     }

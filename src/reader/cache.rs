@@ -34,7 +34,8 @@ struct Lru {
     bytes: u64,
 }
 
-pub(super) struct FrameCache {
+/// Decoded frames, bounded by a byte cap (see the module documentation).
+pub struct FrameCache {
     cap: u64,
     lru: Mutex<Lru>,
 }
@@ -45,7 +46,7 @@ impl FrameCache {
     }
 
     /// The frame at `key`, decoded by `load` unless the cache holds it.
-    pub fn get(&self, key: Key, load: impl FnOnce() -> Frame) -> Frame {
+    pub(super) fn get(&self, key: Key, load: impl FnOnce() -> Frame) -> Frame {
         let frame = {
             let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
             lru.clock += 1;

@@ -12,10 +12,12 @@
 mod cache;
 mod copies;
 
+pub use cache::FrameCache;
 pub use copies::Copies;
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -25,7 +27,7 @@ use crate::index::{ChunkLoc, ChunkLookup};
 use crate::manifest::{catalog, Content, Extent, ImageInfo};
 use crate::pack::{chunk_of_frame, decode_frame};
 use crate::storage::Backend;
-use cache::{Frame, FrameCache, FrameError};
+use cache::{Frame, FrameError};
 
 /// One chunk extent of an image's resolved view: bytes `skip .. skip + len` of chunk `id`, at
 /// `offset` on the disk.
@@ -114,6 +116,31 @@ impl ImageMap {
         ImageMap { info, pieces }
     }
 
+    /// The first offset at or after `from` that holds data (`SEEK_DATA`); None past the last.
+    pub fn next_data(&self, from: u64) -> Option<u64> {
+        if from >= self.size() {
+            return None;
+        }
+        let first = self.pieces.partition_point(|p| p.end() <= from);
+        self.pieces.get(first).map(|p| p.offset.max(from))
+    }
+
+    /// The first offset at or after `from` in a zero run, or the disk's end (`SEEK_HOLE`); None
+    /// from the end on.
+    pub fn next_hole(&self, from: u64) -> Option<u64> {
+        if from >= self.size() {
+            return None;
+        }
+        let mut at = from;
+        for p in &self.pieces[self.pieces.partition_point(|p| p.end() <= from)..] {
+            if p.offset > at {
+                break;
+            }
+            at = p.end();
+        }
+        Some(at.min(self.size()))
+    }
+
     /// The view's extents within `range`, clipped to it, zero runs included.
     pub fn extents(&self, range: Range<u64>) -> Vec<Extent> {
         let end = range.end.min(self.size());
@@ -137,11 +164,11 @@ impl ImageMap {
 }
 
 /// Reads images: see the module documentation.
-pub struct ImageReader<'a> {
-    backend: &'a dyn Backend,
-    index: &'a dyn ChunkLookup,
+pub struct ImageReader {
+    backend: Arc<dyn Backend>,
+    index: Arc<dyn ChunkLookup>,
     map: ImageMap,
-    cache: FrameCache,
+    cache: Arc<FrameCache>,
     copies: Copies,
     /// Use other copies of a chunk whose indexed copy fails (see `strict`).
     fallback: bool,
@@ -150,32 +177,28 @@ pub struct ImageReader<'a> {
 /// The default cap on decoded frames held by one reader.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
-impl<'a> ImageReader<'a> {
+impl ImageReader {
     /// A reader of `image`, its chain resolved once, holding at most `cache_bytes` of decoded
     /// frames.
     pub fn open(
-        backend: &'a dyn Backend,
-        index: &'a dyn ChunkLookup,
+        backend: Arc<dyn Backend>,
+        index: Arc<dyn ChunkLookup>,
         image: &ImageInfo,
         cache_bytes: u64,
-    ) -> Result<ImageReader<'a>> {
-        Ok(Self::with_map(backend, index, ImageMap::resolve(backend, image)?, cache_bytes))
+    ) -> Result<ImageReader> {
+        let map = ImageMap::resolve(backend.as_ref(), image)?;
+        Ok(Self::with_map(backend, index, map, Arc::new(FrameCache::new(cache_bytes))))
     }
 
+    /// A reader of `map`'s image whose decoded frames go to `cache`, which several readers may
+    /// share (frames are named by pack and offset, the same for every image).
     pub fn with_map(
-        backend: &'a dyn Backend,
-        index: &'a dyn ChunkLookup,
+        backend: Arc<dyn Backend>,
+        index: Arc<dyn ChunkLookup>,
         map: ImageMap,
-        cache_bytes: u64,
-    ) -> ImageReader<'a> {
-        ImageReader {
-            backend,
-            index,
-            map,
-            cache: FrameCache::new(cache_bytes),
-            copies: Copies::default(),
-            fallback: true,
-        }
+        cache: Arc<FrameCache>,
+    ) -> ImageReader {
+        ImageReader { backend, index, map, cache, copies: Copies::default(), fallback: true }
     }
 
     /// Reads only the copies the index names: a chunk whose indexed copy fails is an error even
@@ -195,12 +218,12 @@ impl<'a> ImageReader<'a> {
         &self.map
     }
 
-    pub fn backend(&self) -> &'a dyn Backend {
-        self.backend
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
     }
 
-    pub fn index(&self) -> &'a dyn ChunkLookup {
-        self.index
+    pub fn index(&self) -> &dyn ChunkLookup {
+        self.index.as_ref()
     }
 
     /// Another copy of a chunk when the indexed one fails (see `Copies`).
@@ -247,7 +270,7 @@ impl<'a> ImageReader<'a> {
             let end = start + end;
             let frame = |loc: &ChunkLoc| {
                 let key = (loc.pack, loc.slot.offset);
-                (key, self.cache.get(key, || read_frame(self.backend, loc)))
+                (key, self.cache.get(key, || read_frame(self.backend(), loc)))
             };
             // Small reads stay on the calling thread: handing one frame to the pool costs more
             // than the work (mount and NBD serve many small reads, each on its own thread).
@@ -287,7 +310,7 @@ impl<'a> ImageReader<'a> {
             Ok(raw) => take(raw),
             // The copy the index names is damaged or gone: another pack may hold an intact one.
             Err(err) if !self.fallback => Err(err),
-            Err(err) => match self.copies.intact(self.backend, &p.id, loc)? {
+            Err(err) => match self.copies.intact(self.backend(), &p.id, loc)? {
                 Some((_, raw)) => take(&raw),
                 None => Err(err),
             },
@@ -340,4 +363,30 @@ fn read_frame(backend: &dyn Backend, loc: &ChunkLoc) -> Frame {
     decode_frame(loc.slot.codec, &stored, loc.slot.frame_raw)
         .map(std::sync::Arc::new)
         .map_err(|err| FrameError::Undecodable(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Kind;
+
+    /// A 100-byte disk with data at 10..20, 20..30 and 50..60.
+    fn map() -> ImageMap {
+        let mut info = ImageInfo::fixture(1, Kind::Full, None, 1, 0);
+        info.logical_bytes = 100;
+        let piece = |offset| Piece { offset, len: 10, skip: 0, id: ChunkId([offset as u8; 32]) };
+        ImageMap { info, pieces: vec![piece(10), piece(20), piece(50)] }
+    }
+
+    #[test]
+    fn data_and_holes_are_found_as_seek_data_and_seek_hole_would() {
+        let m = map();
+        let data: Vec<_> = [0, 10, 15, 29, 30, 55, 60, 99, 100].iter().map(|&o| m.next_data(o)).collect();
+        assert_eq!(data, [Some(10), Some(10), Some(15), Some(29), Some(50), Some(55), None, None, None]);
+        let holes: Vec<_> = [0, 10, 25, 30, 50, 59, 60, 99, 100].iter().map(|&o| m.next_hole(o)).collect();
+        assert_eq!(holes, [Some(0), Some(30), Some(30), Some(30), Some(60), Some(60), Some(60), Some(99), None]);
+        // Data up to the end: the end is the hole.
+        let w = m.window(50..60);
+        assert_eq!((w.next_data(0), w.next_hole(0)), (Some(0), Some(10)));
+    }
 }

@@ -113,8 +113,8 @@ pub fn restore_with(
 }
 
 /// A reader of `image`, or of its partition `partition` as a disk of its own.
-fn open_reader<'a>(repo: &'a Repository, image: &ImageInfo, partition: Option<u32>) -> Result<ImageReader<'a>> {
-    let reader = ImageReader::open(repo.backend(), repo.index(), image, CACHE_BYTES)?;
+fn open_reader(repo: &Repository, image: &ImageInfo, partition: Option<u32>) -> Result<ImageReader> {
+    let reader = repo.reader(image, CACHE_BYTES)?;
     match partition {
         Some(n) => crate::partition::narrow(reader, n),
         None => Ok(reader),

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod mounted;
 
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
