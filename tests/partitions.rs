@@ -59,6 +59,24 @@ fn partitioned(dir: &Path, script: &str) -> std::path::PathBuf {
     disk
 }
 
+/// Through `strata mount`, `images/<ID>/` holds exactly `p<N>.img` for the partitions
+/// `(n, start, size)`, each reading as that range of the disk. Skipped where FUSE is not usable.
+fn assert_partitions_mounted(repo: &TestRepo, id: &str, disk: &[u8], parts: &[(u64, u64, u64)]) {
+    let Some(m) = common::mounted::MountedRepo::start(repo, "mnt", &[]) else { return };
+    let dir = m.path(&format!("images/{id}"));
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let mut want: Vec<String> = parts.iter().map(|(n, _, _)| format!("p{n}.img")).collect();
+    want.sort();
+    assert_eq!(names, want);
+    for &(n, start, size) in parts {
+        let got = std::fs::read(dir.join(format!("p{n}.img"))).unwrap();
+        assert!(got == disk[start as usize..(start + size) as usize], "p{n}.img reads other bytes");
+    }
+    m.stop();
+}
+
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
@@ -139,6 +157,7 @@ fn a_gpt_disk_with_two_filesystems_lists_and_restores_each_partition() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 
     assert_partition_served_over_nbd(&repo, &format!("{id}:2"), &repo.file("p2.img"));
+    assert_partitions_mounted(&repo, &id, &disk, &[(1, 2048 * 512, 20 * MIB), (2, 43008 * 512, 20 * MIB)]);
     assert_clean_failure(&repo.cli(&["restore", &format!("{id}:3"), "/tmp/never"]), "no partition 3");
     for bad in [":0", ":-1", ":1:2", ":x", ":4294967296"] {
         assert_clean_failure(&repo.cli(&["restore", &format!("{id}{bad}"), "/tmp/never"]), "IMAGE:N");
@@ -177,6 +196,8 @@ fn an_mbr_disk_lists_logical_partitions_from_5_and_not_the_extended_container() 
         vec![(1, 2048, "0x83", Some("ext2")), (5, 24576, "0x83", Some("ext4")), (6, 47104, "0x82", Some("swap"))]
     );
     assert_partition_restores(&repo, &id, 5, &disk, 24576 * 512, 20480 * 512);
+    let parts = [(1, 2048 * 512, 20480 * 512), (5, 24576 * 512, 20480 * 512), (6, 47104 * 512, 8192 * 512)];
+    assert_partitions_mounted(&repo, &id, &disk, &parts);
 }
 
 #[test]
@@ -188,6 +209,7 @@ fn a_disk_without_a_table_has_no_partitions_and_refuses_n() {
     let v = json(&repo.cli(&["partitions", &id, "--json"]));
     assert_eq!((v["scheme"].as_str(), v["partitions"].as_array().map(Vec::len)), (Some("none"), Some(0)));
     assert_clean_failure(&repo.cli(&["restore", &format!("{id}:1"), "/tmp/never"]), "no partition table");
+    assert_partitions_mounted(&repo, &id, &std::fs::read(&path).unwrap(), &[]);
 }
 
 /// Tables that lie: an absurd GPT entry count, overlapping partitions, a partition past the end

@@ -84,8 +84,8 @@ pub fn nbd(path: &Path, image: &str, unix: Option<&Path>, tcp: Option<&str>, cac
     let spec = Spec::parse(image)?;
     let repo = Repository::open(path).with_context(|| format!("cannot open repository {}", path.display()))?;
     let info = repo.find_image(&spec.image)?;
-    let reader = repo.reader(&info, cache_mib.max(1) << 20)
-        .with_context(|| format!("cannot read image {}", info.id))?;
+    let reader =
+        repo.reader(&info, cache_mib.max(1) << 20).with_context(|| format!("cannot read image {}", info.id))?;
     let (reader, name) = match spec.partition {
         Some(n) => (strata::partition::narrow(reader, n)?, format!("{}:{n}", info.id)),
         None => (reader, info.id.to_string()),

@@ -159,7 +159,12 @@ impl Catalog {
 
     /// The child of directory `parent` called `name`. Partitions are `partitions(id)`'s
     /// numbers, asked only when `name` looks like one.
-    pub(super) fn child(&self, parent: &Node, name: &str, partitions: impl FnOnce(ImageId) -> Vec<u32>) -> Option<Node> {
+    pub(super) fn child(
+        &self,
+        parent: &Node,
+        name: &str,
+        partitions: impl FnOnce(ImageId) -> Vec<u32>,
+    ) -> Option<Node> {
         match parent {
             Node::Root => match name {
                 "images" => Some(Node::Images),
@@ -306,7 +311,10 @@ mod tests {
         assert_eq!(seen, 2 + 6 + 2 + 2 + 5);
         let sda = Node::Source("/dev/sda".into());
         assert_eq!(cat.child(&Node::Sources, "%2Fdev%2Fsda", parts), Some(sda.clone()));
-        assert_eq!(cat.link_target(&Node::Latest("/dev/sda".into())), Some(link_name(cat.info(&ImageId([2; 16])).unwrap())));
+        assert_eq!(
+            cat.link_target(&Node::Latest("/dev/sda".into())),
+            Some(link_name(cat.info(&ImageId([2; 16])).unwrap()))
+        );
         let vm = ImageId([0xab; 16]);
         assert_eq!(cat.link_target(&Node::Link(vm)), Some(format!("../../images/{vm}.img")));
         // Names that are not there.

@@ -122,7 +122,22 @@ pub fn mount(repo: &Path, at: &Path, opts: &MountOptions, log: Log) -> Result<Mo
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
     let session = fuser::spawn_mount(fs, at, &config).map_err(|e| Error::io("mount a filesystem on", at, e))?;
+    raise_readahead(at);
     Ok(Mounted { session, at: at.canonicalize().unwrap_or_else(|_| at.into()), images: count })
+}
+
+/// Sequential reads through the mount: the kernel reads ahead 128 KiB on a new FUSE mount,
+/// which leaves one request in flight at a time (`cat` of a 2 GiB image: 3.99 s); 1 MiB keeps
+/// several FUSE threads busy (3.18 s; 4 and 16 MiB gained nothing). Only root may raise it; where
+/// that fails the mount still works, reading sequentially more slowly.
+const READ_AHEAD_KIB: u32 = 1024;
+
+fn raise_readahead(at: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::metadata(at) {
+        let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+        let _ = std::fs::write(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"), READ_AHEAD_KIB.to_string());
+    }
 }
 
 fn check_mount_point(at: &Path) -> Result<()> {
@@ -130,7 +145,9 @@ fn check_mount_point(at: &Path) -> Result<()> {
     let bad = |reason: &str| Error::MountPoint { path: at.into(), reason: reason.into() };
     let meta = match std::fs::metadata(at) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(bad("it does not exist; create the directory first")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad("it does not exist; create the directory first"))
+        }
         Err(e) => return Err(Error::io("look at", at, e)),
     };
     if !meta.is_dir() {

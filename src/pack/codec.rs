@@ -173,18 +173,32 @@ fn with_decompressor<T>(
 /// that, a recorded length above any frame is damage, and a frame that decodes to another length
 /// is an error.
 pub fn decode_frame(codec: Codec, stored: &[u8], frame_raw: u32) -> Result<Vec<u8>, ChunkError> {
+    let mut raw = Vec::new();
+    decode_frame_into(codec, stored, frame_raw, &mut raw)?;
+    Ok(raw)
+}
+
+/// `decode_frame` into `raw`, whose allocation is reused (it holds the frame's bytes after, and
+/// nothing else).
+pub fn decode_frame_into(codec: Codec, stored: &[u8], frame_raw: u32, raw: &mut Vec<u8>) -> Result<(), ChunkError> {
     if frame_raw > MAX_FRAME_LEN {
         return Err(ChunkError::TooLarge(frame_raw));
     }
-    let raw = match codec {
-        Codec::Raw => stored.to_vec(),
-        Codec::Zstd => with_decompressor(|d| d.decompress(stored, frame_raw as usize))
-            .map_err(|e| ChunkError::Decompress(e.to_string()))?,
-    };
+    raw.clear();
+    match codec {
+        Codec::Raw => raw.extend_from_slice(stored),
+        Codec::Zstd => {
+            // Never more than the frame's recorded length (plus what a reused buffer has spare,
+            // at most one largest frame): the length check below refuses anything else.
+            raw.reserve(frame_raw as usize);
+            with_decompressor(|d| d.decompress_to_buffer(stored, raw))
+                .map_err(|e| ChunkError::Decompress(e.to_string()))?;
+        }
+    }
     if raw.len() != frame_raw as usize {
         return Err(ChunkError::Length { expected: frame_raw, found: raw.len() });
     }
-    Ok(raw)
+    Ok(())
 }
 
 /// Backup closes a frame once its chunks reach this many bytes (before compression): 1 MiB

@@ -18,8 +18,8 @@ mod codec;
 
 pub use builder::PackBuilder;
 pub use codec::{
-    chunk_of_frame, compress_chunk, compress_frame, decode_chunk, decode_entry, decode_frame, ChunkError, Codec,
-    FrameReader, FRAME_TARGET, MAX_CHUNK_LEN, MAX_FRAME_LEN,
+    chunk_of_frame, compress_chunk, compress_frame, decode_chunk, decode_entry, decode_frame, decode_frame_into,
+    ChunkError, Codec, FrameReader, FRAME_TARGET, MAX_CHUNK_LEN, MAX_FRAME_LEN,
 };
 
 use crate::error::{Error, Result};

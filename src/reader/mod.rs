@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, ImageId};
 use crate::index::{ChunkLoc, ChunkLookup};
 use crate::manifest::{catalog, Content, Extent, ImageInfo};
-use crate::pack::{chunk_of_frame, decode_frame};
+use crate::pack::{chunk_of_frame, decode_frame_into};
 use crate::storage::Backend;
 use cache::{Frame, FrameError};
 
@@ -237,40 +237,67 @@ impl ImageReader {
 
     /// Fills `buf` with the image's bytes at `offset` (fewer at the end of the disk) and returns
     /// how many. A range that meets a chunk which cannot be read intact is an error; no wrong
-    /// byte is ever returned.
+    /// byte is ever returned. Chunk bytes go from the decoded frame straight into `buf`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let end = offset.saturating_add(buf.len() as u64).min(self.map.size());
         if offset >= end {
             return Ok(0);
         }
         let n = (end - offset) as usize;
-        buf[..n].fill(0);
         let pieces = self.map.pieces_in(offset..end);
-        for (p, data) in pieces.iter().zip(self.fetch(pieces)?) {
-            let data = data?;
+        // Each piece's share of `buf` (pieces are sorted and disjoint); zeros between them.
+        let mut slots: Vec<(&mut [u8], usize, Result<()>)> = Vec::with_capacity(pieces.len());
+        let mut rest = &mut buf[..n];
+        let mut at = offset;
+        for p in pieces {
             let (from, to) = (offset.max(p.offset), end.min(p.end()));
-            let src = &data[(from - p.offset) as usize..(to - p.offset) as usize];
-            buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
+            let (gap, tail) = rest.split_at_mut((from - at) as usize);
+            gap.fill(0);
+            let (dst, tail) = tail.split_at_mut((to - from) as usize);
+            slots.push((dst, (from - p.offset) as usize, Ok(())));
+            rest = tail;
+            at = to;
+        }
+        rest.fill(0);
+        self.visit(pieces, &mut slots, |bytes, (dst, skip, result)| match bytes {
+            Ok(b) => dst.copy_from_slice(&b[*skip..*skip + dst.len()]),
+            Err(e) => *result = Err(e),
+        })?;
+        for (_, _, result) in slots {
+            result?;
         }
         Ok(n)
     }
 
     /// The bytes of each piece, verified, in parallel: the outer error is the index's, an inner
     /// one says why that piece cannot be had (`ChunkMissing`, `CorruptChunk`, `CorruptPack`).
-    /// Decoded frames are held at most `cap / 2` at once per call, so a piece list that takes
-    /// one chunk from each of many frames stays bounded too.
     pub fn fetch(&self, pieces: &[Piece]) -> Result<Vec<Result<Vec<u8>>>> {
+        let mut out: Vec<Result<Vec<u8>>> = pieces.iter().map(|_| Ok(Vec::new())).collect();
+        self.visit(pieces, &mut out, |bytes, slot| *slot = bytes.map(<[u8]>::to_vec))?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each piece's verified bytes (or why they cannot be had) and that piece's
+    /// slot, pieces in parallel. Decoded frames are held at most `cap / 2` at once per call, so
+    /// a piece list that takes one chunk from each of many frames stays bounded too. The error
+    /// returned is the index's or the storage's, not a piece's.
+    fn visit<T: Send>(
+        &self,
+        pieces: &[Piece],
+        slots: &mut [T],
+        f: impl Fn(Result<&[u8]>, &mut T) + Sync,
+    ) -> Result<()> {
         let ids: Vec<ChunkId> = pieces.iter().map(|p| p.id).collect();
         let locs = self.index.locate(&ids)?;
-        let budget = (self.cache_cap() / 2).max(crate::pack::MAX_FRAME_LEN as u64);
-        let mut out = Vec::with_capacity(pieces.len());
+        let budget = (self.cache.cap() / 2).max(crate::pack::MAX_FRAME_LEN as u64);
+        let fatal = std::sync::Mutex::new(None);
         let mut start = 0;
         while start < pieces.len() {
             let (end, frames) = frame_group(&locs[start..], budget);
             let end = start + end;
             let frame = |loc: &ChunkLoc| {
                 let key = (loc.pack, loc.slot.offset);
-                (key, self.cache.get(key, || read_frame(self.backend(), loc)))
+                (key, self.cache.get(key, |buf| read_frame(self.backend(), loc, buf)))
             };
             // Small reads stay on the calling thread: handing one frame to the pool costs more
             // than the work (mount and NBD serve many small reads, each on its own thread).
@@ -279,42 +306,55 @@ impl ImageReader {
             } else {
                 frames.iter().map(frame).collect()
             };
-            let piece = |(p, loc): (&Piece, &Option<ChunkLoc>)| {
-                self.piece(p, loc.as_ref(), loc.and_then(|l| decoded.get(&(l.pack, l.slot.offset))))
+            let one = |((p, loc), slot): ((&Piece, &Option<ChunkLoc>), &mut T)| {
+                let frame = loc.and_then(|l| decoded.get(&(l.pack, l.slot.offset)));
+                if let Err(e) = self.with_piece(p, loc.as_ref(), frame, |bytes| f(bytes, slot)) {
+                    *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
             };
-            let part: Vec<Result<Vec<u8>>> = if end - start > 4 {
-                pieces[start..end].par_iter().zip(&locs[start..end]).map(piece).collect()
+            let (ps, ls, ss) = (&pieces[start..end], &locs[start..end], &mut slots[start..end]);
+            if end - start > 4 {
+                ps.par_iter().zip(ls).zip(ss.par_iter_mut()).for_each(one);
             } else {
-                pieces[start..end].iter().zip(&locs[start..end]).map(piece).collect()
-            };
-            out.extend(part);
+                ps.iter().zip(ls).zip(ss.iter_mut()).for_each(one);
+            }
+            if let Some(e) = fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(e);
+            }
             start = end;
         }
-        Ok(out)
+        Ok(())
     }
 
-    fn cache_cap(&self) -> u64 {
-        self.cache.cap()
-    }
-
-    /// One piece's bytes from its decoded frame, or from an intact copy elsewhere.
-    fn piece(&self, p: &Piece, loc: Option<&ChunkLoc>, frame: Option<&Frame>) -> Result<Vec<u8>> {
-        let take = |raw: &[u8]| -> Result<Vec<u8>> {
-            let (s, n) = (p.skip as usize, p.len as usize);
-            raw.get(s..s + n).map(<[u8]>::to_vec).ok_or_else(|| Error::CorruptManifest {
-                image: self.image().to_string(),
-                reason: format!("extent at {} reaches past the end of chunk {}", p.offset, p.id),
-            })
-        };
+    /// Calls `use_bytes` with one piece's bytes from its decoded frame, or from an intact copy
+    /// elsewhere, or with why neither can be had. The error returned is the storage's, from
+    /// looking for other copies.
+    fn with_piece(
+        &self,
+        p: &Piece,
+        loc: Option<&ChunkLoc>,
+        frame: Option<&Frame>,
+        use_bytes: impl FnOnce(Result<&[u8]>),
+    ) -> Result<()> {
         match self.chunk_from(p.id, loc, frame) {
-            Ok(raw) => take(raw),
+            Ok(raw) => use_bytes(self.piece_of(p, raw)),
             // The copy the index names is damaged or gone: another pack may hold an intact one.
-            Err(err) if !self.fallback => Err(err),
+            Err(err) if !self.fallback => use_bytes(Err(err)),
             Err(err) => match self.copies.intact(self.backend(), &p.id, loc)? {
-                Some((_, raw)) => take(&raw),
-                None => Err(err),
+                Some((_, raw)) => use_bytes(self.piece_of(p, &raw)),
+                None => use_bytes(Err(err)),
             },
         }
+        Ok(())
+    }
+
+    /// Piece `p`'s bytes out of its whole chunk `raw`.
+    fn piece_of<'r>(&self, p: &Piece, raw: &'r [u8]) -> Result<&'r [u8]> {
+        let (s, n) = (p.skip as usize, p.len as usize);
+        raw.get(s..s + n).ok_or_else(|| Error::CorruptManifest {
+            image: self.image().to_string(),
+            reason: format!("extent at {} reaches past the end of chunk {}", p.offset, p.id),
+        })
     }
 
     /// The chunk `id` (verified) out of its decoded frame.
@@ -355,14 +395,14 @@ fn frame_group(locs: &[Option<ChunkLoc>], budget: u64) -> (usize, Vec<ChunkLoc>)
     (locs.len(), frames)
 }
 
-/// Reads and decodes the frame at `loc` (all the chunks it holds).
-fn read_frame(backend: &dyn Backend, loc: &ChunkLoc) -> Frame {
+/// Reads and decodes the frame at `loc` (all the chunks it holds) into `buf`.
+fn read_frame(backend: &dyn Backend, loc: &ChunkLoc, mut buf: Vec<u8>) -> Frame {
     let stored = backend
         .read_at(&loc.pack.path(), loc.slot.offset, loc.slot.stored_len as usize)
         .map_err(|err| FrameError::Unreadable(err.to_string()))?;
-    decode_frame(loc.slot.codec, &stored, loc.slot.frame_raw)
-        .map(std::sync::Arc::new)
-        .map_err(|err| FrameError::Undecodable(err.to_string()))
+    decode_frame_into(loc.slot.codec, &stored, loc.slot.frame_raw, &mut buf)
+        .map_err(|err| FrameError::Undecodable(err.to_string()))?;
+    Ok(Arc::new(buf))
 }
 
 #[cfg(test)]
