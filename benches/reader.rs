@@ -13,7 +13,6 @@ use common::data;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use strata::progress::Silent;
-use strata::reader::ImageReader;
 use strata::{BackupOptions, InitOptions, Repository};
 
 const DISK: usize = 512 << 20;

@@ -6,7 +6,6 @@ mod common;
 
 use common::{Disk, TestRepo};
 use strata::index::ChunkLookup;
-use strata::reader::ImageReader;
 use strata::{KindRequest, Repository};
 
 const MIB: usize = 1 << 20;
