@@ -18,7 +18,7 @@ use strata::{ImageInfo, KindRequest};
 const MIB: usize = 1 << 20;
 
 /// Every file below `dir` with its bytes (the repository's state, to prove the mount wrote
-/// nothing). RocksDB's own info log is left out: opening the index read-only appends to it.
+/// nothing, not even to RocksDB's own log).
 fn snapshot(dir: &Path) -> HashMap<String, Vec<u8>> {
     let mut out = HashMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -28,10 +28,7 @@ fn snapshot(dir: &Path) -> HashMap<String, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                if !rel.contains("/LOG") {
-                    out.insert(rel, std::fs::read(&p).unwrap());
-                }
+                out.insert(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap());
             }
         }
     }
