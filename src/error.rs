@@ -144,6 +144,18 @@ pub enum Error {
     #[error("FUSE is not available: {reason}")]
     FuseUnavailable { reason: String },
 
+    #[error("image {image} holds no filesystem Strata can read (no known signature); name a partition as IMAGE:N (see `strata partitions`)")]
+    NoFilesystem { image: String },
+
+    #[error("image {image} holds a {filesystem} filesystem, which Strata cannot read files from yet (ext2/3/4 only)")]
+    UnsupportedFilesystem { image: String, filesystem: String },
+
+    #[error("no {path} in the filesystem of image {image}")]
+    FileNotFound { image: String, path: String },
+
+    #[error("the filesystem of image {image} cannot be read: {reason}")]
+    Filesystem { image: String, reason: String },
+
     #[error("restore target {target} is neither a regular file nor a block device")]
     TargetNotDisk { target: PathBuf },
 

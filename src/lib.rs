@@ -14,6 +14,7 @@ pub mod check;
 pub mod config;
 pub mod error;
 pub(crate) mod failpoint;
+pub mod files;
 pub mod forget;
 pub mod id;
 pub mod index;

@@ -321,6 +321,12 @@ fn text(b: &[u8]) -> Option<String> {
     (!s.is_empty() && s != "NO NAME").then_some(s)
 }
 
+/// The filesystem (blkid's `TYPE`) of the disk `reader` reads (a whole disk, or a partition
+/// narrowed to), by its signature; None when no signature matched.
+pub fn filesystem(reader: &ImageReader) -> Result<Option<&'static str>> {
+    Ok(detect(reader, 0, reader.map().size())?.0)
+}
+
 /// The filesystem (blkid's `TYPE`) and its label, by the signatures at the start of a partition.
 fn detect(reader: &ImageReader, start: u64, size: u64) -> Result<(Option<&'static str>, Option<String>)> {
     let head = read_exact(reader, start, (68 * 1024).min(size) as usize)?;

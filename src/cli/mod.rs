@@ -166,6 +166,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List a directory of the filesystem inside an image (or IMAGE:N, one partition), without
+    /// a restore (ext2/3/4 so far)
+    Ls {
+        /// The image (id, unique prefix or `latest`), or one partition of it as IMAGE:N
+        image: String,
+        /// The directory (or file) inside the filesystem
+        #[arg(default_value = "/")]
+        path: String,
+        /// Type, mode, owner, size and modification time
+        #[arg(short = 'l')]
+        long: bool,
+        /// Everything below the directory
+        #[arg(short = 'R')]
+        recursive: bool,
+        /// One JSON object per entry, one per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a file from the filesystem inside an image (or IMAGE:N) to standard output
+    Cat {
+        /// The image (id, unique prefix or `latest`), or one partition of it as IMAGE:N
+        image: String,
+        /// The file inside the filesystem
+        path: String,
+    },
     /// Mount the repository read-only with FUSE: images/<ID>.img for every image (a raw disk
     /// file), images/<ID>/p<N>.img for its partitions, sources/<SOURCE>/ with a link per image and
     /// latest.img. Runs in the foreground until unmounted (`umount MOUNTPOINT`) or interrupted;
@@ -302,6 +327,16 @@ pub fn run() -> Result<()> {
             check(&repo_path(&cli.repo)?, read_data, read_data_subset, json)?;
         }
         Command::Partitions { image, json } => partitions(&repo_path(&cli.repo)?, &image, json)?,
+        Command::Ls { image, path, long, recursive, json } => {
+            let entries = with_files(&repo_path(&cli.repo)?, &image, |files| files.list(&path, recursive))
+                .with_context(|| format!("cannot list {path} in image {image}"))?;
+            output::ls(&entries, long, recursive, json)?;
+        }
+        Command::Cat { image, path } => {
+            let mut out = std::io::stdout().lock();
+            with_files(&repo_path(&cli.repo)?, &image, |files| files.copy(&path, &mut out))
+                .with_context(|| format!("cannot read {path} in image {image}"))?;
+        }
         Command::Mount { mountpoint, cache_mib } => serve::mount(&repo_path(&cli.repo)?, &mountpoint, cache_mib)?,
         Command::ServeNbd { image, unix, tcp, cache_mib } => {
             serve::nbd(&repo_path(&cli.repo)?, &image, unix.as_deref(), tcp.as_deref(), cache_mib)?
@@ -361,6 +396,30 @@ fn prune(path: &std::path::Path, dry_run: bool, max_unused: f64, json: bool) -> 
         Some(r)
     };
     output::prune(&plan, report.as_ref(), json)
+}
+
+/// Runs `run` on the filesystem of image `spec` (`IMAGE[:N]`).
+fn with_files<T>(
+    path: &std::path::Path,
+    spec: &str,
+    mut run: impl FnMut(&strata::files::Files) -> strata::Result<T>,
+) -> Result<T> {
+    let spec = strata::partition::Spec::parse(spec)?;
+    let (_, out) = Repository::read_image_consistently(
+        path,
+        &spec.image,
+        |repo, info| {
+            let mut reader = repo.reader(info, strata::reader::DEFAULT_CACHE_BYTES)?;
+            let mut name = info.id.short();
+            if let Some(n) = spec.partition {
+                reader = strata::partition::narrow(reader, n)?;
+                name = format!("{name}:{n}");
+            }
+            run(&strata::files::Files::open(reader, &name)?)
+        },
+        |_| false,
+    )?;
+    Ok(out)
 }
 
 fn partitions(path: &std::path::Path, image: &str, json: bool) -> Result<()> {

@@ -555,3 +555,32 @@ pub fn partitions(info: &ImageInfo, table: &strata::partition::Table, json: bool
     }
     Ok(())
 }
+
+/// `ls`: names (with `recursive`, paths); `long` adds type and mode, owner, size and mtime;
+/// `json` prints one object per entry, one per line.
+pub fn ls(entries: &[strata::files::Entry], long: bool, recursive: bool, json: bool) -> Result<()> {
+    use std::io::Write;
+    use strata::files::EntryKind;
+    let mut out = std::io::stdout().lock();
+    for e in entries {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(e)?)?;
+            continue;
+        }
+        let name = if recursive { e.path.as_str() } else { e.name() };
+        let link = e.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
+        if long {
+            let kind = match e.kind {
+                EntryKind::File => '-',
+                EntryKind::Dir => 'd',
+                EntryKind::Symlink => 'l',
+                EntryKind::Other => '?',
+            };
+            let time = strata::timefmt::format_ms(u64::try_from(e.mtime).unwrap_or(0).saturating_mul(1000));
+            writeln!(out, "{kind}{:04o} {:>6} {:>6} {:>12} {time} {name}{link}", e.mode, e.uid, e.gid, e.size)?;
+        } else {
+            writeln!(out, "{name}")?;
+        }
+    }
+    Ok(())
+}

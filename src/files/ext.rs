@@ -1,0 +1,105 @@
+//! ext2/3/4 through the `ext4-view` crate, which replays the journal in memory and reads the
+//! filesystem's blocks from the image reader. It is neither `Send` nor `Sync`: one thread owns it.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use ext4_view::{Ext4, Ext4Error, Ext4Read};
+
+use super::{Entry, EntryKind};
+use crate::error::{Error, Result};
+use crate::reader::ImageReader;
+
+/// The image's bytes as `ext4-view` asks for them: whole ranges, or an error (a damaged chunk
+/// never becomes wrong bytes).
+struct Blocks(Arc<ImageReader>);
+
+impl Ext4Read for Blocks {
+    fn read(
+        &mut self,
+        start: u64,
+        dst: &mut [u8],
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let n = self.0.read_at(start, dst)?;
+        if n < dst.len() {
+            return Err(format!("{} bytes asked for at {start}, past the end of the image", dst.len()).into());
+        }
+        Ok(())
+    }
+}
+
+pub(super) struct ExtFiles {
+    fs: Ext4,
+    image: String,
+}
+
+impl ExtFiles {
+    pub(super) fn open(reader: Arc<ImageReader>, image: &str) -> Result<ExtFiles> {
+        let fs = Ext4::load(Box::new(Blocks(reader))).map_err(|e| Error::Filesystem {
+            image: image.into(),
+            reason: format!("the ext2/3/4 filesystem cannot be read: {e}"),
+        })?;
+        Ok(ExtFiles { fs, image: image.into() })
+    }
+
+    fn error(&self, path: &str, e: Ext4Error) -> Error {
+        match e {
+            Ext4Error::NotFound => Error::FileNotFound { image: self.image.clone(), path: path.into() },
+            e => Error::Filesystem { image: self.image.clone(), reason: format!("{path}: {e}") },
+        }
+    }
+
+    pub(super) fn stat(&self, path: &str) -> Result<Entry> {
+        let meta = self.fs.symlink_metadata(path).map_err(|e| self.error(path, e))?;
+        let kind = if meta.is_dir() {
+            EntryKind::Dir
+        } else if meta.is_symlink() {
+            EntryKind::Symlink
+        } else if meta.file_type().is_regular_file() {
+            EntryKind::File
+        } else {
+            EntryKind::Other
+        };
+        let target = match kind {
+            EntryKind::Symlink => Some(self.fs.read_link(path).map_err(|e| self.error(path, e))?.display().to_string()),
+            _ => None,
+        };
+        Ok(Entry {
+            path: path.into(),
+            kind,
+            size: meta.len(),
+            mode: meta.mode() as u32,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime: meta.modified().seconds(),
+            target,
+        })
+    }
+
+    /// The names in directory `path`, without `.` and `..`.
+    pub(super) fn names(&self, path: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in self.fs.read_dir(path).map_err(|e| self.error(path, e))? {
+            let entry = entry.map_err(|e| self.error(path, e))?;
+            let name = entry.file_name().display().to_string();
+            if name != "." && name != ".." {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        let mut file = self.fs.open(path).map_err(|e| self.error(path, e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = file.read_bytes(&mut buf).map_err(|e| self.error(path, e))?;
+            if n == 0 {
+                return Ok(total);
+            }
+            out.write_all(&buf[..n]).map_err(|e| Error::io("write", "the output", e))?;
+            total += n as u64;
+        }
+    }
+}

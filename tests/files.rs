@@ -1,0 +1,152 @@
+//! Files inside images (`ls`, `cat`), read straight from the repository: an ext4 filesystem
+//! made by `mkfs.ext4 -d` from a directory tree lists and reads back as that tree, whole-disk
+//! and as a partition (`IMAGE:N`); what cannot be read is a clear error.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::{assert_clean_failure, Disk, TestRepo};
+use strata::KindRequest;
+
+const MIB: usize = 1 << 20;
+
+/// A tree of files: nested directories, a file of random bytes, text, an empty file, a symlink,
+/// modes other than the default.
+fn tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("etc/deep/deeper")).unwrap();
+    std::fs::write(dir.join("etc/hostname"), b"strata-test\n").unwrap();
+    std::fs::write(dir.join("etc/deep/deeper/data.bin"), Disk::new(5, 700_000).random(0..700_000).bytes).unwrap();
+    std::fs::write(dir.join("empty"), b"").unwrap();
+    std::fs::set_permissions(dir.join("empty"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("etc/hostname", dir.join("name-link")).unwrap();
+}
+
+fn mkfs_ext4(image: &Path, files: &Path, size: usize) {
+    std::fs::write(image, vec![0u8; size]).unwrap();
+    let out = Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(files).arg(image).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn ls_json(repo: &TestRepo, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = repo.cli(&[&["ls", "--json"], args].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Every entry `ls -R` lists under `/` matches the source tree: type, size, mode, symlink
+/// target; and every regular file reads back through `cat` byte for byte.
+fn assert_matches_tree(repo: &TestRepo, spec: &str, files: &Path) {
+    let entries = ls_json(repo, &[spec, "-R"]);
+    let listed: Vec<&str> =
+        entries.iter().map(|e| e["path"].as_str().unwrap()).filter(|p| !p.starts_with("/lost+found")).collect();
+    assert_eq!(
+        listed,
+        ["/empty", "/etc", "/etc/deep", "/etc/deep/deeper", "/etc/deep/deeper/data.bin", "/etc/hostname", "/name-link"]
+    );
+    for e in entries.iter().filter(|e| !e["path"].as_str().unwrap().starts_with("/lost+found")) {
+        let path = e["path"].as_str().unwrap();
+        let local = files.join(&path[1..]);
+        let meta = std::fs::symlink_metadata(&local).unwrap();
+        assert_eq!(e["mode"].as_u64(), Some((meta.mode() & 0o7777) as u64), "{path}");
+        match e["type"].as_str().unwrap() {
+            "file" => {
+                assert_eq!(e["size"].as_u64(), Some(meta.len()), "{path}");
+                let out = repo.cli(&["cat", spec, path]);
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                assert!(out.stdout == std::fs::read(&local).unwrap(), "{path} reads other bytes");
+            }
+            "dir" => assert!(meta.is_dir(), "{path}"),
+            "symlink" => {
+                assert_eq!(e["target"].as_str(), Some(std::fs::read_link(&local).unwrap().to_str().unwrap()));
+            }
+            other => panic!("{path}: {other}"),
+        }
+    }
+    // A file alone, and a directory's own entries.
+    let one = ls_json(repo, &[spec, "/etc/hostname"]);
+    assert_eq!((one.len(), one[0]["size"].as_u64()), (1, Some(12)));
+    let etc: Vec<String> =
+        ls_json(repo, &[spec, "etc"]).iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
+    assert_eq!(etc, ["/etc/deep", "/etc/hostname"]);
+    // `cat` follows a symlink.
+    assert_eq!(repo.cli(&["cat", spec, "/name-link"]).stdout, b"strata-test\n");
+}
+
+#[test]
+fn an_ext4_image_lists_and_reads_back_as_its_tree() {
+    let repo = TestRepo::new();
+    let files = repo.file("files");
+    tree(&files);
+    let image = repo.file("fs.img");
+    mkfs_ext4(&image, &files, 32 * MIB);
+    repo.backup(&image, KindRequest::Full);
+    assert_matches_tree(&repo, "latest", &files);
+}
+
+#[test]
+fn an_ext4_partition_of_a_gpt_disk_lists_and_reads_as_image_n() {
+    let repo = TestRepo::new();
+    let files = repo.file("files");
+    tree(&files);
+    let fs = repo.file("p1.img");
+    mkfs_ext4(&fs, &files, 20 * MIB);
+    let disk = repo.file("disk.img");
+    std::fs::write(&disk, vec![0u8; 32 * MIB]).unwrap();
+    let mut sfdisk = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(sfdisk.stdin.as_mut().unwrap(), b"label: gpt\nstart=2048, size=40960\n").unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let mut bytes = std::fs::read(&disk).unwrap();
+    bytes[2048 * 512..2048 * 512 + 20 * MIB].copy_from_slice(&std::fs::read(&fs).unwrap());
+    std::fs::write(&disk, &bytes).unwrap();
+    repo.backup(&disk, KindRequest::Full);
+    assert_matches_tree(&repo, "latest:1", &files);
+    assert_clean_failure(&repo.cli(&["ls", "latest"]), "no filesystem");
+}
+
+#[test]
+fn what_cannot_be_read_is_a_clear_error() {
+    let repo = TestRepo::new();
+    let files = repo.file("files");
+    tree(&files);
+    let image = repo.file("fs.img");
+    mkfs_ext4(&image, &files, 32 * MIB);
+    let id = repo.backup(&image, KindRequest::Full).id.to_string();
+    assert_clean_failure(&repo.cli(&["cat", &id, "/nope"]), "no /nope");
+    assert_clean_failure(&repo.cli(&["ls", &id, "/etc/nope"]), "no /etc/nope");
+    assert_clean_failure(&repo.cli(&["cat", &id, "/etc"]), "cannot read /etc");
+    assert_clean_failure(&repo.cli(&["ls", "nosuchimage"]), "no image matches");
+    assert_clean_failure(&repo.cli(&["ls", &format!("{id}:1")]), "no partition table");
+
+    let vfat = repo.file("vfat.img");
+    std::fs::write(&vfat, vec![0u8; 8 * MIB]).unwrap();
+    if Command::new("mkfs.vfat").arg(&vfat).output().is_ok_and(|o| o.status.success()) {
+        let v = repo.backup(&vfat, KindRequest::Full).id.to_string();
+        assert_clean_failure(&repo.cli(&["ls", &v]), "vfat filesystem");
+    }
+    let random = repo.file("random.img");
+    Disk::new(9, 4 * MIB).random(0..4 * MIB).write_to(&random);
+    let r = repo.backup(&random, KindRequest::Full).id.to_string();
+    assert_clean_failure(&repo.cli(&["ls", &r]), "no filesystem");
+
+    // Damage every pack: reading fails with an error, never with wrong bytes.
+    for pack in repo.files_in("packs") {
+        let mut b = std::fs::read(&pack).unwrap();
+        for at in (100..b.len().saturating_sub(200)).step_by(20_000) {
+            b[at] ^= 0x20;
+        }
+        std::fs::write(&pack, &b).unwrap();
+    }
+    let out = repo.cli(&["cat", &id, "/etc/deep/deeper/data.bin"]);
+    assert_clean_failure(&out, "cannot");
+    let want = std::fs::read(files.join("etc/deep/deeper/data.bin")).unwrap();
+    assert!(want.starts_with(&out.stdout), "cat wrote bytes that are not the file's");
+}
