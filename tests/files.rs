@@ -150,3 +150,89 @@ fn what_cannot_be_read_is_a_clear_error() {
     let want = std::fs::read(files.join("etc/deep/deeper/data.bin")).unwrap();
     assert!(want.starts_with(&out.stdout), "cat wrote bytes that are not the file's");
 }
+
+/// Allocated bytes of a local file.
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn extract_keeps_modes_times_links_and_holes_and_leaves_out_only_a_damaged_file() {
+    let repo = TestRepo::new();
+    let files = repo.file("files");
+    tree(&files);
+    let big = Disk::new(11, 4 * MIB).random(0..4 * MIB).bytes;
+    std::fs::write(files.join("big.bin"), &big).unwrap();
+    let sparse = files.join("sparse.bin");
+    let f = std::fs::File::create(&sparse).unwrap();
+    f.set_len(8 * MIB as u64).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"start", 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"end", 8 * MIB as u64 - 3).unwrap();
+    let image = repo.file("fs.img");
+    mkfs_ext4(&image, &files, 64 * MIB);
+    let info = repo.backup(&image, KindRequest::Full);
+
+    let out = repo.file("out");
+    let run = repo.cli(&["extract", "latest", "/", "--to", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let mut stack = vec![files.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let src = e.unwrap().path();
+            let got = out.join(src.strip_prefix(&files).unwrap());
+            let (a, b) = (std::fs::symlink_metadata(&src).unwrap(), std::fs::symlink_metadata(&got).unwrap());
+            assert_eq!(a.file_type(), b.file_type(), "{}", got.display());
+            assert_eq!(a.mtime(), b.mtime(), "{}", got.display());
+            if a.is_symlink() {
+                assert_eq!(std::fs::read_link(&src).unwrap(), std::fs::read_link(&got).unwrap());
+                continue;
+            }
+            assert_eq!(a.mode() & 0o7777, b.mode() & 0o7777, "{}", got.display());
+            if a.is_dir() {
+                stack.push(src);
+            } else {
+                assert!(std::fs::read(&src).unwrap() == std::fs::read(&got).unwrap(), "{}", got.display());
+            }
+        }
+    }
+    assert!(allocated(&out.join("sparse.bin")) < MIB as u64, "the sparse file was written whole");
+
+    // Named paths land under their own names, as with `cp -a`.
+    let out2 = repo.file("out2");
+    let run = repo.cli(&["extract", "latest", "/etc/hostname", "/etc/deep", "--to", out2.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(std::fs::read(out2.join("hostname")).unwrap(), b"strata-test\n");
+    assert!(out2.join("deep/deeper/data.bin").is_file());
+
+    // Damage one chunk in the middle of big.bin (random data is stored raw: its stored bytes are
+    // the chunk's).
+    let disk = std::fs::read(&image).unwrap();
+    let start = disk.windows(64).position(|w| w == &big[..64]).expect("big.bin's blocks in the image") as u64;
+    let r = strata::Repository::open(&repo.path).unwrap();
+    let reader = r.reader(&info, 4 * MIB as u64).unwrap();
+    let at = start + 2 * MIB as u64;
+    let victim = *reader.map().pieces_in(at..at + 1).first().unwrap();
+    let loc = strata::index::ChunkLookup::locate(r.index(), &[victim.id]).unwrap()[0].unwrap();
+    assert_eq!(loc.slot.codec, strata::pack::Codec::Raw);
+    let pack = repo.path.join(loc.pack.path());
+    let mut b = std::fs::read(&pack).unwrap();
+    b[(loc.slot.offset + (loc.slot.skip + loc.slot.raw_len / 2) as u64) as usize] ^= 0x40;
+    std::fs::write(&pack, &b).unwrap();
+
+    let out3 = repo.file("out3");
+    let run = repo.cli(&["extract", "latest", "/", "--to", out3.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/big.bin") && !stderr.contains("panicked"), "{stderr}");
+    assert!(!out3.join("big.bin").exists(), "a damaged file was written");
+    assert_eq!(std::fs::read(out3.join("etc/hostname")).unwrap(), b"strata-test\n");
+    assert!(
+        std::fs::read(out3.join("etc/deep/deeper/data.bin")).unwrap()
+            == std::fs::read(files.join("etc/deep/deeper/data.bin")).unwrap()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&out3)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("strata-extract"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind");
+}

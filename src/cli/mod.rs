@@ -191,6 +191,23 @@ enum Command {
         /// The file inside the filesystem
         path: String,
     },
+    /// Copy files and directory trees out of the filesystem inside an image (or IMAGE:N) into a
+    /// directory, keeping mode, mtime and symlinks (and owners, as root); each lands under its
+    /// own name, as with `cp -a`. A file that cannot be read intact is reported and left out
+    /// (exit code 1); the others are extracted
+    Extract {
+        /// The image (id, unique prefix or `latest`), or one partition of it as IMAGE:N
+        image: String,
+        /// Files or directories inside the filesystem (`/` for all of it)
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// The local directory to extract into (created when missing)
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Print JSON for scripts instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Mount the repository read-only with FUSE: images/<ID>.img for every image (a raw disk
     /// file), images/<ID>/p<N>.img for its partitions, sources/<SOURCE>/ with a link per image and
     /// latest.img. Runs in the foreground until unmounted (`umount MOUNTPOINT`) or interrupted;
@@ -336,6 +353,14 @@ pub fn run() -> Result<()> {
             let mut out = std::io::stdout().lock();
             with_files(&repo_path(&cli.repo)?, &image, |files| files.copy(&path, &mut out))
                 .with_context(|| format!("cannot read {path} in image {image}"))?;
+        }
+        Command::Extract { image, paths, to, json } => {
+            let report = with_files(&repo_path(&cli.repo)?, &image, |files| files.extract(&paths, &to))
+                .with_context(|| format!("cannot extract from image {image} into {}", to.display()))?;
+            output::extract(&report, &to, json)?;
+            if !report.failed.is_empty() {
+                std::process::exit(1);
+            }
         }
         Command::Mount { mountpoint, cache_mib } => serve::mount(&repo_path(&cli.repo)?, &mountpoint, cache_mib)?,
         Command::ServeNbd { image, unix, tcp, cache_mib } => {

@@ -584,3 +584,25 @@ pub fn ls(entries: &[strata::files::Entry], long: bool, recursive: bool, json: b
     }
     Ok(())
 }
+
+pub fn extract(report: &strata::files::ExtractReport, to: &Path, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    println!(
+        "extracted into {}: {} files ({}), {} directories, {} symlinks",
+        to.display(),
+        report.files,
+        human(report.bytes),
+        report.dirs,
+        report.symlinks
+    );
+    for path in &report.skipped {
+        println!("  skipped {path}: a device, fifo or socket");
+    }
+    for (path, why) in &report.failed {
+        eprintln!("  NOT extracted {path}: {why}");
+    }
+    Ok(())
+}

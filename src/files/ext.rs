@@ -94,7 +94,15 @@ impl ExtFiles {
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
-            let n = file.read_bytes(&mut buf).map_err(|e| self.error(path, e))?;
+            // Whole buffers (`read_bytes` returns at most a block at a time), so the writer sees
+            // whole runs of zeros.
+            let mut n = 0;
+            while n < buf.len() {
+                match file.read_bytes(&mut buf[n..]).map_err(|e| self.error(path, e))? {
+                    0 => break,
+                    got => n += got,
+                }
+            }
             if n == 0 {
                 return Ok(total);
             }

@@ -1,0 +1,160 @@
+//! `extract`: files and directory trees out of an image's filesystem into a local directory,
+//! keeping mode, mtime and symlinks (and ownership when run as root). Each regular file is
+//! written under a temporary name and renamed into place only when all of it was read, so a
+//! file that meets a damaged chunk is reported and left out, never written with wrong bytes;
+//! the others are still extracted. Runs of zeros (4 KiB blocks) are left as holes.
+
+use std::fs::{self, File};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{Entry, EntryKind, Files};
+use crate::error::{Error, Result};
+
+/// What an extraction did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ExtractReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Bytes of regular files written (holes included).
+    pub bytes: u64,
+    /// Devices, fifos and sockets, which are not extracted.
+    pub skipped: Vec<String>,
+    /// Paths that could not be extracted, with why (a damaged chunk, say).
+    pub failed: Vec<(String, String)>,
+}
+
+impl Files {
+    /// Extracts each of `paths` (a file, symlink or directory tree) into `to`, under its own
+    /// name, as `cp -a PATH TO/` would; `/` extracts the whole filesystem's contents. Existing
+    /// files of the same names are replaced. Errors of the destination (cannot create, no space)
+    /// end the run; a source file that cannot be read is reported in `failed`.
+    pub fn extract(&self, paths: &[String], to: &Path) -> Result<ExtractReport> {
+        fs::create_dir_all(to).map_err(|e| Error::io("create directory", to, e))?;
+        let mut report = ExtractReport::default();
+        for path in paths {
+            let entry = self.stat(path)?;
+            if entry.path == "/" {
+                for child in self.list(&entry.path, false)? {
+                    let dest = to.join(child.name());
+                    self.extract_entry(&child, &dest, &mut report)?;
+                }
+            } else {
+                let dest = to.join(entry.name());
+                self.extract_entry(&entry, &dest, &mut report)?;
+            }
+        }
+        Ok(report)
+    }
+
+    fn extract_entry(&self, entry: &Entry, dest: &Path, report: &mut ExtractReport) -> Result<()> {
+        match entry.kind {
+            EntryKind::Dir => {
+                if !dest.is_dir() {
+                    fs::create_dir(dest).map_err(|e| Error::io("create directory", dest, e))?;
+                }
+                report.dirs += 1;
+                for child in self.list(&entry.path, false)? {
+                    self.extract_entry(&child, &dest.join(child.name()), report)?;
+                }
+                // After the children: writing them changed the directory's mtime.
+                apply_metadata(entry, dest)?;
+            }
+            EntryKind::Symlink => {
+                let _ = fs::remove_file(dest);
+                let target = entry.target.clone().unwrap_or_default();
+                std::os::unix::fs::symlink(&target, dest).map_err(|e| Error::io("create symlink", dest, e))?;
+                apply_metadata(entry, dest)?;
+                report.symlinks += 1;
+            }
+            EntryKind::File => {
+                let temp = temporary(dest);
+                let written = self.write_file(entry, &temp);
+                match written {
+                    Ok(n) => {
+                        apply_metadata(entry, &temp)?;
+                        fs::rename(&temp, dest).map_err(|e| Error::io("rename into place", dest, e))?;
+                        report.files += 1;
+                        report.bytes += n;
+                    }
+                    Err(e) => {
+                        let _ = fs::remove_file(&temp);
+                        if matches!(e, Error::Io { .. } | Error::NoSpace { .. }) {
+                            return Err(e);
+                        }
+                        report.failed.push((entry.path.clone(), e.to_string()));
+                    }
+                }
+            }
+            EntryKind::Other => report.skipped.push(entry.path.clone()),
+        }
+        Ok(())
+    }
+
+    /// Writes `entry`'s bytes to the new file `path`, zero blocks as holes.
+    fn write_file(&self, entry: &Entry, path: &Path) -> Result<u64> {
+        let file = File::create(path).map_err(|e| Error::io("create", path, e))?;
+        let mut out = Sparse { file };
+        let n = self.copy(&entry.path, &mut out).map_err(|e| match e {
+            // The destination's own errors come back through `copy` as an I/O error on "the
+            // output"; say which file.
+            Error::Io { op, cause, .. } => Error::Io { op, path: path.into(), cause },
+            e => e,
+        })?;
+        out.file.set_len(n).map_err(|e| Error::io("resize", path, e))?;
+        out.file.sync_all().map_err(|e| Error::io("sync", path, e))?;
+        Ok(n)
+    }
+}
+
+/// A writer that seeks over whole 4 KiB blocks of zeros instead of writing them.
+struct Sparse {
+    file: File,
+}
+
+impl Write for Sparse {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for block in buf.chunks(4096) {
+            if block.len() == 4096 && block.iter().all(|&b| b == 0) {
+                self.file.seek(SeekFrom::Current(4096))?;
+            } else {
+                self.file.write_all(block)?;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+fn temporary(dest: &Path) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}.strata-extract.{}", std::process::id()))
+}
+
+/// Mode (not for symlinks), owner (when root) and mtime, without following symlinks.
+fn apply_metadata(entry: &Entry, path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).map_err(|e| Error::io("chown", path, e))?;
+    }
+    if entry.kind != EntryKind::Symlink {
+        fs::set_permissions(path, fs::Permissions::from_mode(entry.mode)).map_err(|e| Error::io("chmod", path, e))?;
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::io("set the time of", path, std::io::ErrorKind::InvalidInput.into()))?;
+    let mtime = libc::timespec { tv_sec: entry.mtime as libc::time_t, tv_nsec: 0 };
+    let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, mtime];
+    // SAFETY: `c` is a valid NUL-terminated path and `times` holds two timespecs.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(Error::io("set the time of", path, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
