@@ -236,3 +236,58 @@ fn extract_keeps_modes_times_links_and_holes_and_leaves_out_only_a_damaged_file(
         .collect();
     assert!(leftovers.is_empty(), "temporary files left behind");
 }
+
+#[test]
+fn diff_names_every_added_removed_modified_and_retyped_path() {
+    let repo = TestRepo::new();
+    let files = repo.file("files");
+    tree(&files);
+    let image = repo.file("fs.img");
+    mkfs_ext4(&image, &files, 32 * MIB);
+    let old = repo.backup(&image, KindRequest::Full).id.to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a new mtime second
+    std::fs::write(files.join("etc/hostname"), b"strata-tesx\n").unwrap(); // same size
+    std::fs::remove_file(files.join("empty")).unwrap();
+    std::fs::create_dir_all(files.join("new/dir")).unwrap();
+    std::fs::write(files.join("new/dir/file"), b"new\n").unwrap();
+    let data = files.join("etc/deep/deeper/data.bin");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::remove_file(files.join("name-link")).unwrap();
+    std::fs::write(files.join("name-link"), b"now a file\n").unwrap();
+    mkfs_ext4(&image, &files, 32 * MIB);
+    let new = repo.backup(&image, KindRequest::Auto).id.to_string();
+
+    let out = repo.cli(&["diff", &old, &new, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let changes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<(String, String, Vec<String>)> = changes
+        .iter()
+        .map(|c| {
+            let what = c["what"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect();
+            (c["path"].as_str().unwrap().to_string(), c["change"].as_str().unwrap().to_string(), what)
+        })
+        // Directories' own times change with their entries (and mkfs makes lost+found anew).
+        .filter(|(p, change, what)| !(change == "modified" && what == &["mtime"]) && !p.starts_with("/lost+found"))
+        .collect();
+    let s = |p: &str, c: &str, w: &[&str]| (p.to_string(), c.to_string(), w.iter().map(|x| x.to_string()).collect());
+    assert_eq!(
+        got,
+        vec![
+            s("/empty", "removed", &[]),
+            s("/etc/deep/deeper/data.bin", "modified", &["mode"]),
+            s("/etc/hostname", "modified", &["content", "mtime"]),
+            s("/name-link", "type", &[]),
+            s("/new", "added", &[]),
+            s("/new/dir", "added", &[]),
+            s("/new/dir/file", "added", &[]),
+        ]
+    );
+    // Below a path only; text form.
+    let out = repo.cli(&["diff", &old, &new, "/etc/deep"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "M /etc/deep/deeper/data.bin (mode)\n");
+    // The same image: no change.
+    let out = repo.cli(&["diff", &new, &new, "--json"]);
+    assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap().len(), 0);
+    assert_clean_failure(&repo.cli(&["diff", &old, "nosuchimage"]), "no image matches");
+}

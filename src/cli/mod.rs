@@ -208,6 +208,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Which files were added, removed, modified (content, size, mode, owner, mtime, target) or
+    /// changed type between two images (or IMAGE:N partitions) of one filesystem
+    Diff {
+        /// The older image (id, unique prefix or `latest`), or IMAGE:N
+        old: String,
+        /// The newer image, or IMAGE:N
+        new: String,
+        /// Only below this path inside the filesystem
+        #[arg(default_value = "/")]
+        path: String,
+        /// Print a JSON array of {"path", "change", "what"} instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Mount the repository read-only with FUSE: images/<ID>.img for every image (a raw disk
     /// file), images/<ID>/p<N>.img for its partitions, sources/<SOURCE>/ with a link per image and
     /// latest.img. Runs in the foreground until unmounted (`umount MOUNTPOINT`) or interrupted;
@@ -362,6 +376,14 @@ pub fn run() -> Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Diff { old, new, path, json } => {
+            let repo = repo_path(&cli.repo)?;
+            let a = open_files(&repo, &old).with_context(|| format!("cannot open image {old}"))?;
+            let b = open_files(&repo, &new).with_context(|| format!("cannot open image {new}"))?;
+            let changes =
+                strata::files::diff(&a, &b, &path).with_context(|| format!("cannot compare {old} and {new}"))?;
+            output::diff(&changes, json)?;
+        }
         Command::Mount { mountpoint, cache_mib } => serve::mount(&repo_path(&cli.repo)?, &mountpoint, cache_mib)?,
         Command::ServeNbd { image, unix, tcp, cache_mib } => {
             serve::nbd(&repo_path(&cli.repo)?, &image, unix.as_deref(), tcp.as_deref(), cache_mib)?
@@ -433,18 +455,32 @@ fn with_files<T>(
     let (_, out) = Repository::read_image_consistently(
         path,
         &spec.image,
-        |repo, info| {
-            let mut reader = repo.reader(info, strata::reader::DEFAULT_CACHE_BYTES)?;
-            let mut name = info.id.short();
-            if let Some(n) = spec.partition {
-                reader = strata::partition::narrow(reader, n)?;
-                name = format!("{name}:{n}");
-            }
-            run(&strata::files::Files::open(reader, &name)?)
-        },
+        |repo, info| run(&files_of(repo, info, spec.partition)?),
         |_| false,
     )?;
     Ok(out)
+}
+
+/// The filesystem of image `spec` (`IMAGE[:N]`), for as long as it is used.
+fn open_files(path: &std::path::Path, spec: &str) -> Result<strata::files::Files> {
+    let spec = strata::partition::Spec::parse(spec)?;
+    let repo = Repository::open(path)?;
+    let info = repo.find_image(&spec.image)?;
+    Ok(files_of(&repo, &info, spec.partition)?)
+}
+
+fn files_of(
+    repo: &Repository,
+    info: &strata::ImageInfo,
+    partition: Option<u32>,
+) -> strata::Result<strata::files::Files> {
+    let mut reader = repo.reader(info, strata::reader::DEFAULT_CACHE_BYTES)?;
+    let mut name = info.id.short();
+    if let Some(n) = partition {
+        reader = strata::partition::narrow(reader, n)?;
+        name = format!("{name}:{n}");
+    }
+    strata::files::Files::open(reader, &name)
 }
 
 fn partitions(path: &std::path::Path, image: &str, json: bool) -> Result<()> {

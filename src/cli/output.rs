@@ -606,3 +606,22 @@ pub fn extract(report: &strata::files::ExtractReport, to: &Path, json: bool) -> 
     }
     Ok(())
 }
+
+pub fn diff(changes: &[strata::files::Change], json: bool) -> Result<()> {
+    use strata::files::ChangeKind;
+    if json {
+        println!("{}", serde_json::to_string_pretty(changes)?);
+        return Ok(());
+    }
+    for c in changes {
+        let mark = match c.change {
+            ChangeKind::Added => "+",
+            ChangeKind::Removed => "-",
+            ChangeKind::Modified => "M",
+            ChangeKind::Type => "T",
+        };
+        let what = if c.what.is_empty() { String::new() } else { format!(" ({})", c.what.join(", ")) };
+        println!("{mark} {}{what}", c.path);
+    }
+    Ok(())
+}

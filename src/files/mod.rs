@@ -1,11 +1,13 @@
 //! Files inside images: the filesystem of a whole-disk image or of one partition (`IMAGE:N`),
 //! read through the image reader, with no mount, no root and no restore. So far ext2/3/4 (the
 //! `ext4-view` crate); FAT and NTFS come with the rest of this feature (docs/DESIGN.md).
-//! `ls` and `cat` use `list` and `copy`; `extract` is in `extract`.
+//! `ls` and `cat` use `list` and `copy`; `extract` and `diff` have their own modules.
 
+mod diff;
 mod ext;
 mod extract;
 
+pub use diff::{diff, Change, ChangeKind};
 pub use extract::ExtractReport;
 
 use std::io::Write;
