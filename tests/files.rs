@@ -30,6 +30,22 @@ fn mkfs_ext4(image: &Path, files: &Path, size: usize) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A repository holding one full image of an ext4 filesystem made from `tree` (and `extra`
+/// files written into it first): the repository, the tree, the filesystem image, the image id.
+fn ext4_image(
+    size: usize,
+    extra: impl FnOnce(&Path),
+) -> (TestRepo, std::path::PathBuf, std::path::PathBuf, strata::ImageInfo) {
+    let repo = TestRepo::new();
+    let files = repo.file("files");
+    tree(&files);
+    extra(&files);
+    let image = repo.file("fs.img");
+    mkfs_ext4(&image, &files, size);
+    let info = repo.backup(&image, KindRequest::Full);
+    (repo, files, image, info)
+}
+
 fn ls_json(repo: &TestRepo, args: &[&str]) -> Vec<serde_json::Value> {
     let out = repo.cli(&[&["ls", "--json"], args].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -77,12 +93,7 @@ fn assert_matches_tree(repo: &TestRepo, spec: &str, files: &Path) {
 
 #[test]
 fn an_ext4_image_lists_and_reads_back_as_its_tree() {
-    let repo = TestRepo::new();
-    let files = repo.file("files");
-    tree(&files);
-    let image = repo.file("fs.img");
-    mkfs_ext4(&image, &files, 32 * MIB);
-    repo.backup(&image, KindRequest::Full);
+    let (repo, files, _, _) = ext4_image(32 * MIB, |_| {});
     assert_matches_tree(&repo, "latest", &files);
 }
 
@@ -95,15 +106,7 @@ fn an_ext4_partition_of_a_gpt_disk_lists_and_reads_as_image_n() {
     mkfs_ext4(&fs, &files, 20 * MIB);
     let disk = repo.file("disk.img");
     std::fs::write(&disk, vec![0u8; 32 * MIB]).unwrap();
-    let mut sfdisk = Command::new("sfdisk")
-        .arg("--quiet")
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(sfdisk.stdin.as_mut().unwrap(), b"label: gpt\nstart=2048, size=40960\n").unwrap();
-    assert!(sfdisk.wait().unwrap().success());
+    common::sfdisk(&disk, "label: gpt\nstart=2048, size=40960\n");
     let mut bytes = std::fs::read(&disk).unwrap();
     bytes[2048 * 512..2048 * 512 + 20 * MIB].copy_from_slice(&std::fs::read(&fs).unwrap());
     std::fs::write(&disk, &bytes).unwrap();
@@ -114,12 +117,8 @@ fn an_ext4_partition_of_a_gpt_disk_lists_and_reads_as_image_n() {
 
 #[test]
 fn what_cannot_be_read_is_a_clear_error() {
-    let repo = TestRepo::new();
-    let files = repo.file("files");
-    tree(&files);
-    let image = repo.file("fs.img");
-    mkfs_ext4(&image, &files, 32 * MIB);
-    let id = repo.backup(&image, KindRequest::Full).id.to_string();
+    let (repo, files, _, info) = ext4_image(32 * MIB, |_| {});
+    let id = info.id.to_string();
     assert_clean_failure(&repo.cli(&["cat", &id, "/nope"]), "no /nope");
     assert_clean_failure(&repo.cli(&["ls", &id, "/etc/nope"]), "no /etc/nope");
     assert_clean_failure(&repo.cli(&["cat", &id, "/etc"]), "cannot read /etc");
@@ -158,19 +157,14 @@ fn allocated(path: &Path) -> u64 {
 
 #[test]
 fn extract_keeps_modes_times_links_and_holes_and_leaves_out_only_a_damaged_file() {
-    let repo = TestRepo::new();
-    let files = repo.file("files");
-    tree(&files);
     let big = Disk::new(11, 4 * MIB).random(0..4 * MIB).bytes;
-    std::fs::write(files.join("big.bin"), &big).unwrap();
-    let sparse = files.join("sparse.bin");
-    let f = std::fs::File::create(&sparse).unwrap();
-    f.set_len(8 * MIB as u64).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, b"start", 0).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, b"end", 8 * MIB as u64 - 3).unwrap();
-    let image = repo.file("fs.img");
-    mkfs_ext4(&image, &files, 64 * MIB);
-    let info = repo.backup(&image, KindRequest::Full);
+    let (repo, files, image, info) = ext4_image(64 * MIB, |files| {
+        std::fs::write(files.join("big.bin"), &big).unwrap();
+        let f = std::fs::File::create(files.join("sparse.bin")).unwrap();
+        f.set_len(8 * MIB as u64).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"start", 0).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"end", 8 * MIB as u64 - 3).unwrap();
+    });
 
     let out = repo.file("out");
     let run = repo.cli(&["extract", "latest", "/", "--to", out.to_str().unwrap()]);
@@ -239,12 +233,8 @@ fn extract_keeps_modes_times_links_and_holes_and_leaves_out_only_a_damaged_file(
 
 #[test]
 fn diff_names_every_added_removed_modified_and_retyped_path() {
-    let repo = TestRepo::new();
-    let files = repo.file("files");
-    tree(&files);
-    let image = repo.file("fs.img");
-    mkfs_ext4(&image, &files, 32 * MIB);
-    let old = repo.backup(&image, KindRequest::Full).id.to_string();
+    let (repo, files, image, info) = ext4_image(32 * MIB, |_| {});
+    let old = info.id.to_string();
     std::thread::sleep(std::time::Duration::from_millis(1100)); // a new mtime second
     std::fs::write(files.join("etc/hostname"), b"strata-tesx\n").unwrap(); // same size
     std::fs::remove_file(files.join("empty")).unwrap();

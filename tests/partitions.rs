@@ -47,15 +47,7 @@ fn place(disk: &mut [u8], at: u64, bytes: &[u8]) {
 fn partitioned(dir: &Path, script: &str) -> std::path::PathBuf {
     let disk = dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 64 * MIB as usize]).unwrap();
-    let mut child = Command::new("sfdisk")
-        .arg("--quiet")
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("sfdisk");
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "sfdisk failed on {script}");
+    common::sfdisk(&disk, script);
     disk
 }
 

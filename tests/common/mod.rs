@@ -467,3 +467,16 @@ pub fn assert_stats_add_up(repo_path: &Path) {
     assert_eq!(stats.repository.stored_referenced, ind.live_stored, "repository stored bytes");
     assert_eq!(stats.repository.chunks as usize, ind.live_chunks, "live chunks");
 }
+
+/// Writes the partition table `script` (sfdisk's input format) onto the disk image `disk`.
+pub fn sfdisk(disk: &Path, script: &str) {
+    let mut child = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(disk)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sfdisk");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), script.as_bytes()).expect("write to sfdisk");
+    assert!(child.wait().expect("sfdisk").success(), "sfdisk failed on {script}");
+}
