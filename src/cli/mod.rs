@@ -364,8 +364,12 @@ pub fn run() -> Result<()> {
             output::ls(&entries, long, recursive, json)?;
         }
         Command::Cat { image, path } => {
-            let mut out = std::io::stdout().lock();
-            with_files(&repo_path(&cli.repo)?, &image, |files| files.copy(&path, &mut out))
+            // One attempt only: a rerun after a racing writer would print the bytes before the
+            // failure twice.
+            let files =
+                open_files(&repo_path(&cli.repo)?, &image).with_context(|| format!("cannot open image {image}"))?;
+            files
+                .copy(&path, &mut std::io::stdout().lock())
                 .with_context(|| format!("cannot read {path} in image {image}"))?;
         }
         Command::Extract { image, paths, to, json } => {
