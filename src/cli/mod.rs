@@ -1,5 +1,6 @@
 //! Command-line adapter: arguments become library options; results become tables or JSON.
 
+mod files;
 mod output;
 mod progress;
 mod serve;
@@ -359,56 +360,18 @@ pub fn run() -> Result<()> {
         }
         Command::Partitions { image, json } => partitions(&repo_path(&cli.repo)?, &image, json)?,
         Command::Ls { image, path, long, recursive, json } => {
-            let entries = with_files(&repo_path(&cli.repo)?, &image, |files| files.list(&path, recursive))
-                .with_context(|| format!("cannot list {path} in image {image}"))?;
-            output::ls(&entries, long, recursive, json)?;
+            files::ls(&repo_path(&cli.repo)?, &image, &path, long, recursive, json)?
         }
-        Command::Cat { image, path } => {
-            // One attempt only: a rerun after a racing writer would print the bytes before the
-            // failure twice.
-            let files =
-                open_files(&repo_path(&cli.repo)?, &image).with_context(|| format!("cannot open image {image}"))?;
-            files
-                .copy(&path, &mut std::io::stdout().lock())
-                .with_context(|| format!("cannot read {path} in image {image}"))?;
-        }
+        Command::Cat { image, path } => files::cat(&repo_path(&cli.repo)?, &image, &path)?,
         Command::Extract { image, paths, to, json } => {
-            let report = with_files(&repo_path(&cli.repo)?, &image, |files| files.extract(&paths, &to))
-                .with_context(|| format!("cannot extract from image {image} into {}", to.display()))?;
-            output::extract(&report, &to, json)?;
-            if !report.failed.is_empty() {
-                std::process::exit(1);
-            }
+            files::extract(&repo_path(&cli.repo)?, &image, &paths, &to, json)?
         }
-        Command::Diff { old, new, path, json } => {
-            let repo = repo_path(&cli.repo)?;
-            let a = open_files(&repo, &old).with_context(|| format!("cannot open image {old}"))?;
-            let b = open_files(&repo, &new).with_context(|| format!("cannot open image {new}"))?;
-            let changes =
-                strata::files::diff(&a, &b, &path).with_context(|| format!("cannot compare {old} and {new}"))?;
-            output::diff(&changes, json)?;
-        }
+        Command::Diff { old, new, path, json } => files::diff(&repo_path(&cli.repo)?, &old, &new, &path, json)?,
         Command::Mount { mountpoint, cache_mib } => serve::mount(&repo_path(&cli.repo)?, &mountpoint, cache_mib)?,
         Command::ServeNbd { image, unix, tcp, cache_mib } => {
             serve::nbd(&repo_path(&cli.repo)?, &image, unix.as_deref(), tcp.as_deref(), cache_mib)?
         }
-        Command::Verify { image, json } => {
-            let path = repo_path(&cli.repo)?;
-            let bar = progress::Bar::new(json);
-            let spec = strata::partition::Spec::parse(&image)?;
-            let (info, report) = Repository::read_image_consistently(
-                &path,
-                &spec.image,
-                |repo, info| strata::check::verify_partition(repo, info, spec.partition, &bar),
-                |r| !r.is_clean(),
-            )
-            .with_context(|| format!("cannot verify image {image}"))?;
-            bar.clear();
-            output::check(&report, json)?;
-            if !report.is_clean() {
-                anyhow::bail!("image {} is damaged", info.id.short());
-            }
-        }
+        Command::Verify { image, json } => verify(&repo_path(&cli.repo)?, &image, json)?,
         Command::RebuildIndex { json } => {
             let path = repo_path(&cli.repo)?;
             let r = Repository::rebuild_index(&path)
@@ -416,6 +379,24 @@ pub fn run() -> Result<()> {
             output::rebuild(&r, json)?;
         }
         Command::Prune { dry_run, max_unused, json } => prune(&repo_path(&cli.repo)?, dry_run, max_unused, json)?,
+    }
+    Ok(())
+}
+
+fn verify(path: &std::path::Path, image: &str, json: bool) -> Result<()> {
+    let bar = progress::Bar::new(json);
+    let spec = strata::partition::Spec::parse(image)?;
+    let (info, report) = Repository::read_image_consistently(
+        path,
+        &spec.image,
+        |repo, info| strata::check::verify_partition(repo, info, spec.partition, &bar),
+        |r| !r.is_clean(),
+    )
+    .with_context(|| format!("cannot verify image {image}"))?;
+    bar.clear();
+    output::check(&report, json)?;
+    if !report.is_clean() {
+        anyhow::bail!("image {} is damaged", info.id.short());
     }
     Ok(())
 }
@@ -447,44 +428,6 @@ fn prune(path: &std::path::Path, dry_run: bool, max_unused: f64, json: bool) -> 
         Some(r)
     };
     output::prune(&plan, report.as_ref(), json)
-}
-
-/// Runs `run` on the filesystem of image `spec` (`IMAGE[:N]`).
-fn with_files<T>(
-    path: &std::path::Path,
-    spec: &str,
-    mut run: impl FnMut(&strata::files::Files) -> strata::Result<T>,
-) -> Result<T> {
-    let spec = strata::partition::Spec::parse(spec)?;
-    let (_, out) = Repository::read_image_consistently(
-        path,
-        &spec.image,
-        |repo, info| run(&files_of(repo, info, spec.partition)?),
-        |_| false,
-    )?;
-    Ok(out)
-}
-
-/// The filesystem of image `spec` (`IMAGE[:N]`), for as long as it is used.
-fn open_files(path: &std::path::Path, spec: &str) -> Result<strata::files::Files> {
-    let spec = strata::partition::Spec::parse(spec)?;
-    let repo = Repository::open(path)?;
-    let info = repo.find_image(&spec.image)?;
-    Ok(files_of(&repo, &info, spec.partition)?)
-}
-
-fn files_of(
-    repo: &Repository,
-    info: &strata::ImageInfo,
-    partition: Option<u32>,
-) -> strata::Result<strata::files::Files> {
-    let mut reader = repo.reader(info, strata::reader::DEFAULT_CACHE_BYTES)?;
-    let mut name = info.id.short();
-    if let Some(n) = partition {
-        reader = strata::partition::narrow(reader, n)?;
-        name = format!("{name}:{n}");
-    }
-    strata::files::Files::open(reader, &name)
 }
 
 fn partitions(path: &std::path::Path, image: &str, json: bool) -> Result<()> {

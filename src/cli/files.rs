@@ -1,0 +1,77 @@
+//! The commands that read files inside images: `ls`, `cat`, `extract`, `diff`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::output;
+use strata::Repository;
+
+pub(super) fn ls(repo: &Path, image: &str, path: &str, long: bool, recursive: bool, json: bool) -> Result<()> {
+    let entries = with_files(repo, image, |files| files.list(path, recursive))
+        .with_context(|| format!("cannot list {path} in image {image}"))?;
+    output::ls(&entries, long, recursive, json)
+}
+
+pub(super) fn cat(repo: &Path, image: &str, path: &str) -> Result<()> {
+    // One attempt only: a rerun after a racing writer would print the bytes before the failure
+    // twice.
+    let files = open_files(repo, image).with_context(|| format!("cannot open image {image}"))?;
+    files.copy(path, &mut std::io::stdout().lock()).with_context(|| format!("cannot read {path} in image {image}"))?;
+    Ok(())
+}
+
+pub(super) fn extract(repo: &Path, image: &str, paths: &[String], to: &Path, json: bool) -> Result<()> {
+    let report = with_files(repo, image, |files| files.extract(paths, to))
+        .with_context(|| format!("cannot extract from image {image} into {}", to.display()))?;
+    output::extract(&report, to, json)?;
+    if !report.failed.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+pub(super) fn diff(repo: &Path, old: &str, new: &str, path: &str, json: bool) -> Result<()> {
+    let a = open_files(repo, old).with_context(|| format!("cannot open image {old}"))?;
+    let b = open_files(repo, new).with_context(|| format!("cannot open image {new}"))?;
+    let changes = strata::files::diff(&a, &b, path).with_context(|| format!("cannot compare {old} and {new}"))?;
+    output::diff(&changes, json)
+}
+
+/// Runs `run` on the filesystem of image `spec` (`IMAGE[:N]`).
+fn with_files<T>(
+    path: &Path,
+    spec: &str,
+    mut run: impl FnMut(&strata::files::Files) -> strata::Result<T>,
+) -> Result<T> {
+    let spec = strata::partition::Spec::parse(spec)?;
+    let (_, out) = Repository::read_image_consistently(
+        path,
+        &spec.image,
+        |repo, info| run(&files_of(repo, info, spec.partition)?),
+        |_| false,
+    )?;
+    Ok(out)
+}
+
+/// The filesystem of image `spec` (`IMAGE[:N]`), for as long as it is used.
+fn open_files(path: &Path, spec: &str) -> Result<strata::files::Files> {
+    let spec = strata::partition::Spec::parse(spec)?;
+    let repo = Repository::open(path)?;
+    let info = repo.find_image(&spec.image)?;
+    Ok(files_of(&repo, &info, spec.partition)?)
+}
+
+fn files_of(
+    repo: &Repository,
+    info: &strata::ImageInfo,
+    partition: Option<u32>,
+) -> strata::Result<strata::files::Files> {
+    let mut reader = repo.reader(info, strata::reader::DEFAULT_CACHE_BYTES)?;
+    let mut name = info.id.short();
+    if let Some(n) = partition {
+        reader = strata::partition::narrow(reader, n)?;
+        name = format!("{name}:{n}");
+    }
+    strata::files::Files::open(reader, &name)
+}
