@@ -144,10 +144,10 @@ pub enum Error {
     #[error("FUSE is not available: {reason}")]
     FuseUnavailable { reason: String },
 
-    #[error("image {image} holds no filesystem Strata can read (no known signature); name a partition as IMAGE:N (see `strata partitions`)")]
+    #[error("image {image} holds no filesystem Strata can read (no signature of ext2/3/4, FAT12/16/32 or NTFS); name a partition as IMAGE:N (see `strata partitions`)")]
     NoFilesystem { image: String },
 
-    #[error("image {image} holds a {filesystem} filesystem, which Strata cannot read files from yet (ext2/3/4 only)")]
+    #[error("image {image} holds a {filesystem} filesystem, which Strata cannot read files from (it reads ext2/3/4, FAT12/16/32 and NTFS)")]
     UnsupportedFilesystem { image: String, filesystem: String },
 
     #[error("no {path} in the filesystem of image {image}")]

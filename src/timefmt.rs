@@ -20,6 +20,17 @@ pub(crate) fn civil(ms: u64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// Days since 1970-01-01 of a civil date (year, month 1-12, day 1-31), the inverse of `civil`.
+pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 } as i64;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// `2026-11-21T03:40:12Z` for a time in milliseconds since the Unix epoch.
 pub fn format_ms(ms: u64) -> String {
     let (y, m, d) = civil(ms);
@@ -29,6 +40,17 @@ pub fn format_ms(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn days_round_trip_through_civil() {
+        for days in [0i64, 59, 60, 10_957, 11_016, 20_000, 2_000_000] {
+            let ms = (days * 86_400_000) as u64;
+            let (y, m, d) = super::civil(ms);
+            assert_eq!(super::days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(super::days_from_civil(1980, 1, 1), 3652);
+        assert_eq!(super::days_from_civil(1969, 12, 31), -1);
+    }
+
     #[test]
     fn known_dates() {
         assert_eq!(super::format_ms(0), "1970-01-01T00:00:00Z");

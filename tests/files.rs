@@ -125,12 +125,15 @@ fn what_cannot_be_read_is_a_clear_error() {
     assert_clean_failure(&repo.cli(&["ls", "nosuchimage"]), "no image matches");
     assert_clean_failure(&repo.cli(&["ls", &format!("{id}:1")]), "no partition table");
 
-    let vfat = repo.file("vfat.img");
-    std::fs::write(&vfat, vec![0u8; 8 * MIB]).unwrap();
-    if Command::new("mkfs.vfat").arg(&vfat).output().is_ok_and(|o| o.status.success()) {
-        let v = repo.backup(&vfat, KindRequest::Full).id.to_string();
-        assert_clean_failure(&repo.cli(&["ls", &v]), "vfat filesystem");
-    }
+    let swap = repo.file("swap.img");
+    std::fs::write(&swap, vec![0u8; 8 * MIB]).unwrap();
+    let made = Command::new("mkswap").arg(&swap).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let v = repo.backup(&swap, KindRequest::Full).id.to_string();
+    assert_clean_failure(
+        &repo.cli(&["ls", &v]),
+        "swap filesystem, which Strata cannot read files from (it reads ext2/3/4",
+    );
     let random = repo.file("random.img");
     Disk::new(9, 4 * MIB).random(0..4 * MIB).write_to(&random);
     let r = repo.backup(&random, KindRequest::Full).id.to_string();

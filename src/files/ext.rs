@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read};
 
-use super::{Entry, EntryKind};
+use super::{fill, Entry, EntryKind, Tree};
 use crate::error::{Error, Result};
 use crate::reader::ImageReader;
 
@@ -48,8 +48,10 @@ impl ExtFiles {
             e => Error::Filesystem { image: self.image.clone(), reason: format!("{path}: {e}") },
         }
     }
+}
 
-    pub(super) fn stat(&self, path: &str) -> Result<Entry> {
+impl Tree for ExtFiles {
+    fn stat(&self, path: &str) -> Result<Entry> {
         let meta = self.fs.symlink_metadata(path).map_err(|e| self.error(path, e))?;
         let kind = if meta.is_dir() {
             EntryKind::Dir
@@ -77,7 +79,7 @@ impl ExtFiles {
     }
 
     /// The names in directory `path`, without `.` and `..`.
-    pub(super) fn names(&self, path: &str) -> Result<Vec<String>> {
+    fn names(&self, path: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for entry in self.fs.read_dir(path).map_err(|e| self.error(path, e))? {
             let entry = entry.map_err(|e| self.error(path, e))?;
@@ -89,25 +91,8 @@ impl ExtFiles {
         Ok(out)
     }
 
-    pub(super) fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
+    fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
         let mut file = self.fs.open(path).map_err(|e| self.error(path, e))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            // Whole buffers (`read_bytes` returns at most a block at a time), so the writer sees
-            // whole runs of zeros.
-            let mut n = 0;
-            while n < buf.len() {
-                match file.read_bytes(&mut buf[n..]).map_err(|e| self.error(path, e))? {
-                    0 => break,
-                    got => n += got,
-                }
-            }
-            if n == 0 {
-                return Ok(total);
-            }
-            out.write_all(&buf[..n]).map_err(|e| Error::io("write", "the output", e))?;
-            total += n as u64;
-        }
+        fill(|buf| file.read_bytes(buf).map_err(|e| self.error(path, e)), out)
     }
 }

@@ -3,6 +3,11 @@
 //! written under a temporary name and renamed into place only when all of it was read, so a
 //! file that meets a damaged chunk is reported and left out, never written with wrong bytes;
 //! the others are still extracted. Runs of zeros (4 KiB blocks) are left as holes.
+//!
+//! Nothing is written outside the target directory: paths are normal before they are joined
+//! (`Files` refuses entry names holding `/` or `..`), and an existing symlink in the way is
+//! replaced, never followed. Setuid and setgid bits are not recreated, nor are device nodes,
+//! fifos and sockets (they are listed in `skipped`).
 
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
@@ -41,25 +46,39 @@ impl Files {
             if entry.path == "/" {
                 for child in self.list(&entry.path, false)? {
                     let dest = to.join(child.name());
-                    self.extract_entry(&child, &dest, &mut report)?;
+                    self.extract_entry(&child, &dest, 0, &mut report)?;
                 }
             } else {
                 let dest = to.join(entry.name());
-                self.extract_entry(&entry, &dest, &mut report)?;
+                self.extract_entry(&entry, &dest, 0, &mut report)?;
             }
         }
         Ok(report)
     }
 
-    fn extract_entry(&self, entry: &Entry, dest: &Path, report: &mut ExtractReport) -> Result<()> {
+    fn extract_entry(&self, entry: &Entry, dest: &Path, depth: usize, report: &mut ExtractReport) -> Result<()> {
         match entry.kind {
             EntryKind::Dir => {
-                if !dest.is_dir() {
-                    fs::create_dir(dest).map_err(|e| Error::io("create directory", dest, e))?;
+                if depth >= super::MAX_DEPTH {
+                    return Err(Error::Filesystem {
+                        image: self.image.clone(),
+                        reason: format!("{}: directories nested too deep (a directory loop?)", entry.path),
+                    });
+                }
+                // `symlink_metadata`: a symlink in the way is replaced, never followed out of the
+                // target directory.
+                match fs::symlink_metadata(dest) {
+                    Ok(m) if m.is_dir() => {}
+                    found => {
+                        if found.is_ok() {
+                            fs::remove_file(dest).map_err(|e| Error::io("replace", dest, e))?;
+                        }
+                        fs::create_dir(dest).map_err(|e| Error::io("create directory", dest, e))?;
+                    }
                 }
                 report.dirs += 1;
                 for child in self.list(&entry.path, false)? {
-                    self.extract_entry(&child, &dest.join(child.name()), report)?;
+                    self.extract_entry(&child, &dest.join(child.name()), depth + 1, report)?;
                 }
                 // After the children: writing them changed the directory's mtime.
                 apply_metadata(entry, dest)?;
@@ -97,7 +116,10 @@ impl Files {
 
     /// Writes `entry`'s bytes to the new file `path`, zero blocks as holes.
     fn write_file(&self, entry: &Entry, path: &Path) -> Result<u64> {
-        let file = File::create(path).map_err(|e| Error::io("create", path, e))?;
+        // A new file, never through whatever is at the temporary name already.
+        let _ = fs::remove_file(path);
+        let file =
+            fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| Error::io("create", path, e))?;
         let mut out = Sparse { file };
         let n = self.copy(&entry.path, &mut out).map_err(|e| match e {
             // The destination's own errors come back through `copy` as an I/O error on "the
@@ -146,7 +168,9 @@ fn apply_metadata(entry: &Entry, path: &Path) -> Result<()> {
         std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).map_err(|e| Error::io("chown", path, e))?;
     }
     if entry.kind != EntryKind::Symlink {
-        fs::set_permissions(path, fs::Permissions::from_mode(entry.mode)).map_err(|e| Error::io("chmod", path, e))?;
+        // Without setuid and setgid: an extracted file must not carry privileges.
+        fs::set_permissions(path, fs::Permissions::from_mode(entry.mode & 0o1777))
+            .map_err(|e| Error::io("chmod", path, e))?;
     }
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::io("set the time of", path, std::io::ErrorKind::InvalidInput.into()))?;

@@ -1,16 +1,18 @@
 //! Files inside images: the filesystem of a whole-disk image or of one partition (`IMAGE:N`),
-//! read through the image reader, with no mount, no root and no restore. So far ext2/3/4 (the
-//! `ext4-view` crate); FAT and NTFS come with the rest of this feature (docs/DESIGN.md).
+//! read through the image reader, with no mount, no root and no restore: ext2/3/4 (the
+//! `ext4-view` crate), FAT12/16/32 (`fatfs`) and NTFS (`ntfs`), each behind the same three questions (`Tree`).
 //! `ls` and `cat` use `list` and `copy`; `extract` and `diff` have their own modules.
 
 mod diff;
 mod ext;
 mod extract;
+mod fat;
+mod ntfs;
 
 pub use diff::{diff, Change, ChangeKind};
 pub use extract::ExtractReport;
 
-use std::io::Write;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -24,7 +26,7 @@ pub enum EntryKind {
     File,
     Dir,
     Symlink,
-    /// A device, fifo or socket.
+    /// A device, fifo or socket, or an NTFS reparse point: listed, never extracted.
     Other,
 }
 
@@ -47,24 +49,113 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Root-owned, size 0, mode 0, epoch: fields a filesystem does not keep.
+    fn empty() -> Entry {
+        Entry { path: String::new(), kind: EntryKind::Other, size: 0, mode: 0, uid: 0, gid: 0, mtime: 0, target: None }
+    }
+
     pub fn name(&self) -> &str {
         self.path.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("/")
     }
 }
 
+/// What every filesystem reader answers, for absolute paths without a trailing slash.
+trait Tree {
+    /// What `path` is (a symlink itself, not its target).
+    fn stat(&self, path: &str) -> Result<Entry>;
+    /// The names in directory `path`, without `.` and `..`.
+    fn names(&self, path: &str) -> Result<Vec<String>>;
+    /// Writes regular file `path`'s bytes to `out`; returns how many.
+    fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64>;
+}
+
+/// The image (or partition) as a seekable byte stream, for the filesystem crates that read
+/// through `std::io`. A damaged chunk is an error, never bytes.
+struct Stream {
+    reader: Arc<ImageReader>,
+    size: u64,
+    pos: u64,
+}
+
+impl Stream {
+    fn new(reader: Arc<ImageReader>) -> Stream {
+        let size = reader.map().size();
+        Stream { reader, size, pos: 0 }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.reader.read_at(self.pos, buf).map_err(io::Error::other)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Stream {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.size.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.pos)
+    }
+}
+
+/// Copies what `read` gives to `out` in whole 1 MiB buffers (the readers hand out a block or a
+/// cluster at a time; whole buffers let a sparse writer see whole runs of zeros); returns how
+/// many bytes.
+fn fill(mut read: impl FnMut(&mut [u8]) -> Result<usize>, out: &mut dyn Write) -> Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match read(&mut buf[n..])? {
+                0 => break,
+                got => n += got,
+            }
+        }
+        if n == 0 {
+            return Ok(total);
+        }
+        out.write_all(&buf[..n]).map_err(|e| Error::io("write", "the output", e))?;
+        total += n as u64;
+    }
+}
+
+/// Directories nested deeper than this are taken for a loop (a path of 4,096 bytes holds at
+/// most 2,048 levels).
+const MAX_DEPTH: usize = 2048;
+
 /// The filesystem of one image (or partition).
 pub struct Files {
-    fs: ext::ExtFiles,
+    fs: Box<dyn Tree>,
+    /// What the filesystem is (`ext4`, `vfat`, ...), as `partitions` names it.
+    kind: &'static str,
+    image: String,
 }
 
 impl Files {
     /// Opens the filesystem `reader` reads, found by its signature; `image` names it in errors.
     pub fn open(reader: ImageReader, image: &str) -> Result<Files> {
-        match crate::partition::filesystem(&reader)? {
-            Some("ext2" | "ext3" | "ext4") => Ok(Files { fs: ext::ExtFiles::open(Arc::new(reader), image)? }),
-            Some(other) => Err(Error::UnsupportedFilesystem { image: image.into(), filesystem: other.into() }),
-            None => Err(Error::NoFilesystem { image: image.into() }),
-        }
+        let kind = crate::partition::filesystem(&reader)?;
+        let reader = Arc::new(reader);
+        let fs: Box<dyn Tree> = match kind {
+            Some("ext2" | "ext3" | "ext4") => Box::new(ext::ExtFiles::open(reader, image)?),
+            Some("vfat") => Box::new(fat::FatFiles::open(reader, image)?),
+            Some("ntfs") => Box::new(ntfs::NtfsFiles::open(reader, image)?),
+            Some(other) => return Err(Error::UnsupportedFilesystem { image: image.into(), filesystem: other.into() }),
+            None => return Err(Error::NoFilesystem { image: image.into() }),
+        };
+        Ok(Files { fs, kind: kind.unwrap_or_default(), image: image.into() })
+    }
+
+    /// What the filesystem is: `ext2`, `ext3`, `ext4`, `vfat` or `ntfs`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
     }
 
     /// What `path` is.
@@ -80,20 +171,34 @@ impl Files {
             return Ok(vec![top]);
         }
         let mut out = Vec::new();
-        self.list_into(&top.path, recursive, &mut out)?;
+        self.list_into(&top.path, recursive, 0, &mut out)?;
         Ok(out)
     }
 
-    fn list_into(&self, dir: &str, recursive: bool, out: &mut Vec<Entry>) -> Result<()> {
+    fn list_into(&self, dir: &str, recursive: bool, depth: usize, out: &mut Vec<Entry>) -> Result<()> {
+        if depth >= MAX_DEPTH {
+            return Err(Error::Filesystem {
+                image: self.image.clone(),
+                reason: format!("{dir}: directories nested {MAX_DEPTH} deep (a directory loop?)"),
+            });
+        }
         let mut names = self.fs.names(dir)?;
         names.sort();
         for name in names {
+            // A name no filesystem allows (damage, or crafted to climb out of a directory) is
+            // an error, never a path.
+            if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+                return Err(Error::Filesystem {
+                    image: self.image.clone(),
+                    reason: format!("{dir}: an entry is named {name:?}, which no filesystem allows"),
+                });
+            }
             let path = if dir == "/" { format!("/{name}") } else { format!("{dir}/{name}") };
             let entry = self.fs.stat(&path)?;
             let descend = recursive && entry.kind == EntryKind::Dir;
             out.push(entry);
             if descend {
-                self.list_into(&path, true, out)?;
+                self.list_into(&path, true, depth + 1, out)?;
             }
         }
         Ok(())
@@ -101,25 +206,58 @@ impl Files {
 
     /// Writes regular file `path`'s bytes to `out` (a symlink is followed); returns how many.
     pub fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
-        self.fs.copy(&absolute(path), out)
+        let mut path = absolute(path);
+        // As the kernel does: at most 40 symlinks on the way.
+        for _ in 0..40 {
+            let entry = self.fs.stat(&path)?;
+            match (entry.kind, entry.target) {
+                (EntryKind::Symlink, Some(target)) => {
+                    let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir);
+                    path =
+                        if target.starts_with('/') { absolute(&target) } else { absolute(&format!("{dir}/{target}")) };
+                }
+                _ => return self.fs.copy(&path, out),
+            }
+        }
+        Err(Error::Filesystem {
+            image: self.image.clone(),
+            reason: format!("{path}: too many levels of symbolic links"),
+        })
     }
 }
 
-/// `path` made absolute, without a trailing slash (except `/` itself).
+/// `path` made absolute and lexically normal: no trailing slash (except `/` itself), no empty,
+/// `.` or `..` components (`..` at the root stays at the root), so no entry is named `..`.
 fn absolute(path: &str) -> String {
-    let trimmed = path.trim_end_matches('/');
-    match trimmed {
-        "" => "/".into(),
-        p if p.starts_with('/') => p.into(),
-        p => format!("/{p}"),
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
     }
+    format!("/{}", parts.join("/"))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn paths_are_absolute_without_a_trailing_slash() {
-        for (given, want) in [("", "/"), ("/", "/"), ("etc", "/etc"), ("/etc/", "/etc"), ("a/b", "/a/b")] {
+        let cases = [
+            ("", "/"),
+            ("/", "/"),
+            ("etc", "/etc"),
+            ("/etc/", "/etc"),
+            ("a/b", "/a/b"),
+            ("a//b/./c", "/a/b/c"),
+            ("/etc/..", "/"),
+            ("../../x", "/x"),
+            ("a/../../b/..", "/"),
+        ];
+        for (given, want) in cases {
             assert_eq!(super::absolute(given), want);
         }
     }
