@@ -168,7 +168,7 @@ enum Command {
         json: bool,
     },
     /// List a directory of the filesystem inside an image (or IMAGE:N, one partition), without
-    /// a restore (ext2/3/4 so far)
+    /// a restore (ext2/3/4, FAT12/16/32, NTFS)
     Ls {
         /// The image (id, unique prefix or `latest`), or one partition of it as IMAGE:N
         image: String,

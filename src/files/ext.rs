@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read};
 
-use super::{fill, Entry, EntryKind, Tree};
+use super::{fill, read_full, Entry, EntryKind, Tree};
 use crate::error::{Error, Result};
 use crate::reader::ImageReader;
 
@@ -94,5 +94,14 @@ impl Tree for ExtFiles {
     fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
         let mut file = self.fs.open(path).map_err(|e| self.error(path, e))?;
         fill(|buf| file.read_bytes(buf).map_err(|e| self.error(path, e)), out)
+    }
+
+    fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut file = self.fs.open(path).map_err(|e| self.error(path, e))?;
+        if offset >= file.metadata().len() {
+            return Ok(0);
+        }
+        file.seek_to(offset).map_err(|e| self.error(path, e))?;
+        read_full(|b| file.read_bytes(b).map_err(|e| self.error(path, e)), buf)
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use fatfs::{Dir, FileAttributes, FileSystem, FsOptions};
 
-use super::{fill, Entry, EntryKind, Stream, Tree};
+use super::{fill, read_full, Entry, EntryKind, Stream, Tree};
 use crate::error::{Error, Result};
 use crate::reader::ImageReader;
 
@@ -126,19 +126,35 @@ impl Tree for FatFiles {
     }
 
     fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
-        let entry = self.stat(path)?;
-        if entry.kind != EntryKind::File {
-            return Err(Error::Filesystem { image: self.image.clone(), reason: format!("{path}: not a file") });
-        }
-        let mut file = self.fs.root_dir().open_file(path.trim_start_matches('/')).map_err(|e| self.error(path, e))?;
+        let size = self.stat(path)?.size;
+        let mut file = self.open_file(path)?;
         let total = fill(|buf| file.read(buf).map_err(|e| self.error(path, e)), out)?;
-        if total != entry.size {
+        if total != size {
             return Err(Error::Filesystem {
                 image: self.image.clone(),
-                reason: format!("{path}: {total} bytes read of {} (a short cluster chain)", entry.size),
+                reason: format!("{path}: {total} bytes read of {size} (a short cluster chain)"),
             });
         }
         Ok(total)
+    }
+
+    fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut file = self.open_file(path)?;
+        let size = file.seek(SeekFrom::End(0)).map_err(|e| self.error(path, e))?;
+        if offset >= size {
+            return Ok(0);
+        }
+        file.seek(SeekFrom::Start(offset)).map_err(|e| self.error(path, e))?;
+        read_full(|b| file.read(b).map_err(|e| self.error(path, e)), buf)
+    }
+}
+
+impl FatFiles {
+    fn open_file(&self, path: &str) -> Result<fatfs::File<'_, Volume>> {
+        if self.stat(path)?.kind != EntryKind::File {
+            return Err(Error::Filesystem { image: self.image.clone(), reason: format!("{path}: not a file") });
+        }
+        self.fs.root_dir().open_file(path.trim_start_matches('/')).map_err(|e| self.error(path, e))
     }
 }
 

@@ -59,6 +59,9 @@ impl Entry {
     }
 }
 
+/// The filesystems Strata reads files from, as `partition::filesystem` names them.
+pub const READABLE: [&str; 5] = ["ext2", "ext3", "ext4", "vfat", "ntfs"];
+
 /// What every filesystem reader answers, for absolute paths without a trailing slash.
 trait Tree {
     /// What `path` is (a symlink itself, not its target).
@@ -67,6 +70,84 @@ trait Tree {
     fn names(&self, path: &str) -> Result<Vec<String>>;
     /// Writes regular file `path`'s bytes to `out`; returns how many.
     fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64>;
+    /// Reads regular file `path` from `offset` into `buf`: all of it, or up to the end of the
+    /// file; returns how many bytes.
+    fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize>;
+}
+
+/// A `Tree` whose panics become errors. The filesystem crates parse metadata that a damaged
+/// or half-written filesystem may hold in any state, and one of them (`ntfs` 0.4) was found to
+/// index out of bounds on such bytes (`tests/filesystems.rs`, the damaged-filesystem test):
+/// whatever they did not foresee must be an error for that path, never the end of the process.
+struct Contained {
+    inner: Box<dyn Tree>,
+    image: String,
+}
+
+impl Tree for Contained {
+    fn stat(&self, path: &str) -> Result<Entry> {
+        contained(&self.image, path, || self.inner.stat(path))
+    }
+
+    fn names(&self, path: &str) -> Result<Vec<String>> {
+        contained(&self.image, path, || self.inner.names(path))
+    }
+
+    fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        contained(&self.image, path, || self.inner.copy(path, out))
+    }
+
+    fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        contained(&self.image, path, || self.inner.read_at(path, offset, buf))
+    }
+}
+
+thread_local! {
+    /// Above zero while this thread runs code whose panics `contained` turns into errors.
+    static CONTAINING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `run`; a panic inside it becomes an error about `path` in `image`. The panic message is
+/// not printed (the library never prints): the process's panic hook is wrapped once so that it
+/// stays quiet while a thread is inside `contained`, and is otherwise unchanged.
+fn contained<T>(image: &str, path: &str, run: impl FnOnce() -> Result<T>) -> Result<T> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CONTAINING.with(|c| c.get()) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    CONTAINING.with(|c| c.set(c.get() + 1));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
+    CONTAINING.with(|c| c.set(c.get() - 1));
+    outcome.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::Filesystem {
+            image: image.into(),
+            reason: format!(
+                "{path}: the filesystem's metadata is damaged in a way its reader did not foresee ({message})"
+            ),
+        })
+    })
+}
+
+/// Fills `buf` from `read` until it is full or `read` gives nothing more; returns how many.
+fn read_full(mut read: impl FnMut(&mut [u8]) -> Result<usize>, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match read(&mut buf[n..])? {
+            0 => break,
+            got => n += got,
+        }
+    }
+    Ok(n)
 }
 
 /// The image (or partition) as a seekable byte stream, for the filesystem crates that read
@@ -111,13 +192,7 @@ fn fill(mut read: impl FnMut(&mut [u8]) -> Result<usize>, out: &mut dyn Write) -
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let mut n = 0;
-        while n < buf.len() {
-            match read(&mut buf[n..])? {
-                0 => break,
-                got => n += got,
-            }
-        }
+        let n = read_full(&mut read, &mut buf)?;
         if n == 0 {
             return Ok(total);
         }
@@ -140,16 +215,23 @@ pub struct Files {
 
 impl Files {
     /// Opens the filesystem `reader` reads, found by its signature; `image` names it in errors.
-    pub fn open(reader: ImageReader, image: &str) -> Result<Files> {
+    pub fn open(reader: impl Into<Arc<ImageReader>>, image: &str) -> Result<Files> {
+        let reader = reader.into();
         let kind = crate::partition::filesystem(&reader)?;
-        let reader = Arc::new(reader);
-        let fs: Box<dyn Tree> = match kind {
-            Some("ext2" | "ext3" | "ext4") => Box::new(ext::ExtFiles::open(reader, image)?),
-            Some("vfat") => Box::new(fat::FatFiles::open(reader, image)?),
-            Some("ntfs") => Box::new(ntfs::NtfsFiles::open(reader, image)?),
-            Some(other) => return Err(Error::UnsupportedFilesystem { image: image.into(), filesystem: other.into() }),
-            None => return Err(Error::NoFilesystem { image: image.into() }),
-        };
+        let inner = contained(image, "/", || {
+            let tree: Box<dyn Tree> = match kind {
+                // The arms follow READABLE.
+                Some("ext2" | "ext3" | "ext4") => Box::new(ext::ExtFiles::open(reader, image)?),
+                Some("vfat") => Box::new(fat::FatFiles::open(reader, image)?),
+                Some("ntfs") => Box::new(ntfs::NtfsFiles::open(reader, image)?),
+                Some(other) => {
+                    return Err(Error::UnsupportedFilesystem { image: image.into(), filesystem: other.into() })
+                }
+                None => return Err(Error::NoFilesystem { image: image.into() }),
+            };
+            Ok(tree)
+        })?;
+        let fs = Box::new(Contained { inner, image: image.into() });
         Ok(Files { fs, kind: kind.unwrap_or_default(), image: image.into() })
     }
 
@@ -202,6 +284,12 @@ impl Files {
             }
         }
         Ok(())
+    }
+
+    /// Reads regular file `path` (not a symlink) from `offset` into `buf`, up to its end;
+    /// returns how many bytes.
+    pub fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.fs.read_at(&absolute(path), offset, buf)
     }
 
     /// Writes regular file `path`'s bytes to `out` (a symlink is followed); returns how many.

@@ -14,7 +14,7 @@ use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{Ntfs, NtfsAttributeFlags, NtfsError, NtfsFile, NtfsReadSeek};
 
-use super::{fill, Entry, EntryKind, Stream, Tree};
+use super::{fill, read_full, Entry, EntryKind, Stream, Tree};
 use crate::error::{Error, Result};
 use crate::reader::ImageReader;
 
@@ -92,6 +92,37 @@ impl NtfsFiles {
         let units: Vec<u16> = utf16.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
         Ok(String::from_utf16(&units).ok())
     }
+    /// Runs `read` on file `path`'s unnamed data stream (none: an empty file), refusing a
+    /// compressed or encrypted one before any byte is read.
+    fn with_data<T: Default>(
+        &self,
+        path: &str,
+        read: impl FnOnce(&mut Stream, &mut ntfs::attribute_value::NtfsAttributeValue<'_, '_>) -> Result<T>,
+    ) -> Result<T> {
+        let fs = &mut *self.stream.borrow_mut();
+        let file = self.find(path, fs)?;
+        if file.is_directory() {
+            return Err(Error::Filesystem { image: self.image.clone(), reason: format!("{path}: not a file") });
+        }
+        let item = match file.data(fs, "") {
+            None => return Ok(T::default()),
+            Some(item) => item.map_err(|e| self.error(path, e))?,
+        };
+        let attribute = item.to_attribute().map_err(|e| self.error(path, e))?;
+        let flags = attribute.flags();
+        for (flag, what) in
+            [(NtfsAttributeFlags::COMPRESSED, "compressed"), (NtfsAttributeFlags::ENCRYPTED, "encrypted")]
+        {
+            if flags.contains(flag) {
+                return Err(Error::Filesystem {
+                    image: self.image.clone(),
+                    reason: format!("{path}: the file is {what} on NTFS, which Strata cannot read yet"),
+                });
+            }
+        }
+        let mut value = attribute.value(fs).map_err(|e| self.error(path, e))?;
+        read(fs, &mut value)
+    }
 }
 
 impl Tree for NtfsFiles {
@@ -161,28 +192,16 @@ impl Tree for NtfsFiles {
     }
 
     fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
-        let fs = &mut *self.stream.borrow_mut();
-        let file = self.find(path, fs)?;
-        if file.is_directory() {
-            return Err(Error::Filesystem { image: self.image.clone(), reason: format!("{path}: not a file") });
-        }
-        let item = match file.data(fs, "") {
-            None => return Ok(0),
-            Some(item) => item.map_err(|e| self.error(path, e))?,
-        };
-        let attribute = item.to_attribute().map_err(|e| self.error(path, e))?;
-        let flags = attribute.flags();
-        for (flag, what) in
-            [(NtfsAttributeFlags::COMPRESSED, "compressed"), (NtfsAttributeFlags::ENCRYPTED, "encrypted")]
-        {
-            if flags.contains(flag) {
-                return Err(Error::Filesystem {
-                    image: self.image.clone(),
-                    reason: format!("{path}: the file is {what} on NTFS, which Strata cannot read yet"),
-                });
+        self.with_data(path, |fs, value| fill(|buf| value.read(fs, buf).map_err(|e| self.error(path, e)), out))
+    }
+
+    fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.with_data(path, |fs, value| {
+            if offset >= value.len() {
+                return Ok(0);
             }
-        }
-        let mut value = attribute.value(fs).map_err(|e| self.error(path, e))?;
-        fill(|buf| value.read(fs, buf).map_err(|e| self.error(path, e)), out)
+            value.seek(fs, std::io::SeekFrom::Start(offset)).map_err(|e| self.error(path, e))?;
+            read_full(|b| value.read(fs, b).map_err(|e| self.error(path, e)), buf)
+        })
     }
 }

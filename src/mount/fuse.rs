@@ -13,8 +13,9 @@ use fuser::{
 };
 
 use super::images::{Images, Key, View};
-use super::layout::{Inodes, Node, Type};
+use super::layout::{Holds, Inodes, Node, Type};
 use super::Log;
+use crate::files::{Entry, EntryKind};
 
 /// How long the kernel may keep names and attributes: new images show within about this.
 const TTL: Duration = Duration::from_secs(1);
@@ -52,16 +53,87 @@ impl StrataFs {
         INodeNo(self.inodes.lock().unwrap_or_else(|p| p.into_inner()).number(node))
     }
 
-    /// Partition numbers of image `id`; none when it has no table or the table cannot be read
-    /// (logged: the image file itself still reads, or fails with EIO where it is damaged).
-    fn partitions(&self, id: crate::id::ImageId) -> Vec<u32> {
-        match self.images.table(id) {
-            Ok(t) => t.partitions.iter().map(|p| p.number).collect(),
+    /// What image `id` holds; nothing when its partition table cannot be read (logged: the
+    /// image file itself still reads, or fails with EIO where it is damaged).
+    fn holds(&self, id: crate::id::ImageId) -> Holds {
+        self.images.holds(id).unwrap_or_else(|e| {
+            (self.log)(format!("image {id}: cannot read its partition table or filesystem: {e}"));
+            Holds::default()
+        })
+    }
+
+    /// A filesystem's root or a path inside one: which filesystem, and the path in it.
+    fn in_fs(node: &Node) -> Option<(Key, String)> {
+        match node {
+            Node::Files(id, p) => Some(((*id, *p), "/".into())),
+            Node::InFs(id, p, path, _) => Some(((*id, *p), path.clone())),
+            _ => None,
+        }
+    }
+
+    /// Asks the filesystem of `key`; a failure is logged (the caller answers EIO).
+    fn ask<T: Send + 'static>(
+        &self,
+        key: Key,
+        ask: impl FnOnce(&crate::files::Files) -> crate::Result<T> + Send + 'static,
+    ) -> Option<T> {
+        match self.images.browser(key).and_then(|b| b.ask(ask)) {
+            Ok(answer) => Some(answer),
+            Err(crate::Error::FileNotFound { .. }) => None,
             Err(e) => {
-                (self.log)(format!("image {id}: cannot read its partition table: {e}"));
-                Vec::new()
+                (self.log)(format!("image {}: {e}", describe(key)));
+                None
             }
         }
+    }
+
+    /// The node and attributes of `entry`, in the filesystem of `key`.
+    fn entry_attr(&self, key: Key, entry: &Entry) -> (Node, FileAttr) {
+        let kind = match entry.kind {
+            EntryKind::Dir => Type::Dir,
+            EntryKind::Symlink => Type::Symlink,
+            EntryKind::File | EntryKind::Other => Type::File,
+        };
+        let node = if entry.path == "/" {
+            Node::Files(key.0, key.1)
+        } else {
+            Node::InFs(key.0, key.1, entry.path.clone(), kind)
+        };
+        let time = UNIX_EPOCH + Duration::from_secs(entry.mtime.max(0) as u64);
+        let (kind, perm) = match entry.kind {
+            EntryKind::Dir => (FileType::Directory, entry.mode),
+            EntryKind::Symlink => (FileType::Symlink, 0o777),
+            EntryKind::File => (FileType::RegularFile, entry.mode),
+            // A device, fifo, socket or reparse point: shown, not readable.
+            EntryKind::Other => (FileType::RegularFile, 0),
+        };
+        let size = match entry.kind {
+            EntryKind::Symlink => entry.target.as_ref().map_or(0, |t| t.len() as u64),
+            EntryKind::Other => 0,
+            _ => entry.size,
+        };
+        let attr = FileAttr {
+            ino: self.number(&node),
+            size,
+            blocks: size.div_ceil(512),
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind,
+            perm: (perm & 0o7777) as u16,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: entry.uid,
+            gid: entry.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        };
+        (node, attr)
+    }
+
+    fn stat(&self, key: Key, path: String) -> Option<Entry> {
+        self.ask(key, move |files| files.stat(&path))
     }
 
     fn key(node: &Node) -> Option<Key> {
@@ -78,9 +150,12 @@ impl StrataFs {
         if !cat.exists(node) {
             return None;
         }
+        if let Some((key, path)) = Self::in_fs(node) {
+            return self.stat(key, path).map(|e| self.entry_attr(key, &e).1);
+        }
         let time = cat.created_ms(node).map_or(self.started, |ms| UNIX_EPOCH + Duration::from_millis(ms));
         let (kind, perm, size, blocks) = match node.kind() {
-            Type::Dir => (FileType::Directory, 0o555, 0, 0),
+            Type::Dir => (FileType::Directory, 0o555u16, 0, 0),
             Type::Symlink => (FileType::Symlink, 0o777, cat.link_target(node)?.len() as u64, 0),
             Type::File => {
                 let key = Self::key(node)?;
@@ -121,8 +196,16 @@ impl StrataFs {
 impl Filesystem for StrataFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let view = self.view();
-        let child = match (self.node(parent), name.to_str()) {
-            (Some(parent), Some(name)) => view.catalog.child(&parent, name, |id| self.partitions(id)),
+        let parent = self.node(parent);
+        if let (Some((key, dir)), Some(name)) = (parent.as_ref().and_then(Self::in_fs), name.to_str()) {
+            let path = if dir == "/" { format!("/{name}") } else { format!("{dir}/{name}") };
+            return match self.stat(key, path) {
+                Some(entry) => reply.entry(&TTL, &self.entry_attr(key, &entry).1, Generation(0)),
+                None => reply.error(Errno::ENOENT),
+            };
+        }
+        let child = match (parent, name.to_str()) {
+            (Some(parent), Some(name)) => view.catalog.child(&parent, name, |id| self.holds(id)),
             _ => None,
         };
         match child.and_then(|c| self.attr(&view, &c)) {
@@ -140,7 +223,14 @@ impl Filesystem for StrataFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino).and_then(|n| self.view().catalog.link_target(&n)) {
+        let node = self.node(ino);
+        if let Some((key, path)) = node.as_ref().and_then(Self::in_fs) {
+            return match self.stat(key, path).and_then(|e| e.target) {
+                Some(target) => reply.data(target.as_bytes()),
+                None => reply.error(Errno::ENOENT),
+            };
+        }
+        match node.and_then(|n| self.view().catalog.link_target(&n)) {
             Some(target) => reply.data(target.as_bytes()),
             None => reply.error(Errno::ENOENT),
         }
@@ -150,7 +240,15 @@ impl Filesystem for StrataFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        let Some(key) = self.node(ino).as_ref().and_then(Self::key) else {
+        let node = self.node(ino);
+        if let Some((key, path)) = node.as_ref().and_then(Self::in_fs) {
+            return match self.stat(key, path) {
+                Some(e) if e.kind == EntryKind::File => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                Some(_) => reply.error(Errno::EACCES),
+                None => reply.error(Errno::ENOENT),
+            };
+        }
+        let Some(key) = node.as_ref().and_then(Self::key) else {
             return reply.error(Errno::ENOENT);
         };
         // The chain is resolved here, so that a damaged manifest fails the open, not each read.
@@ -175,7 +273,20 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(key) = self.node(ino).as_ref().and_then(Self::key) else {
+        let node = self.node(ino);
+        if let Some((key, path)) = node.as_ref().and_then(Self::in_fs) {
+            let read = self.ask(key, move |files| {
+                let mut buf = vec![0u8; size as usize];
+                let n = files.read_at(&path, offset, &mut buf)?;
+                buf.truncate(n);
+                Ok(buf)
+            });
+            return match read {
+                Some(bytes) => reply.data(&bytes),
+                None => reply.error(Errno::EIO),
+            };
+        }
+        let Some(key) = node.as_ref().and_then(Self::key) else {
             return reply.error(Errno::ENOENT);
         };
         BUF.with_borrow_mut(|buf| {
@@ -200,7 +311,16 @@ impl Filesystem for StrataFs {
             return reply.error(Errno::ENOENT);
         };
         let mut entries = vec![(ino, FileType::Directory, ".".to_string()), (ino, FileType::Directory, "..".into())];
-        for (node, name) in view.catalog.children(&dir, |id| self.partitions(id)) {
+        if let Some((key, path)) = Self::in_fs(&dir) {
+            let Some(list) = self.ask(key, move |files| files.list(&path, false)) else {
+                return reply.error(Errno::EIO);
+            };
+            for entry in list {
+                let (_, attr) = self.entry_attr(key, &entry);
+                entries.push((attr.ino, attr.kind, entry.name().to_string()));
+            }
+        }
+        for (node, name) in view.catalog.children(&dir, |id| self.holds(id)) {
             let kind = match node.kind() {
                 Type::Dir => FileType::Directory,
                 Type::File => FileType::RegularFile,
@@ -217,7 +337,20 @@ impl Filesystem for StrataFs {
     }
 
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
-        let Some(key) = self.node(ino).as_ref().and_then(Self::key) else {
+        let node = self.node(ino);
+        if let Some((key, path)) = node.as_ref().and_then(Self::in_fs) {
+            // Files inside filesystems are shown without holes.
+            let (Some(entry), Ok(from)) = (self.stat(key, path), u64::try_from(offset)) else {
+                return reply.error(Errno::EINVAL);
+            };
+            return match whence {
+                _ if from >= entry.size => reply.error(Errno::from_i32(libc::ENXIO)),
+                libc::SEEK_DATA => reply.offset(offset),
+                libc::SEEK_HOLE => reply.offset(entry.size as i64),
+                _ => reply.error(Errno::EINVAL),
+            };
+        }
+        let Some(key) = node.as_ref().and_then(Self::key) else {
             return reply.error(Errno::ENOENT);
         };
         let reader = match self.images.reader(key) {

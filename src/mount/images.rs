@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::layout::Catalog;
+use super::browse::Browser;
+use super::layout::{Catalog, Holds};
 use crate::error::{Error, Result};
 use crate::id::ImageId;
 use crate::index::Index;
@@ -21,6 +22,10 @@ use crate::partition::{read_table, Table};
 use crate::reader::{FrameCache, ImageMap, ImageReader, Piece};
 use crate::repository::Repository;
 use crate::storage::{generation, paths, Backend, LocalDir};
+
+/// Filesystems kept open for the file view (each on its own thread); the least recently
+/// opened one is closed first.
+const OPEN_FILESYSTEMS: usize = 16;
 
 /// How often, at most, the repository is asked whether images came or went.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -49,6 +54,8 @@ pub(super) struct Images {
     readers: Mutex<Readers>,
     tables: Mutex<HashMap<ImageId, Arc<Table>>>,
     allocated: Mutex<HashMap<Key, u64>>,
+    holds: Mutex<HashMap<ImageId, Holds>>,
+    browsers: Mutex<Vec<(Key, Arc<Browser>)>>,
 }
 
 #[derive(Default)]
@@ -69,6 +76,8 @@ impl Images {
             readers: Mutex::new(Readers::default()),
             tables: Mutex::default(),
             allocated: Mutex::default(),
+            holds: Mutex::default(),
+            browsers: Mutex::default(),
         })
     }
 
@@ -178,6 +187,43 @@ impl Images {
         let table = Arc::new(read_table(&*self.reader((id, None))?)?);
         self.tables.lock().unwrap_or_else(|p| p.into_inner()).insert(id, table.clone());
         Ok(table)
+    }
+
+    /// What image `id` holds: its partitions and which filesystems Strata reads; found once.
+    pub(super) fn holds(&self, id: ImageId) -> Result<Holds> {
+        if let Some(h) = self.holds.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Ok(h.clone());
+        }
+        let readable = |fs: Option<&str>| fs.is_some_and(|fs| crate::files::READABLE.contains(&fs));
+        let table = self.table(id)?;
+        let holds = Holds {
+            partitions: table.partitions.iter().map(|p| (p.number, readable(p.filesystem))).collect(),
+            files: table.scheme == crate::partition::Scheme::None
+                && readable(crate::partition::filesystem(&*self.reader((id, None))?)?),
+        };
+        self.holds.lock().unwrap_or_else(|p| p.into_inner()).insert(id, holds.clone());
+        Ok(holds)
+    }
+
+    /// The filesystem of `key`, opened on its own thread unless it is open already.
+    pub(super) fn browser(&self, key: Key) -> Result<Arc<Browser>> {
+        if let Some((_, b)) = self.browsers.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(k, _)| *k == key) {
+            return Ok(b.clone());
+        }
+        let name = match key {
+            (id, Some(n)) => format!("{}:{n}", id.short()),
+            (id, None) => id.short(),
+        };
+        let browser = Arc::new(Browser::open(self.reader(key)?, name)?);
+        let mut open = self.browsers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, b)) = open.iter().find(|(k, _)| *k == key) {
+            return Ok(b.clone()); // another thread opened it meanwhile
+        }
+        if open.len() >= OPEN_FILESYSTEMS {
+            open.remove(0);
+        }
+        open.push((key, browser.clone()));
+        Ok(browser)
     }
 
     /// The bytes of `key` that hold data (not zero runs), for `st_blocks`; computed once.

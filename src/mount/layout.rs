@@ -1,10 +1,13 @@
 //! The mount's namespace: which names exist under the mount point for one view of the
 //! repository's images, what each name is, and a stable inode number for each. Pure: no
-//! storage, no FUSE; the partitions of an image come from the caller.
+//! storage, no FUSE; what an image holds (partitions, readable filesystems) comes from the
+//! caller, and so do the names inside a filesystem (`files/` is a root the caller fills).
 //!
 //! ```text
 //! /images/<ID>.img                              every image as a raw disk file
 //! /images/<ID>/p<N>.img                         partition N of an image with a partition table
+//! /images/<ID>/files/                           the files of a whole-disk filesystem
+//! /images/<ID>/p<N>.files/                      the files of partition N's filesystem
 //! /sources/<SOURCE>/<created>-<kind>-<ID>.img   symlink to ../../images/<ID>.img
 //! /sources/<SOURCE>/latest.img                  symlink to the source's newest image
 //! ```
@@ -36,9 +39,21 @@ pub(super) enum Node {
     Link(ImageId),
     /// `sources/<SOURCE>/latest.img`
     Latest(String),
+    /// `images/<ID>/files/` (`None`) or `images/<ID>/p<N>.files/`: a filesystem's root.
+    Files(ImageId, Option<u32>),
+    /// A path inside a filesystem (absolute, not `/`) and what it is there.
+    InFs(ImageId, Option<u32>, String, Type),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What an image holds besides its bytes: its partitions, each with whether Strata reads its
+/// filesystem, and whether the whole disk is a filesystem Strata reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Holds {
+    pub(super) partitions: Vec<(u32, bool)>,
+    pub(super) files: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Type {
     Dir,
     File,
@@ -48,9 +63,12 @@ pub(super) enum Type {
 impl Node {
     pub(super) fn kind(&self) -> Type {
         match self {
-            Node::Root | Node::Images | Node::Sources | Node::ImageDir(_) | Node::Source(_) => Type::Dir,
+            Node::Root | Node::Images | Node::Sources | Node::ImageDir(_) | Node::Source(_) | Node::Files(..) => {
+                Type::Dir
+            }
             Node::Image(_) | Node::Partition(..) => Type::File,
             Node::Link(_) | Node::Latest(_) => Type::Symlink,
+            Node::InFs(.., kind) => *kind,
         }
     }
 }
@@ -137,34 +155,35 @@ impl Catalog {
     /// When `node` was made, as far as the images say (ms since the epoch).
     pub(super) fn created_ms(&self, node: &Node) -> Option<u64> {
         match node {
-            Node::Image(id) | Node::ImageDir(id) | Node::Partition(id, _) | Node::Link(id) => {
-                self.info(id).map(|i| i.created_ms)
-            }
+            Node::Image(id)
+            | Node::ImageDir(id)
+            | Node::Partition(id, _)
+            | Node::Link(id)
+            | Node::Files(id, _)
+            | Node::InFs(id, ..) => self.info(id).map(|i| i.created_ms),
             Node::Source(s) | Node::Latest(s) => self.latest(s).map(|i| i.created_ms),
             Node::Root | Node::Images | Node::Sources => self.newest_ms(),
         }
     }
 
-    /// Whether `node` exists in this view (a partition: whether its image does; the caller
-    /// knows the partition table).
+    /// Whether `node` exists in this view (a partition or a file: whether its image does; the
+    /// caller knows the partition table and the filesystem).
     pub(super) fn exists(&self, node: &Node) -> bool {
         match node {
             Node::Root | Node::Images | Node::Sources => true,
-            Node::Image(id) | Node::ImageDir(id) | Node::Partition(id, _) | Node::Link(id) => {
-                self.by_id.contains_key(id)
-            }
+            Node::Image(id)
+            | Node::ImageDir(id)
+            | Node::Partition(id, _)
+            | Node::Link(id)
+            | Node::Files(id, _)
+            | Node::InFs(id, ..) => self.by_id.contains_key(id),
             Node::Source(s) | Node::Latest(s) => self.of_source.contains_key(s),
         }
     }
 
-    /// The child of directory `parent` called `name`. Partitions are `partitions(id)`'s
-    /// numbers, asked only when `name` looks like one.
-    pub(super) fn child(
-        &self,
-        parent: &Node,
-        name: &str,
-        partitions: impl FnOnce(ImageId) -> Vec<u32>,
-    ) -> Option<Node> {
+    /// The child of directory `parent` called `name`, outside filesystems (`Files` and `InFs`
+    /// have none here). What an image holds is `holds(id)`, asked only in its directory.
+    pub(super) fn child(&self, parent: &Node, name: &str, holds: impl FnOnce(ImageId) -> Holds) -> Option<Node> {
         match parent {
             Node::Root => match name {
                 "images" => Some(Node::Images),
@@ -181,10 +200,21 @@ impl Catalog {
                 Some(if file { Node::Image(id) } else { Node::ImageDir(id) })
             }
             Node::ImageDir(id) => {
-                let n = name.strip_prefix('p')?.strip_suffix(".img")?;
+                let holds = holds(*id);
+                if name == "files" {
+                    return holds.files.then_some(Node::Files(*id, None));
+                }
+                let (n, files) = match name.strip_suffix(".img") {
+                    Some(stem) => (stem.strip_prefix('p')?, false),
+                    None => (name.strip_prefix('p')?.strip_suffix(".files")?, true),
+                };
                 let n: u32 = n.parse().ok()?;
-                // `p01.img` and `p+1.img` parse too; only the name the listing gives counts.
-                (format!("p{n}.img") == name && partitions(*id).contains(&n)).then_some(Node::Partition(*id, n))
+                // `p01.img` and `p+1.img` parse too; only the names the listing gives count.
+                let &(_, readable) = holds.partitions.iter().find(|(p, _)| *p == n)?;
+                match files {
+                    false => (format!("p{n}.img") == name).then_some(Node::Partition(*id, n)),
+                    true => (format!("p{n}.files") == name && readable).then_some(Node::Files(*id, Some(n))),
+                }
             }
             Node::Sources => self.sources.get(name).map(|s| Node::Source(s.clone())),
             Node::Source(s) => {
@@ -196,12 +226,17 @@ impl Catalog {
                 let info = self.info(&id)?;
                 (info.source_id == *s && link_name(info) == name).then_some(Node::Link(id))
             }
-            Node::Image(_) | Node::Partition(..) | Node::Link(_) | Node::Latest(_) => None,
+            Node::Image(_)
+            | Node::Partition(..)
+            | Node::Link(_)
+            | Node::Latest(_)
+            | Node::Files(..)
+            | Node::InFs(..) => None,
         }
     }
 
     /// The entries of directory `dir` (without `.` and `..`), in a stable order.
-    pub(super) fn children(&self, dir: &Node, partitions: impl FnOnce(ImageId) -> Vec<u32>) -> Vec<(Node, String)> {
+    pub(super) fn children(&self, dir: &Node, holds: impl FnOnce(ImageId) -> Holds) -> Vec<(Node, String)> {
         match dir {
             Node::Root => vec![(Node::Images, "images".into()), (Node::Sources, "sources".into())],
             Node::Images => self
@@ -210,7 +245,18 @@ impl Catalog {
                 .flat_map(|i| [(Node::Image(i.id), format!("{}.img", i.id)), (Node::ImageDir(i.id), i.id.to_string())])
                 .collect(),
             Node::ImageDir(id) => {
-                partitions(*id).into_iter().map(|n| (Node::Partition(*id, n), format!("p{n}.img"))).collect()
+                let holds = holds(*id);
+                let mut out = Vec::new();
+                if holds.files {
+                    out.push((Node::Files(*id, None), "files".into()));
+                }
+                for (n, readable) in holds.partitions {
+                    out.push((Node::Partition(*id, n), format!("p{n}.img")));
+                    if readable {
+                        out.push((Node::Files(*id, Some(n)), format!("p{n}.files")));
+                    }
+                }
+                out
             }
             Node::Sources => self.sources.iter().map(|(name, s)| (Node::Source(s.clone()), name.clone())).collect(),
             Node::Source(s) => {
@@ -220,7 +266,12 @@ impl Catalog {
                 out.push((Node::Latest(s.clone()), LATEST.into()));
                 out
             }
-            Node::Image(_) | Node::Partition(..) | Node::Link(_) | Node::Latest(_) => Vec::new(),
+            Node::Image(_)
+            | Node::Partition(..)
+            | Node::Link(_)
+            | Node::Latest(_)
+            | Node::Files(..)
+            | Node::InFs(..) => Vec::new(),
         }
     }
 
@@ -294,7 +345,13 @@ mod tests {
     #[test]
     fn names_list_and_look_up_alike() {
         let cat = Catalog::new(vec![image(1, "/dev/sda", 1000), image(2, "/dev/sda", 2000), image(0xab, "vm", 3000)]);
-        let parts = |id: ImageId| if id == ImageId([1; 16]) { vec![1, 5] } else { vec![] };
+        let parts = |id: ImageId| {
+            if id == ImageId([1; 16]) {
+                Holds { partitions: vec![(1, true), (5, false)], files: false }
+            } else {
+                Holds { partitions: vec![], files: id == ImageId([2; 16]) }
+            }
+        };
         let mut dirs = vec![Node::Root];
         let mut seen = 0;
         while let Some(dir) = dirs.pop() {
@@ -307,8 +364,8 @@ mod tests {
                 }
             }
         }
-        // root 2, images 6, p1+p5, sources 2, links 3 + 2 latest
-        assert_eq!(seen, 2 + 6 + 2 + 2 + 5);
+        // root 2, images 6, p1 + p1.files + p5, files, sources 2, links 3 + 2 latest
+        assert_eq!(seen, 2 + 6 + 3 + 1 + 2 + 5);
         let sda = Node::Source("/dev/sda".into());
         assert_eq!(cat.child(&Node::Sources, "%2Fdev%2Fsda", parts), Some(sda.clone()));
         assert_eq!(
@@ -325,6 +382,9 @@ mod tests {
             (Node::ImageDir(ImageId([1; 16])), "p2.img".into()),
             (Node::ImageDir(ImageId([1; 16])), "p01.img".into()),
             (Node::ImageDir(ImageId([1; 16])), "p0.img".into()),
+            (Node::ImageDir(ImageId([1; 16])), "p5.files".into()),
+            (Node::ImageDir(ImageId([1; 16])), "files".into()),
+            (Node::ImageDir(ImageId([1; 16])), "p01.files".into()),
             (Node::Source("vm".into()), link_name(cat.info(&ImageId([1; 16])).unwrap())),
             (Node::Sources, "/dev/sda".into()),
         ] {

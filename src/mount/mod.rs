@@ -9,6 +9,7 @@
 //! chunk fails with EIO, never with wrong bytes. The mount takes no lock and writes nothing to
 //! the repository; images published or forgotten while it is mounted show within a second.
 
+mod browse;
 mod fuse;
 mod images;
 mod layout;
