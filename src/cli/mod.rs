@@ -224,7 +224,8 @@ enum Command {
         json: bool,
     },
     /// Mount the repository read-only with FUSE: images/<ID>.img for every image (a raw disk
-    /// file), images/<ID>/p<N>.img for its partitions, sources/<SOURCE>/ with a link per image and
+    /// file), images/<ID>/p<N>.img for its partitions, images/<ID>/files/ and p<N>.files/ for the
+    /// files inside (ext2/3/4, FAT, NTFS), sources/<SOURCE>/ with a link per image and
     /// latest.img. Runs in the foreground until unmounted (`umount MOUNTPOINT`) or interrupted;
     /// images backed up meanwhile appear within a second
     Mount {
