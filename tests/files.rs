@@ -105,11 +105,7 @@ fn an_ext4_partition_of_a_gpt_disk_lists_and_reads_as_image_n() {
     let fs = repo.file("p1.img");
     mkfs_ext4(&fs, &files, 20 * MIB);
     let disk = repo.file("disk.img");
-    std::fs::write(&disk, vec![0u8; 32 * MIB]).unwrap();
-    common::sfdisk(&disk, "label: gpt\nstart=2048, size=40960\n");
-    let mut bytes = std::fs::read(&disk).unwrap();
-    bytes[2048 * 512..2048 * 512 + 20 * MIB].copy_from_slice(&std::fs::read(&fs).unwrap());
-    std::fs::write(&disk, &bytes).unwrap();
+    common::gpt_disk(&disk, 32 * MIB, &[(2048, 40960, Some(&fs))]);
     repo.backup(&disk, KindRequest::Full);
     assert_matches_tree(&repo, "latest:1", &files);
     assert_clean_failure(&repo.cli(&["ls", "latest"]), "no filesystem");

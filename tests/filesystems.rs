@@ -110,6 +110,13 @@ fn mcopy(image: &Path, files: &Path) {
     }
 }
 
+/// A FAT`bits` filesystem of `size` bytes at `image` made by `mkfs.vfat`, holding `files`.
+fn fat_image(image: &Path, size: usize, bits: &str, files: &Path) {
+    std::fs::write(image, vec![0u8; size]).unwrap();
+    run(Command::new("mkfs.vfat").args(["-F", bits]).arg(image));
+    mcopy(image, files);
+}
+
 #[test]
 fn fat12_16_and_32_read_back_from_every_image_of_a_chain() {
     for (bits, size) in [("12", 4 * MIB), ("16", 32 * MIB), ("32", 48 * MIB)] {
@@ -117,9 +124,7 @@ fn fat12_16_and_32_read_back_from_every_image_of_a_chain() {
         let files = repo.file("files");
         fat_tree(&files, 1);
         let image = repo.file("fat.img");
-        std::fs::write(&image, vec![0u8; size]).unwrap();
-        run(Command::new("mkfs.vfat").args(["-F", bits]).arg(&image));
-        mcopy(&image, &files);
+        fat_image(&image, size, bits, &files);
         let full = repo.backup(&image, KindRequest::Full).id.to_string();
         let day0 = snapshot(&files);
 
@@ -158,15 +163,9 @@ fn a_fat_partition_of_a_gpt_disk_reads_as_image_n() {
     let files = repo.file("files");
     fat_tree(&files, 4);
     let fs = repo.file("p2.img");
-    std::fs::write(&fs, vec![0u8; 16 * MIB]).unwrap();
-    run(Command::new("mkfs.vfat").args(["-F", "16"]).arg(&fs));
-    mcopy(&fs, &files);
+    fat_image(&fs, 16 * MIB, "16", &files);
     let disk = repo.file("disk.img");
-    std::fs::write(&disk, vec![0u8; 40 * MIB]).unwrap();
-    common::sfdisk(&disk, "label: gpt\nstart=2048, size=8192\nstart=10240, size=32768\n");
-    let mut bytes = std::fs::read(&disk).unwrap();
-    bytes[10240 * 512..10240 * 512 + 16 * MIB].copy_from_slice(&std::fs::read(&fs).unwrap());
-    std::fs::write(&disk, &bytes).unwrap();
+    common::gpt_disk(&disk, 40 * MIB, &[(2048, 8192, None), (10240, 32768, Some(&fs))]);
     repo.backup(&disk, KindRequest::Full);
     let want = snapshot(&files);
     assert_same(&listed(&repo, "latest:2"), &want, "partition 2");
@@ -295,9 +294,7 @@ fn damaged_filesystems_are_errors_never_panics() {
     run(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&files).arg(&ext4));
     made.push(("ext4", ext4, 0..MIB));
     let fat = repo.file("fat.img");
-    std::fs::write(&fat, vec![0u8; 16 * MIB]).unwrap();
-    run(Command::new("mkfs.vfat").args(["-F", "16"]).arg(&fat));
-    mcopy(&fat, &files);
+    fat_image(&fat, 16 * MIB, "16", &files);
     made.push(("vfat", fat, 0..256 * 1024));
     let ntfs = repo.file("ntfs.img");
     std::fs::write(&ntfs, vec![0u8; 16 * MIB]).unwrap();
@@ -348,19 +345,12 @@ fn the_mount_shows_the_files_of_each_partition_and_of_a_whole_disk_filesystem() 
     fat_tree(&ext_files, 9);
     std::os::unix::fs::symlink("hello.txt", ext_files.join("link")).unwrap();
     let fat = repo.file("p1.img");
-    std::fs::write(&fat, vec![0u8; 16 * MIB]).unwrap();
-    run(Command::new("mkfs.vfat").args(["-F", "16"]).arg(&fat));
-    mcopy(&fat, &files);
+    fat_image(&fat, 16 * MIB, "16", &files);
     let ext4 = repo.file("p2.img");
     std::fs::write(&ext4, vec![0u8; 16 * MIB]).unwrap();
     run(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&ext_files).arg(&ext4));
     let disk = repo.file("disk.img");
-    std::fs::write(&disk, vec![0u8; 40 * MIB]).unwrap();
-    common::sfdisk(&disk, "label: gpt\nstart=2048, size=32768\nstart=36864, size=32768\nstart=69632, size=8192\n");
-    let mut bytes = std::fs::read(&disk).unwrap();
-    bytes[2048 * 512..2048 * 512 + 16 * MIB].copy_from_slice(&std::fs::read(&fat).unwrap());
-    bytes[36864 * 512..36864 * 512 + 16 * MIB].copy_from_slice(&std::fs::read(&ext4).unwrap());
-    std::fs::write(&disk, &bytes).unwrap();
+    common::gpt_disk(&disk, 40 * MIB, &[(2048, 32768, Some(&fat)), (36864, 32768, Some(&ext4)), (69632, 8192, None)]);
     let gpt = repo.backup(&disk, KindRequest::Full).id;
     let whole = repo.backup(&ext4, KindRequest::Full).id;
 

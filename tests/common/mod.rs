@@ -469,6 +469,22 @@ pub fn assert_stats_add_up(repo_path: &Path) {
 }
 
 /// Writes the partition table `script` (sfdisk's input format) onto the disk image `disk`.
+/// A GPT disk of `size` bytes at `disk` whose partitions are `(start sector, size in sectors,
+/// filesystem image or None)`, each image copied to its partition's start.
+pub fn gpt_disk(disk: &Path, size: usize, parts: &[(usize, usize, Option<&Path>)]) {
+    std::fs::write(disk, vec![0u8; size]).unwrap();
+    let lines: String = parts.iter().map(|(start, len, _)| format!("start={start}, size={len}\n")).collect();
+    sfdisk(disk, &format!("label: gpt\n{lines}"));
+    let mut bytes = std::fs::read(disk).unwrap();
+    for &(start, _, image) in parts {
+        if let Some(image) = image {
+            let fs = std::fs::read(image).unwrap();
+            bytes[start * 512..start * 512 + fs.len()].copy_from_slice(&fs);
+        }
+    }
+    std::fs::write(disk, &bytes).unwrap();
+}
+
 pub fn sfdisk(disk: &Path, script: &str) {
     let mut child = Command::new("sfdisk")
         .arg("--quiet")
