@@ -280,3 +280,24 @@ fn diff_names_every_added_removed_modified_and_retyped_path() {
     assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap().len(), 0);
     assert_clean_failure(&repo.cli(&["diff", &old, "nosuchimage"]), "no image matches");
 }
+
+#[test]
+fn names_that_are_not_utf8_are_listed_escaped_and_extracted_as_their_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9 \\ x.txt");
+    let (repo, _, _, _) = ext4_image(32 * MIB, |files| {
+        std::fs::write(files.join(name), b"latin-1 name\n").unwrap();
+        std::os::unix::fs::symlink(name, files.join("to-latin1")).unwrap();
+    });
+    let entries = ls_json(&repo, &["latest"]);
+    let escaped = r"caf\xe9 \\ x.txt";
+    assert!(entries.iter().any(|e| e["path"] == format!("/{escaped}")), "{entries:?}");
+    let link = entries.iter().find(|e| e["path"] == "/to-latin1").unwrap();
+    assert_eq!(link["target"], escaped);
+    assert_eq!(repo.cli(&["cat", "latest", &format!("/{escaped}")]).stdout, b"latin-1 name\n");
+    let out = repo.file("out");
+    let run = repo.cli(&["extract", "latest", "/", "--to", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(std::fs::read(out.join(name)).unwrap(), b"latin-1 name\n");
+    assert_eq!(std::fs::read_link(out.join("to-latin1")).unwrap().as_os_str(), name);
+}

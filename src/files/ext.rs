@@ -1,12 +1,14 @@
 //! ext2/3/4 through the `ext4-view` crate, which replays the journal in memory and reads the
 //! filesystem's blocks from the image reader. It is neither `Send` nor `Sync`: one thread owns it.
+//! Names are bytes here: one that is not UTF-8 is shown escaped (`files::escape`) and looked up
+//! by its bytes again.
 
 use std::io::Write;
 use std::sync::Arc;
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read};
 
-use super::{fill, read_full, Entry, EntryKind, Tree};
+use super::{escape, fill, read_full, unescape, Entry, EntryKind, Tree};
 use crate::error::{Error, Result};
 use crate::reader::ImageReader;
 
@@ -52,7 +54,7 @@ impl ExtFiles {
 
 impl Tree for ExtFiles {
     fn stat(&self, path: &str) -> Result<Entry> {
-        let meta = self.fs.symlink_metadata(path).map_err(|e| self.error(path, e))?;
+        let meta = self.fs.symlink_metadata(&unescape(path)[..]).map_err(|e| self.error(path, e))?;
         let kind = if meta.is_dir() {
             EntryKind::Dir
         } else if meta.is_symlink() {
@@ -63,7 +65,9 @@ impl Tree for ExtFiles {
             EntryKind::Other
         };
         let target = match kind {
-            EntryKind::Symlink => Some(self.fs.read_link(path).map_err(|e| self.error(path, e))?.display().to_string()),
+            EntryKind::Symlink => {
+                Some(escape(self.fs.read_link(&unescape(path)[..]).map_err(|e| self.error(path, e))?.as_ref()))
+            }
             _ => None,
         };
         Ok(Entry {
@@ -81,9 +85,9 @@ impl Tree for ExtFiles {
     /// The names in directory `path`, without `.` and `..`.
     fn names(&self, path: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for entry in self.fs.read_dir(path).map_err(|e| self.error(path, e))? {
+        for entry in self.fs.read_dir(&unescape(path)[..]).map_err(|e| self.error(path, e))? {
             let entry = entry.map_err(|e| self.error(path, e))?;
-            let name = entry.file_name().display().to_string();
+            let name = escape(entry.file_name().as_ref());
             if name != "." && name != ".." {
                 out.push(name);
             }
@@ -92,12 +96,12 @@ impl Tree for ExtFiles {
     }
 
     fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
-        let mut file = self.fs.open(path).map_err(|e| self.error(path, e))?;
+        let mut file = self.fs.open(&unescape(path)[..]).map_err(|e| self.error(path, e))?;
         fill(|buf| file.read_bytes(buf).map_err(|e| self.error(path, e)), out)
     }
 
     fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let mut file = self.fs.open(path).map_err(|e| self.error(path, e))?;
+        let mut file = self.fs.open(&unescape(path)[..]).map_err(|e| self.error(path, e))?;
         if offset >= file.metadata().len() {
             return Ok(0);
         }

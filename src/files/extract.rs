@@ -45,11 +45,11 @@ impl Files {
             let entry = self.stat(path)?;
             if entry.path == "/" {
                 for child in self.list(&entry.path, false)? {
-                    let dest = to.join(child.name());
+                    let dest = to.join(local_name(child.name()));
                     self.extract_entry(&child, &dest, 0, &mut report)?;
                 }
             } else {
-                let dest = to.join(entry.name());
+                let dest = to.join(local_name(entry.name()));
                 self.extract_entry(&entry, &dest, 0, &mut report)?;
             }
         }
@@ -78,15 +78,16 @@ impl Files {
                 }
                 report.dirs += 1;
                 for child in self.list(&entry.path, false)? {
-                    self.extract_entry(&child, &dest.join(child.name()), depth + 1, report)?;
+                    self.extract_entry(&child, &dest.join(local_name(child.name())), depth + 1, report)?;
                 }
                 // After the children: writing them changed the directory's mtime.
                 apply_metadata(entry, dest)?;
             }
             EntryKind::Symlink => {
                 let _ = fs::remove_file(dest);
-                let target = entry.target.clone().unwrap_or_default();
-                std::os::unix::fs::symlink(&target, dest).map_err(|e| Error::io("create symlink", dest, e))?;
+                let target = super::unescape(entry.target.as_deref().unwrap_or_default());
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), dest)
+                    .map_err(|e| Error::io("create symlink", dest, e))?;
                 apply_metadata(entry, dest)?;
                 report.symlinks += 1;
             }
@@ -153,6 +154,11 @@ impl Write for Sparse {
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
     }
+}
+
+/// A name as the local filesystem gets it: the bytes the image holds (`files::escape` undone).
+fn local_name(name: &str) -> PathBuf {
+    PathBuf::from(std::ffi::OsStr::from_bytes(&super::unescape(name)))
 }
 
 fn temporary(dest: &Path) -> PathBuf {

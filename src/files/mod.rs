@@ -138,6 +138,69 @@ fn contained<T>(image: &str, path: &str, run: impl FnOnce() -> Result<T>) -> Res
     })
 }
 
+/// A name or path as text. ext2/3/4 names are bytes: one that is not UTF-8 is written with each
+/// byte outside valid UTF-8 as `\xNN` and each `\` as `\\`, so it round-trips through
+/// `unescape` (a name that is UTF-8 stays as it is).
+pub(crate) fn escape(bytes: &[u8]) -> String {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The bytes of a path that `escape` wrote, component by component: a component that unescapes
+/// to bytes that are not UTF-8 was escaped and is those bytes; any other is itself (so a UTF-8
+/// name that happens to hold `\x..` is read as written).
+pub(crate) fn unescape(path: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for (i, part) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        match unescape_name(part) {
+            Some(bytes) => out.extend_from_slice(&bytes),
+            None => out.extend_from_slice(part.as_bytes()),
+        }
+    }
+    out
+}
+
+/// `Some(bytes)` when `name` is an escaped name (it unescapes to bytes that are not UTF-8).
+fn unescape_name(name: &str) -> Option<Vec<u8>> {
+    if !name.contains('\\') {
+        return None;
+    }
+    let b = name.as_bytes();
+    let hex = |i: usize| b.get(i).filter(|c| c.is_ascii_hexdigit()).is_some();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') && hex(i + 2) && hex(i + 3) {
+            out.push(u8::from_str_radix(&name[i + 2..i + 4], 16).ok()?);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    std::str::from_utf8(&out).is_err().then_some(out)
+}
+
 /// Fills `buf` from `read` until it is full or `read` gives nothing more; returns how many.
 fn read_full(mut read: impl FnMut(&mut [u8]) -> Result<usize>, buf: &mut [u8]) -> Result<usize> {
     let mut n = 0;
@@ -332,6 +395,19 @@ fn absolute(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_that_are_not_utf8_round_trip_through_their_escaped_text() {
+        for name in [&b"caf\xe9.txt"[..], b"\xff\xfe", b"back\\slash\x80", b"ok.txt", b"a\\x41"] {
+            let text = super::escape(name);
+            assert_eq!(super::unescape(&text), name, "{text}");
+            assert_eq!(super::unescape(&format!("/dir/{text}")), [&b"/dir/"[..], name].concat(), "{text}");
+        }
+        assert_eq!(super::escape(b"caf\xe9"), "caf\\xe9");
+        assert_eq!(super::escape(b"\\\x80"), "\\\\\\x80");
+        // A UTF-8 name that holds `\x..` is itself.
+        assert_eq!(super::unescape("a\\x41"), b"a\\x41");
+    }
+
     #[test]
     fn paths_are_absolute_without_a_trailing_slash() {
         let cases = [
