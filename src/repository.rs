@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::index::{Index, Txn};
 use crate::manifest::{catalog, DamagedImage, ImageInfo, View};
-use crate::reader::ImageReader;
+use crate::reader::{FrameCache, ImageMap, ImageReader};
 use crate::storage::lock::{self, RepoLock};
 use crate::storage::{generation, paths, Backend, LocalDir};
 
@@ -270,6 +270,13 @@ impl Repository {
     /// A reader of `image` (see `ImageReader::open`) on this repository's storage and index.
     pub fn reader(&self, image: &ImageInfo, cache_bytes: u64) -> Result<ImageReader> {
         ImageReader::open(self.shared_backend(), self.shared_index(), image, cache_bytes)
+    }
+
+    /// A reader of `image` whose decoded frames go to `cache`, shared with other readers (two
+    /// images of one disk share most of their frames).
+    pub fn reader_sharing(&self, image: &ImageInfo, cache: Arc<FrameCache>) -> Result<ImageReader> {
+        let map = ImageMap::resolve(self.backend(), image)?;
+        Ok(ImageReader::with_map(self.shared_backend(), self.shared_index(), map, cache))
     }
 
     /// Every image, oldest first: the catalog plus (for a reader) manifests not yet catalogued.

@@ -31,9 +31,17 @@ pub(super) fn extract(repo: &Path, image: &str, paths: &[String], to: &Path, jso
     Ok(())
 }
 
-pub(super) fn diff(repo: &Path, old: &str, new: &str, path: &str, json: bool) -> Result<()> {
-    let a = open_files(repo, old).with_context(|| format!("cannot open image {old}"))?;
-    let b = open_files(repo, new).with_context(|| format!("cannot open image {new}"))?;
+pub(super) fn diff(root: &Path, old: &str, new: &str, path: &str, json: bool) -> Result<()> {
+    // One repository, one frame cache: the chunks the two images share are decoded once.
+    let repo = Repository::open(root)?;
+    let cache = std::sync::Arc::new(strata::reader::FrameCache::new(strata::reader::DEFAULT_CACHE_BYTES));
+    let open = |spec: &str| -> Result<strata::files::Files> {
+        let spec_ = strata::partition::Spec::parse(spec)?;
+        let info = repo.find_image(&spec_.image)?;
+        Ok(files_of(&repo, &info, spec_.partition, Some(cache.clone()))?)
+    };
+    let a = open(old).with_context(|| format!("cannot open image {old}"))?;
+    let b = open(new).with_context(|| format!("cannot open image {new}"))?;
     let changes = strata::files::diff(&a, &b, path).with_context(|| format!("cannot compare {old} and {new}"))?;
     output::diff(&changes, json)
 }
@@ -48,7 +56,7 @@ fn with_files<T>(
     let (_, out) = Repository::read_image_consistently(
         path,
         &spec.image,
-        |repo, info| run(&files_of(repo, info, spec.partition)?),
+        |repo, info| run(&files_of(repo, info, spec.partition, None)?),
         |_| false,
     )?;
     Ok(out)
@@ -59,15 +67,19 @@ fn open_files(path: &Path, spec: &str) -> Result<strata::files::Files> {
     let spec = strata::partition::Spec::parse(spec)?;
     let repo = Repository::open(path)?;
     let info = repo.find_image(&spec.image)?;
-    Ok(files_of(&repo, &info, spec.partition)?)
+    Ok(files_of(&repo, &info, spec.partition, None)?)
 }
 
 fn files_of(
     repo: &Repository,
     info: &strata::ImageInfo,
     partition: Option<u32>,
+    cache: Option<std::sync::Arc<strata::reader::FrameCache>>,
 ) -> strata::Result<strata::files::Files> {
-    let mut reader = repo.reader(info, strata::reader::DEFAULT_CACHE_BYTES)?;
+    let mut reader = match cache {
+        Some(cache) => repo.reader_sharing(info, cache)?,
+        None => repo.reader(info, strata::reader::DEFAULT_CACHE_BYTES)?,
+    };
     let mut name = info.id.short();
     if let Some(n) = partition {
         reader = strata::partition::narrow(reader, n)?;

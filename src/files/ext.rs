@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read};
 
-use super::{escape, fill, read_full, unescape, Entry, EntryKind, Tree};
+use super::{escape, fill, read_full, unescape, Entry, EntryKind, Tree, Window};
 use crate::error::{Error, Result};
 use crate::reader::ImageReader;
 
 /// The image's bytes as `ext4-view` asks for them: whole ranges, or an error (a damaged chunk
 /// never becomes wrong bytes).
-struct Blocks(Arc<ImageReader>);
+struct Blocks(Window);
 
 impl Ext4Read for Blocks {
     fn read(
@@ -37,7 +37,7 @@ pub(super) struct ExtFiles {
 
 impl ExtFiles {
     pub(super) fn open(reader: Arc<ImageReader>, image: &str) -> Result<ExtFiles> {
-        let fs = Ext4::load(Box::new(Blocks(reader))).map_err(|e| Error::Filesystem {
+        let fs = Ext4::load(Box::new(Blocks(Window::new(reader)))).map_err(|e| Error::Filesystem {
             image: image.into(),
             reason: format!("the ext2/3/4 filesystem cannot be read: {e}"),
         })?;
