@@ -33,6 +33,8 @@ impl Ext4Read for Blocks {
 pub(super) struct ExtFiles {
     fs: Ext4,
     image: String,
+    /// The file `read_at` read last, kept open: reading a file in steps resolves its path once.
+    last: std::cell::RefCell<Option<(String, ext4_view::File)>>,
 }
 
 impl ExtFiles {
@@ -41,7 +43,7 @@ impl ExtFiles {
             image: image.into(),
             reason: format!("the ext2/3/4 filesystem cannot be read: {e}"),
         })?;
-        Ok(ExtFiles { fs, image: image.into() })
+        Ok(ExtFiles { fs, image: image.into(), last: Default::default() })
     }
 
     fn error(&self, path: &str, e: Ext4Error) -> Error {
@@ -52,9 +54,9 @@ impl ExtFiles {
     }
 }
 
-impl Tree for ExtFiles {
-    fn stat(&self, path: &str) -> Result<Entry> {
-        let meta = self.fs.symlink_metadata(&unescape(path)[..]).map_err(|e| self.error(path, e))?;
+impl ExtFiles {
+    /// The entry at `path` with metadata `meta` (a symlink's target is read by its path).
+    fn entry(&self, path: &str, meta: ext4_view::Metadata) -> Result<Entry> {
         let kind = if meta.is_dir() {
             EntryKind::Dir
         } else if meta.is_symlink() {
@@ -81,6 +83,33 @@ impl Tree for ExtFiles {
             target,
         })
     }
+}
+
+impl Tree for ExtFiles {
+    fn stat(&self, path: &str) -> Result<Entry> {
+        let meta = self.fs.symlink_metadata(&unescape(path)[..]).map_err(|e| self.error(path, e))?;
+        self.entry(path, meta)
+    }
+
+    /// From the directory's own entries: each inode read once, no path resolved per name.
+    fn entries(&self, dir: &str) -> Result<Vec<(String, Entry)>> {
+        let mut out = Vec::new();
+        for entry in self.fs.read_dir(&unescape(dir)[..]).map_err(|e| self.error(dir, e))? {
+            let entry = entry.map_err(|e| self.error(dir, e))?;
+            let name = escape(entry.file_name().as_ref());
+            if name == "." || name == ".." {
+                continue;
+            }
+            if !super::valid_name(&name) {
+                out.push((name, Entry::empty()));
+                continue;
+            }
+            let path = super::child(dir, &name);
+            let meta = entry.metadata().map_err(|e| self.error(&path, e))?;
+            out.push((name, self.entry(&path, meta)?));
+        }
+        Ok(out)
+    }
 
     /// The names in directory `path`, without `.` and `..`.
     fn names(&self, path: &str) -> Result<Vec<String>> {
@@ -101,11 +130,19 @@ impl Tree for ExtFiles {
     }
 
     fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let mut file = self.fs.open(&unescape(path)[..]).map_err(|e| self.error(path, e))?;
+        let mut last = self.last.borrow_mut();
+        if last.as_ref().is_none_or(|(p, _)| p != path) {
+            *last = None;
+            let file = self.fs.open(&unescape(path)[..]).map_err(|e| self.error(path, e))?;
+            *last = Some((path.to_string(), file));
+        }
+        let Some((_, file)) = last.as_mut() else { return Ok(0) };
         if offset >= file.metadata().len() {
             return Ok(0);
         }
-        file.seek_to(offset).map_err(|e| self.error(path, e))?;
+        if file.position() != offset {
+            file.seek_to(offset).map_err(|e| self.error(path, e))?;
+        }
         read_full(|b| file.read_bytes(b).map_err(|e| self.error(path, e)), buf)
     }
 }

@@ -79,7 +79,7 @@ impl FatFiles {
     }
 
     /// Each entry of directory `path` but `.` and `..`, as (name, entry), at most `MAX_ENTRIES`.
-    fn entries(&self, path: &str, mut each: impl FnMut(&fatfs::DirEntry<'_, Volume>) -> bool) -> Result<()> {
+    fn each_entry(&self, path: &str, mut each: impl FnMut(&fatfs::DirEntry<'_, Volume>) -> bool) -> Result<()> {
         for (n, entry) in self.dir(path)?.iter().enumerate() {
             if n >= MAX_ENTRIES {
                 return Err(Error::Filesystem {
@@ -105,7 +105,7 @@ impl Tree for FatFiles {
         let parent = if parent.is_empty() { "/" } else { parent };
         let mut found = None;
         // An exact match first; FAT itself compares names without case.
-        self.entries(parent, |e| {
+        self.each_entry(parent, |e| {
             let n = e.file_name();
             if n == name || (found.is_none() && n.eq_ignore_ascii_case(name)) {
                 found = Some(entry_of(path, e));
@@ -118,8 +118,19 @@ impl Tree for FatFiles {
 
     fn names(&self, path: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        self.entries(path, |e| {
+        self.each_entry(path, |e| {
             out.push(e.file_name());
+            true
+        })?;
+        Ok(out)
+    }
+
+    fn entries(&self, dir: &str) -> Result<Vec<(String, Entry)>> {
+        let mut out = Vec::new();
+        self.each_entry(dir, |e| {
+            let name = e.file_name();
+            let entry = entry_of(&super::child(dir, &name), e);
+            out.push((name, entry));
             true
         })?;
         Ok(out)

@@ -68,6 +68,20 @@ trait Tree {
     fn stat(&self, path: &str) -> Result<Entry>;
     /// The names in directory `path`, without `.` and `..`.
     fn names(&self, path: &str) -> Result<Vec<String>>;
+    /// Each name in directory `dir` with what it is, in any order. By default a `stat` per
+    /// name; a reader that has each entry's metadata at hand while listing answers it itself
+    /// (a `stat` per name resolves the path from the root every time).
+    fn entries(&self, dir: &str) -> Result<Vec<(String, Entry)>> {
+        let mut out = Vec::new();
+        for name in self.names(dir)? {
+            let entry = match valid_name(&name) {
+                true => self.stat(&child(dir, &name))?,
+                false => Entry::empty(),
+            };
+            out.push((name, entry));
+        }
+        Ok(out)
+    }
     /// Writes regular file `path`'s bytes to `out`; returns how many.
     fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64>;
     /// Reads regular file `path` from `offset` into `buf`: all of it, or up to the end of the
@@ -91,6 +105,10 @@ impl Tree for Contained {
 
     fn names(&self, path: &str) -> Result<Vec<String>> {
         contained(&self.image, path, || self.inner.names(path))
+    }
+
+    fn entries(&self, dir: &str) -> Result<Vec<(String, Entry)>> {
+        contained(&self.image, dir, || self.inner.entries(dir))
     }
 
     fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
@@ -136,6 +154,20 @@ fn contained<T>(image: &str, path: &str, run: impl FnOnce() -> Result<T>) -> Res
             ),
         })
     })
+}
+
+/// Whether `name` can be a directory entry: not empty, not `.` or `..`, no `/` or NUL.
+fn valid_name(name: &str) -> bool {
+    !(name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']))
+}
+
+/// The path of `name` in directory `dir`.
+fn child(dir: &str, name: &str) -> String {
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 /// A name or path as text. ext2/3/4 names are bytes: one that is not UTF-8 is written with each
@@ -213,44 +245,52 @@ fn read_full(mut read: impl FnMut(&mut [u8]) -> Result<usize>, buf: &mut [u8]) -
     Ok(n)
 }
 
-/// How much `Window` reads at once. The filesystem crates ask for a block or a cluster at a
-/// time, and each read of the image reader looks its chunks up in the index: reading ahead
-/// made `cat` of a 146 MB file 4x faster (`docs/BENCHMARKS.md`).
+/// How much `Window` reads at once, and how many such windows it keeps. The filesystem crates
+/// ask for a block or a cluster at a time, and each read of the image reader looks its chunks
+/// up in the index and checks them; reading ahead makes those costs per window, not per block.
+/// Several windows, because a file's data and the metadata that maps it lie apart and are
+/// read in turn.
 const WINDOW: usize = 256 << 10;
+const WINDOWS: usize = 4;
 
-/// The image's bytes with read-ahead: small reads are served from the last `WINDOW` bytes
-/// read. When the window cannot be read whole (a damaged chunk somewhere in it), the exact
-/// range is read instead, so a damaged chunk fails only the reads that meet it.
+/// The image's bytes with read-ahead: small reads are served from the last `WINDOWS` windows
+/// of `WINDOW` bytes read. When a window cannot be read whole (a damaged chunk somewhere in
+/// it), the exact range is read instead, so a damaged chunk fails only the reads that meet it.
 pub(crate) struct Window {
     reader: Arc<ImageReader>,
-    start: u64,
-    len: usize,
-    buf: Vec<u8>,
+    /// (start, valid length, bytes), most recently used last.
+    slots: Vec<(u64, usize, Vec<u8>)>,
 }
 
 impl Window {
     pub(crate) fn new(reader: Arc<ImageReader>) -> Window {
-        Window { reader, start: 0, len: 0, buf: Vec::new() }
+        Window { reader, slots: Vec::new() }
     }
 
     /// Fills `dst` with the bytes at `offset`, fewer at the end of the image; returns how many.
     pub(crate) fn read_at(&mut self, offset: u64, dst: &mut [u8]) -> Result<usize> {
-        let cached = offset >= self.start && offset.saturating_add(dst.len() as u64) <= self.start + self.len as u64;
-        if !cached && dst.len() < WINDOW {
-            self.buf.resize(WINDOW, 0);
-            match self.reader.read_at(offset, &mut self.buf) {
-                Ok(n) => (self.start, self.len) = (offset, n),
-                Err(_) => {
-                    self.len = 0;
-                    return self.reader.read_at(offset, dst);
+        let end = offset.saturating_add(dst.len() as u64);
+        let hit = self.slots.iter().position(|&(start, len, _)| offset >= start && end <= start + len as u64);
+        let slot = match hit {
+            Some(i) => i,
+            None if dst.len() >= WINDOW => return self.reader.read_at(offset, dst),
+            None => {
+                let mut buf = match self.slots.len() >= WINDOWS {
+                    true => self.slots.remove(0).2,
+                    false => vec![0u8; WINDOW],
+                };
+                match self.reader.read_at(offset, &mut buf) {
+                    Ok(n) => self.slots.push((offset, n, buf)),
+                    Err(_) => return self.reader.read_at(offset, dst),
                 }
+                self.slots.len() - 1
             }
-        } else if !cached {
-            return self.reader.read_at(offset, dst);
-        }
-        let at = (offset - self.start) as usize;
-        let n = dst.len().min(self.len - at);
-        dst[..n].copy_from_slice(&self.buf[at..at + n]);
+        };
+        let used = self.slots.remove(slot);
+        let at = (offset - used.0) as usize;
+        let n = dst.len().min(used.1 - at);
+        dst[..n].copy_from_slice(&used.2[at..at + n]);
+        self.slots.push(used);
         Ok(n)
     }
 }
@@ -369,19 +409,18 @@ impl Files {
                 reason: format!("{dir}: directories nested {MAX_DEPTH} deep (a directory loop?)"),
             });
         }
-        let mut names = self.fs.names(dir)?;
-        names.sort();
-        for name in names {
+        let mut entries = self.fs.entries(dir)?;
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, entry) in entries {
             // A name no filesystem allows (damage, or crafted to climb out of a directory) is
             // an error, never a path.
-            if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            if !valid_name(&name) {
                 return Err(Error::Filesystem {
                     image: self.image.clone(),
                     reason: format!("{dir}: an entry is named {name:?}, which no filesystem allows"),
                 });
             }
-            let path = if dir == "/" { format!("/{name}") } else { format!("{dir}/{name}") };
-            let entry = self.fs.stat(&path)?;
+            let path = child(dir, &name);
             let descend = recursive && entry.kind == EntryKind::Dir;
             out.push(entry);
             if descend {

@@ -9,7 +9,31 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::id::PackId;
 
 /// A decoded frame, or why it could not be had.
-pub(super) type Frame = std::result::Result<Arc<Vec<u8>>, FrameError>;
+pub(super) type Frame = std::result::Result<Arc<Decoded>, FrameError>;
+
+/// A frame's decoded bytes, and the chunks in it whose hash was checked already: the bytes
+/// never change while the frame lives, so each chunk is hashed once per decode, not once per
+/// read (a file reader that reads 4 KiB at a time hashed a 16 KiB chunk four times).
+pub(super) struct Decoded {
+    pub(super) bytes: Vec<u8>,
+    /// (skip, length, id) of the chunks found intact.
+    checked: Mutex<Vec<(u32, u32, crate::id::ChunkId)>>,
+}
+
+impl Decoded {
+    pub(super) fn new(bytes: Vec<u8>) -> Decoded {
+        Decoded { bytes, checked: Mutex::default() }
+    }
+
+    /// Whether chunk `id` at `skip..skip + len` was found intact in this frame before.
+    pub(super) fn was_checked(&self, skip: u32, len: u32, id: &crate::id::ChunkId) -> bool {
+        self.checked.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|c| *c == (skip, len, *id))
+    }
+
+    pub(super) fn mark_checked(&self, skip: u32, len: u32, id: crate::id::ChunkId) {
+        self.checked.lock().unwrap_or_else(|p| p.into_inner()).push((skip, len, id));
+    }
+}
 
 /// Why a frame could not be used: its pack could not be read there, or the bytes do not decode.
 #[derive(Clone, Debug)]
@@ -74,7 +98,7 @@ impl FrameCache {
             })
             .clone();
         if loaded {
-            self.account(key, out.as_ref().map_or(64, |f| f.len() as u64));
+            self.account(key, out.as_ref().map_or(64, |f| f.bytes.len() as u64));
         }
         out
     }
@@ -101,7 +125,7 @@ impl FrameCache {
         let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
         for frame in unused.filter_map(|f| Arc::try_unwrap(f).ok()) {
             if spare.len() < SPARE {
-                spare.push(frame);
+                spare.push(frame.bytes);
             }
         }
     }
@@ -128,7 +152,7 @@ mod tests {
         let decodes = AtomicUsize::new(0);
         let load = |n: u8| {
             decodes.fetch_add(1, Ordering::SeqCst);
-            Ok(Arc::new(vec![n; 100]))
+            Ok(Arc::new(Decoded::new(vec![n; 100])))
         };
         for _ in 0..3 {
             cache.get((PackId([1; 32]), 0), |_| load(1)).unwrap();
@@ -147,18 +171,18 @@ mod tests {
     #[test]
     fn buffers_of_evicted_frames_nobody_holds_are_reused() {
         let cache = FrameCache::new(100);
-        let held = cache.get((PackId([1; 32]), 0), |_| Ok(Arc::new(vec![1; 100]))).unwrap();
-        cache.get((PackId([1; 32]), 1), |_| Ok(Arc::new(vec![2; 100]))).unwrap(); // evicts 0, held
-        cache.get((PackId([1; 32]), 2), |_| Ok(Arc::new(vec![3; 100]))).unwrap(); // evicts 1
+        let held = cache.get((PackId([1; 32]), 0), |_| Ok(Arc::new(Decoded::new(vec![1; 100])))).unwrap();
+        cache.get((PackId([1; 32]), 1), |_| Ok(Arc::new(Decoded::new(vec![2; 100])))).unwrap(); // evicts 0, held
+        cache.get((PackId([1; 32]), 2), |_| Ok(Arc::new(Decoded::new(vec![3; 100])))).unwrap(); // evicts 1
         let mut given = Vec::new();
         cache
             .get((PackId([1; 32]), 3), |buf| {
                 given.push(buf.capacity());
-                Ok(Arc::new(buf))
+                Ok(Arc::new(Decoded::new(buf)))
             })
             .unwrap();
         // Frame 1's buffer (nobody held it) came back, emptied; frame 0's is still the reader's.
         assert_eq!(given, [100]);
-        assert_eq!(held.len(), 100);
+        assert_eq!(held.bytes.len(), 100);
     }
 }

@@ -27,7 +27,12 @@ use crate::index::{ChunkLoc, ChunkLookup};
 use crate::manifest::{catalog, Content, Extent, ImageInfo};
 use crate::pack::{chunk_of_frame, decode_frame_into};
 use crate::storage::Backend;
-use cache::{Frame, FrameError};
+use cache::{Decoded, Frame, FrameError};
+
+/// Pieces are checked on the pool only when a read holds more than this many bytes of them;
+/// below it the calling thread is faster than handing work to the pool (a file reader asking
+/// 256 KiB at a time spent a quarter of its time waking pool threads).
+const PARALLEL_BYTES: u64 = 1 << 20;
 
 /// One chunk extent of an image's resolved view: bytes `skip .. skip + len` of chunk `id`, at
 /// `offset` on the disk.
@@ -301,7 +306,8 @@ impl ImageReader {
             };
             // Small reads stay on the calling thread: handing one frame to the pool costs more
             // than the work (mount and NBD serve many small reads, each on its own thread).
-            let decoded: HashMap<(crate::id::PackId, u64), Frame> = if frames.len() > 1 {
+            let bytes: u64 = pieces[start..end].iter().map(|p| p.len as u64).sum();
+            let decoded: HashMap<(crate::id::PackId, u64), Frame> = if frames.len() > 1 && bytes > PARALLEL_BYTES {
                 frames.par_iter().map(frame).collect()
             } else {
                 frames.iter().map(frame).collect()
@@ -313,7 +319,8 @@ impl ImageReader {
                 }
             };
             let (ps, ls, ss) = (&pieces[start..end], &locs[start..end], &mut slots[start..end]);
-            if end - start > 4 {
+            // Checking a chunk costs microseconds; the pool pays off only for a megabyte or more.
+            if bytes > PARALLEL_BYTES {
                 ps.par_iter().zip(ls).zip(ss.par_iter_mut()).for_each(one);
             } else {
                 ps.iter().zip(ls).zip(ss.iter_mut()).for_each(one);
@@ -363,7 +370,14 @@ impl ImageReader {
         let corrupt = |reason: String| Error::CorruptChunk { id: id.to_string(), pack: loc.pack.to_string(), reason };
         match frame {
             Some(Ok(decoded)) => {
-                chunk_of_frame(id, decoded, loc.slot.skip, loc.slot.raw_len).map_err(|e| corrupt(e.to_string()))
+                let (skip, len) = (loc.slot.skip, loc.slot.raw_len);
+                if decoded.was_checked(skip, len, &id) {
+                    let end = skip as usize + len as usize;
+                    return decoded.bytes.get(skip as usize..end).ok_or_else(|| corrupt("outside its frame".into()));
+                }
+                let raw = chunk_of_frame(id, &decoded.bytes, skip, len).map_err(|e| corrupt(e.to_string()))?;
+                decoded.mark_checked(skip, len, id);
+                Ok(raw)
             }
             Some(Err(FrameError::Undecodable(why))) => Err(corrupt(why.clone())),
             Some(Err(FrameError::Unreadable(why))) => Err(Error::CorruptPack {
@@ -402,7 +416,7 @@ fn read_frame(backend: &dyn Backend, loc: &ChunkLoc, mut buf: Vec<u8>) -> Frame 
         .map_err(|err| FrameError::Unreadable(err.to_string()))?;
     decode_frame_into(loc.slot.codec, &stored, loc.slot.frame_raw, &mut buf)
         .map_err(|err| FrameError::Undecodable(err.to_string()))?;
-    Ok(Arc::new(buf))
+    Ok(Arc::new(Decoded::new(buf)))
 }
 
 #[cfg(test)]
