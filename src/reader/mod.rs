@@ -307,7 +307,7 @@ impl ImageReader {
             // Small reads stay on the calling thread: handing one frame to the pool costs more
             // than the work (mount and NBD serve many small reads, each on its own thread).
             let bytes: u64 = pieces[start..end].iter().map(|p| p.len as u64).sum();
-            let decoded: HashMap<(crate::id::PackId, u64), Frame> = if frames.len() > 1 && bytes > PARALLEL_BYTES {
+            let decoded: HashMap<(crate::id::PackId, u64), Frame> = if frames.len() > 1 {
                 frames.par_iter().map(frame).collect()
             } else {
                 frames.iter().map(frame).collect()
