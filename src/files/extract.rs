@@ -140,13 +140,22 @@ struct Sparse {
 }
 
 impl Write for Sparse {
+    /// Runs of data blocks go out in one write each; whole zero blocks are skipped over.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for block in buf.chunks(4096) {
-            if block.len() == 4096 && block.iter().all(|&b| b == 0) {
-                self.file.seek(SeekFrom::Current(4096))?;
-            } else {
-                self.file.write_all(block)?;
+        let zero = |b: &[u8]| b.len() == 4096 && b.iter().all(|&x| x == 0);
+        let mut at = 0;
+        while at < buf.len() {
+            let is_zero = zero(&buf[at..(at + 4096).min(buf.len())]);
+            let mut end = at;
+            while end < buf.len() && zero(&buf[end..(end + 4096).min(buf.len())]) == is_zero {
+                end = (end + 4096).min(buf.len());
             }
+            if is_zero {
+                self.file.seek(SeekFrom::Current((end - at) as i64))?;
+            } else {
+                self.file.write_all(&buf[at..end])?;
+            }
+            at = end;
         }
         Ok(buf.len())
     }
