@@ -201,16 +201,7 @@ fn extract_keeps_modes_times_links_and_holes_and_leaves_out_only_a_damaged_file(
     // the chunk's).
     let disk = std::fs::read(&image).unwrap();
     let start = disk.windows(64).position(|w| w == &big[..64]).expect("big.bin's blocks in the image") as u64;
-    let r = strata::Repository::open(&repo.path).unwrap();
-    let reader = r.reader(&info, 4 * MIB as u64).unwrap();
-    let at = start + 2 * MIB as u64;
-    let victim = *reader.map().pieces_in(at..at + 1).first().unwrap();
-    let loc = strata::index::ChunkLookup::locate(r.index(), &[victim.id]).unwrap()[0].unwrap();
-    assert_eq!(loc.slot.codec, strata::pack::Codec::Raw);
-    let pack = repo.path.join(loc.pack.path());
-    let mut b = std::fs::read(&pack).unwrap();
-    b[(loc.slot.offset + (loc.slot.skip + loc.slot.raw_len / 2) as u64) as usize] ^= 0x40;
-    std::fs::write(&pack, &b).unwrap();
+    damage_chunk_at(&repo, &info, start + 2 * MIB as u64);
 
     let out3 = repo.file("out3");
     let run = repo.cli(&["extract", "latest", "/", "--to", out3.to_str().unwrap()]);
@@ -300,4 +291,46 @@ fn names_that_are_not_utf8_are_listed_escaped_and_extracted_as_their_bytes() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert_eq!(std::fs::read(out.join(name)).unwrap(), b"latin-1 name\n");
     assert_eq!(std::fs::read_link(out.join("to-latin1")).unwrap().as_os_str(), name);
+}
+
+/// Flips a byte in the stored chunk that holds image byte `at` (raw-stored random data: its
+/// stored bytes are the chunk's), so that chunk alone fails its check.
+fn damage_chunk_at(repo: &TestRepo, info: &strata::ImageInfo, at: u64) {
+    let r = strata::Repository::open(&repo.path).unwrap();
+    let reader = r.reader(info, 4 * MIB as u64).unwrap();
+    let victim = *reader.map().pieces_in(at..at + 1).first().unwrap();
+    let loc = strata::index::ChunkLookup::locate(r.index(), &[victim.id]).unwrap()[0].unwrap();
+    assert_eq!(loc.slot.codec, strata::pack::Codec::Raw);
+    let pack = repo.path.join(loc.pack.path());
+    let mut b = std::fs::read(&pack).unwrap();
+    b[(loc.slot.offset + (loc.slot.skip + loc.slot.raw_len / 2) as u64) as usize] ^= 0x40;
+    std::fs::write(&pack, &b).unwrap();
+}
+
+/// The filesystem readers read ahead (256 KiB at a time): a damaged chunk next to a file, inside
+/// the same read-ahead window, must not make that file unreadable, and the damaged file must
+/// fail, never read wrong.
+#[test]
+fn a_damaged_chunk_fails_only_the_file_that_holds_it_even_next_door() {
+    // Big enough that their frames hold random bytes only, which are stored raw.
+    let a = Disk::new(21, 3 * MIB).random(0..3 * MIB).bytes;
+    let b = Disk::new(22, 3 * MIB).random(0..3 * MIB).bytes;
+    let (repo, _, image, info) = ext4_image(32 * MIB, |files| {
+        std::fs::write(files.join("a.bin"), &a).unwrap();
+        std::fs::write(files.join("b.bin"), &b).unwrap();
+    });
+    let disk = std::fs::read(&image).unwrap();
+    let find = |bytes: &[u8]| disk.windows(64).position(|w| w == &bytes[..64]).expect("file in image") as u64;
+    let (at_a, at_b) = (find(&a), find(&b));
+    let (first, second) = (at_a.min(at_b), at_a.max(at_b));
+    assert!(second - first <= 3 * MIB as u64 + 64 * 1024, "a.bin and b.bin are not neighbours: {at_a} {at_b}");
+    // 64 KiB into whichever file lies second: the read-ahead window that serves the last blocks
+    // of the first file reaches it.
+    damage_chunk_at(&repo, &info, second + 64 * 1024);
+    let (damaged, intact, intact_bytes) = if at_a < at_b { ("/b.bin", "/a.bin", &a) } else { ("/a.bin", "/b.bin", &b) };
+    let out = repo.cli(&["cat", "latest", intact]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(&out.stdout == intact_bytes, "{intact} reads other bytes");
+    let out = repo.cli(&["cat", "latest", damaged]);
+    assert_clean_failure(&out, "cannot read");
 }
