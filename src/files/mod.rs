@@ -1,7 +1,8 @@
 //! Files inside images: the filesystem of a whole-disk image or of one partition (`IMAGE:N`),
 //! read through the image reader, with no mount, no root and no restore: ext2/3/4 (the
-//! `ext4-view` crate), FAT12/16/32 (`fatfs`) and NTFS (`ntfs`), each behind the same three questions (`Tree`).
-//! `ls` and `cat` use `list` and `copy`; `extract` and `diff` have their own modules.
+//! `ext4-view` crate), FAT12/16/32 (`fatfs`) and NTFS (`ntfs`), each behind one small trait
+//! (`Tree`) whose panics become errors (`Contained`). `ls` and `cat` use `list` and `copy`;
+//! `extract` and `diff` have their own modules.
 
 mod diff;
 mod ext;
