@@ -9,6 +9,7 @@ mod ext;
 mod extract;
 mod fat;
 mod ntfs;
+mod ntfs_units;
 
 pub use diff::{diff, Change, ChangeKind};
 pub use extract::ExtractReport;

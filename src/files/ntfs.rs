@@ -3,18 +3,21 @@
 //! directories 0755, files 0644 (0444 when read-only). The metafiles (`$MFT`, `$Bitmap`, ...,
 //! records 0-15) are hidden, as ntfs-3g hides them. Symlinks that ntfs-3g made (system files
 //! holding `IntxLNK\x01` and a UTF-16 target, its default) are symlinks; reparse points
-//! (Windows symlinks, junctions) are listed as `other` and not followed. The crate does not decompress or decrypt: a compressed
-//! or encrypted file is listed, and reading it is an error naming why.
+//! (Windows symlinks, junctions) are listed as `other` and not followed. The crate neither
+//! decompresses nor decrypts, and would hand back raw clusters: a compressed stream is read in
+//! its units of 16 clusters here (`ntfs_units`, LZNT1), and an encrypted one (EFS) is refused
+//! before any byte is read.
 
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::Arc;
 
+use ntfs::attribute_value::NtfsAttributeValue;
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileAttributeFlags, NtfsFileNamespace};
 use ntfs::{Ntfs, NtfsAttributeFlags, NtfsError, NtfsFile, NtfsReadSeek};
 
-use super::{fill, read_full, Entry, EntryKind, Stream, Tree};
+use super::{fill, ntfs_units, read_full, Entry, EntryKind, Stream, Tree};
 use crate::error::{Error, Result};
 use crate::reader::ImageReader;
 
@@ -92,12 +95,12 @@ impl NtfsFiles {
         let units: Vec<u16> = utf16.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
         Ok(String::from_utf16(&units).ok())
     }
-    /// Runs `read` on file `path`'s unnamed data stream (none: an empty file), refusing a
-    /// compressed or encrypted one before any byte is read.
+    /// Runs `read` on file `path`'s unnamed data stream (none: an empty file). An encrypted
+    /// stream is refused before any byte is read.
     fn with_data<T: Default>(
         &self,
         path: &str,
-        read: impl FnOnce(&mut Stream, &mut ntfs::attribute_value::NtfsAttributeValue<'_, '_>) -> Result<T>,
+        read: impl FnOnce(&mut Stream, &mut Data<'_, '_>) -> Result<T>,
     ) -> Result<T> {
         let fs = &mut *self.stream.borrow_mut();
         let file = self.find(path, fs)?;
@@ -110,19 +113,122 @@ impl NtfsFiles {
         };
         let attribute = item.to_attribute().map_err(|e| self.error(path, e))?;
         let flags = attribute.flags();
-        for (flag, what) in
-            [(NtfsAttributeFlags::COMPRESSED, "compressed"), (NtfsAttributeFlags::ENCRYPTED, "encrypted")]
-        {
-            if flags.contains(flag) {
-                return Err(Error::Filesystem {
-                    image: self.image.clone(),
-                    reason: format!("{path}: the file is {what} on NTFS, which Strata cannot read yet"),
-                });
+        let refuse = |why: &str| Error::Filesystem {
+            image: self.image.clone(),
+            reason: format!("{path}: the file is {why} on NTFS, which Strata cannot read"),
+        };
+        if flags.contains(NtfsAttributeFlags::ENCRYPTED) {
+            return Err(refuse("encrypted (EFS)"));
+        }
+        let value = attribute.value(fs).map_err(|e| self.error(path, e))?;
+        let mut data = match (flags.contains(NtfsAttributeFlags::COMPRESSED), value) {
+            (false, value) => Data::Plain(value),
+            (true, NtfsAttributeValue::NonResident(value)) => {
+                let mut runs = Vec::new();
+                for run in value.data_runs() {
+                    let run = run.map_err(|e| self.error(path, e))?;
+                    runs.push((run.data_position().value().map(|p| p.get()), run.allocated_size()));
+                }
+                let unit = COMPRESSION_UNIT * self.ntfs.cluster_size() as u64;
+                Data::Compressed { runs, unit, len: value.len(), buf: Vec::new(), raw: Vec::new() }
+            }
+            (true, _) => return Err(refuse("compressed and spread over an attribute list")),
+        };
+        read(fs, &mut data)
+    }
+
+    /// Reads `data` at `offset` into `buf`, up to its end; returns how many bytes.
+    fn read_data(
+        &self,
+        path: &str,
+        fs: &mut Stream,
+        data: &mut Data<'_, '_>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        match data {
+            Data::Plain(value) => {
+                if offset >= value.len() {
+                    return Ok(0);
+                }
+                value.seek(fs, std::io::SeekFrom::Start(offset)).map_err(|e| self.error(path, e))?;
+                read_full(|b| value.read(fs, b).map_err(|e| self.error(path, e)), buf)
+            }
+            Data::Compressed { runs, unit, len, buf: decoded, raw } => {
+                let end = (offset + buf.len() as u64).min(*len);
+                let mut at = offset;
+                while at < end {
+                    let index = at / *unit;
+                    unit_bytes(runs, *unit, index, fs, raw, decoded).map_err(|why| Error::Filesystem {
+                        image: self.image.clone(),
+                        reason: format!("{path}: compression unit {index}: {why}"),
+                    })?;
+                    let from = (at - index * *unit) as usize;
+                    let n = ((end - at) as usize).min(*unit as usize - from);
+                    let dst = (at - offset) as usize;
+                    buf[dst..dst + n].copy_from_slice(&decoded[from..from + n]);
+                    at += n as u64;
+                }
+                Ok((end.max(offset) - offset) as usize)
             }
         }
-        let mut value = attribute.value(fs).map_err(|e| self.error(path, e))?;
-        read(fs, &mut value)
     }
+}
+
+/// Clusters per compression unit: NTFS compresses in units of 16 clusters (a compression unit
+/// exponent of 4, the only one Windows writes; the crate does not expose the field).
+const COMPRESSION_UNIT: u64 = 16;
+
+/// A file's unnamed data stream.
+enum Data<'n, 'f> {
+    Plain(NtfsAttributeValue<'n, 'f>),
+    /// Compressed in units of `unit` bytes: the data runs (volume offset, or `None` where
+    /// sparse, and length), the stream's length, and buffers for one unit.
+    Compressed {
+        runs: Vec<(Option<u64>, u64)>,
+        unit: u64,
+        len: u64,
+        buf: Vec<u8>,
+        raw: Vec<u8>,
+    },
+}
+
+/// Unit `index` of a compressed stream, decoded into `out`: all sparse is zeros, all allocated
+/// is stored as is, partly allocated is LZNT1 in the allocated clusters.
+fn unit_bytes(
+    runs: &[(Option<u64>, u64)],
+    unit: u64,
+    index: u64,
+    fs: &mut Stream,
+    raw: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let (start, end) = (index * unit, (index + 1) * unit);
+    raw.clear();
+    let mut at = 0u64; // stream offset where the current run begins
+    for &(position, length) in runs {
+        let (from, to) = (start.max(at), end.min(at + length));
+        if from < to {
+            if let Some(position) = position {
+                let old = raw.len();
+                raw.resize(old + (to - from) as usize, 0);
+                fs.seek(SeekFrom::Start(position + (from - at))).map_err(|e| e.to_string())?;
+                fs.read_exact(&mut raw[old..]).map_err(|e| e.to_string())?;
+            }
+        }
+        at += length;
+        if at >= end {
+            break;
+        }
+    }
+    out.clear();
+    match raw.len() as u64 {
+        0 => out.resize(unit as usize, 0),
+        n if n >= unit => out.extend_from_slice(&raw[..unit as usize]),
+        _ => ntfs_units::decompress(raw, out, unit as usize)?,
+    }
+    Ok(())
 }
 
 impl Tree for NtfsFiles {
@@ -192,16 +298,20 @@ impl Tree for NtfsFiles {
     }
 
     fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
-        self.with_data(path, |fs, value| fill(|buf| value.read(fs, buf).map_err(|e| self.error(path, e)), out))
+        self.with_data(path, |fs, data| {
+            let mut offset = 0u64;
+            fill(
+                |buf| {
+                    let n = self.read_data(path, fs, data, offset, buf)?;
+                    offset += n as u64;
+                    Ok(n)
+                },
+                out,
+            )
+        })
     }
 
     fn read_at(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        self.with_data(path, |fs, value| {
-            if offset >= value.len() {
-                return Ok(0);
-            }
-            value.seek(fs, std::io::SeekFrom::Start(offset)).map_err(|e| self.error(path, e))?;
-            read_full(|b| value.read(fs, b).map_err(|e| self.error(path, e)), buf)
-        })
+        self.with_data(path, |fs, data| self.read_data(path, fs, data, offset, buf))
     }
 }
