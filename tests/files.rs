@@ -270,6 +270,20 @@ fn diff_names_every_added_removed_modified_and_retyped_path() {
     let out = repo.cli(&["diff", &new, &new, "--json"]);
     assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap().len(), 0);
     assert_clean_failure(&repo.cli(&["diff", &old, "nosuchimage"]), "no image matches");
+    // Two images whose every byte comes from the same chunks need no reading at all: with
+    // every pack damaged, comparing an image with itself still answers, and a real
+    // comparison fails cleanly.
+    for pack in repo.files_in("packs") {
+        let mut b = std::fs::read(&pack).unwrap();
+        for at in (100..b.len().saturating_sub(200)).step_by(4096) {
+            b[at] ^= 0x20;
+        }
+        std::fs::write(&pack, &b).unwrap();
+    }
+    let out = repo.cli(&["diff", &new, &new, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap().len(), 0);
+    assert_clean_failure(&repo.cli(&["diff", &old, &new]), "cannot");
 }
 
 #[test]

@@ -35,13 +35,18 @@ pub(super) fn diff(root: &Path, old: &str, new: &str, path: &str, json: bool) ->
     // One repository, one frame cache: the chunks the two images share are decoded once.
     let repo = Repository::open(root)?;
     let cache = std::sync::Arc::new(strata::reader::FrameCache::new(strata::reader::DEFAULT_CACHE_BYTES));
-    let open = |spec: &str| -> Result<strata::files::Files> {
+    let open = |spec: &str| -> Result<(strata::reader::ImageReader, String)> {
         let spec_ = strata::partition::Spec::parse(spec)?;
         let info = repo.find_image(&spec_.image)?;
-        Ok(files_of(&repo, &info, spec_.partition, Some(cache.clone()))?)
+        Ok(reader_of(&repo, &info, spec_.partition, Some(cache.clone()))?)
     };
-    let a = open(old).with_context(|| format!("cannot open image {old}"))?;
-    let b = open(new).with_context(|| format!("cannot open image {new}"))?;
+    let (ra, na) = open(old).with_context(|| format!("cannot open image {old}"))?;
+    let (rb, nb) = open(new).with_context(|| format!("cannot open image {new}"))?;
+    if strata::files::same_disk(&ra, &rb) {
+        return output::diff(&[], json);
+    }
+    let a = strata::files::Files::open(ra, &na).with_context(|| format!("cannot open image {old}"))?;
+    let b = strata::files::Files::open(rb, &nb).with_context(|| format!("cannot open image {new}"))?;
     let changes = strata::files::diff(&a, &b, path).with_context(|| format!("cannot compare {old} and {new}"))?;
     output::diff(&changes, json)
 }
@@ -76,6 +81,17 @@ fn files_of(
     partition: Option<u32>,
     cache: Option<std::sync::Arc<strata::reader::FrameCache>>,
 ) -> strata::Result<strata::files::Files> {
+    let (reader, name) = reader_of(repo, info, partition, cache)?;
+    strata::files::Files::open(reader, &name)
+}
+
+/// The reader of image `info` (or its partition), and the name errors give it.
+fn reader_of(
+    repo: &Repository,
+    info: &strata::ImageInfo,
+    partition: Option<u32>,
+    cache: Option<std::sync::Arc<strata::reader::FrameCache>>,
+) -> strata::Result<(strata::reader::ImageReader, String)> {
     let mut reader = match cache {
         Some(cache) => repo.reader_sharing(info, cache)?,
         None => repo.reader(info, strata::reader::DEFAULT_CACHE_BYTES)?,
@@ -85,5 +101,5 @@ fn files_of(
         reader = strata::partition::narrow(reader, n)?;
         name = format!("{name}:{n}");
     }
-    strata::files::Files::open(reader, &name)
+    Ok((reader, name))
 }

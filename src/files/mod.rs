@@ -11,7 +11,7 @@ mod fat;
 mod ntfs;
 mod ntfs_units;
 
-pub use diff::{diff, Change, ChangeKind};
+pub use diff::{diff, same_disk, Change, ChangeKind};
 pub use extract::ExtractReport;
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -355,6 +355,8 @@ const MAX_DEPTH: usize = 2048;
 /// The filesystem of one image (or partition).
 pub struct Files {
     fs: Box<dyn Tree>,
+    /// Where the filesystem's bytes come from.
+    reader: Arc<ImageReader>,
     /// What the filesystem is (`ext4`, `vfat`, ...), as `partitions` names it.
     kind: &'static str,
     image: String,
@@ -368,9 +370,9 @@ impl Files {
         let inner = contained(image, "/", || {
             let tree: Box<dyn Tree> = match kind {
                 // The arms follow READABLE.
-                Some("ext2" | "ext3" | "ext4") => Box::new(ext::ExtFiles::open(reader, image)?),
-                Some("vfat") => Box::new(fat::FatFiles::open(reader, image)?),
-                Some("ntfs") => Box::new(ntfs::NtfsFiles::open(reader, image)?),
+                Some("ext2" | "ext3" | "ext4") => Box::new(ext::ExtFiles::open(reader.clone(), image)?),
+                Some("vfat") => Box::new(fat::FatFiles::open(reader.clone(), image)?),
+                Some("ntfs") => Box::new(ntfs::NtfsFiles::open(reader.clone(), image)?),
                 Some(other) => {
                     return Err(Error::UnsupportedFilesystem { image: image.into(), filesystem: other.into() })
                 }
@@ -379,7 +381,7 @@ impl Files {
             Ok(tree)
         })?;
         let fs = Box::new(Contained { inner, image: image.into() });
-        Ok(Files { fs, kind: kind.unwrap_or_default(), image: image.into() })
+        Ok(Files { fs, reader, kind: kind.unwrap_or_default(), image: image.into() })
     }
 
     /// What the filesystem is: `ext2`, `ext3`, `ext4`, `vfat` or `ntfs`.
