@@ -111,19 +111,6 @@ impl Tree for ExtFiles {
         Ok(out)
     }
 
-    /// The names in directory `path`, without `.` and `..`.
-    fn names(&self, path: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for entry in self.fs.read_dir(&unescape(path)[..]).map_err(|e| self.error(path, e))? {
-            let entry = entry.map_err(|e| self.error(path, e))?;
-            let name = escape(entry.file_name().as_ref());
-            if name != "." && name != ".." {
-                out.push(name);
-            }
-        }
-        Ok(out)
-    }
-
     fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
         let mut file = self.fs.open(&unescape(path)[..]).map_err(|e| self.error(path, e))?;
         fill(|buf| file.read_bytes(buf).map_err(|e| self.error(path, e)), out)

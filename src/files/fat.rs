@@ -116,15 +116,6 @@ impl Tree for FatFiles {
         found.ok_or_else(|| Error::FileNotFound { image: self.image.clone(), path: path.into() })
     }
 
-    fn names(&self, path: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        self.each_entry(path, |e| {
-            out.push(e.file_name());
-            true
-        })?;
-        Ok(out)
-    }
-
     fn entries(&self, dir: &str) -> Result<Vec<(String, Entry)>> {
         let mut out = Vec::new();
         self.each_entry(dir, |e| {

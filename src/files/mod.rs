@@ -68,22 +68,11 @@ pub const READABLE: [&str; 5] = ["ext2", "ext3", "ext4", "vfat", "ntfs"];
 trait Tree {
     /// What `path` is (a symlink itself, not its target).
     fn stat(&self, path: &str) -> Result<Entry>;
-    /// The names in directory `path`, without `.` and `..`.
-    fn names(&self, path: &str) -> Result<Vec<String>>;
-    /// Each name in directory `dir` with what it is, in any order. By default a `stat` per
-    /// name; a reader that has each entry's metadata at hand while listing answers it itself
-    /// (a `stat` per name resolves the path from the root every time).
-    fn entries(&self, dir: &str) -> Result<Vec<(String, Entry)>> {
-        let mut out = Vec::new();
-        for name in self.names(dir)? {
-            let entry = match valid_name(&name) {
-                true => self.stat(&child(dir, &name))?,
-                false => Entry::empty(),
-            };
-            out.push((name, entry));
-        }
-        Ok(out)
-    }
+    /// Each name in directory `dir` (without `.` and `..`) with what it is, in any order; a
+    /// name that is not `valid_name` comes with `Entry::empty()`. Readers answer from the
+    /// directory's own entries where they can: a `stat` per name resolves the path from the
+    /// root every time.
+    fn entries(&self, dir: &str) -> Result<Vec<(String, Entry)>>;
     /// Writes regular file `path`'s bytes to `out`; returns how many.
     fn copy(&self, path: &str, out: &mut dyn Write) -> Result<u64>;
     /// Reads regular file `path` from `offset` into `buf`: all of it, or up to the end of the
@@ -103,10 +92,6 @@ struct Contained {
 impl Tree for Contained {
     fn stat(&self, path: &str) -> Result<Entry> {
         contained(&self.image, path, || self.inner.stat(path))
-    }
-
-    fn names(&self, path: &str) -> Result<Vec<String>> {
-        contained(&self.image, path, || self.inner.names(path))
     }
 
     fn entries(&self, dir: &str) -> Result<Vec<(String, Entry)>> {

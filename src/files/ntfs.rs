@@ -173,6 +173,33 @@ impl NtfsFiles {
             }
         }
     }
+
+    /// The names in directory `path`, without `.` and `..`.
+    fn names(&self, path: &str) -> Result<Vec<String>> {
+        let fs = &mut *self.stream.borrow_mut();
+        let dir = self.find(path, fs)?;
+        if !dir.is_directory() {
+            return Err(Error::Filesystem { image: self.image.clone(), reason: format!("{path}: not a directory") });
+        }
+        let index = dir.directory_index(fs).map_err(|e| self.error(path, e))?;
+        let mut entries = index.entries();
+        let mut out = Vec::new();
+        while let Some(entry) = entries.next(fs) {
+            if out.len() >= MAX_ENTRIES {
+                return Err(self.error(path, NtfsError::Io(std::io::Error::other("a directory index that loops"))));
+            }
+            let entry = entry.map_err(|e| self.error(path, e))?;
+            let Some(key) = entry.key() else { continue };
+            let name = key.map_err(|e| self.error(path, e))?;
+            let record = entry.file_reference().file_record_number();
+            // A DOS name repeats a long name of the same file; `.` is the root's own entry.
+            if name.namespace() == NtfsFileNamespace::Dos || record < FIRST_USER_RECORD || record == ROOT_RECORD {
+                continue;
+            }
+            out.push(name.name().to_string_lossy());
+        }
+        Ok(out)
+    }
 }
 
 /// Clusters per compression unit: NTFS compresses in units of 16 clusters (a compression unit
@@ -271,28 +298,16 @@ impl Tree for NtfsFiles {
         Ok(Entry { path: path.into(), kind, size, mode, mtime, target, ..Entry::empty() })
     }
 
-    fn names(&self, path: &str) -> Result<Vec<String>> {
-        let fs = &mut *self.stream.borrow_mut();
-        let dir = self.find(path, fs)?;
-        if !dir.is_directory() {
-            return Err(Error::Filesystem { image: self.image.clone(), reason: format!("{path}: not a directory") });
-        }
-        let index = dir.directory_index(fs).map_err(|e| self.error(path, e))?;
-        let mut entries = index.entries();
+    /// Looked up one by one in the directory's index after listing it (the index entries do
+    /// not carry the standard information the entries need).
+    fn entries(&self, dir: &str) -> Result<Vec<(String, Entry)>> {
         let mut out = Vec::new();
-        while let Some(entry) = entries.next(fs) {
-            if out.len() >= MAX_ENTRIES {
-                return Err(self.error(path, NtfsError::Io(std::io::Error::other("a directory index that loops"))));
-            }
-            let entry = entry.map_err(|e| self.error(path, e))?;
-            let Some(key) = entry.key() else { continue };
-            let name = key.map_err(|e| self.error(path, e))?;
-            let record = entry.file_reference().file_record_number();
-            // A DOS name repeats a long name of the same file; `.` is the root's own entry.
-            if name.namespace() == NtfsFileNamespace::Dos || record < FIRST_USER_RECORD || record == ROOT_RECORD {
-                continue;
-            }
-            out.push(name.name().to_string_lossy());
+        for name in self.names(dir)? {
+            let entry = match super::valid_name(&name) {
+                true => self.stat(&super::child(dir, &name))?,
+                false => Entry::empty(),
+            };
+            out.push((name, entry));
         }
         Ok(out)
     }
