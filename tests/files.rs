@@ -221,6 +221,52 @@ fn extract_keeps_modes_times_links_and_holes_and_leaves_out_only_a_damaged_file(
     assert!(leftovers.is_empty(), "temporary files left behind");
 }
 
+/// Setuid bits and fifos come back only with `--devices` (root only); device nodes and sockets
+/// never, and each one left out is named.
+#[test]
+fn setuid_bits_and_fifos_need_devices_and_device_nodes_are_never_made() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: making a device node needs root");
+        return;
+    }
+    let (repo, _files, _image, _info) = ext4_image(32 * MIB, |files| {
+        std::fs::write(files.join("tool"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(files.join("tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: valid NUL-terminated paths.
+        unsafe {
+            assert_eq!(libc::mkfifo(c(&files.join("pipe")).as_ptr(), 0o640), 0);
+            assert_eq!(libc::mknod(c(&files.join("null")).as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)), 0);
+        }
+    });
+    let kinds: std::collections::BTreeMap<String, String> = ls_json(&repo, &["latest"])
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e["type"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(kinds["/pipe"], "fifo");
+    assert_eq!(kinds["/null"], "char-device");
+
+    let plain = repo.file("plain");
+    let run = repo.cli(&["extract", "latest", "/", "--to", plain.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(std::fs::metadata(plain.join("tool")).unwrap().mode() & 0o7777, 0o755, "setuid kept by default");
+    assert!(!plain.join("pipe").exists() && !plain.join("null").exists());
+    assert!(stdout.contains("skipped /pipe") && stdout.contains("skipped /null"), "{stdout}");
+
+    let full = repo.file("full");
+    let run = repo.cli(&["extract", "latest", "/", "--devices", "--to", full.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(std::fs::metadata(full.join("tool")).unwrap().mode() & 0o7777, 0o4755);
+    let pipe = std::fs::symlink_metadata(full.join("pipe")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&pipe.file_type()));
+    assert_eq!(pipe.mode() & 0o7777, 0o640);
+    assert!(!full.join("null").exists(), "a device node was made");
+    assert!(stdout.contains("skipped /null") && stdout.contains("1 fifos"), "{stdout}");
+}
+
 #[test]
 fn diff_names_every_added_removed_modified_and_retyped_path() {
     let (repo, files, image, info) = ext4_image(32 * MIB, |_| {});

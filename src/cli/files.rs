@@ -21,8 +21,13 @@ pub(super) fn cat(repo: &Path, image: &str, path: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn extract(repo: &Path, image: &str, paths: &[String], to: &Path, json: bool) -> Result<()> {
-    let report = with_files(repo, image, |files| files.extract(paths, to))
+pub(super) fn extract(repo: &Path, image: &str, paths: &[String], to: &Path, devices: bool, json: bool) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if devices && unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("--devices recreates setuid files and fifos as they were, which only root may do");
+    }
+    let options = strata::files::ExtractOptions { devices };
+    let report = with_files(repo, image, |files| files.extract(paths, to, options))
         .with_context(|| format!("cannot extract from image {image} into {}", to.display()))?;
     output::extract(&report, to, json)?;
     if !report.failed.is_empty() {

@@ -205,6 +205,10 @@ enum Command {
         /// The local directory to extract into (created when missing)
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
+        /// Keep setuid and setgid bits and recreate fifos, as a system restore needs (root
+        /// only). Device nodes and sockets are never recreated: they are listed as skipped
+        #[arg(long)]
+        devices: bool,
         /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
@@ -364,8 +368,8 @@ pub fn run() -> Result<()> {
             files::ls(&repo_path(&cli.repo)?, &image, &path, long, recursive, json)?
         }
         Command::Cat { image, path } => files::cat(&repo_path(&cli.repo)?, &image, &path)?,
-        Command::Extract { image, paths, to, json } => {
-            files::extract(&repo_path(&cli.repo)?, &image, &paths, &to, json)?
+        Command::Extract { image, paths, to, devices, json } => {
+            files::extract(&repo_path(&cli.repo)?, &image, &paths, &to, devices, json)?
         }
         Command::Diff { old, new, path, json } => files::diff(&repo_path(&cli.repo)?, &old, &new, &path, json)?,
         Command::Mount { mountpoint, cache_mib } => serve::mount(&repo_path(&cli.repo)?, &mountpoint, cache_mib)?,

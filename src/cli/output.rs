@@ -574,6 +574,10 @@ pub fn ls(entries: &[strata::files::Entry], long: bool, recursive: bool, json: b
                 EntryKind::File => '-',
                 EntryKind::Dir => 'd',
                 EntryKind::Symlink => 'l',
+                EntryKind::Fifo => 'p',
+                EntryKind::CharDevice => 'c',
+                EntryKind::BlockDevice => 'b',
+                EntryKind::Socket => 's',
                 EntryKind::Other => '?',
             };
             let time = strata::timefmt::format_ms(u64::try_from(e.mtime).unwrap_or(0).saturating_mul(1000));
@@ -591,15 +595,16 @@ pub fn extract(report: &strata::files::ExtractReport, to: &Path, json: bool) -> 
         return Ok(());
     }
     println!(
-        "extracted into {}: {} files ({}), {} directories, {} symlinks",
+        "extracted into {}: {} files ({}), {} directories, {} symlinks{}",
         to.display(),
         report.files,
         human(report.bytes),
         report.dirs,
-        report.symlinks
+        report.symlinks,
+        if report.fifos > 0 { format!(", {} fifos", report.fifos) } else { String::new() }
     );
-    for path in &report.skipped {
-        println!("  skipped {path}: a device, fifo or socket");
+    for (path, why) in &report.skipped {
+        println!("  skipped {path}: {why}");
     }
     for (path, why) in &report.failed {
         eprintln!("  NOT extracted {path}: {why}");

@@ -61,10 +61,21 @@ impl ExtFiles {
             EntryKind::Dir
         } else if meta.is_symlink() {
             EntryKind::Symlink
-        } else if meta.file_type().is_regular_file() {
-            EntryKind::File
         } else {
-            EntryKind::Other
+            let t = meta.file_type();
+            if t.is_regular_file() {
+                EntryKind::File
+            } else if t.is_fifo() {
+                EntryKind::Fifo
+            } else if t.is_char_dev() {
+                EntryKind::CharDevice
+            } else if t.is_block_dev() {
+                EntryKind::BlockDevice
+            } else if t.is_socket() {
+                EntryKind::Socket
+            } else {
+                EntryKind::Other
+            }
         };
         let target = match kind {
             EntryKind::Symlink => {

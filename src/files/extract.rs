@@ -6,8 +6,10 @@
 //!
 //! Nothing is written outside the target directory: paths are normal before they are joined
 //! (`Files` refuses entry names holding `/` or `..`), and an existing symlink in the way is
-//! replaced, never followed. Setuid and setgid bits are not recreated, nor are device nodes,
-//! fifos and sockets (they are listed in `skipped`).
+//! replaced, never followed. Setuid and setgid bits are not recreated, nor are fifos, unless
+//! asked for (`ExtractOptions::devices`); device nodes and sockets never are (they are listed in
+//! `skipped`): no reader gives a device node's numbers (`ext4-view` 1.0 exposes neither them nor
+//! inode numbers), and a socket belongs to a program that is not running.
 
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
@@ -19,6 +21,14 @@ use serde::Serialize;
 use super::{Entry, EntryKind, Files};
 use crate::error::{Error, Result};
 
+/// How to extract.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExtractOptions {
+    /// Keep setuid and setgid bits and recreate fifos (`extract --devices`, which the CLI allows
+    /// only to root): what restoring a system's files needs (`/usr/bin/sudo` is setuid).
+    pub devices: bool,
+}
+
 /// What an extraction did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ExtractReport {
@@ -27,8 +37,10 @@ pub struct ExtractReport {
     pub symlinks: u64,
     /// Bytes of regular files written (holes included).
     pub bytes: u64,
-    /// Devices, fifos and sockets, which are not extracted.
-    pub skipped: Vec<String>,
+    /// Fifos recreated (only with `ExtractOptions::devices`).
+    pub fifos: u64,
+    /// Entries that are not extracted (devices, sockets, fifos unless asked for), with why.
+    pub skipped: Vec<(String, String)>,
     /// Paths that could not be extracted, with why (a damaged chunk, say).
     pub failed: Vec<(String, String)>,
 }
@@ -38,7 +50,7 @@ impl Files {
     /// name, as `cp -a PATH TO/` would; `/` extracts the whole filesystem's contents. Existing
     /// files of the same names are replaced. Errors of the destination (cannot create, no space)
     /// end the run; a source file that cannot be read is reported in `failed`.
-    pub fn extract(&self, paths: &[String], to: &Path) -> Result<ExtractReport> {
+    pub fn extract(&self, paths: &[String], to: &Path, options: ExtractOptions) -> Result<ExtractReport> {
         fs::create_dir_all(to).map_err(|e| Error::io("create directory", to, e))?;
         let mut report = ExtractReport::default();
         for path in paths {
@@ -46,17 +58,24 @@ impl Files {
             if entry.path == "/" {
                 for child in self.list(&entry.path, false)? {
                     let dest = to.join(local_name(child.name()));
-                    self.extract_entry(&child, &dest, 0, &mut report)?;
+                    self.extract_entry(&child, &dest, 0, options, &mut report)?;
                 }
             } else {
                 let dest = to.join(local_name(entry.name()));
-                self.extract_entry(&entry, &dest, 0, &mut report)?;
+                self.extract_entry(&entry, &dest, 0, options, &mut report)?;
             }
         }
         Ok(report)
     }
 
-    fn extract_entry(&self, entry: &Entry, dest: &Path, depth: usize, report: &mut ExtractReport) -> Result<()> {
+    fn extract_entry(
+        &self,
+        entry: &Entry,
+        dest: &Path,
+        depth: usize,
+        options: ExtractOptions,
+        report: &mut ExtractReport,
+    ) -> Result<()> {
         match entry.kind {
             EntryKind::Dir => {
                 if depth >= super::MAX_DEPTH {
@@ -78,17 +97,17 @@ impl Files {
                 }
                 report.dirs += 1;
                 for child in self.list(&entry.path, false)? {
-                    self.extract_entry(&child, &dest.join(local_name(child.name())), depth + 1, report)?;
+                    self.extract_entry(&child, &dest.join(local_name(child.name())), depth + 1, options, report)?;
                 }
                 // After the children: writing them changed the directory's mtime.
-                apply_metadata(entry, dest)?;
+                apply_metadata(entry, dest, options)?;
             }
             EntryKind::Symlink => {
-                let _ = fs::remove_file(dest);
+                replace(dest)?;
                 let target = super::unescape(entry.target.as_deref().unwrap_or_default());
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), dest)
                     .map_err(|e| Error::io("create symlink", dest, e))?;
-                apply_metadata(entry, dest)?;
+                apply_metadata(entry, dest, options)?;
                 report.symlinks += 1;
             }
             EntryKind::File => {
@@ -96,7 +115,7 @@ impl Files {
                 let written = self.write_file(entry, &temp);
                 match written {
                     Ok(n) => {
-                        apply_metadata(entry, &temp)?;
+                        apply_metadata(entry, &temp, options)?;
                         fs::rename(&temp, dest).map_err(|e| Error::io("rename into place", dest, e))?;
                         report.files += 1;
                         report.bytes += n;
@@ -110,7 +129,22 @@ impl Files {
                     }
                 }
             }
-            EntryKind::Other => report.skipped.push(entry.path.clone()),
+            EntryKind::Fifo if options.devices => {
+                replace(dest)?;
+                let c = c_path(dest)?;
+                // SAFETY: `c` is a valid NUL-terminated path.
+                if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                    return Err(Error::io("create fifo", dest, std::io::Error::last_os_error()));
+                }
+                apply_metadata(entry, dest, options)?;
+                report.fifos += 1;
+            }
+            EntryKind::Fifo => report.skipped.push((entry.path.clone(), "a fifo (extracted with --devices)".into())),
+            EntryKind::CharDevice | EntryKind::BlockDevice => {
+                report.skipped.push((entry.path.clone(), "a device node (its numbers are not readable)".into()))
+            }
+            EntryKind::Socket => report.skipped.push((entry.path.clone(), "a socket".into())),
+            EntryKind::Other => report.skipped.push((entry.path.clone(), "neither file, directory nor symlink".into())),
         }
         Ok(())
     }
@@ -175,20 +209,36 @@ fn temporary(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.strata-extract.{}", std::process::id()))
 }
 
-/// Mode (not for symlinks), owner (when root) and mtime, without following symlinks.
-fn apply_metadata(entry: &Entry, path: &Path) -> Result<()> {
+/// Removes what is at `dest` unless it is a directory (which stays, and makes the caller's
+/// create fail with a clear error).
+fn replace(dest: &Path) -> Result<()> {
+    match fs::symlink_metadata(dest) {
+        Ok(m) if !m.is_dir() => fs::remove_file(dest).map_err(|e| Error::io("replace", dest, e)),
+        _ => Ok(()),
+    }
+}
+
+fn c_path(path: &Path) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::io("use", path, std::io::ErrorKind::InvalidInput.into()))
+}
+
+/// Mode (not for symlinks; setuid and setgid only with `devices`), owner (when root) and mtime,
+/// without following symlinks.
+fn apply_metadata(entry: &Entry, path: &Path, options: ExtractOptions) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).map_err(|e| Error::io("chown", path, e))?;
     }
     if entry.kind != EntryKind::Symlink {
-        // Without setuid and setgid: an extracted file must not carry privileges.
-        fs::set_permissions(path, fs::Permissions::from_mode(entry.mode & 0o1777))
+        // Without setuid and setgid unless asked for: an extracted file must not carry
+        // privileges by surprise. After chown, which clears them.
+        let keep = if options.devices { 0o7777 } else { 0o1777 };
+        fs::set_permissions(path, fs::Permissions::from_mode(entry.mode & keep))
             .map_err(|e| Error::io("chmod", path, e))?;
     }
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::io("set the time of", path, std::io::ErrorKind::InvalidInput.into()))?;
+    let c = c_path(path)?;
     let mtime = libc::timespec { tv_sec: entry.mtime as libc::time_t, tv_nsec: 0 };
     let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, mtime];
     // SAFETY: `c` is a valid NUL-terminated path and `times` holds two timespecs.

@@ -12,7 +12,7 @@ mod ntfs;
 mod ntfs_units;
 
 pub use diff::{diff, same_disk, Change, ChangeKind};
-pub use extract::ExtractReport;
+pub use extract::{ExtractOptions, ExtractReport};
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
@@ -28,7 +28,16 @@ pub enum EntryKind {
     File,
     Dir,
     Symlink,
-    /// A device, fifo or socket, or an NTFS reparse point: listed, never extracted.
+    /// A named pipe: extracted only with `ExtractOptions::devices`.
+    Fifo,
+    /// Device nodes: listed, never extracted (no reader gives their device numbers).
+    #[serde(rename = "char-device")]
+    CharDevice,
+    #[serde(rename = "block-device")]
+    BlockDevice,
+    /// A socket is a running program's, never extracted (as `tar` leaves them out).
+    Socket,
+    /// An NTFS reparse point that is not a symlink, or a name no reader could stat.
     Other,
 }
 

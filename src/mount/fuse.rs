@@ -92,7 +92,7 @@ impl StrataFs {
         let kind = match entry.kind {
             EntryKind::Dir => Type::Dir,
             EntryKind::Symlink => Type::Symlink,
-            EntryKind::File | EntryKind::Other => Type::File,
+            _ => Type::File,
         };
         let node = if entry.path == "/" {
             Node::Files(key.0, key.1)
@@ -105,12 +105,12 @@ impl StrataFs {
             EntryKind::Symlink => (FileType::Symlink, 0o777),
             EntryKind::File => (FileType::RegularFile, entry.mode),
             // A device, fifo, socket or reparse point: shown, not readable.
-            EntryKind::Other => (FileType::RegularFile, 0),
+            _ => (FileType::RegularFile, 0),
         };
         let size = match entry.kind {
             EntryKind::Symlink => entry.target.as_ref().map_or(0, |t| t.len() as u64),
-            EntryKind::Other => 0,
-            _ => entry.size,
+            EntryKind::File | EntryKind::Dir => entry.size,
+            _ => 0,
         };
         let attr = FileAttr {
             ino: self.number(&node),
