@@ -45,6 +45,18 @@ pub enum Error {
     #[error("the repository config is invalid: {reason}")]
     BadConfig { reason: String },
 
+    #[error("job file {path}: {reason}")]
+    BadJob { path: PathBuf, reason: String },
+
+    #[error("no job {name}: {path} does not exist (`strata jobs` lists the jobs; STRATA_CONFIG_DIR sets where they live)")]
+    JobNotFound { name: String, path: PathBuf },
+
+    #[error("job {job}: the before hook {hook:?} {reason}; the run was cancelled and nothing was backed up")]
+    HookFailed { job: String, hook: String, reason: String },
+
+    #[error("the clock ({now}, from STRATA_NOW) is earlier than the newest image of the source ({newest})")]
+    ClockBehind { now: String, newest: String },
+
     #[error("the repository is locked by {holder}; wait for it to finish (a lock held by a dead process is released automatically)")]
     RepositoryLocked { holder: LockHolder },
 

@@ -18,6 +18,7 @@ pub mod files;
 pub mod forget;
 pub mod id;
 pub mod index;
+pub mod job;
 pub mod manifest;
 pub mod mount;
 pub mod nbd;

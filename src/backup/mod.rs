@@ -41,11 +41,13 @@ pub struct BackupOptions {
     pub source_id: Option<String>,
     /// Read a regular file even when its stat says it is unchanged since the base image.
     pub force_read: bool,
+    /// The clock for the image's time (`strata run` under `STRATA_NOW`); `None`: the system's.
+    pub now_ms: Option<u64>,
 }
 
 impl Default for BackupOptions {
     fn default() -> Self {
-        BackupOptions { kind: KindRequest::Auto, source_id: None, force_read: false }
+        BackupOptions { kind: KindRequest::Auto, source_id: None, force_read: false, now_ms: None }
     }
 }
 
@@ -132,7 +134,7 @@ fn plan_image(
         if too_deep { (Kind::Full, None, Vec::new(), true) } else { (kind, base, chain, false) };
     // Strictly after every earlier image, so that catalog order is backup order even within one
     // millisecond (writers are exclusive, so this cannot race).
-    let created_ms = images.iter().map(|i| i.created_ms + 1).max().unwrap_or(0).max(crate::timefmt::now_ms());
+    let created_ms = images.iter().map(|i| i.created_ms + 1).max().unwrap_or(0).max(opts.now_ms.unwrap_or_else(crate::timefmt::now_ms));
     let id = ImageId::generate(&source_id);
     let info = ImageInfo {
         id,

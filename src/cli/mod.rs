@@ -315,7 +315,7 @@ pub fn run() -> Result<()> {
                 KindArg::Differential => KindRequest::Differential,
                 KindArg::Incremental => KindRequest::Incremental,
             };
-            let opts = BackupOptions { kind, source_id, force_read };
+            let opts = BackupOptions { kind, source_id, force_read, now_ms: None };
             let bar = progress::Bar::new(json);
             let outcome = strata::backup::backup_outcome(&repo, &source, &opts, &bar)
                 .with_context(|| format!("backup of {} failed", source.display()))?;

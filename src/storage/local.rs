@@ -210,9 +210,9 @@ impl Backend for LocalDir {
     }
 
     fn temporaries(&self) -> Result<Vec<(String, u64)>> {
-        // Objects live at the top and under packs/ and images/; the index is RocksDB's.
+        // Objects live at the top and under packs/, images/ and runs/; the index is RocksDB's.
         let mut out = Vec::new();
-        for (dir, recurse) in [("", false), ("packs", true), ("images", true)] {
+        for (dir, recurse) in [("", false), ("packs", true), ("images", true), ("runs", true)] {
             self.walk(dir, recurse, &mut |rel, name, entry| {
                 if name.starts_with(TMP_PREFIX) {
                     out.push((rel, entry.metadata().map(|m| m.len()).unwrap_or(0)));

@@ -6,6 +6,7 @@
 //! generation          the last finished writing command's number
 //! packs/<xx>/<id>     pack files, named by the BLAKE3 of their bytes
 //! images/<id>         one manifest per image
+//! runs/<job>/<ms>.json the record of one run of a job
 //! index/              the RocksDB index (local, never behind a Backend)
 //! lock                the writer lock (local)
 //! ```
@@ -19,6 +20,17 @@ pub(crate) const GENERATION: &str = "generation";
 pub(crate) const PACKS: &str = "packs";
 pub(crate) const IMAGES: &str = "images";
 pub(crate) const INDEX: &str = "index";
+pub(crate) const RUNS: &str = "runs";
+
+/// The record of the run of job `job` (a valid job name) that started at `started_ms`.
+pub fn run_record(job: &str, started_ms: u64) -> String {
+    format!("{RUNS}/{job}/{started_ms:013}.json")
+}
+
+/// The folder of job `job`'s run records.
+pub fn run_records(job: &str) -> String {
+    format!("{RUNS}/{job}")
+}
 
 pub fn manifest(id: &ImageId) -> String {
     format!("{IMAGES}/{id}")
