@@ -48,7 +48,9 @@ pub enum Error {
     #[error("job file {path}: {reason}")]
     BadJob { path: PathBuf, reason: String },
 
-    #[error("no job {name}: {path} does not exist (`strata jobs` lists the jobs; STRATA_CONFIG_DIR sets where they live)")]
+    #[error(
+        "no job {name}: {path} does not exist (`strata jobs` lists the jobs; STRATA_CONFIG_DIR sets where they live)"
+    )]
     JobNotFound { name: String, path: PathBuf },
 
     #[error("job {job}: the before hook {hook:?} {reason}; the run was cancelled and nothing was backed up")]

@@ -134,7 +134,12 @@ fn plan_image(
         if too_deep { (Kind::Full, None, Vec::new(), true) } else { (kind, base, chain, false) };
     // Strictly after every earlier image, so that catalog order is backup order even within one
     // millisecond (writers are exclusive, so this cannot race).
-    let created_ms = images.iter().map(|i| i.created_ms + 1).max().unwrap_or(0).max(opts.now_ms.unwrap_or_else(crate::timefmt::now_ms));
+    let created_ms = images
+        .iter()
+        .map(|i| i.created_ms + 1)
+        .max()
+        .unwrap_or(0)
+        .max(opts.now_ms.unwrap_or_else(crate::timefmt::now_ms));
     let id = ImageId::generate(&source_id);
     let info = ImageInfo {
         id,

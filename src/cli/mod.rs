@@ -1,6 +1,7 @@
 //! Command-line adapter: arguments become library options; results become tables or JSON.
 
 mod files;
+mod jobs;
 mod output;
 mod progress;
 mod serve;
@@ -52,6 +53,27 @@ enum Command {
         #[arg(long)]
         force_read: bool,
         /// Print one JSON object instead of a summary
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a backup job (a TOML file of source, repository, scheme, retention, verification and
+    /// hooks): the scheme chooses full, differential or incremental, then retention, verification
+    /// and the hooks follow. STRATA_NOW (an RFC 3339 time) replaces the clock, to simulate runs
+    Run {
+        /// A job name (a file in $STRATA_CONFIG_DIR/jobs/NAME.toml) or a path to a job file
+        job: String,
+        /// `auto`: as the scheme says; `prompt`: show each choice's cost and ask (on a terminal)
+        #[arg(long, value_enum, default_value_t = jobs::RunKind::Auto)]
+        kind: jobs::RunKind,
+        /// Print one JSON object: every field of `backup --json` plus job, result, reason,
+        /// forgotten, pruned_bytes, verified (and error)
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the jobs in $STRATA_CONFIG_DIR/jobs/: source, last run, the kind due and the next
+    /// timer
+    Jobs {
+        /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
     },
@@ -377,6 +399,8 @@ pub fn run() -> Result<()> {
             serve::nbd(&repo_path(&cli.repo)?, &image, unix.as_deref(), tcp.as_deref(), cache_mib)?
         }
         Command::Verify { image, json } => verify(&repo_path(&cli.repo)?, &image, json)?,
+        Command::Run { job, kind, json } => jobs::run(&cli.repo, &job, kind, json)?,
+        Command::Jobs { json } => jobs::jobs(&cli.repo, json)?,
         Command::RebuildIndex { json } => {
             let path = repo_path(&cli.repo)?;
             let r = Repository::rebuild_index(&path)
@@ -542,30 +566,7 @@ fn find_set(stats: &strata::stats::Stats, spec: &str) -> Result<strata::id::Imag
     }
 }
 
-/// `7d`, `12h`, `1y6m` (y = 365 days, m = 30 days, w, d, h, and s for seconds).
+/// `7d`, `12h`, `1y6m` (as a job file's `keep_within`).
 fn parse_duration_ms(text: &str) -> Result<u64> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().with_context(|| format!("bad duration {text:?}: a number must come before {c:?}"))?;
-        let unit = match c {
-            'y' => 365 * 86_400,
-            'm' => 30 * 86_400,
-            'w' => 7 * 86_400,
-            'd' => 86_400,
-            'h' => 3600,
-            's' => 1,
-            _ => anyhow::bail!("bad duration {text:?}: unknown unit {c:?} (use y, m, w, d, h, s)"),
-        };
-        total = total.saturating_add(n.saturating_mul(unit * 1000));
-        num.clear();
-    }
-    if !num.is_empty() || text.is_empty() {
-        anyhow::bail!("bad duration {text:?}: every number needs a unit, e.g. 7d");
-    }
-    Ok(total)
+    strata::job::parse_duration_ms(text).map_err(anyhow::Error::msg)
 }

@@ -80,16 +80,21 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// The object `backup --json` prints (`run --json` adds to it).
+pub fn backup_json(o: &BackupOutcome) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(to_json(&o.info))?;
+    v["bytes_read"] = o.bytes_read.into();
+    v["warnings"] = o.warnings.clone().into();
+    Ok(v)
+}
+
 pub fn backup(o: &BackupOutcome, json: bool) -> Result<()> {
     let i = &o.info;
     for w in &o.warnings {
         eprintln!("strata: warning: {w}");
     }
     if json {
-        let mut v = serde_json::to_value(to_json(i))?;
-        v["bytes_read"] = o.bytes_read.into();
-        v["warnings"] = o.warnings.clone().into();
-        println!("{v}");
+        println!("{}", backup_json(o)?);
         return Ok(());
     }
     let base = i.base.map(|b| format!(" on {}", b.short())).unwrap_or_default();

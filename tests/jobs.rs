@@ -1,0 +1,328 @@
+//! Jobs: job files, calendar expressions (checked against `systemd-analyze calendar`), `strata
+//! run` choosing kinds by its scheme over simulated months, retention, hooks and bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{assert_clean_failure, strata_cmd, Disk, TestRepo};
+use jiff::civil::Weekday;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use strata::job::Calendar;
+
+const MIB: usize = 1 << 20;
+
+/// The next `n` occurrences after `base` (Unix seconds) that `systemd-analyze calendar` gives
+/// in zone `tz`, in UTC seconds, and its normalised form; `None` when it rejects `expr`.
+fn systemd(expr: &str, base: i64, tz: &str, n: usize) -> Option<(String, Vec<i64>)> {
+    let out = Command::new("systemd-analyze")
+        .env("TZ", tz)
+        .args(["calendar", &format!("--base-time=@{base}"), &format!("--iterations={n}"), expr])
+        .output()
+        .expect("systemd-analyze runs");
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).unwrap();
+    let normal = text.lines().find_map(|l| l.trim().strip_prefix("Normalized form: ")).unwrap().to_string();
+    // With TZ=UTC each time line is in UTC already; otherwise "(in UTC): ..." follows it.
+    let times = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let t = l.strip_prefix("(in UTC): ").or_else(|| {
+                (tz == "UTC").then(|| l.strip_prefix("Next elapse: ").or_else(|| l.split_once(": ").map(|x| x.1)))?
+            })?;
+            // "Tue 2026-09-22 00:00:00 UTC"
+            let mut parts = t.split_whitespace().skip(1);
+            let civil = format!("{}T{}", parts.next()?, parts.next()?);
+            let dt: jiff::civil::DateTime = civil.parse().ok()?;
+            Some(dt.to_zoned(TimeZone::UTC).ok()?.timestamp().as_second())
+        })
+        .collect::<Vec<_>>();
+    let mut times = times;
+    times.dedup();
+    Some((normal, times))
+}
+
+#[test]
+fn calendar_expressions_occur_when_systemd_says_they_do() {
+    let exprs = [
+        "minutely",
+        "hourly",
+        "daily",
+        "weekly",
+        "monthly",
+        "quarterly",
+        "semiannually",
+        "yearly",
+        "daily UTC",
+        "*-*-01 02:00",
+        "Sun *-*-1..7",
+        "Sun *-*-1..7 03:30",
+        "Mon..Fri 22:15",
+        "Mon,Wed *-*-* 1..3:00",
+        "Sat,Sun 12:00:30",
+        "*-*-1/7 04:00",
+        "*:0/15",
+        "*-*-* 10,2:00",
+        "*-02-29 00:00",
+        "2027..2028-02-29",
+        "Fri *-1,4..6-1..7/2 02:00:05",
+        "12:00 UTC",
+        "*-*-31",
+    ];
+    // 2026-03-29 00:30 UTC, an hour before Europe's clocks go forward; 2026-10-25 00:30 UTC
+    // before they go back; 2026-11-30 23:59:59 UTC; 2028-02-28 12:00 UTC.
+    let bases = [1_774_744_200, 1_792_888_200, 1_796_083_199, 1_835_438_400];
+    for tz in ["UTC", "Europe/Berlin", "America/New_York"] {
+        let zone = TimeZone::get(tz).unwrap();
+        for expr in exprs {
+            let cal = Calendar::parse(expr).unwrap_or_else(|e| panic!("{e}"));
+            for base in bases {
+                let (normal, want) = systemd(expr, base, tz, 4).unwrap_or_else(|| panic!("systemd rejects {expr:?}"));
+                assert_eq!(cal.to_string(), normal, "normal form of {expr:?}");
+                let mut got = Vec::new();
+                let mut at = Timestamp::from_second(base).unwrap();
+                for _ in 0..want.len() {
+                    at = cal.next_after(at, &zone).unwrap();
+                    got.push(at.as_second());
+                }
+                assert_eq!(got, want, "{expr:?} after {base} in {tz}");
+            }
+        }
+    }
+}
+
+#[test]
+fn calendar_expressions_systemd_rejects_or_we_do_not_support_are_errors() {
+    for bad in ["", "Mon..Funday", "*-13-01", "25:00", "*-*-* 1:2:3:4", "Sat..Mon", "1/0:00"] {
+        assert!(systemd(bad, 0, "UTC", 1).is_none(), "systemd accepts {bad:?}");
+        let e = Calendar::parse(bad).expect_err(bad);
+        assert!(e.contains("bad calendar expression"), "{e}");
+    }
+    // Accepted by systemd, refused here with a reason.
+    for (unsupported, why) in [("*-02~1", "~"), ("*:*:1.5", "fraction"), ("daily Europe/Berlin", "time zone")] {
+        let e = Calendar::parse(unsupported).expect_err(unsupported);
+        assert!(e.contains(why), "{e}");
+    }
+}
+
+/// A job directory with one job file; `run` and `jobs` see it through STRATA_CONFIG_DIR.
+struct Jobs {
+    config: PathBuf,
+}
+
+impl Jobs {
+    fn new(repo: &TestRepo, name: &str, toml: &str) -> Jobs {
+        let config = repo.file("config");
+        std::fs::create_dir_all(config.join("jobs")).unwrap();
+        std::fs::write(config.join("jobs").join(format!("{name}.toml")), toml).unwrap();
+        Jobs { config }
+    }
+
+    fn strata(&self, now: Option<&str>, args: &[&str]) -> Output {
+        let mut cmd = strata_cmd();
+        cmd.env("STRATA_CONFIG_DIR", &self.config).env("TZ", "UTC").env_remove("STRATA_REPO").args(args);
+        match now {
+            Some(n) => cmd.env("STRATA_NOW", n),
+            None => cmd.env_remove("STRATA_NOW"),
+        };
+        cmd.output().expect("run strata")
+    }
+
+    fn run_json(&self, now: &str) -> serde_json::Value {
+        let out = self.strata(Some(now), &["run", "nightly", "--json"]);
+        assert!(out.status.success(), "{now}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn job_toml(repo: &Path, source: &Path, extra: &str) -> String {
+    format!(
+        "repository = {:?}\nsource = {:?}\nsource_id = \"disk\"\ncomment = \"test\"\n{extra}",
+        repo.to_str().unwrap(),
+        source.to_str().unwrap()
+    )
+}
+
+fn sha(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// The kind a monthly-full, weekly-differential, daily-incremental scheme makes due on `day`
+/// (runs at 02:00): the first run and the 1st of a month are fulls, Mondays differentials.
+fn expected_kind(first: bool, day: jiff::civil::Date) -> &'static str {
+    if first || day.day() == 1 {
+        "full"
+    } else if day.weekday() == Weekday::Monday {
+        "differential"
+    } else {
+        "incremental"
+    }
+}
+
+#[test]
+fn seventy_days_of_a_monthly_weekly_daily_scheme_choose_their_kinds_and_keep_two_sets() {
+    let repo = TestRepo::new();
+    let disk_path = repo.file("disk.img");
+    let mut disk = Disk::new(70, 4 * MIB).random(0..2 * MIB).text(2 * MIB..3 * MIB);
+    disk.write_to(&disk_path);
+    let scheme = "[scheme]\nfull = \"monthly\"\ndifferential = \"weekly\"\nincremental = \"daily\"\n\n\
+                  [retention]\nkeep_sets = 2\nprune = true\n\n[verify]\nafter_backup = \"image\"\n";
+    let jobs = Jobs::new(&repo, "nightly", &job_toml(&repo.path, &disk_path, scheme));
+
+    let start: jiff::civil::Date = "2026-01-01".parse().unwrap();
+    let mut content = std::collections::HashMap::new();
+    for d in 0..70 {
+        let day = start.checked_add(jiff::Span::new().days(d)).unwrap();
+        if d > 0 {
+            disk = disk.scatter_blocks(8);
+            disk.write_in_place(&disk_path);
+        }
+        let now = format!("{day}T02:00:00Z");
+        let v = jobs.run_json(&now);
+        assert_eq!(v["kind"], expected_kind(d == 0, day), "{now}: {v}");
+        assert_eq!(v["job"], "nightly");
+        assert_eq!(v["verified"], true, "{now}");
+        assert_eq!(v["result"], "ok");
+        let created = v["created"].as_str().unwrap();
+        assert!(created.starts_with(&format!("{day}T02:00:00")), "image time {created} is not the clock's {now}");
+        content.insert(v["image"].as_str().unwrap().to_string(), sha(&disk.bytes));
+    }
+
+    let images = repo.images();
+    let sets: std::collections::BTreeSet<_> = images.iter().map(|i| i.set).collect();
+    assert_eq!(sets.len(), 2, "keep_sets = 2 leaves two sets");
+    // March's set (days 1 to 11) and February's (28 days).
+    assert_eq!(images.len(), 28 + 11);
+    for info in &images {
+        let out = repo.file("restored.img");
+        let run = repo.cli(&["restore", &info.id.to_string(), out.to_str().unwrap(), "--force"]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert_eq!(sha(&std::fs::read(&out).unwrap()), content[&info.id.to_string()], "{}", info.id);
+    }
+
+    // Each run left its record; `jobs` shows the last and what is due next.
+    assert_eq!(repo.files_in("runs/nightly").len(), 70);
+    let out = jobs.strata(Some("2026-03-12T01:00:00Z"), &["jobs", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["job"], "nightly");
+    assert_eq!(listed[0]["last_run"]["result"], "ok");
+    assert_eq!(listed[0]["last_run"]["kind"], "incremental");
+    assert_eq!(listed[0]["due_kind"], "incremental");
+    let next = Timestamp::from_millisecond(listed[0]["next_run_ms"].as_i64().unwrap()).unwrap();
+    assert_eq!(next.to_string(), "2026-03-13T00:00:00Z");
+}
+
+#[test]
+fn explicit_kinds_and_a_scheme_of_differentials_only() {
+    let repo = TestRepo::new();
+    let disk_path = repo.file("disk.img");
+    Disk::new(3, 2 * MIB).random(0..MIB).write_to(&disk_path);
+    let jobs = Jobs::new(
+        &repo,
+        "nightly",
+        &job_toml(&repo.path, &disk_path, "[scheme]\nfull = \"monthly\"\ndifferential = \"daily\"\n"),
+    );
+    assert_eq!(jobs.run_json("2026-05-03T10:00:00Z")["kind"], "full");
+    // Later the same day: no occurrence of `daily` since the full, and no incrementals in the
+    // scheme: a differential all the same.
+    assert_eq!(jobs.run_json("2026-05-03T11:00:00Z")["kind"], "differential");
+    let out = jobs.strata(Some("2026-05-03T12:00:00Z"), &["run", "nightly", "--kind", "full", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["kind"].as_str(), v["reason"].as_str()), (Some("full"), Some("asked for")));
+    assert_eq!(v["verified"], serde_json::Value::Null, "verification was not asked for");
+}
+
+#[test]
+fn hooks_run_around_a_backup_and_a_failing_before_hook_cancels_it() {
+    let repo = TestRepo::new();
+    let disk_path = repo.file("disk.img");
+    Disk::new(4, 2 * MIB).random(0..MIB).write_to(&disk_path);
+    let log = repo.file("hooks.log");
+    let ok = format!(
+        "[hooks]\nbefore = [\"echo before $STRATA_JOB $STRATA_KIND >> {l}\"]\n\
+         after = [\"echo after $STRATA_RESULT $STRATA_IMAGE >> {l}\", \"exit 3\"]\n",
+        l = log.display()
+    );
+    let jobs = Jobs::new(&repo, "nightly", &job_toml(&repo.path, &disk_path, &ok));
+    let v = jobs.run_json("2026-05-03T10:00:00Z");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text, format!("before nightly full\nafter ok {}\n", v["image"].as_str().unwrap()));
+
+    // A before hook that fails, and one that hangs past its timeout: cancelled, no image, the
+    // after hooks still run, and the record says so.
+    for (i, before) in ["exit 7", "sleep 30"].iter().enumerate() {
+        std::fs::remove_file(&log).unwrap();
+        let toml = format!(
+            "[hooks]\ntimeout = \"1s\"\nbefore = [{before:?}]\nafter = [\"echo after $STRATA_RESULT >> {}\"]\n",
+            log.display()
+        );
+        let jobs = Jobs::new(&repo, "nightly", &job_toml(&repo.path, &disk_path, &toml));
+        let started = std::time::Instant::now();
+        let now = format!("2026-05-0{}T10:00:00Z", 4 + i);
+        let out = jobs.strata(Some(&now), &["run", "nightly"]);
+        assert_clean_failure(&out, "cancelled");
+        assert!(started.elapsed().as_secs() < 20, "a hanging hook was not killed");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "after cancelled\n");
+        assert_eq!(repo.images().len(), 1, "a cancelled run backed up");
+    }
+    let out = jobs.strata(Some("2026-05-09T00:00:00Z"), &["jobs", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["last_run"]["result"], "cancelled");
+    assert!(listed[0]["last_run"]["error"].as_str().unwrap().contains("sleep 30"), "{listed}");
+}
+
+#[test]
+fn bad_job_files_and_bad_runs_are_clear_errors_that_change_nothing() {
+    let repo = TestRepo::new();
+    let disk_path = repo.file("disk.img");
+    Disk::new(5, 2 * MIB).random(0..MIB).write_to(&disk_path);
+    let base = job_toml(&repo.path, &disk_path, "");
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{base}colour = \"blue\"\n"), "unknown field `colour`"),
+        (format!("{base}[scheme]\nfull = \"monthly\"\nweekly = \"Mon\"\n"), "unknown field `weekly`"),
+        (format!("{base}[scheme]\nfull = \"Mon..Funday\"\n"), "line 6, column 8: scheme.full"),
+        (format!("{base}[scheme]\nfull = \"2020-01-01\"\n"), "never occurs"),
+        (format!("{base}[retention]\nkeep_last = 0\n"), "keeps no image"),
+        (format!("{base}[retention]\nmin_free = \"lots\"\n"), "retention.min_free"),
+        (format!("{base}[verify]\nafter_backup = \"sometimes\"\n"), "unknown variant `sometimes`"),
+        (format!("{base}source = \"twice\"\n"), "duplicate key"),
+        ("source = [1, 2\n".to_string(), "line 1"),
+        (job_toml(&repo.path, &repo.file("no-such-disk"), ""), "no-such-disk"),
+        (job_toml(&repo.file("no-such-repo"), &disk_path, ""), "no-such-repo"),
+    ];
+    for (toml, want) in &cases {
+        let jobs = Jobs::new(&repo, "bad", toml);
+        let out = jobs.strata(Some("2026-05-03T10:00:00Z"), &["run", "bad"]);
+        assert_clean_failure(&out, want);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("bad.toml") || stderr.contains("no-such"), "the file is not named: {stderr}");
+    }
+    assert!(repo.images().is_empty(), "a bad job backed up");
+
+    let jobs = Jobs::new(&repo, "good", &base);
+    for (name, want) in [("no-such-job", "no job no-such-job"), ("../x", "no job ../x"), (".hidden", "job name")] {
+        assert_clean_failure(&jobs.strata(None, &["run", name]), want);
+    }
+    assert_clean_failure(&jobs.strata(Some("yesterday"), &["run", "good"]), "STRATA_NOW");
+    assert_clean_failure(&jobs.strata(None, &["run", "good", "--kind", "prompt"]), "terminal");
+    assert!(jobs.strata(Some("2026-05-03T10:00:00Z"), &["run", "good"]).status.success());
+    assert_clean_failure(&jobs.strata(Some("2026-05-02T10:00:00Z"), &["run", "good"]), "earlier than the newest image");
+
+    // Two runs at once: the second finds the repository locked by the first (held in its hook).
+    let slow = format!("{base}[hooks]\nbefore = [\"sleep 3\"]\n");
+    let jobs = Jobs::new(&repo, "slow", &slow);
+    let mut first = strata_cmd();
+    first.env("STRATA_CONFIG_DIR", &jobs.config).env("STRATA_NOW", "2026-05-04T10:00:00Z").args(["run", "slow"]);
+    let mut first = first.stdout(std::process::Stdio::null()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert_clean_failure(&jobs.strata(Some("2026-05-04T10:00:01Z"), &["run", "slow"]), "locked");
+    assert!(first.wait().unwrap().success());
+    assert_eq!(repo.images().len(), 2);
+}
