@@ -105,6 +105,9 @@ pub enum Error {
     #[error("the lock file {path} is not a regular file (a symlink or something else); remove it and run again")]
     LockNotAFile { path: PathBuf },
 
+    #[error("--base {base}: {reason}")]
+    BadBase { base: String, reason: String },
+
     #[error("the chain under base image {base} of this backup cannot be read ({reason}); take a full with `--kind full` (and `strata forget` the damaged image)")]
     BaseUnreadable { base: String, reason: String },
 

@@ -326,3 +326,132 @@ fn bad_job_files_and_bad_runs_are_clear_errors_that_change_nothing() {
     assert!(first.wait().unwrap().success());
     assert_eq!(repo.images().len(), 2);
 }
+
+#[test]
+fn schedule_writes_units_systemd_accepts_and_cron_lines() {
+    let repo = TestRepo::new();
+    let disk_path = repo.file("disk.img");
+    Disk::new(6, MIB).random(0..MIB).write_to(&disk_path);
+    let scheme = "[scheme]\nfull = \"Sun *-*-1..7 03:30\"\ndifferential = \"weekly\"\nincremental = \"*-*-* 02:00\"\n";
+    let jobs = Jobs::new(&repo, "nightly", &job_toml(&repo.path, &disk_path, scheme));
+    let units = repo.file("units");
+    let out = jobs.strata(None, &["schedule", "nightly", "--systemd", "--out", units.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (service, timer) = (units.join("strata-job-nightly.service"), units.join("strata-job-nightly.timer"));
+    let verify = Command::new("systemd-analyze").arg("verify").arg(&service).arg(&timer).output().unwrap();
+    assert!(verify.status.success() && verify.stderr.is_empty(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let service_text = std::fs::read_to_string(&service).unwrap();
+    let job_file = jobs.config.join("jobs/nightly.toml");
+    let exec = format!("ExecStart={} run {}", env!("CARGO_BIN_EXE_strata"), job_file.display());
+    assert!(service_text.contains(&exec), "{service_text}");
+    for line in ["Type=oneshot", "Nice=10", "IOSchedulingClass=idle"] {
+        assert!(service_text.contains(line), "{service_text}");
+    }
+    let timer_text = std::fs::read_to_string(&timer).unwrap();
+    let calendars: Vec<&str> = timer_text.lines().filter_map(|l| l.strip_prefix("OnCalendar=")).collect();
+    assert_eq!(calendars, ["Sun *-*-01..07 03:30:00", "Mon *-*-* 00:00:00", "*-*-* 02:00:00"]);
+    for c in &calendars {
+        let (normal, _) = systemd(c, 0, "UTC", 1).unwrap_or_else(|| panic!("systemd rejects {c:?}"));
+        assert_eq!(&normal, c);
+    }
+    assert!(timer_text.contains("Persistent=true") && timer_text.contains("RandomizedDelaySec="));
+
+    let out = jobs.strata(None, &["schedule", "nightly", "--cron"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
+    let cmd = format!("'{}' 'run' '{}'", env!("CARGO_BIN_EXE_strata"), job_file.display());
+    assert_eq!(
+        lines,
+        [
+            format!("30 3 1-7 * * case $(date +\\%u) in 7) {cmd} ;; esac"),
+            format!("0 0 * * 1 {cmd}"),
+            format!("0 2 * * * {cmd}"),
+        ]
+    );
+
+    // Nothing to schedule without a scheme; no repository to name without one.
+    let bare = Jobs::new(&repo, "bare", &job_toml(&repo.path, &disk_path, ""));
+    assert_clean_failure(&bare.strata(None, &["schedule", "bare", "--cron"]), "no [scheme]");
+    let toml = format!("source = {:?}\n{scheme}", disk_path.to_str().unwrap());
+    let norepo = Jobs::new(&repo, "norepo", &toml);
+    assert_clean_failure(&norepo.strata(None, &["schedule", "norepo", "--cron"]), "names no repository");
+    let out = norepo.strata(None, &["-r", repo.path.to_str().unwrap(), "schedule", "norepo", "--cron"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("'-r' '{}'", repo.path.display())));
+    assert_clean_failure(&norepo.strata(None, &["schedule", "norepo"]), "--systemd");
+    let seconds = format!("repository = {:?}\nsource = \"x\"\n[scheme]\nfull = \"*-*-* 02:00:30\"\n", repo.path);
+    let seconds = Jobs::new(&repo, "seconds", &seconds);
+    assert_clean_failure(&seconds.strata(None, &["schedule", "seconds", "--cron"]), "seconds");
+}
+
+#[test]
+fn backup_base_makes_an_image_on_an_older_one_without_breaking_a_chain() {
+    let repo = TestRepo::new();
+    let disk_path = repo.file("disk.img");
+    let mut disk = Disk::new(8, 2 * MIB).random(0..MIB);
+    let mut states = Vec::new();
+    let mut ids = Vec::new();
+    for kind in ["full", "incremental", "incremental"] {
+        disk = disk.scatter_blocks(4);
+        disk.write_to(&disk_path);
+        let out = repo.cli(&["backup", "--source-id", "disk", "--kind", kind, "--json", disk_path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids.push(v["image"].as_str().unwrap().to_string());
+        states.push(disk.bytes.clone());
+    }
+    let backup_on = |kind: &str, base: &str| {
+        repo.cli(&[
+            "backup",
+            "--source-id",
+            "disk",
+            "--kind",
+            kind,
+            "--base",
+            base,
+            "--json",
+            disk_path.to_str().unwrap(),
+        ])
+    };
+    disk = disk.scatter_blocks(4);
+    disk.write_to(&disk_path);
+    let out = backup_on("incremental", &ids[1][..12]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["kind"].as_str(), v["base"].as_str(), v["depth"].as_u64()),
+        (Some("incremental"), Some(&ids[1][..]), Some(2))
+    );
+    let out = backup_on("differential", &ids[2]);
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((d["kind"].as_str(), d["base"].as_str()), (Some("differential"), Some(&ids[0][..])));
+
+    // Every image restores as its disk was, the branch and the chain it left alike.
+    let check = |id: &str, want: &[u8]| {
+        let to = repo.file("restored.img");
+        let run = repo.cli(&["restore", id, to.to_str().unwrap(), "--force"]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert!(std::fs::read(&to).unwrap() == want, "image {id} restores wrong");
+    };
+    for (id, state) in ids.iter().zip(&states) {
+        check(id, state);
+    }
+    check(v["image"].as_str().unwrap(), &disk.bytes);
+    check(d["image"].as_str().unwrap(), &disk.bytes);
+
+    assert_clean_failure(&backup_on("full", &ids[1]), "a full has no base");
+    let other = repo.cli(&["backup", "--kind", "incremental", "--base", &ids[1], disk_path.to_str().unwrap()]);
+    assert_clean_failure(&other, "--source-id");
+    assert_clean_failure(&backup_on("incremental", "ffffffff"), "ffffffff");
+    assert_eq!(repo.images().len(), 5);
+    let check = repo.cli(&["check", "--read-data"]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    // Forgetting the image the branch grew from keeps both branches restorable.
+    let forget = repo.cli(&["forget", &ids[1]]);
+    assert!(forget.status.success(), "{}", String::from_utf8_lossy(&forget.stderr));
+    let to = repo.file("after-forget.img");
+    for (id, want) in [(&ids[2], &states[2]), (&v["image"].as_str().unwrap().to_string(), &disk.bytes)] {
+        let run = repo.cli(&["restore", id, to.to_str().unwrap(), "--force"]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert!(std::fs::read(&to).unwrap() == *want, "image {id} restores wrong after the forget");
+    }
+}

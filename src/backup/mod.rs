@@ -13,7 +13,7 @@ mod source;
 
 pub use chunker::{is_zero, split_segment};
 pub(crate) use packer::{Repacker, StoredPack};
-pub(crate) use plan::{plan_kind, validate_source_id};
+pub(crate) use plan::{plan_kind, plan_on, validate_source_id};
 pub use plan::{KindRequest, MAX_SOURCE_ID_LEN};
 pub(crate) use source::Source;
 
@@ -43,11 +43,14 @@ pub struct BackupOptions {
     pub force_read: bool,
     /// The clock for the image's time (`strata run` under `STRATA_NOW`); `None`: the system's.
     pub now_ms: Option<u64>,
+    /// `backup --base IMAGE`: an incremental on IMAGE, or a differential on the full of IMAGE's
+    /// set, instead of on the newest image of the source's newest set.
+    pub base: Option<String>,
 }
 
 impl Default for BackupOptions {
     fn default() -> Self {
-        BackupOptions { kind: KindRequest::Auto, source_id: None, force_read: false, now_ms: None }
+        BackupOptions { kind: KindRequest::Auto, source_id: None, force_read: false, now_ms: None, base: None }
     }
 }
 
@@ -123,7 +126,10 @@ fn plan_image(
     let source_id = opts.source_id.clone().unwrap_or_else(|| src.canonical_id());
     validate_source_id(&source_id)?;
     let images = repo.images()?;
-    let (kind, base) = plan_kind(&images, &source_id, opts.kind)?;
+    let (kind, base) = match &opts.base {
+        None => plan_kind(&images, &source_id, opts.kind)?,
+        Some(spec) => plan_on(repo.find_image(spec)?, &images, &source_id, opts.kind)?,
+    };
     // The base's chain, as its manifests say: its length is the new image's depth.
     let chain =
         base.as_ref().map(|b| repo.chain(b)).transpose().map_err(|e| base_unreadable(&base, e))?.unwrap_or_default();

@@ -55,3 +55,32 @@ pub(crate) fn plan_kind(images: &[ImageInfo], source_id: &str, req: KindRequest)
     };
     Ok((kind, Some(base.clone())))
 }
+
+/// The kind and base of `backup --base IMAGE` (`image`): an incremental on it (`auto` too), or a
+/// differential on its set's full. The new image joins IMAGE's set; images already based on
+/// IMAGE keep their chains (the set branches, as Macrium's "from an existing image" does).
+pub(crate) fn plan_on(
+    image: ImageInfo,
+    images: &[ImageInfo],
+    source_id: &str,
+    req: KindRequest,
+) -> Result<(Kind, Option<ImageInfo>)> {
+    let bad = |reason: String| Error::BadBase { base: image.id.short(), reason };
+    if image.source_id != source_id {
+        return Err(bad(format!(
+            "it is an image of source {:?}, not of {source_id:?}; pass --source-id {:?} if this is the same disk",
+            image.source_id, image.source_id
+        )));
+    }
+    match req {
+        KindRequest::Full => Err(bad("a full has no base; use --kind incremental or differential".into())),
+        KindRequest::Auto | KindRequest::Incremental => Ok((Kind::Incremental, Some(image))),
+        KindRequest::Differential => {
+            let full = images
+                .iter()
+                .find(|i| i.set == image.set && i.base.is_none())
+                .ok_or_else(|| bad("its set has no full in the catalog".into()))?;
+            Ok((Kind::Differential, Some(full.clone())))
+        }
+    }
+}

@@ -210,3 +210,65 @@ fn job_status(path: &Path, cli_repo: &Option<PathBuf>, now_ms: u64, tz: &TimeZon
         |e| serde_json::json!({"job": name, "path": path.display().to_string(), "error": format!("{e:#}")}),
     )
 }
+
+/// `strata schedule JOB --systemd|--cron`.
+pub(super) fn schedule(
+    cli_repo: &Option<PathBuf>,
+    name: &str,
+    cron: bool,
+    user: bool,
+    out: Option<&Path>,
+) -> Result<()> {
+    let job = Job::load(name)?;
+    let exe = std::env::current_exe().context("cannot find the path of this strata binary")?;
+    let repo = cli_repo.as_deref();
+    if cron {
+        for line in strata::job::units::cron_lines(&job, &exe, repo)? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let units = strata::job::units::systemd_units(&job, &exe, repo)?;
+    let dir = match out {
+        Some(d) => d.to_path_buf(),
+        None if user => {
+            let base = std::env::var_os("XDG_CONFIG_HOME")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+                .context("neither XDG_CONFIG_HOME nor HOME is set: pass --out DIR")?;
+            base.join("systemd/user")
+        }
+        None => PathBuf::from("/etc/systemd/system"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (file, text) in &units {
+        let path = dir.join(file);
+        let tmp = dir.join(format!(".{file}.strata-tmp"));
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    let timer = format!("{}.timer", strata::job::units::unit_stem(&job.name));
+    let scope: &[&str] = if user { &["--user"] } else { &[] };
+    if out.is_some() {
+        return Ok(());
+    }
+    if !Path::new("/run/systemd/system").exists() {
+        println!(
+            "systemd is not running here; once it is: systemctl {}enable --now {timer}",
+            if user { "--user " } else { "" }
+        );
+        return Ok(());
+    }
+    for args in [&["daemon-reload"][..], &["enable", "--now", &timer][..]] {
+        let status =
+            std::process::Command::new("systemctl").args(scope).args(args).status().context("cannot run systemctl")?;
+        if !status.success() {
+            anyhow::bail!("systemctl {} failed ({status}); the units are written in {}", args.join(" "), dir.display());
+        }
+    }
+    println!("enabled {timer}");
+    Ok(())
+}

@@ -52,6 +52,10 @@ enum Command {
         /// Read an image file even if its size, times and inode are unchanged since its base
         #[arg(long)]
         force_read: bool,
+        /// Make the image on IMAGE instead of the newest one: `--kind incremental` on IMAGE
+        /// itself, `--kind differential` on the full of IMAGE's set; no chain is broken
+        #[arg(long, value_name = "IMAGE")]
+        base: Option<String>,
         /// Print one JSON object instead of a summary
         #[arg(long)]
         json: bool,
@@ -76,6 +80,26 @@ enum Command {
         /// Print JSON for scripts instead of text
         #[arg(long)]
         json: bool,
+    },
+    /// Schedule a job: write a systemd service and timer (OnCalendar= from its scheme) and
+    /// enable them where systemd runs, or print crontab lines
+    #[command(group(clap::ArgGroup::new("how").required(true).args(["systemd", "cron"])))]
+    Schedule {
+        /// A job name or a path to a job file
+        job: String,
+        /// Write `strata-job-NAME.service` and `.timer` (to /etc/systemd/system, or the user's
+        /// systemd directory with --user) and enable the timer
+        #[arg(long)]
+        systemd: bool,
+        /// With --systemd: units of the user's systemd instance
+        #[arg(long, requires = "systemd")]
+        user: bool,
+        /// With --systemd: only write the units into DIR, enable nothing
+        #[arg(long, value_name = "DIR", requires = "systemd")]
+        out: Option<PathBuf>,
+        /// Print crontab lines instead
+        #[arg(long)]
+        cron: bool,
     },
     /// List images, oldest first
     Images {
@@ -326,7 +350,7 @@ pub fn run() -> Result<()> {
             };
             init(&path, avg_chunk_kib, compression_level)?;
         }
-        Command::Backup { source, kind, source_id, force_read, json } => {
+        Command::Backup { source, kind, source_id, force_read, base, json } => {
             let path = repo_path(&cli.repo)?;
             // The lock record names the command only: no paths or ids (an encrypted repository
             // must not leak them through its lock file).
@@ -337,7 +361,7 @@ pub fn run() -> Result<()> {
                 KindArg::Differential => KindRequest::Differential,
                 KindArg::Incremental => KindRequest::Incremental,
             };
-            let opts = BackupOptions { kind, source_id, force_read, now_ms: None };
+            let opts = BackupOptions { kind, source_id, force_read, now_ms: None, base };
             let bar = progress::Bar::new(json);
             let outcome = strata::backup::backup_outcome(&repo, &source, &opts, &bar)
                 .with_context(|| format!("backup of {} failed", source.display()))?;
@@ -401,6 +425,9 @@ pub fn run() -> Result<()> {
         Command::Verify { image, json } => verify(&repo_path(&cli.repo)?, &image, json)?,
         Command::Run { job, kind, json } => jobs::run(&cli.repo, &job, kind, json)?,
         Command::Jobs { json } => jobs::jobs(&cli.repo, json)?,
+        Command::Schedule { job, systemd: _, user, out, cron } => {
+            jobs::schedule(&cli.repo, &job, cron, user, out.as_deref())?
+        }
         Command::RebuildIndex { json } => {
             let path = repo_path(&cli.repo)?;
             let r = Repository::rebuild_index(&path)

@@ -272,6 +272,62 @@ impl Calendar {
     }
 }
 
+impl Field {
+    fn is_any(&self, min: u32, max: u32) -> bool {
+        self.0 == [Step { from: min, to: max, every: 1 }]
+    }
+
+    /// The field as cron writes it (`*`, `5`, `1-7`, `*/15`, `1-31/7`, lists).
+    fn cron(&self, min: u32, max: u32) -> String {
+        let items: Vec<String> = self
+            .0
+            .iter()
+            .map(|s| match (s.from, s.to, s.every) {
+                (a, b, 1) if a == min && b == max => "*".into(),
+                (a, b, 1) if a == b => a.to_string(),
+                (a, b, 1) => format!("{a}-{b}"),
+                (a, b, n) if a == min && b == max => format!("*/{n}"),
+                (a, b, n) => format!("{a}-{b}/{n}"),
+            })
+            .collect();
+        items.join(",")
+    }
+}
+
+impl Calendar {
+    /// The five cron fields (minute, hour, day of month, month, day of week) that fire when this
+    /// expression occurs, and, when it restricts both the day of the month and the weekday
+    /// (which cron ORs and systemd ANDs), the weekdays as `date +%u` numbers (`1|7`) for the
+    /// command to test. An error when cron cannot say it (seconds, years, UTC).
+    pub fn to_cron(&self) -> Result<(String, Option<String>), String> {
+        if self.seconds.0 != [Step { from: 0, to: 0, every: 1 }] {
+            return Err(format!("`{self}` fires on seconds, which cron cannot; use --systemd"));
+        }
+        if !self.years.is_any(1970, LAST_YEAR as u32) || self.utc {
+            return Err(format!("`{self}` names years or UTC, which cron cannot; use --systemd"));
+        }
+        let days: Vec<u32> = (0..7).filter(|d| self.weekdays & (1 << d) != 0).collect();
+        let (dow, guard) = if self.weekdays == 0x7f {
+            ("*".to_string(), None)
+        } else if self.days.is_any(1, 31) {
+            // cron counts from Sunday = 0.
+            let cron: Vec<String> = days.iter().map(|d| ((d + 1) % 7).to_string()).collect();
+            (cron.join(","), None)
+        } else {
+            let iso: Vec<String> = days.iter().map(|d| (d + 1).to_string()).collect();
+            ("*".to_string(), Some(iso.join("|")))
+        };
+        let fields = format!(
+            "{} {} {} {} {dow}",
+            self.minutes.cron(0, 59),
+            self.hours.cron(0, 23),
+            self.days.cron(1, 31),
+            self.months.cron(1, 12)
+        );
+        Ok((fields, guard))
+    }
+}
+
 impl fmt::Display for Calendar {
     /// The normalised form, as `systemd-analyze calendar` prints it (what goes into
     /// `OnCalendar=`).

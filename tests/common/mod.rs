@@ -94,7 +94,7 @@ impl TestRepo {
 
     pub fn try_backup(&self, source: &Path, kind: KindRequest, force_read: bool) -> strata::Result<ImageInfo> {
         let repo = Repository::open_writer(&self.path, "test backup")?;
-        let opts = BackupOptions { kind, source_id: Some("disk".into()), force_read, now_ms: None };
+        let opts = BackupOptions { kind, source_id: Some("disk".into()), force_read, ..Default::default() };
         strata::backup(&repo, source, &opts, &Silent)
     }
 
