@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's first command. Installs what is missing, builds Strata, then does the main job on
 # a real ext4 disk image (made with mkfs.ext4 -d from this machine's files, changed in place with
-# debugfs -w and 4 KiB page rewrites): a full, incrementals and a differential into a local
-# repository, restores checked byte for byte, and what each image cost.
+# debugfs -w and 4 KiB page rewrites): a job file whose scheme makes a full, incrementals and a
+# differential as simulated days pass (STRATA_NOW), restores checked byte for byte, and what each
+# image cost.
 #
 # Environment: STRATA_DEMO_DIR (default ./demo-work), STRATA_DEMO_MIB (disk size, default 2048).
 set -euo pipefail
@@ -28,28 +29,55 @@ sleep 1.2
 step "strata init"
 "$strata" init "$repo"
 
-step "day 0: first backup (auto picks full)"
-"$strata" -r "$repo" backup "$disk"
+step "a job file: what to back up, where, when each kind is due, what to keep"
+export STRATA_CONFIG_DIR="$work/config"
+mkdir -p "$STRATA_CONFIG_DIR/jobs"
+cat > "$STRATA_CONFIG_DIR/jobs/system-disk.toml" <<TOML
+repository = "$repo"
+source = "$disk"
+source_id = "system-disk"
+comment = "the demo's ext4 disk"
+
+[scheme]                  # systemd calendar expressions
+full = "monthly"          # a new set on the 1st of each month
+differential = "weekly"   # on Mondays: everything since the full
+incremental = "daily"     # other days: everything since the last image
+
+[retention]
+keep_sets = 2             # Macrium's "keep two full image sets"
+prune = true
+
+[verify]
+after_backup = "image"    # read back every chunk of the new image
+TOML
+cat "$STRATA_CONFIG_DIR/jobs/system-disk.toml"
+# STRATA_NOW plays the calendar forward (a timer would run the job each night at its time).
+run() { STRATA_NOW="$1T02:00:00Z" "$strata" run system-disk; }
+
+step "Mon 2027-03-01: strata run system-disk (no set yet: the scheme makes a full)"
+run 2027-03-01
 cp --sparse=always "$disk" "$work/day0.img"
 
-step "unchanged: recorded without reading; --force-read reads it all"
-"$strata" -r "$repo" backup "$disk"
-"$strata" -r "$repo" backup --force-read "$disk"
+step "Mon 2027-03-01, again: nothing changed, so the incremental is recorded without reading"
+STRATA_NOW="2027-03-01T03:00:00Z" "$strata" run system-disk
 
-for d in 1 2; do
-  step "day $d: change the disk in place, then an incremental"
+for d in 2 3; do
+  step "2027-03-0$d: change the disk in place (debugfs -w, page rewrites), then strata run"
   day "$d"
-  "$strata" -r "$repo" backup --kind incremental "$disk"
+  run "2027-03-0$d"
 done
-cp --sparse=always "$disk" "$work/day2.img"
+cp --sparse=always "$disk" "$work/day3.img"
 
-step "day 3: change again, then a differential (everything since the full)"
-day 3
-"$strata" -r "$repo" backup --kind differential "$disk"
-
-step "day 4: an incremental on top of the differential"
+step "Mon 2027-03-08: change again; a Monday, so the scheme makes a differential"
 day 4
-"$strata" -r "$repo" backup "$disk"
+run 2027-03-08
+
+step "Tue 2027-03-09: an incremental on top of the differential"
+day 5
+run 2027-03-09
+
+step "strata jobs: the last run and what is due next"
+STRATA_NOW="2027-03-09T12:00:00Z" "$strata" jobs
 
 step "strata images"
 "$strata" -r "$repo" images
@@ -60,10 +88,10 @@ cmp "$disk" "$work/restored.img" && echo "latest: identical"
 first=$("$strata" -r "$repo" images --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["image"])')
 "$strata" -r "$repo" restore "$first" "$work/restored.img"
 cmp "$work/day0.img" "$work/restored.img" && echo "day 0 full: identical"
-day2=$("$strata" -r "$repo" images --json | python3 -c 'import json,sys; print([i for i in json.load(sys.stdin) if i["kind"]=="incremental"][-2]["image"])')
-"$strata" -r "$repo" restore "$day2" "$work/restored.img"
-cmp "$work/day2.img" "$work/restored.img" && echo "day 2 incremental: identical"
-rm -f "$work/restored.img" "$work/day0.img" "$work/day2.img"
+day3=$("$strata" -r "$repo" images --json | python3 -c 'import json,sys; print([i for i in json.load(sys.stdin) if i["created"].startswith("2027-03-03")][0]["image"])')
+"$strata" -r "$repo" restore "$day3" "$work/restored.img"
+cmp "$work/day3.img" "$work/restored.img" && echo "2027-03-03 incremental: identical"
+rm -f "$work/restored.img" "$work/day0.img" "$work/day3.img"
 
 step "prove it: strata check --read-data (every chunk decoded and re-hashed)"
 "$strata" -r "$repo" check --read-data | tail -3

@@ -409,3 +409,42 @@ fn a_backup_killed_at_every_step_loses_nothing() {
     });
     expected.clear();
 }
+
+#[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
+fn a_job_run_killed_at_every_step_loses_nothing_it_keeps() {
+    let (pristine, expected, disk) = lifecycle_repo(14);
+    let images = pristine.images();
+    // A full makes a third set; `keep_sets = 2` then forgets the first, and prune reclaims it.
+    let kept: Vec<ImageId> = images[5..].iter().map(|i| i.id).collect();
+    let job = pristine.file("job.toml");
+    let toml = format!(
+        "source = {:?}\nsource_id = \"disk\"\n[retention]\nkeep_sets = 2\nprune = true\n[verify]\nafter_backup = \"image\"\n",
+        pristine.file("disk.img").to_str().unwrap()
+    );
+    std::fs::write(&job, toml).unwrap();
+    let job = job.to_str().unwrap();
+    let steps = kill_at_every_step(&pristine, &["run", job, "--kind", "full"], |repo, when| {
+        let listed: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+        assert!(kept.iter().all(|k| listed.contains(k)), "{when}: a kept image vanished");
+        // A new image, when its manifest made it, holds the disk as it is.
+        let mut expected = expected.clone();
+        let new: Vec<ImageId> = listed.iter().filter(|id| !expected.contains_key(id)).copied().collect();
+        for id in new {
+            expected.insert(id, disk.bytes.clone());
+        }
+        check_listed(repo, &expected, when);
+        // The next run recovers whatever was interrupted and completes.
+        let out = repo.cli(&["run", job]);
+        assert!(out.status.success(), "{when}: the next run: {}", String::from_utf8_lossy(&out.stderr));
+        let listed: Vec<ImageId> = repo.images().iter().map(|i| i.id).collect();
+        assert!(kept.iter().all(|k| listed.contains(k)), "{when}: a kept image vanished after the next run");
+        let new: Vec<ImageId> = listed.iter().filter(|id| !expected.contains_key(id)).copied().collect();
+        for id in new {
+            expected.insert(id, disk.bytes.clone());
+        }
+        check_listed(repo, &expected, when);
+        common::assert_stats_add_up(&repo.path);
+    });
+    assert!(steps > 5, "a run with backup, forget and prune made only {steps} durable writes");
+}

@@ -455,3 +455,47 @@ fn backup_base_makes_an_image_on_an_older_one_without_breaking_a_chain() {
         assert!(std::fs::read(&to).unwrap() == *want, "image {id} restores wrong after the forget");
     }
 }
+
+/// The job files of docs/JOBS.md (the field reference and the three classic schemes) are valid,
+/// and `examples/jobs/` holds the schemes exactly as the page shows them.
+#[test]
+fn the_documented_job_files_are_valid_and_the_examples_match_the_docs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/JOBS.md")).unwrap();
+    let blocks: Vec<&str> = doc.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    assert_eq!(blocks.len(), 4, "the field reference and three schemes");
+    for block in &blocks {
+        strata::job::Job::parse(Path::new("docs/JOBS.md"), block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+    }
+    let mut examples: Vec<PathBuf> =
+        std::fs::read_dir(root.join("examples/jobs")).unwrap().map(|e| e.unwrap().path()).collect();
+    examples.sort();
+    assert_eq!(examples.len(), 3);
+    for path in examples {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let job = strata::job::Job::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!job.scheme.calendars().is_empty() && !job.policy.is_empty(), "{}", path.display());
+        let body = text.split_once("\n\n").unwrap().1;
+        assert!(blocks.contains(&body), "{} is not the scheme docs/JOBS.md shows", path.display());
+    }
+}
+
+#[test]
+fn man_pages_and_completions_come_from_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = strata_cmd().arg("man").arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in ["strata.1", "strata-run.1", "strata-schedule.1", "strata-backup.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is not a man page");
+    }
+    let run = std::fs::read_to_string(dir.path().join("strata-run.1")).unwrap();
+    assert!(run.contains("prompt") && run.contains("STRATA_NOW"), "strata-run.1 lacks its options");
+    let script = dir.path().join("strata.bash");
+    let out = strata_cmd().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    std::fs::write(&script, &out.stdout).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&script).status().unwrap();
+    assert!(check.success(), "the bash completion script does not parse");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schedule"));
+}

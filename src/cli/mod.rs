@@ -1,6 +1,7 @@
 //! Command-line adapter: arguments become library options; results become tables or JSON.
 
 mod files;
+mod install;
 mod jobs;
 mod output;
 mod progress;
@@ -100,6 +101,13 @@ enum Command {
         /// Print crontab lines instead
         #[arg(long)]
         cron: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) for installing
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (strata.1 and strata-COMMAND.1) into DIR, for installing
+    Man {
+        /// The directory to write them into (created when missing)
+        dir: PathBuf,
     },
     /// List images, oldest first
     Images {
@@ -425,6 +433,8 @@ pub fn run() -> Result<()> {
         Command::Verify { image, json } => verify(&repo_path(&cli.repo)?, &image, json)?,
         Command::Run { job, kind, json } => jobs::run(&cli.repo, &job, kind, json)?,
         Command::Jobs { json } => jobs::jobs(&cli.repo, json)?,
+        Command::Completions { shell } => install::completions(shell)?,
+        Command::Man { dir } => install::man(&dir)?,
         Command::Schedule { job, systemd: _, user, out, cron } => {
             jobs::schedule(&cli.repo, &job, cron, user, out.as_deref())?
         }
