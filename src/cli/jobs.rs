@@ -109,7 +109,7 @@ fn prompt(repo: &Repository, job: &Job, now_ms: u64, tz: &TimeZone) -> Result<Ki
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
         anyhow::bail!("--kind prompt asks on a terminal, and there is none; choose --kind auto, full, differential or incremental");
     }
-    let id = strata::job::source_id(&job)?;
+    let id = strata::job::source_id(job)?;
     let images: Vec<_> = repo.images()?.into_iter().filter(|i| i.source_id == id).collect();
     let due = strata::job::due(&job.scheme, &images, jiff::Timestamp::from_millisecond(now_ms as i64)?, tz);
     let mut err = std::io::stderr().lock();
@@ -191,7 +191,8 @@ pub(super) fn jobs(cli_repo: &Option<PathBuf>, json: bool) -> Result<()> {
             None => println!("  last run  never"),
         }
         let next = row["next_run_ms"].as_u64().map_or("no scheme".into(), strata::timefmt::format_ms);
-        println!("  due now   {} ({}); next timer {next}", row["due_kind"].as_str().unwrap_or("-"), row["due_reason"]);
+        let (kind, why) = (row["due_kind"].as_str().unwrap_or("-"), row["due_reason"].as_str().unwrap_or("-"));
+        println!("  due now   {kind} ({why}); next timer {next}");
     }
     Ok(())
 }
