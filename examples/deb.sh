@@ -10,18 +10,14 @@
 # dpkg -S.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin="${STRATA_BIN:-}"
-if [ -z "$bin" ]; then
-  source .ci/setup
-  cargo build --release --quiet
-  bin="$STRATA_TARGET_DIR/release/strata"
-fi
 out="${1:-${CARGO_TARGET_DIR:-target}/debian}"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=$(dpkg --print-architecture)
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-DESTDIR="$stage" STRATA_BIN="$bin" bash examples/install.sh /usr >/dev/null
+# install.sh builds the binary unless STRATA_BIN names one.
+DESTDIR="$stage" bash examples/install.sh /usr >/dev/null
+bin="$stage/usr/bin/strata"
 install -Dm644 LICENSE "$stage/usr/share/doc/strata/copyright"
 # The package of each linked library (with /usr merged, dpkg may know it under /lib).
 packages=()
