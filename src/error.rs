@@ -56,7 +56,7 @@ pub enum Error {
     #[error("job {job}: the before hook {hook:?} {reason}; the run was cancelled and nothing was backed up")]
     HookFailed { job: String, hook: String, reason: String },
 
-    #[error("the clock ({now}, from STRATA_NOW) is earlier than the newest image of the source ({newest})")]
+    #[error("the clock ({now}, from STRATA_NOW) is earlier than the newest image in the repository ({newest}); image times rise in backup order")]
     ClockBehind { now: String, newest: String },
 
     #[error("the repository is locked by {holder}; wait for it to finish (a lock held by a dead process is released automatically)")]

@@ -313,7 +313,10 @@ fn bad_job_files_and_bad_runs_are_clear_errors_that_change_nothing() {
     assert_clean_failure(&jobs.strata(Some("yesterday"), &["run", "good"]), "STRATA_NOW");
     assert_clean_failure(&jobs.strata(None, &["run", "good", "--kind", "prompt"]), "terminal");
     assert!(jobs.strata(Some("2026-05-03T10:00:00Z"), &["run", "good"]).status.success());
-    assert_clean_failure(&jobs.strata(Some("2026-05-02T10:00:00Z"), &["run", "good"]), "earlier than the newest image");
+    assert_clean_failure(
+        &jobs.strata(Some("2026-05-02T10:00:00Z"), &["run", "good"]),
+        "earlier than the newest image in",
+    );
 
     // Two runs at once: the second finds the repository locked by the first (held in its hook).
     let slow = format!("{base}[hooks]\nbefore = [\"sleep 3\"]\n");
@@ -498,4 +501,38 @@ fn man_pages_and_completions_come_from_the_commands() {
     let check = Command::new("bash").arg("-n").arg(&script).status().unwrap();
     assert!(check.success(), "the bash completion script does not parse");
     assert!(String::from_utf8_lossy(&out.stdout).contains("schedule"));
+}
+
+/// Retention and `min_free` touch the job's own source only, and `min_free` never forgets the
+/// newest set.
+#[test]
+fn retention_and_min_free_forget_only_the_jobs_own_older_sets() {
+    let repo = TestRepo::new();
+    let other = repo.file("other.img");
+    Disk::new(9, MIB).random(0..MIB).write_to(&other);
+    for _ in 0..3 {
+        let out = repo.cli(&["backup", "--source-id", "other", "--kind", "full", other.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let disk_path = repo.file("disk.img");
+    let mut disk = Disk::new(10, 2 * MIB).random(0..MIB);
+    disk.write_to(&disk_path);
+    // No filesystem has a zettabyte free: every run forgets all but the newest set first.
+    let extra = "[retention]\nkeep_last = 50\nprune = true\nmin_free = \"1000000 TiB\"\n";
+    let jobs = Jobs::new(&repo, "nightly", &job_toml(&repo.path, &disk_path, extra));
+    let mut forgotten = 0;
+    for day in 1..=3 {
+        disk = disk.scatter_blocks(4);
+        disk.write_in_place(&disk_path);
+        let out =
+            jobs.strata(Some(&format!("2030-06-0{day}T02:00:00Z")), &["run", "nightly", "--kind", "full", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        forgotten += v["forgotten"].as_array().unwrap().len();
+    }
+    let images = repo.images();
+    let mine: Vec<_> = images.iter().filter(|i| i.source_id == "disk").collect();
+    assert_eq!(mine.len(), 2, "min_free keeps the newest set before each backup, and the backup adds one");
+    assert_eq!(forgotten, 1);
+    assert_eq!(images.iter().filter(|i| i.source_id == "other").count(), 3, "another source's images were touched");
 }

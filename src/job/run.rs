@@ -41,7 +41,7 @@ pub struct RunOptions {
     /// `None`: the scheme decides (`--kind auto`).
     pub kind: Option<Kind>,
     /// The clock for every decision and for the new image's time: `None` is the system clock;
-    /// `Some` (`STRATA_NOW`) must not be earlier than the source's newest image.
+    /// `Some` (`STRATA_NOW`) must not be earlier than the repository's newest image.
     pub now_ms: Option<u64>,
     /// The zone calendar expressions are read in (the machine's, `TZ`).
     pub tz: TimeZone,
@@ -105,12 +105,15 @@ pub fn run(repo: &Repository, job: &Job, opts: &RunOptions, progress: &dyn Progr
         let cause = std::io::Error::from(std::io::ErrorKind::NotFound);
         return Err(Error::SourceOpen { path: job.source.clone(), cause });
     }
-    let images: Vec<ImageInfo> = repo.images()?.into_iter().filter(|i| i.source_id == id).collect();
-    if let (Some(now), Some(newest)) = (opts.now_ms, images.iter().map(|i| i.created_ms).max()) {
+    let all = repo.images()?;
+    // Image times rise in catalog order across the repository (a backup's time is after every
+    // earlier image's), so a simulated clock behind any image could not be the new image's.
+    if let (Some(now), Some(newest)) = (opts.now_ms, all.iter().map(|i| i.created_ms).max()) {
         if now < newest {
             return Err(Error::ClockBehind { now: at(now).to_string(), newest: at(newest).to_string() });
         }
     }
+    let images: Vec<ImageInfo> = all.into_iter().filter(|i| i.source_id == id).collect();
     let due = match opts.kind {
         Some(kind) => Due { kind, reason: "asked for".into() },
         None => due(&job.scheme, &images, at(started_ms), &opts.tz),
