@@ -53,7 +53,7 @@ pub enum Error {
     )]
     JobNotFound { name: String, path: PathBuf },
 
-    #[error("job {job}: the before hook {hook:?} {reason}; the run was cancelled and nothing was backed up")]
+    #[error("the before hook {hook:?} {reason}; the run of job {job} was cancelled and nothing was backed up")]
     HookFailed { job: String, hook: String, reason: String },
 
     #[error("the clock ({now}, from STRATA_NOW) is earlier than the newest image in the repository ({newest}); image times rise in backup order")]

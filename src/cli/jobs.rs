@@ -62,8 +62,7 @@ pub(super) fn run(cli_repo: &Option<PathBuf>, name: &str, kind: RunKind, json: b
     };
     let opts = RunOptions { kind, now_ms: clock, tz };
     let bar = progress::Bar::new(json);
-    let outcome =
-        strata::job::run(&repo, &job, &opts, &bar).with_context(|| format!("job {} did not run", job.name))?;
+    let outcome = strata::job::run(&repo, &job, &opts, &bar).with_context(|| format!("job {}", job.name))?;
     bar.clear();
     for w in &outcome.warnings {
         eprintln!("strata: warning: {w}");
