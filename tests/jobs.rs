@@ -536,3 +536,31 @@ fn retention_and_min_free_forget_only_the_jobs_own_older_sets() {
     assert_eq!(forgotten, 1);
     assert_eq!(images.iter().filter(|i| i.source_id == "other").count(), 3, "another source's images were touched");
 }
+
+/// `--kind prompt` on a terminal (a pty from `script`) shows the choices and takes the answer.
+#[test]
+fn prompt_on_a_terminal_shows_the_choices_and_takes_the_answer() {
+    let repo = TestRepo::new();
+    let disk_path = repo.file("disk.img");
+    Disk::new(11, MIB).random(0..MIB).write_to(&disk_path);
+    let scheme = "[scheme]\nfull = \"monthly\"\nincremental = \"daily\"\n";
+    let jobs = Jobs::new(&repo, "nightly", &job_toml(&repo.path, &disk_path, scheme));
+    assert_eq!(jobs.run_json("2030-05-03T10:00:00Z")["kind"], "full");
+    let line = format!("{} run nightly --kind prompt --json", env!("CARGO_BIN_EXE_strata"));
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("STRATA_CONFIG_DIR", &jobs.config)
+        .env("STRATA_NOW", "2030-05-04T10:00:00Z")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"d\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("the scheme says: incremental") && text.contains("differential: changes since the full"));
+    let images = repo.images();
+    assert_eq!(images.last().unwrap().kind, strata::Kind::Differential, "{text}");
+}
