@@ -148,6 +148,16 @@ fn job_toml(repo: &Path, source: &Path, extra: &str) -> String {
     )
 }
 
+/// A repository, a disk image of `size` bytes (its first MiB random) and the job `nightly` that
+/// backs it up with `extra` (scheme, hooks, ...) in its file.
+fn nightly(seed: u64, size: usize, extra: &str) -> (TestRepo, PathBuf, Jobs) {
+    let repo = TestRepo::new();
+    let disk_path = repo.file("disk.img");
+    Disk::new(seed, size).random(0..MIB).write_to(&disk_path);
+    let jobs = Jobs::new(&repo, "nightly", &job_toml(&repo.path, &disk_path, extra));
+    (repo, disk_path, jobs)
+}
+
 fn sha(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
@@ -220,14 +230,7 @@ fn seventy_days_of_a_monthly_weekly_daily_scheme_choose_their_kinds_and_keep_two
 
 #[test]
 fn explicit_kinds_and_a_scheme_of_differentials_only() {
-    let repo = TestRepo::new();
-    let disk_path = repo.file("disk.img");
-    Disk::new(3, 2 * MIB).random(0..MIB).write_to(&disk_path);
-    let jobs = Jobs::new(
-        &repo,
-        "nightly",
-        &job_toml(&repo.path, &disk_path, "[scheme]\nfull = \"monthly\"\ndifferential = \"daily\"\n"),
-    );
+    let (_repo, _disk, jobs) = nightly(3, 2 * MIB, "[scheme]\nfull = \"monthly\"\ndifferential = \"daily\"\n");
     assert_eq!(jobs.run_json("2026-05-03T10:00:00Z")["kind"], "full");
     // Later the same day: no occurrence of `daily` since the full, and no incrementals in the
     // scheme: a differential all the same.
@@ -332,11 +335,8 @@ fn bad_job_files_and_bad_runs_are_clear_errors_that_change_nothing() {
 
 #[test]
 fn schedule_writes_units_systemd_accepts_and_cron_lines() {
-    let repo = TestRepo::new();
-    let disk_path = repo.file("disk.img");
-    Disk::new(6, MIB).random(0..MIB).write_to(&disk_path);
     let scheme = "[scheme]\nfull = \"Sun *-*-1..7 03:30\"\ndifferential = \"weekly\"\nincremental = \"*-*-* 02:00\"\n";
-    let jobs = Jobs::new(&repo, "nightly", &job_toml(&repo.path, &disk_path, scheme));
+    let (repo, disk_path, jobs) = nightly(6, MIB, scheme);
     let units = repo.file("units");
     let out = jobs.strata(None, &["schedule", "nightly", "--systemd", "--out", units.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -540,11 +540,8 @@ fn retention_and_min_free_forget_only_the_jobs_own_older_sets() {
 /// `--kind prompt` on a terminal (a pty from `script`) shows the choices and takes the answer.
 #[test]
 fn prompt_on_a_terminal_shows_the_choices_and_takes_the_answer() {
-    let repo = TestRepo::new();
-    let disk_path = repo.file("disk.img");
-    Disk::new(11, MIB).random(0..MIB).write_to(&disk_path);
     let scheme = "[scheme]\nfull = \"monthly\"\nincremental = \"daily\"\n";
-    let jobs = Jobs::new(&repo, "nightly", &job_toml(&repo.path, &disk_path, scheme));
+    let (repo, _disk, jobs) = nightly(11, MIB, scheme);
     assert_eq!(jobs.run_json("2030-05-03T10:00:00Z")["kind"], "full");
     let line = format!("{} run nightly --kind prompt --json", env!("CARGO_BIN_EXE_strata"));
     let mut child = Command::new("script")

@@ -232,11 +232,8 @@ pub(super) fn schedule(
     let dir = match out {
         Some(d) => d.to_path_buf(),
         None if user => {
-            let base = std::env::var_os("XDG_CONFIG_HOME")
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-                .context("neither XDG_CONFIG_HOME nor HOME is set: pass --out DIR")?;
+            let base =
+                strata::job::xdg_config_home().context("neither XDG_CONFIG_HOME nor HOME is set: pass --out DIR")?;
             base.join("systemd/user")
         }
         None => PathBuf::from("/etc/systemd/system"),

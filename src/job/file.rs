@@ -123,9 +123,13 @@ pub fn config_dir() -> PathBuf {
     if unsafe { libc::geteuid() } == 0 {
         return "/etc/strata".into();
     }
+    xdg_config_home().unwrap_or_else(|| ".config".into()).join("strata")
+}
+
+/// `$XDG_CONFIG_HOME`, else `~/.config`; `None` when neither variable is set.
+pub fn xdg_config_home() -> Option<PathBuf> {
     let xdg = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()).map(PathBuf::from);
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config"));
-    xdg.or(home).unwrap_or_else(|| ".config".into()).join("strata")
+    xdg.or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
 }
 
 /// Letters, digits, `.`, `_` and `-`, not starting with `.`: a name can never leave `jobs/`.

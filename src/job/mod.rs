@@ -10,6 +10,6 @@ mod scheme;
 pub mod units;
 
 pub use calendar::Calendar;
-pub use file::{config_dir, parse_duration_ms, parse_size, AfterBackup, Hooks, Job};
+pub use file::{config_dir, parse_duration_ms, parse_size, xdg_config_home, AfterBackup, Hooks, Job};
 pub use run::{records, run, source_id, status, JobStatus, RunOptions, RunOutcome, RunRecord};
 pub use scheme::{due, Due, Scheme};

@@ -20,11 +20,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jiff::tz::TimeZone;
-use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::file::{AfterBackup, Job};
-use super::scheme::{due, Due};
+use super::scheme::{at, due, Due};
 use crate::backup::{BackupOptions, BackupOutcome, KindRequest};
 use crate::check::ReadData;
 use crate::error::{Error, Result};
@@ -89,10 +88,6 @@ pub fn source_id(job: &Job) -> Result<String> {
 
 fn now_ms(opts: &RunOptions) -> u64 {
     opts.now_ms.unwrap_or_else(crate::timefmt::now_ms)
-}
-
-fn at(ms: u64) -> Timestamp {
-    Timestamp::from_millisecond(ms as i64).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// Runs `job` once into `repo` (opened for writing). `Err` only when nothing was attempted (a

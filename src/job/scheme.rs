@@ -22,13 +22,14 @@ pub struct Due {
     pub reason: String,
 }
 
-fn at_ms(ms: u64) -> Timestamp {
+/// A time in milliseconds since the epoch (image and run times) as a `Timestamp`.
+pub(super) fn at(ms: u64) -> Timestamp {
     Timestamp::from_millisecond(ms as i64).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// Whether `cal` has an occurrence after `since` (an image's time) and not after `now`.
 fn passed(cal: &Calendar, since_ms: u64, now: Timestamp, tz: &TimeZone) -> bool {
-    cal.next_after(at_ms(since_ms), tz).is_some_and(|t| t <= now)
+    cal.next_after(at(since_ms), tz).is_some_and(|t| t <= now)
 }
 
 /// The kind due now for a source whose images (catalog order, oldest first) are `images`:
