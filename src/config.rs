@@ -5,7 +5,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// Version of the on-disk format described in docs/FORMAT.md.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
+
+/// The oldest format this version still reads: a version 3 repository differs only in having no
+/// unused extents, and is marked version 4 by the first writer that opens it (`upgrade`).
+pub const OLDEST_READABLE_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkerParams {
@@ -84,7 +88,7 @@ impl Config {
 
     pub fn decode(bytes: &[u8]) -> Result<Config> {
         let c: Config = serde_json::from_slice(bytes).map_err(|e| Error::BadConfig { reason: e.to_string() })?;
-        if c.format_version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&c.format_version) {
             return Err(Error::UnsupportedFormat { found: c.format_version, supported: FORMAT_VERSION });
         }
         c.validate()?;
@@ -132,6 +136,18 @@ impl Config {
     }
 }
 
+/// Marks an older repository that this version reads (`OLDEST_READABLE_VERSION` on) as the
+/// current version, before a writer stores anything an older strata would misread (a version 4
+/// manifest): from then on an older strata refuses the repository instead of misreading it.
+pub(crate) fn upgrade(root: &std::path::Path, config: &mut Config) -> Result<()> {
+    use crate::storage::Backend as _;
+    if config.format_version < FORMAT_VERSION {
+        config.format_version = FORMAT_VERSION;
+        crate::storage::LocalDir::new(root).put(crate::storage::paths::CONFIG, &config.encode()?)?;
+    }
+    Ok(())
+}
+
 /// The config of the repository at `root`; a directory without one is not a repository (or, when
 /// it holds packs or images, one whose config is lost).
 pub fn read(root: &std::path::Path) -> Result<Config> {
@@ -160,6 +176,11 @@ mod tests {
         bad.chunker.avg_size = 1;
         assert!(matches!(Config::decode(&bad.encode().unwrap()), Err(Error::BadConfig { .. })));
         let mut future = c;
+        let mut old = future.clone();
+        old.format_version = OLDEST_READABLE_VERSION;
+        assert_eq!(Config::decode(&old.encode().unwrap()).unwrap().format_version, OLDEST_READABLE_VERSION);
+        old.format_version = OLDEST_READABLE_VERSION - 1;
+        assert!(matches!(Config::decode(&old.encode().unwrap()), Err(Error::UnsupportedFormat { .. })));
         future.format_version = 99;
         assert!(matches!(Config::decode(&future.encode().unwrap()), Err(Error::UnsupportedFormat { found: 99, .. })));
         assert!(Config::decode(b"\xff\x00garbage").is_err());

@@ -209,3 +209,35 @@ impl Error {
         }
     }
 }
+
+thread_local! {
+    /// Above zero while this thread runs code whose panics `contain_panics` turns into errors.
+    static CONTAINING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `run` and returns its value, or the message of a panic inside it. For the crates that
+/// parse what a disk holds (`ntfs`, `ext4-view`, `fatfs`), which can panic on damaged metadata
+/// they did not foresee: a damaged disk must be an error, never a crash. The panic message is not
+/// printed (the library never prints): the process's panic hook is wrapped once so that it stays
+/// quiet while a thread is inside `contain_panics`, and is otherwise unchanged.
+pub(crate) fn contain_panics<T>(run: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CONTAINING.with(|c| c.get()) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    CONTAINING.with(|c| c.set(c.get() + 1));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
+    CONTAINING.with(|c| c.set(c.get() - 1));
+    outcome.map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default()
+    })
+}

@@ -9,6 +9,7 @@
 //! [`pack`] (the pack format) and [`storage`] (where objects live). The library never prints;
 //! progress goes to a [`progress::Progress`].
 
+pub mod allocation;
 pub mod backup;
 pub mod check;
 pub mod config;

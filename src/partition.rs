@@ -10,6 +10,29 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::reader::ImageReader;
 
+/// Positional reads of a whole disk: an image through the image reader, or a source that a
+/// backup reads (`backup::Source`). Partition tables and allocation maps are read through it.
+pub trait Disk {
+    /// The disk's size in bytes.
+    fn size(&self) -> u64;
+    /// Reads up to `buf.len()` bytes at `at`: fewer only at the end of the disk.
+    fn read_at(&self, at: u64, buf: &mut [u8]) -> Result<usize>;
+    /// How messages name the disk.
+    fn name(&self) -> String;
+}
+
+impl Disk for ImageReader {
+    fn size(&self) -> u64 {
+        self.map().size()
+    }
+    fn read_at(&self, at: u64, buf: &mut [u8]) -> Result<usize> {
+        ImageReader::read_at(self, at, buf)
+    }
+    fn name(&self) -> String {
+        self.map().info().id.short()
+    }
+}
+
 /// The most partition entries a GPT may declare here (the usual table has 128; a header that
 /// declares millions is damage or an attack, and `gptman` would allocate for all of them).
 const MAX_GPT_ENTRIES: u32 = 16_384;
@@ -95,15 +118,21 @@ impl Table {
 /// `reader`, narrowed to partition `n` of its image (`IMAGE:N`): a disk of its own.
 pub fn narrow(reader: ImageReader, n: u32) -> Result<ImageReader> {
     let table = read_table(&reader)?;
-    let p = table.get(&reader.map().info().id.short(), n)?;
+    let p = table.get(&Disk::name(&reader), n)?;
     let range = p.start..p.start + p.size;
     Ok(reader.into_window(range))
 }
 
-/// Reads an image's bytes as a file (for the partition-table crates).
-struct Cursor<'r> {
-    reader: &'r ImageReader,
+/// Reads a disk's bytes as a file (for the partition-table and filesystem crates).
+pub(crate) struct Cursor<'r> {
+    reader: &'r dyn Disk,
     pos: u64,
+}
+
+impl<'r> Cursor<'r> {
+    pub(crate) fn new(reader: &'r dyn Disk) -> Cursor<'r> {
+        Cursor { reader, pos: 0 }
+    }
 }
 
 impl Read for Cursor<'_> {
@@ -116,7 +145,7 @@ impl Read for Cursor<'_> {
 
 impl Seek for Cursor<'_> {
     fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let size = self.reader.map().size() as i128;
+        let size = self.reader.size() as i128;
         let at = match to {
             SeekFrom::Start(n) => n as i128,
             SeekFrom::End(d) => size + d as i128,
@@ -130,28 +159,29 @@ impl Seek for Cursor<'_> {
     }
 }
 
-fn read_exact(reader: &ImageReader, at: u64, len: usize) -> Result<Vec<u8>> {
+pub(crate) fn read_exact(reader: &dyn Disk, at: u64, len: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let n = reader.read_at(at, &mut buf)?;
     buf.truncate(n);
     Ok(buf)
 }
 
-/// The partition table of the image `reader` reads (scheme `None` when it has none).
-pub fn read_table(reader: &ImageReader) -> Result<Table> {
-    let image = reader.map().info().id.short();
+/// The partition table of the disk `reader` reads (scheme `None` when it has none).
+pub fn read_table(reader: &dyn Disk) -> Result<Table> {
+    let image = reader.name();
     let bad = |reason: String| Error::BadPartitionTable { image: image.clone(), reason };
     let mbr = read_exact(reader, 0, 512)?;
     if mbr.len() < 512 || mbr[510..512] != [0x55, 0xAA] {
         return Ok(Table { scheme: Scheme::None, sector_size: 512, partitions: Vec::new() });
     }
     let protective = (0..4).any(|i| mbr[446 + i * 16 + 4] == 0xEE);
-    let mut table = if protective { read_gpt(reader).map_err(bad)? } else { read_mbr(reader).map_err(bad)? };
-    if table.partitions.is_empty() && table.scheme == Scheme::Mbr && looks_like_filesystem(&mbr) {
-        // A FAT or NTFS boot sector also ends in 55 AA: a filesystem on the whole disk.
-        table.scheme = Scheme::None;
+    if !protective && looks_like_filesystem(&mbr) {
+        // A FAT or NTFS boot sector also ends in 55 AA, and its boot code where an MBR has its
+        // entries: a filesystem on the whole disk, not partitions.
+        return Ok(Table { scheme: Scheme::None, sector_size: 512, partitions: Vec::new() });
     }
-    check_bounds(&table, reader.map().size()).map_err(bad)?;
+    let mut table = if protective { read_gpt(reader).map_err(bad)? } else { read_mbr(reader).map_err(bad)? };
+    check_bounds(&table, reader.size()).map_err(bad)?;
     for p in &mut table.partitions {
         let (fs, label) = detect(reader, p.start, p.size)?;
         p.filesystem = fs;
@@ -194,7 +224,7 @@ fn check_bounds(table: &Table, size: u64) -> std::result::Result<(), String> {
 
 /// The GPT header at `sector_size` declares a sane entry array (checked before `gptman`, which
 /// allocates for every declared entry).
-fn gpt_header_sane(reader: &ImageReader, at: u64) -> std::result::Result<bool, String> {
+fn gpt_header_sane(reader: &dyn Disk, at: u64) -> std::result::Result<bool, String> {
     let h = read_exact(reader, at, 92).map_err(|e| e.to_string())?;
     if h.len() < 92 || &h[0..8] != b"EFI PART" {
         return Ok(false);
@@ -207,8 +237,8 @@ fn gpt_header_sane(reader: &ImageReader, at: u64) -> std::result::Result<bool, S
     Ok(true)
 }
 
-fn read_gpt(reader: &ImageReader) -> std::result::Result<Table, String> {
-    let size = reader.map().size();
+fn read_gpt(reader: &dyn Disk) -> std::result::Result<Table, String> {
+    let size = reader.size();
     let mut sane = false;
     for sector in [512u64, 4096] {
         sane |= gpt_header_sane(reader, sector)?;
@@ -244,7 +274,7 @@ fn read_gpt(reader: &ImageReader) -> std::result::Result<Table, String> {
     Ok(Table { scheme: Scheme::Gpt, sector_size: ss, partitions })
 }
 
-fn read_mbr(reader: &ImageReader) -> std::result::Result<Table, String> {
+fn read_mbr(reader: &dyn Disk) -> std::result::Result<Table, String> {
     let mut cursor = Cursor { reader, pos: 0 };
     let mbr = mbrman::MBR::read_from(&mut cursor, 512).map_err(|e| format!("the MBR cannot be read: {e}"))?;
     let mut partitions = Vec::new();
@@ -323,12 +353,12 @@ fn text(b: &[u8]) -> Option<String> {
 
 /// The filesystem (blkid's `TYPE`) of the disk `reader` reads (a whole disk, or a partition
 /// narrowed to), by its signature; None when no signature matched.
-pub fn filesystem(reader: &ImageReader) -> Result<Option<&'static str>> {
-    Ok(detect(reader, 0, reader.map().size())?.0)
+pub fn filesystem(reader: &dyn Disk) -> Result<Option<&'static str>> {
+    Ok(detect(reader, 0, reader.size())?.0)
 }
 
 /// The filesystem (blkid's `TYPE`) and its label, by the signatures at the start of a partition.
-fn detect(reader: &ImageReader, start: u64, size: u64) -> Result<(Option<&'static str>, Option<String>)> {
+pub(crate) fn detect(reader: &dyn Disk, start: u64, size: u64) -> Result<(Option<&'static str>, Option<String>)> {
     let head = read_exact(reader, start, (68 * 1024).min(size) as usize)?;
     if head.len() >= 1024 + 0x88 && signature(&head, 1024 + 56, &[0x53, 0xEF]) {
         let le = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);

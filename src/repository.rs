@@ -188,8 +188,9 @@ impl Repository {
 
     /// `open_writer` with the repository's objects in `backend` (see `open_on`).
     pub fn open_writer_on(path: &Path, command: &str, backend: Arc<dyn Backend>) -> Result<Repository> {
-        let config = crate::config::read(path)?;
+        let mut config = crate::config::read(path)?;
         let lock = lock::acquire(path, command)?;
+        crate::config::upgrade(path, &mut config)?;
         let generation = generation::read(backend.as_ref())?;
         let index_dir = path.join(paths::INDEX);
         let index = Arc::new(Index::open(&index_dir)?);

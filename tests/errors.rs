@@ -194,22 +194,22 @@ fn a_frame_that_does_not_decode_to_its_input_is_never_stored() {
 fn a_source_that_shrinks_while_read_is_refused() {
     let repo = TestRepo::small();
     let src = repo.file("big.img");
-    let mut published = 0;
-    for attempt in 0..5 {
-        Disk::new(40 + attempt, 96 * MIB).random(0..96 * MIB).write_to(&src);
-        let child = repo.cli_spawn(&["backup", "--force-read", src.to_str().unwrap()]);
-        std::thread::sleep(std::time::Duration::from_millis(30));
-        std::fs::OpenOptions::new().write(true).open(&src).unwrap().set_len(MIB as u64).unwrap();
-        let out = child.wait_with_output().unwrap();
-        if out.status.success() {
-            published += 1; // finished before the truncation: then it must restore as read
-            continue;
-        }
-        assert_clean_failure(&out, "shrank");
-        assert_eq!(repo.images().len(), published, "a backup of a shrinking source was published");
-        return;
-    }
-    panic!("the source never shrank during a backup");
+    Disk::new(40, 96 * MIB).random(0..96 * MIB).write_to(&src);
+    // Held for 3 s after the source is opened and before its first byte is read.
+    let child = strata_cmd()
+        .arg("-r")
+        .arg(&repo.path)
+        .args(["backup", "--force-read", src.to_str().unwrap()])
+        .env("STRATA_FAILPOINT", "stall:backup-read-start")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::fs::OpenOptions::new().write(true).open(&src).unwrap().set_len(MIB as u64).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_clean_failure(&out, "shrank");
+    assert_eq!(repo.images().len(), 0, "a backup of a shrinking source was published");
 }
 
 #[test]

@@ -48,7 +48,7 @@ fn chunk_ids_are_pinned() {
         .iter()
         .filter_map(|e| match e.content {
             Content::Chunk { id, .. } => Some(id.to_string()),
-            Content::Zero => None,
+            Content::Zero | Content::Unused => None,
         })
         .take(3)
         .collect();

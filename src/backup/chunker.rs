@@ -22,12 +22,37 @@ pub fn is_zero(buf: &[u8]) -> bool {
 /// The result is deterministic in the bytes and the offset alone, which is what makes unchanged
 /// regions of a disk produce the same chunks in every backup.
 pub fn split_segment(buf: &[u8], seg_offset: u64, data: &[Range<usize>], p: &ChunkerParams, out: &mut Vec<Extent>) {
+    split_regions(buf, seg_offset, data, &[], p, out)
+}
+
+/// `split_segment` with `unused`, ranges of `buf` that the filesystem does not use (sorted,
+/// disjoint, and disjoint from `data`): they become unused extents, their bytes never looked at.
+pub fn split_regions(
+    buf: &[u8],
+    seg_offset: u64,
+    data: &[Range<usize>],
+    unused: &[Range<usize>],
+    p: &ChunkerParams,
+    out: &mut Vec<Extent>,
+) {
     let mut pos = 0usize;
-    for r in data {
+    let (mut d, mut u) = (data.iter().peekable(), unused.iter().peekable());
+    loop {
+        let (r, is_unused) = match (d.peek(), u.peek()) {
+            (Some(a), Some(b)) if a.start <= b.start => (d.next(), false),
+            (Some(_), Some(_)) | (None, Some(_)) => (u.next(), true),
+            (Some(_), None) => (d.next(), false),
+            (None, None) => break,
+        };
+        let Some(r) = r else { break };
         if r.start > pos {
             push_coalesced(out, Extent::zero(seg_offset + pos as u64, (r.start - pos) as u64));
         }
-        split_data(buf, seg_offset, r.clone(), p, out);
+        if is_unused {
+            push_coalesced(out, Extent::unused(seg_offset + r.start as u64, (r.end - r.start) as u64));
+        } else {
+            split_data(buf, seg_offset, r.clone(), p, out);
+        }
         pos = r.end;
     }
     if pos < buf.len() {
@@ -142,6 +167,18 @@ mod tests {
                 assert!(e.len <= 16384);
             }
         }
+    }
+
+    #[test]
+    fn unused_ranges_become_unused_extents_between_data_and_holes() {
+        let buf = noise(65536, 5);
+        let mut out = Vec::new();
+        split_regions(&buf, 0, &[0..20000, 40000..60000], &[20000..30000, 32000..40000], &params(), &mut out);
+        assert_covers(&out, 0, 65536);
+        let unused: Vec<(u64, u64)> = out.iter().filter(|e| e.is_unused()).map(|e| (e.offset, e.len)).collect();
+        assert_eq!(unused, vec![(20000, 10000), (32000, 8000)]);
+        let zero: Vec<(u64, u64)> = out.iter().filter(|e| e.is_zero()).map(|e| (e.offset, e.len)).collect();
+        assert_eq!(zero, vec![(30000, 2000), (60000, 5536)]);
     }
 
     #[test]

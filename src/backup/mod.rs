@@ -11,7 +11,7 @@ mod pipeline;
 mod plan;
 mod source;
 
-pub use chunker::{is_zero, split_segment};
+pub use chunker::{is_zero, split_regions, split_segment};
 pub(crate) use packer::{Repacker, StoredPack};
 pub(crate) use plan::{plan_kind, plan_on, validate_source_id};
 pub use plan::{KindRequest, MAX_SOURCE_ID_LEN};
@@ -20,6 +20,7 @@ pub(crate) use source::Source;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::allocation::{self, Region, UsageMap};
 use crate::error::{Error, Result};
 use crate::id::ImageId;
 use crate::index::{Journal, RefDelta, Txn};
@@ -46,11 +47,21 @@ pub struct BackupOptions {
     /// `backup --base IMAGE`: an incremental on IMAGE, or a differential on the full of IMAGE's
     /// set, instead of on the newest image of the source's newest set.
     pub base: Option<String>,
+    /// Read every block (sector by sector), not only those the filesystems' allocation maps call
+    /// used: for forensics, or a layout Strata misjudges.
+    pub all_blocks: bool,
 }
 
 impl Default for BackupOptions {
     fn default() -> Self {
-        BackupOptions { kind: KindRequest::Auto, source_id: None, force_read: false, now_ms: None, base: None }
+        BackupOptions {
+            kind: KindRequest::Auto,
+            source_id: None,
+            force_read: false,
+            now_ms: None,
+            base: None,
+            all_blocks: false,
+        }
     }
 }
 
@@ -62,6 +73,9 @@ pub struct BackupOutcome {
     pub bytes_read: u64,
     /// What went wrong after the image was stored (it is stored all the same).
     pub warnings: Vec<String>,
+    /// The disk's partitions and filesystems, what of each was left unread as unused, and why
+    /// a partition was read whole (empty when the source was not read).
+    pub regions: Vec<Region>,
 }
 
 /// Backs up `source_path` into `repo` (opened for writing) and returns the published image.
@@ -89,17 +103,24 @@ pub fn backup_outcome(
     let mut manifest = ManifestWriter::create(repo.backend(), &info.id)?;
     let mut delta = RefDelta::default();
     let mut bytes_read = 0;
+    let mut regions = Vec::new();
     let unchanged_file = !opts.force_read
         && src.stat().is_some()
         && base.as_ref().is_some_and(|b| b.source_stat == src.stat() && b.logical_bytes == src.size());
     if unchanged_file {
         // Same size, inode, mtime and ctime as when the base was read: an empty delta.
         info.read_skipped = true;
+        info.unused_bytes = base.as_ref().map_or(0, |b| b.unused_bytes);
     } else {
+        // The allocation maps are read before the first data byte: see docs/DESIGN.md, "Used
+        // blocks", for a filesystem that changes meanwhile.
+        let usage = if opts.all_blocks { UsageMap::every_block(src.size()) } else { allocation::scan(&src)? };
+        regions = usage.regions().to_vec();
+        crate::failpoint::hit!("backup-read-start");
         let view =
             if chain.is_empty() { None } else { Some(repo.view(&chain).map_err(|e| base_unreadable(&base, e))?) };
         let filter = ChangeFilter::new(view);
-        bytes_read = Run::new(repo, filter, &mut manifest, &mut info, &mut delta).run(&src, progress)?;
+        bytes_read = Run::new(repo, filter, &mut manifest, &mut info, &mut delta).run(&src, &usage, progress)?;
         check_source_after_read(&src, &mut info)?;
     }
     // Timestamps come from a coarse clock: a file changed within the same tick as this backup
@@ -114,7 +135,7 @@ pub fn backup_outcome(
     manifest.finish(&info)?; // the commit point: from here on the image is stored
     crate::failpoint::hit!("manifest-before-catalog");
     let warnings = update_index(repo, &info, delta);
-    Ok(BackupOutcome { info, bytes_read, warnings })
+    Ok(BackupOutcome { info, bytes_read, warnings, regions })
 }
 
 /// The new image's info (kind, base, set, depth), its base and the base's chain.
@@ -166,6 +187,7 @@ fn plan_image(
         source_stat: src.stat(),
         read_skipped: false,
         synthetic,
+        unused_bytes: 0,
     };
     Ok((info, base, chain))
 }

@@ -11,9 +11,10 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::chunker::split_segment;
+use super::chunker::split_regions;
 use super::packer::write_packs;
 use super::source::Source;
+use crate::allocation::UsageMap;
 use crate::config::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
@@ -55,23 +56,61 @@ impl BufferPool {
     }
 }
 
-fn read_segment(
-    src: &Source,
+/// Where one segment is: its offset and length, the ranges of it that hold data (to be read),
+/// and those the filesystem does not use (never read).
+struct SegmentSpec {
     offset: u64,
     len: usize,
-    data: &[Range<u64>],
-    p: &ChunkerParams,
-    pool: &BufferPool,
-) -> Result<Segment> {
-    let mut buf = pool.take(len);
-    let mut local = Vec::with_capacity(data.len());
-    for r in data {
-        let (s, e) = ((r.start - offset) as usize, (r.end - offset) as usize);
-        src.read_exact_at(&mut buf[s..e], r.start)?;
-        local.push(s..e);
+    data: Vec<Range<u64>>,
+    unused: Vec<Range<u64>>,
+}
+
+impl SegmentSpec {
+    fn of(src: &Source, usage: &UsageMap, offset: u64, end: u64) -> Result<SegmentSpec> {
+        let mut unused = Vec::new();
+        usage.unused_in(offset..end, &mut unused);
+        let data = subtract(&src.data_ranges(offset, end)?, &unused);
+        Ok(SegmentSpec { offset, len: (end - offset) as usize, data, unused })
     }
-    let mut extents = Vec::with_capacity(len / p.avg_size as usize + 4);
-    split_segment(&buf, offset, &local, p, &mut extents);
+}
+
+/// The parts of the sorted, disjoint ranges `a` outside the sorted, disjoint ranges `b`.
+fn subtract(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut j = 0;
+    for r in a {
+        let mut start = r.start;
+        while j < b.len() && b[j].end <= start {
+            j += 1;
+        }
+        let mut k = j;
+        while k < b.len() && b[k].start < r.end {
+            if b[k].start > start {
+                out.push(start..b[k].start);
+            }
+            start = start.max(b[k].end);
+            k += 1;
+        }
+        if start < r.end {
+            out.push(start..r.end);
+        }
+    }
+    out
+}
+
+fn read_segment(src: &Source, spec: &SegmentSpec, p: &ChunkerParams, pool: &BufferPool) -> Result<Segment> {
+    let offset = spec.offset;
+    let mut buf = pool.take(spec.len);
+    let local = |r: &Range<u64>| (r.start - offset) as usize..(r.end - offset) as usize;
+    let mut data = Vec::with_capacity(spec.data.len());
+    for r in &spec.data {
+        let l = local(r);
+        src.read_exact_at(&mut buf[l.clone()], r.start)?;
+        data.push(l);
+    }
+    let unused: Vec<Range<usize>> = spec.unused.iter().map(local).collect();
+    let mut extents = Vec::with_capacity(spec.len / p.avg_size as usize + 4);
+    split_regions(&buf, offset, &data, &unused, p, &mut extents);
     Ok(Segment { buf, offset, extents })
 }
 
@@ -127,15 +166,16 @@ impl<'a> Run<'a> {
     /// Reads, stores and indexes the whole source, with the pack writer on its own thread. Returns
     /// the bytes read once every pack is durable and indexed; the writer's error, if any, comes
     /// first.
-    pub(super) fn run(mut self, src: &Source, progress: &dyn Progress) -> Result<u64> {
+    pub(super) fn run(mut self, src: &Source, usage: &UsageMap, progress: &dyn Progress) -> Result<u64> {
         let repo = self.repo;
         std::thread::scope(|scope| {
             let (packs_tx, packs_rx) = sync_channel::<PackBuilder>(1);
             let (acks_tx, acks_rx) = channel::<(u64, Vec<u8>)>();
             let writer = scope.spawn(move || write_packs(repo, packs_rx, acks_tx));
             self.writer = Some(WriterLink { packs: packs_tx, acks: acks_rx });
-            let piped =
-                self.read_all(src, progress).and_then(|n| self.seal_pack().and_then(|()| self.wait_acks()).map(|()| n));
+            let piped = self
+                .read_all(src, usage, progress)
+                .and_then(|n| self.seal_pack().and_then(|()| self.wait_acks()).map(|()| n));
             self.writer = None; // closes the channel: the writer finishes what it has and stops
             let written =
                 writer.join().unwrap_or_else(|_| Err(Error::Internal { reason: "the pack writer panicked".into() }));
@@ -145,7 +185,7 @@ impl<'a> Run<'a> {
 
     /// Reads window after window of segments; the next window is read and chunked while the
     /// current one is compared, compressed and packed.
-    fn read_all(&mut self, src: &Source, progress: &dyn Progress) -> Result<u64> {
+    fn read_all(&mut self, src: &Source, usage: &UsageMap, progress: &dyn Progress) -> Result<u64> {
         let params = self.repo.config().chunker.clone();
         let seg = params.segment_size as u64;
         let size = src.size();
@@ -158,12 +198,11 @@ impl<'a> Run<'a> {
                 if off >= size {
                     break;
                 }
-                let end = (off + seg).min(size);
-                specs.push((off, (end - off) as usize, src.data_ranges(off, end)?));
+                specs.push(SegmentSpec::of(src, usage, off, (off + seg).min(size))?);
             }
-            let read: u64 = specs.iter().flat_map(|(_, _, d)| d.iter().map(|r| r.end - r.start)).sum();
+            let read: u64 = specs.iter().flat_map(|s| s.data.iter().map(|r| r.end - r.start)).sum();
             let segments: Result<Vec<Segment>> =
-                specs.par_iter().map(|(off, len, data)| read_segment(src, *off, *len, data, &params, &pool)).collect();
+                specs.par_iter().map(|spec| read_segment(src, spec, &params, &pool)).collect();
             segments.map(|s| (s, read))
         };
         progress.begin("backup", size);
@@ -211,6 +250,9 @@ impl<'a> Run<'a> {
         let mut seen: HashSet<ChunkId> = HashSet::new();
         for s in segments {
             for e in &s.extents {
+                if e.is_unused() {
+                    self.info.unused_bytes += e.len;
+                }
                 if !self.filter.is_changed(e)? {
                     continue;
                 }
@@ -218,6 +260,7 @@ impl<'a> Run<'a> {
                 self.info.changed_bytes += e.len;
                 match e.content {
                     Content::Zero => self.info.changed_zero_bytes += e.len,
+                    Content::Unused => {}
                     Content::Chunk { id, .. } => {
                         self.refs.add(id, self.info.set, 1);
                         if !self.pending.contains(&id) && seen.insert(id) {
@@ -356,5 +399,19 @@ impl<'a> Run<'a> {
             self.recharge_restored(&ids)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subtract;
+
+    #[test]
+    fn subtract_leaves_what_is_outside() {
+        assert_eq!(subtract(&[0..100], &[10..20, 30..40]), vec![0..10, 20..30, 40..100]);
+        assert_eq!(subtract(&[0..10, 20..30], &[5..25]), vec![0..5, 25..30]);
+        assert_eq!(subtract(&[0..10], &[0..10]), Vec::<std::ops::Range<u64>>::new());
+        assert_eq!(subtract(&[0..10, 50..60], &[]), vec![0..10, 50..60]);
+        assert_eq!(subtract(&[10..20], &[0..5, 25..30]), vec![10..20]);
     }
 }

@@ -57,6 +57,11 @@ enum Command {
         /// itself, `--kind differential` on the full of IMAGE's set; no chain is broken
         #[arg(long, value_name = "IMAGE")]
         base: Option<String>,
+        /// Read and store every block, sector by sector (for forensics or a layout Strata
+        /// misjudges). By default only the blocks the filesystems' allocation maps call used
+        /// are read (ext2/3/4, FAT, NTFS, swap); free blocks are restored as zeros
+        #[arg(long)]
+        all_blocks: bool,
         /// Print one JSON object instead of a summary
         #[arg(long)]
         json: bool,
@@ -358,7 +363,7 @@ pub fn run() -> Result<()> {
             };
             init(&path, avg_chunk_kib, compression_level)?;
         }
-        Command::Backup { source, kind, source_id, force_read, base, json } => {
+        Command::Backup { source, kind, source_id, force_read, base, all_blocks, json } => {
             let path = repo_path(&cli.repo)?;
             // The lock record names the command only: no paths or ids (an encrypted repository
             // must not leak them through its lock file).
@@ -369,7 +374,7 @@ pub fn run() -> Result<()> {
                 KindArg::Differential => KindRequest::Differential,
                 KindArg::Incremental => KindRequest::Incremental,
             };
-            let opts = BackupOptions { kind, source_id, force_read, now_ms: None, base };
+            let opts = BackupOptions { kind, source_id, force_read, now_ms: None, base, all_blocks };
             let bar = progress::Bar::new(json);
             let outcome = strata::backup::backup_outcome(&repo, &source, &opts, &bar)
                 .with_context(|| format!("backup of {} failed", source.display()))?;

@@ -30,6 +30,7 @@ struct ImageJson<'a> {
     new_chunks: u64,
     depth: u32,
     read_skipped: bool,
+    unused_bytes: u64,
     seconds: f64,
 }
 
@@ -48,6 +49,7 @@ fn to_json(i: &ImageInfo) -> ImageJson<'_> {
         new_chunks: i.new_chunks,
         depth: i.depth,
         read_skipped: i.read_skipped,
+        unused_bytes: i.unused_bytes,
         seconds: i.seconds,
     }
 }
@@ -85,6 +87,7 @@ pub fn backup_json(o: &BackupOutcome) -> Result<serde_json::Value> {
     let mut v = serde_json::to_value(to_json(&o.info))?;
     v["bytes_read"] = o.bytes_read.into();
     v["warnings"] = o.warnings.clone().into();
+    v["regions"] = serde_json::to_value(&o.regions)?;
     Ok(v)
 }
 
@@ -92,6 +95,10 @@ pub fn backup(o: &BackupOutcome, json: bool) -> Result<()> {
     let i = &o.info;
     for w in &o.warnings {
         eprintln!("strata: warning: {w}");
+    }
+    for r in o.regions.iter().filter(|r| r.notice.is_some()) {
+        let fs = r.filesystem.as_deref().map(|f| format!(" ({f})")).unwrap_or_default();
+        eprintln!("strata: note: {}{fs}: {}", r.name, r.notice.as_deref().unwrap_or_default());
     }
     if json {
         println!("{}", backup_json(o)?);
@@ -115,6 +122,12 @@ pub fn backup(o: &BackupOutcome, json: bool) -> Result<()> {
         i.seconds,
         rate
     );
+    if i.unused_bytes > 0 {
+        println!(
+            "  {} the filesystems do not use: not read, restored as zeros (--all-blocks reads every block)",
+            human(i.unused_bytes)
+        );
+    }
     Ok(())
 }
 
@@ -141,12 +154,12 @@ pub fn images(list: &[ImageInfo], damaged: &[DamagedImage], json: bool) -> Resul
         return Ok(());
     }
     println!(
-        "{:<8}  {:<12}  {:<8}  {:<8}  {:<20}  {:>10}  {:>10}  {:>10}  source",
-        "image", "kind", "base", "set", "created", "size", "changed", "stored"
+        "{:<8}  {:<12}  {:<8}  {:<8}  {:<20}  {:>10}  {:>10}  {:>10}  {:>10}  source",
+        "image", "kind", "base", "set", "created", "size", "changed", "stored", "unused"
     );
     for i in list {
         println!(
-            "{:<8}  {:<12}  {:<8}  {:<8}  {:<20}  {:>10}  {:>10}  {:>10}  {}",
+            "{:<8}  {:<12}  {:<8}  {:<8}  {:<20}  {:>10}  {:>10}  {:>10}  {:>10}  {}",
             i.id.short(),
             i.kind.name(),
             i.base.map(|b| b.short()).unwrap_or_else(|| "-".into()),
@@ -155,6 +168,7 @@ pub fn images(list: &[ImageInfo], damaged: &[DamagedImage], json: bool) -> Resul
             human(i.logical_bytes),
             human(i.changed_bytes),
             human(i.new_stored_bytes),
+            human(i.unused_bytes),
             i.source_id
         );
     }

@@ -116,33 +116,10 @@ impl Tree for Contained {
     }
 }
 
-thread_local! {
-    /// Above zero while this thread runs code whose panics `contained` turns into errors.
-    static CONTAINING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Runs `run`; a panic inside it becomes an error about `path` in `image`. The panic message is
-/// not printed (the library never prints): the process's panic hook is wrapped once so that it
-/// stays quiet while a thread is inside `contained`, and is otherwise unchanged.
+/// Runs `run`; a panic inside it (a filesystem crate tripping over damaged metadata) becomes
+/// an error about `path` in `image` (see `error::contain_panics`).
 fn contained<T>(image: &str, path: &str, run: impl FnOnce() -> Result<T>) -> Result<T> {
-    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
-    QUIET_HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if CONTAINING.with(|c| c.get()) == 0 {
-                previous(info);
-            }
-        }));
-    });
-    CONTAINING.with(|c| c.set(c.get() + 1));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
-    CONTAINING.with(|c| c.set(c.get() - 1));
-    outcome.unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+    crate::error::contain_panics(run).unwrap_or_else(|message| {
         Err(Error::Filesystem {
             image: image.into(),
             reason: format!(
@@ -360,7 +337,7 @@ impl Files {
     /// Opens the filesystem `reader` reads, found by its signature; `image` names it in errors.
     pub fn open(reader: impl Into<Arc<ImageReader>>, image: &str) -> Result<Files> {
         let reader = reader.into();
-        let kind = crate::partition::filesystem(&reader)?;
+        let kind = crate::partition::filesystem(&*reader)?;
         let inner = contained(image, "/", || {
             let tree: Box<dyn Tree> = match kind {
                 // The arms follow READABLE.

@@ -248,6 +248,7 @@ fn rewrite_one(repo: &Repository, rw: &Rewrite, delta: &mut RefDelta, dry_run: b
         new.changed_bytes += e.len;
         match e.content {
             Content::Zero => new.changed_zero_bytes += e.len,
+            Content::Unused => {}
             Content::Chunk { id, .. } => delta.add(id, info.set, 1),
         }
         count += 1;

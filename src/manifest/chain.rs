@@ -136,12 +136,13 @@ impl ChangeFilter {
         };
         match e.content {
             Content::Chunk { .. } => Ok(first != *e),
-            Content::Zero => {
-                // Unchanged when the base is zeros over the whole range, in however many pieces.
+            Content::Zero | Content::Unused => {
+                // Unchanged when the base has the same content (zeros, or unused) over the whole
+                // range, in however many pieces.
                 let mut pos = e.offset;
                 let mut c = first;
                 loop {
-                    if !c.is_zero() || c.offset > pos {
+                    if c.content != e.content || c.offset > pos {
                         return Ok(true);
                     }
                     pos = c.end();
@@ -174,6 +175,7 @@ mod tests {
             for i in 0..e.len {
                 m[(e.offset + i) as usize] = match e.content {
                     Content::Zero => None,
+                    Content::Unused => Some((ChunkId([0xFF; 32]), u64::MAX)),
                     Content::Chunk { id, skip } => Some((id, skip as u64 + i)),
                 };
             }
@@ -190,9 +192,11 @@ mod tests {
         points.dedup();
         let mut out = Vec::new();
         for (i, w) in points.windows(2).enumerate() {
-            let k = kinds.get(i).copied().unwrap_or(0) % 4;
+            let k = kinds.get(i).copied().unwrap_or(0) % 5;
             let e = if k == 0 {
                 Extent::zero(w[0], w[1] - w[0])
+            } else if k == 4 {
+                Extent::unused(w[0], w[1] - w[0])
             } else {
                 Extent::chunk(w[0], w[1] - w[0], ChunkId([k; 32]))
             };

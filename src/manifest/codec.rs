@@ -1,11 +1,12 @@
 //! Manifest encoding, streamed in both directions so memory never grows with the disk.
 //!
-//! Layout (docs/FORMAT.md, "Manifest file", version 1):
+//! Layout (docs/FORMAT.md, "Manifest file", version 2; version 1 is read too):
 //! ```text
-//! header   magic "STRATAIM" (8) | version u16 LE = 1 | flags u16 LE = 0 (reserved: encryption)
+//! header   magic "STRATAIM" (8) | version u16 LE = 2 | flags u16 LE = 0 (reserved: encryption)
 //! records  sorted by offset, disjoint:
-//!            0x00 zero  | offset u64 LE | len u64 LE                             (17 bytes)
-//!            0x01 chunk | offset u64 LE | len u32 LE | skip u32 LE | id [32]      (49 bytes)
+//!            0x00 zero   | offset u64 LE | len u64 LE                            (17 bytes)
+//!            0x01 chunk  | offset u64 LE | len u32 LE | skip u32 LE | id [32]     (49 bytes)
+//!            0x02 unused | offset u64 LE | len u64 LE                 (17 bytes, version 2)
 //! footer   info (bincode, see FORMAT.md) | info_len u32 LE | extent_count u64 LE
 //!          | BLAKE3 of every preceding byte [32] | magic "STRATAIE" (8)
 //! ```
@@ -19,13 +20,17 @@ use crate::id::{ChunkId, ImageId};
 use crate::pack::MAX_CHUNK_LEN;
 use crate::storage::{paths, Backend, ObjectWriter};
 
-pub(crate) const MANIFEST_VERSION: u16 = 1;
+pub(crate) const MANIFEST_VERSION: u16 = 2;
+/// Version 1 manifests have no unused extents and an info without `unused_bytes` (its last
+/// field, 8 bytes: decoded as 0).
+const MANIFEST_VERSION_1: u16 = 1;
 const HEADER_MAGIC: &[u8; 8] = b"STRATAIM";
 const FOOTER_MAGIC: &[u8; 8] = b"STRATAIE";
 const HEADER_LEN: u64 = 12;
 const FOOTER_FIXED: u64 = 4 + 8 + 32 + 8;
 const TAG_ZERO: u8 = 0;
 const TAG_CHUNK: u8 = 1;
+const TAG_UNUSED: u8 = 2;
 /// An info larger than this is damage, not an image.
 const MAX_INFO_LEN: u32 = 64 * 1024;
 
@@ -64,8 +69,8 @@ impl ManifestWriter {
         debug_assert!(e.offset >= self.end && e.len > 0, "extents out of order");
         let mut rec = [0u8; 49];
         let n = match e.content {
-            Content::Zero => {
-                rec[0] = TAG_ZERO;
+            Content::Zero | Content::Unused => {
+                rec[0] = if e.is_zero() { TAG_ZERO } else { TAG_UNUSED };
                 rec[1..9].copy_from_slice(&e.offset.to_le_bytes());
                 rec[9..17].copy_from_slice(&e.len.to_le_bytes());
                 17
@@ -107,6 +112,7 @@ struct Footer {
     info: ImageInfo,
     records_len: u64,
     count: u64,
+    version: u16,
 }
 
 fn corrupt(id: &ImageId, reason: impl Into<String>) -> Error {
@@ -167,11 +173,14 @@ fn read_footer(backend: &dyn Backend, id: &ImageId, verify: bool) -> Result<Foot
         return Err(corrupt(id, "bad header magic"));
     }
     let version = u16::from_le_bytes([head[8], head[9]]);
-    if version != MANIFEST_VERSION {
+    if version != MANIFEST_VERSION && version != MANIFEST_VERSION_1 {
         return Err(corrupt(id, format!("unsupported manifest version {version}")));
     }
     let info_at = size - FOOTER_FIXED - info_len as u64;
-    let raw = backend.read_at(&path, info_at, info_len as usize)?;
+    let mut raw = backend.read_at(&path, info_at, info_len as usize)?;
+    if version == MANIFEST_VERSION_1 {
+        raw.extend_from_slice(&0u64.to_le_bytes()); // unused_bytes
+    }
     let (info, used): (ImageInfo, usize) =
         bincode::serde::decode_from_slice(&raw, info_config()).map_err(|e| corrupt(id, format!("info: {e}")))?;
     if used != raw.len() {
@@ -180,7 +189,7 @@ fn read_footer(backend: &dyn Backend, id: &ImageId, verify: bool) -> Result<Foot
     if info.id != *id {
         return Err(corrupt(id, format!("file holds image {}", info.id)));
     }
-    Ok(Footer { info, records_len: info_at - HEADER_LEN, count })
+    Ok(Footer { info, records_len: info_at - HEADER_LEN, count, version })
 }
 
 /// An image's info as the manifest footer and the catalog store it.
@@ -189,14 +198,19 @@ pub(crate) fn encode_info(info: &ImageInfo) -> Result<Vec<u8>> {
         .map_err(|e| Error::Internal { reason: format!("image info does not encode: {e}") })
 }
 
-/// A catalog entry (an info encoded as in the manifest footer).
+/// A catalog entry (an info encoded as in the manifest footer). An entry written by a version 3
+/// repository lacks `unused_bytes`, the last field: it fails to decode whole and is decoded
+/// again with that field as 0.
 pub(crate) fn decode_info(raw: &[u8]) -> Result<ImageInfo> {
-    let (info, used): (ImageInfo, usize) = bincode::serde::decode_from_slice(raw, info_config())
-        .map_err(|e| Error::Index { reason: format!("catalog entry does not decode: {e}") })?;
-    if used != raw.len() {
-        return Err(Error::Index { reason: "catalog entry has trailing bytes".into() });
-    }
-    Ok(info)
+    let decode = |raw: &[u8]| -> Result<ImageInfo> {
+        let (info, used): (ImageInfo, usize) = bincode::serde::decode_from_slice(raw, info_config())
+            .map_err(|e| Error::Index { reason: format!("catalog entry does not decode: {e}") })?;
+        if used != raw.len() {
+            return Err(Error::Index { reason: "catalog entry has trailing bytes".into() });
+        }
+        Ok(info)
+    };
+    decode(raw).or_else(|e| decode(&[raw, &0u64.to_le_bytes()].concat()).map_err(|_| e))
 }
 
 /// The image info stored in a manifest, after checking the whole file.
@@ -218,7 +232,8 @@ pub fn open_manifest(backend: &dyn Backend, id: &ImageId) -> Result<(ImageInfo, 
     let mut r = backend.open(&path)?;
     let mut head = [0u8; 12];
     r.read_exact(&mut head).map_err(|e| Error::io("read", &path, e))?;
-    Ok((f.info, ExtentReader { r, left: f.records_len, id: *id, end: 0, count: 0, expected: f.count }))
+    let version = f.version;
+    Ok((f.info, ExtentReader { r, left: f.records_len, id: *id, end: 0, count: 0, expected: f.count, version }))
 }
 
 /// The extents of one manifest, in order, validated one by one.
@@ -229,6 +244,7 @@ pub struct ExtentReader {
     end: u64,
     count: u64,
     expected: u64,
+    version: u16,
 }
 
 impl ExtentReader {
@@ -251,12 +267,16 @@ impl ExtentReader {
         let mut tag = [0u8; 1];
         self.take(&mut tag)?;
         let e = match tag[0] {
-            TAG_ZERO => {
+            TAG_ZERO | TAG_UNUSED if tag[0] == TAG_ZERO || self.version >= 2 => {
                 let mut b = [0u8; 16];
                 self.take(&mut b)?;
                 let offset = u64::from_le_bytes(b[0..8].try_into().map_err(|_| corrupt(&self.id, "record"))?);
                 let len = u64::from_le_bytes(b[8..16].try_into().map_err(|_| corrupt(&self.id, "record"))?);
-                Extent::zero(offset, len)
+                if tag[0] == TAG_ZERO {
+                    Extent::zero(offset, len)
+                } else {
+                    Extent::unused(offset, len)
+                }
             }
             TAG_CHUNK => {
                 let mut b = [0u8; 48];
@@ -324,6 +344,7 @@ mod tests {
             source_stat: Some(SourceStat { dev: 1, ino: 2, size: 3, mtime_ns: -4, ctime_ns: 5 }),
             read_skipped: true,
             synthetic: true,
+            unused_bytes: 16,
         }
     }
 
@@ -350,13 +371,15 @@ mod tests {
         assert_eq!(&b[181..197], &5i128.to_le_bytes(), "ctime_ns");
         assert_eq!(b[197], 1, "read_skipped");
         assert_eq!(b[198], 1, "synthetic");
-        assert_eq!(b.len(), 199);
+        assert_eq!(&b[199..207], &16u64.to_le_bytes(), "unused_bytes");
+        assert_eq!(b.len(), 207);
     }
 
     fn write_manifest(backend: &LocalDir, id: ImageId) {
         let mut w = ManifestWriter::create(backend, &id).unwrap();
         w.push(&Extent::zero(0, 4096)).unwrap();
         w.push(&Extent::chunk(4096, 100, ChunkId([9; 32]))).unwrap();
+        w.push(&Extent::unused(8192, 1 << 20)).unwrap();
         w.finish(&info(id)).unwrap();
     }
 
@@ -369,8 +392,50 @@ mod tests {
         let (read, extents) = open_manifest(&b, &id).unwrap();
         assert_eq!(read, info(id));
         let ex: Vec<Extent> = extents.collect::<Result<_>>().unwrap();
-        assert_eq!(ex, vec![Extent::zero(0, 4096), Extent::chunk(4096, 100, ChunkId([9; 32]))]);
-        assert_eq!(std::fs::metadata(dir.path().join(paths::manifest(&id))).unwrap().len(), 12 + 17 + 49 + 199 + 52);
+        let expected =
+            vec![Extent::zero(0, 4096), Extent::chunk(4096, 100, ChunkId([9; 32])), Extent::unused(8192, 1 << 20)];
+        assert_eq!(ex, expected);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(paths::manifest(&id))).unwrap().len(),
+            12 + 17 + 49 + 17 + 207 + 52
+        );
+    }
+
+    /// A version 1 manifest (before unused extents) still reads, its info's `unused_bytes` as 0;
+    /// the unused tag is damage in it.
+    #[test]
+    fn version_1_manifests_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalDir::new(dir.path());
+        let id = ImageId([1; 16]);
+        let v1 = |records: &[u8]| {
+            let mut bytes = b"STRATAIM".to_vec();
+            bytes.extend_from_slice(&1u16.to_le_bytes());
+            bytes.extend_from_slice(&0u16.to_le_bytes());
+            bytes.extend_from_slice(records);
+            let mut old = info(id);
+            old.unused_bytes = 0;
+            let encoded = bincode::serde::encode_to_vec(&old, info_config()).unwrap();
+            bytes.extend_from_slice(&encoded[..encoded.len() - 8]); // no unused_bytes
+            bytes.extend_from_slice(&((encoded.len() - 8) as u32).to_le_bytes());
+            bytes.extend_from_slice(&1u64.to_le_bytes());
+            let sum = *blake3::hash(&bytes).as_bytes();
+            bytes.extend_from_slice(&sum);
+            bytes.extend_from_slice(FOOTER_MAGIC);
+            std::fs::create_dir_all(dir.path().join("images")).unwrap();
+            std::fs::write(dir.path().join(paths::manifest(&id)), &bytes).unwrap();
+            (old, encoded)
+        };
+        let zero: Vec<u8> = [&[TAG_ZERO][..], &0u64.to_le_bytes(), &4096u64.to_le_bytes()].concat();
+        let (old, encoded) = v1(&zero);
+        let (read, ex) = open_manifest(&b, &id).unwrap();
+        assert_eq!(read, old);
+        assert_eq!(ex.collect::<Result<Vec<_>>>().unwrap(), vec![Extent::zero(0, 4096)]);
+        assert_eq!(decode_info(&encoded[..encoded.len() - 8]).unwrap(), old, "a version 3 catalog entry");
+        let unused: Vec<u8> = [&[TAG_UNUSED][..], &0u64.to_le_bytes(), &4096u64.to_le_bytes()].concat();
+        v1(&unused);
+        let (_, ex) = open_manifest(&b, &id).unwrap();
+        assert!(ex.collect::<Result<Vec<_>>>().is_err());
     }
 
     proptest! {

@@ -6,6 +6,9 @@ use crate::id::ChunkId;
 pub enum Content {
     /// A hole or a run of zero bytes: never hashed, never stored.
     Zero,
+    /// Blocks the filesystem's allocation map called free when the image was made: never read,
+    /// never stored, restored as zeros (used-block imaging, docs/FORMAT.md).
+    Unused,
     /// Bytes `skip .. skip + len` of the chunk `id`. Backups always write whole chunks
     /// (`skip == 0`, `len` = chunk length); chain resolution can clip a chunk that a later
     /// image partly overwrote.
@@ -24,6 +27,10 @@ impl Extent {
         Extent { offset, len, content: Content::Zero }
     }
 
+    pub fn unused(offset: u64, len: u64) -> Extent {
+        Extent { offset, len, content: Content::Unused }
+    }
+
     pub fn chunk(offset: u64, len: u64, id: ChunkId) -> Extent {
         Extent { offset, len, content: Content::Chunk { id, skip: 0 } }
     }
@@ -36,6 +43,10 @@ impl Extent {
         matches!(self.content, Content::Zero)
     }
 
+    pub fn is_unused(&self) -> bool {
+        matches!(self.content, Content::Unused)
+    }
+
     /// The part of this extent inside `[from, to)`; the caller guarantees the ranges overlap.
     pub(crate) fn slice(&self, from: u64, to: u64) -> Extent {
         let start = from.max(self.offset);
@@ -43,6 +54,7 @@ impl Extent {
         debug_assert!(start < end, "slice outside the extent");
         let content = match self.content {
             Content::Zero => Content::Zero,
+            Content::Unused => Content::Unused,
             // The clipped length of a chunk extent is below the chunk length, a u32.
             Content::Chunk { id, skip } => Content::Chunk { id, skip: skip + (start - self.offset) as u32 },
         };
@@ -50,10 +62,12 @@ impl Extent {
     }
 }
 
-/// Appends `e` to `out`, merging it into the previous extent when both are zeros and adjacent.
+/// Appends `e` to `out`, merging it into the previous extent when both are zeros (or both
+/// unused) and adjacent.
 pub(crate) fn push_coalesced(out: &mut Vec<Extent>, e: Extent) {
     if let Some(last) = out.last_mut() {
-        if last.is_zero() && e.is_zero() && last.end() == e.offset {
+        let alike = (last.is_zero() && e.is_zero()) || (last.is_unused() && e.is_unused());
+        if alike && last.end() == e.offset {
             last.len += e.len;
             return;
         }

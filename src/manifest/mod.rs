@@ -81,6 +81,9 @@ pub struct ImageInfo {
     /// A full written in place of a delta (chain depth bound) or made from a kept image when its
     /// full was forgotten (`forget --rebase`): metadata only, its data was already stored.
     pub synthetic: bool,
+    /// Bytes of the disk its filesystems' allocation maps called free: not read, not stored,
+    /// restored as zeros (0 with `--all-blocks`, for unknown layouts and in manifest version 1).
+    pub unused_bytes: u64,
 }
 
 #[cfg(test)]
@@ -106,6 +109,7 @@ impl ImageInfo {
             source_stat: None,
             read_skipped: false,
             synthetic: false,
+            unused_bytes: 0,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Test helpers: a temporary repository, a seeded synthetic disk builder, and a CLI runner.
 #![allow(dead_code)]
 
+pub mod disks;
 pub mod faults;
 pub mod mounted;
 
