@@ -22,6 +22,7 @@ pub mod index;
 pub mod job;
 pub mod manifest;
 pub mod mount;
+pub(crate) mod mountinfo;
 pub mod nbd;
 pub mod pack;
 pub mod partition;

@@ -19,6 +19,11 @@ pub trait Disk {
     fn read_at(&self, at: u64, buf: &mut [u8]) -> Result<usize>;
     /// How messages name the disk.
     fn name(&self) -> String;
+    /// Where the disk (or a partition of it, or a loop device over it) is mounted read-write,
+    /// when it is: its filesystems may change while they are read. None for stored images.
+    fn mounted_read_write(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Disk for ImageReader {

@@ -489,4 +489,15 @@ fn a_mounted_filesystem_is_read_whole_unless_frozen() {
     let files = disks::file_hashes(Fs::Ext4, &restored);
     assert!(files.contains_key("during-39"), "the files written before the freeze are in the image");
     assert_eq!(files, disks::file_hashes(Fs::Ext4, &img));
+
+    // ntfs-3g does not mark a mounted NTFS dirty: Strata sees the mount itself.
+    let ntfs = repo.file("live-ntfs.img");
+    disks::aged(Fs::Ntfs, &ntfs, 32);
+    disks::with_mounted(Fs::Ntfs, &ntfs, false, |dir| {
+        std::fs::write(dir.join("new"), disks::content(300_000, 3)).unwrap();
+        let live = backup(&repo, &ntfs, &["--source-id", "ntfs"]);
+        assert_eq!(live["unused_bytes"], 0);
+        assert!(live["regions"][0]["notice"].as_str().unwrap().contains("mounted read-write"), "{live}");
+    });
+    assert!(backup(&repo, &ntfs, &["--source-id", "ntfs"])["unused_bytes"].as_u64().unwrap() > 0, "unmounted");
 }

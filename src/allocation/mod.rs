@@ -239,6 +239,7 @@ pub fn scan_with(disk: &dyn Disk, min_run: u64) -> Result<UsageMap> {
         }
         Err(e) => return Err(e),
     };
+    let mounted = disk.mounted_read_write();
     let parts: Vec<(String, u64, u64)> = if table.scheme == Scheme::None {
         vec![("disk".into(), 0, size)]
     } else {
@@ -252,7 +253,13 @@ pub fn scan_with(disk: &dyn Disk, min_run: u64) -> Result<UsageMap> {
             map.regions.push(outside(at, start - at));
         }
         let window = Window { disk, start, len };
-        let (filesystem, result) = free_map(&window)?;
+        let (filesystem, mut result) = free_map(&window)?;
+        // ext2/3/4 say on disk whether they are live (`needs_recovery`, or not clean), and a
+        // frozen one says it is not; FAT and NTFS mounted by ntfs-3g may not.
+        let says_if_live = matches!(filesystem, Some("ext2" | "ext3" | "ext4"));
+        if let (Some(at), Ok(_), false) = (&mounted, &result, says_if_live) {
+            result = Err(format!("the disk is mounted read-write ({at}): its map may change while it is read"));
+        }
         let (unused_bytes, notice) = match result {
             Ok(mut m) => {
                 m.drop_short_runs(min_run);
@@ -334,6 +341,9 @@ impl Disk for Window<'_> {
     }
     fn name(&self) -> String {
         self.disk.name()
+    }
+    fn mounted_read_write(&self) -> Option<String> {
+        self.disk.mounted_read_write()
     }
 }
 

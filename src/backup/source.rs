@@ -160,6 +160,54 @@ impl crate::partition::Disk for Source {
     fn name(&self) -> String {
         self.path.display().to_string()
     }
+    fn mounted_read_write(&self) -> Option<String> {
+        mounts::read_write(&self.path, self.is_block_device)
+    }
+}
+
+/// Whether a source is mounted read-write: by the device numbers of the source (a block device
+/// and its partitions, or the loop devices and their partitions whose backing file it is), and
+/// by mounts whose source is its path (ntfs-3g on a file).
+mod mounts {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
+
+    use crate::mountinfo::{device_numbers, mounts};
+
+    /// The device numbers of the block device `/sys/dev/block/<dev>` and its partitions.
+    fn with_partitions(dev: &str) -> Vec<String> {
+        let mut out = vec![dev.to_string()];
+        let dir = Path::new("/sys/dev/block").join(dev);
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.path().join("partition").exists() {
+                if let Ok(d) = std::fs::read_to_string(e.path().join("dev")) {
+                    out.push(d.trim().to_string());
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn read_write(path: &Path, block_device: bool) -> Option<String> {
+        let canonical = std::fs::canonicalize(path).ok()?;
+        let mut devs = Vec::new();
+        if block_device {
+            devs = with_partitions(&device_numbers(std::fs::metadata(&canonical).ok()?.rdev()));
+        } else {
+            for e in std::fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+                let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
+                if Path::new(backing.trim_end().trim_end_matches(" (deleted)")) == canonical {
+                    if let Ok(d) = std::fs::read_to_string(e.path().join("dev")) {
+                        devs.extend(with_partitions(d.trim()));
+                    }
+                }
+            }
+        }
+        mounts()
+            .into_iter()
+            .find(|m| m.read_write && (devs.contains(&m.device) || m.source == canonical))
+            .map(|m| format!("{} at {}", m.fstype, m.point.display()))
+    }
 }
 
 fn stat_of(m: &std::fs::Metadata) -> SourceStat {

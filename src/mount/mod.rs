@@ -166,31 +166,9 @@ fn check_mount_point(at: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Every mount point, from /proc/self/mountinfo (field 5, with spaces and the like written as
-/// octal escapes).
+/// Every mount point.
 fn mount_points() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines().filter_map(|l| l.split(' ').nth(4)).map(|m| PathBuf::from(unescape_octal(m))).collect()
-}
-
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let code = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match code {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::mountinfo::mounts().into_iter().map(|m| m.point).collect()
 }
 
 fn check_fuse() -> Result<()> {
@@ -201,14 +179,5 @@ fn check_fuse() -> Result<()> {
             Err(unavailable("/dev/fuse does not exist (load the fuse kernel module: modprobe fuse)".into()))
         }
         Err(e) => Err(unavailable(format!("/dev/fuse cannot be opened: {e}"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(super::unescape_octal(r"/mnt/a\040b\134c"), r"/mnt/a b\c");
-        assert_eq!(super::unescape_octal(r"/x\04"), r"/x\04");
     }
 }

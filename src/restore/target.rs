@@ -36,17 +36,11 @@ pub(super) fn open_device(target: &Path, force: bool) -> Result<File> {
     })
 }
 
-/// Where a block device is mounted, from /proc/self/mountinfo (field 3 is the device's
-/// major:minor, field 5 the mount point).
+/// Where a block device is mounted.
 fn mount_point(device: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let rdev = std::fs::metadata(device).ok()?.rdev();
-    let want = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(2) == Some(&want.as_str())).then(|| f.get(4).map(|m| m.to_string())).flatten()
-    })
+    let want = crate::mountinfo::device_numbers(std::fs::metadata(device).ok()?.rdev());
+    crate::mountinfo::mounts().into_iter().find(|m| m.device == want).map(|m| m.point.display().to_string())
 }
 
 pub(super) fn open_target(target: &Path, needed: u64, force: bool) -> Result<(Target, Option<PathBuf>)> {
