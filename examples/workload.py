@@ -12,6 +12,11 @@
                                        script did not build, any filesystem): a run of new file
                                        content (0.5 % of the disk) and scattered 4 KiB rewrites
                                        (0.4 %) inside allocated areas; same JSON line
+  workload.py same SOURCE RESTORED     exit 0 when RESTORED is SOURCE as a used-block image
+                                       restores it: every 4 KiB block equal, or all zeros in
+                                       RESTORED (a free block Strata did not read); for ext2/3/4
+                                       also `e2fsck -fn` clean and every file equal (debugfs
+                                       rdump); prints a JSON line
 
 Deterministic for a given machine and N (seeded), so reruns and comparisons see the same days.
 Only the Python standard library, e2fsprogs and coreutils are used.
@@ -252,7 +257,47 @@ def any_day(image, n):
                       "run_blocks": run_blocks, "pages_rewritten": len(pages)}))
 
 
+def same(source, restored):
+    """Whether restored is source as a used-block restore gives it back (see the usage)."""
+    zeroed = 0
+    same_bytes = True
+    zero = bytes(BLOCK)
+    with open(source, "rb") as a, open(restored, "rb") as b:
+        while True:
+            x, y = a.read(1 << 20), b.read(1 << 20)
+            if len(x) != len(y):
+                same_bytes = False
+                break
+            if not x:
+                break
+            if x == y:
+                continue
+            for i in range(0, len(x), BLOCK):
+                if x[i:i + BLOCK] != y[i:i + BLOCK]:
+                    if y[i:i + BLOCK] == zero[:len(y[i:i + BLOCK])]:
+                        zeroed += 1
+                    else:
+                        same_bytes = False
+    ok = same_bytes
+    with open(source, "rb") as f:
+        f.seek(1024 + 56)
+        is_ext = f.read(2) == b"\x53\xef"
+    if ok and zeroed and is_ext:
+        ok = subprocess.run(["e2fsck", "-fn", restored], capture_output=True).returncode == 0
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(restored))) as t:
+            da, db = os.path.join(t, "a"), os.path.join(t, "b")
+            os.mkdir(da)
+            os.mkdir(db)
+            run("debugfs", "-R", f"rdump / {da}", source)
+            run("debugfs", "-R", f"rdump / {db}", restored)
+            ok = ok and subprocess.run(["diff", "-r", da, db], capture_output=True).returncode == 0
+    print(json.dumps({"identical_in_used_blocks": ok, "zeroed_free_blocks": zeroed}))
+    return ok
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "same":
+        sys.exit(0 if same(sys.argv[2], sys.argv[3]) else 1)
     if len(sys.argv) == 4 and sys.argv[1] == "build":
         build(sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) == 4 and sys.argv[1] == "day":

@@ -45,6 +45,8 @@ pub struct Job {
     pub repository: Option<PathBuf>,
     pub source: PathBuf,
     pub source_id: Option<String>,
+    /// Read every block, as `backup --all-blocks`.
+    pub all_blocks: bool,
     pub comment: String,
     pub scheme: Scheme,
     pub policy: Policy,
@@ -61,6 +63,8 @@ struct JobFile {
     repository: Option<String>,
     source: String,
     source_id: Option<String>,
+    #[serde(default)]
+    all_blocks: bool,
     #[serde(default)]
     comment: String,
     #[serde(default)]
@@ -235,6 +239,7 @@ impl Job {
             repository: file.repository.filter(|r| !r.is_empty()).map(PathBuf::from),
             source: PathBuf::from(file.source),
             source_id: file.source_id.filter(|s| !s.is_empty()),
+            all_blocks: file.all_blocks,
             comment: file.comment,
             scheme,
             policy,

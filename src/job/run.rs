@@ -179,7 +179,13 @@ fn steps(
         Kind::Differential => KindRequest::Differential,
         Kind::Incremental => KindRequest::Incremental,
     };
-    let bopts = BackupOptions { kind, source_id: Some(id.into()), now_ms: opts.now_ms, ..Default::default() };
+    let bopts = BackupOptions {
+        kind,
+        source_id: Some(id.into()),
+        now_ms: opts.now_ms,
+        all_blocks: job.all_blocks,
+        ..Default::default()
+    };
     let backup = crate::backup::backup_outcome(repo, &job.source, &bopts, progress)?;
     let info = backup.info.clone();
     out.record.kind = Some(info.kind.name().into());
