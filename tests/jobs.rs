@@ -466,7 +466,7 @@ fn the_documented_job_files_are_valid_and_the_examples_match_the_docs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let doc = std::fs::read_to_string(root.join("docs/JOBS.md")).unwrap();
     let blocks: Vec<&str> = doc.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
-    assert_eq!(blocks.len(), 4, "the field reference and three schemes");
+    assert_eq!(blocks.len(), 5, "the field reference, three schemes and freezing for used blocks");
     for block in &blocks {
         strata::job::Job::parse(Path::new("docs/JOBS.md"), block).unwrap_or_else(|e| panic!("{e}\n{block}"));
     }
