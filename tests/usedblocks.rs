@@ -194,6 +194,44 @@ fn aged_ntfs_restores_checked_bare_and_in_a_gpt_disk() {
     aged_filesystem_round_trip(Fs::Ntfs, 64, Fs::Fat(12), 8);
 }
 
+/// An MBR disk: a primary FAT16, then an extended partition holding a swap area and an ext4 as
+/// logical partitions (their EBRs between them, always read). Swap keeps only its header.
+#[test]
+fn an_mbr_disk_with_logical_partitions_and_swap() {
+    if skip() {
+        return;
+    }
+    let repo = TestRepo::new();
+    let (fat, ext, swap) = (repo.file("fat.img"), repo.file("ext.img"), repo.file("swap.img"));
+    disks::aged(Fs::Fat(16), &fat, 32);
+    disks::aged(Fs::Ext4, &ext, 64);
+    std::fs::write(&swap, disks::content(16 << 20, 5)).unwrap(); // old data under the new swap
+    disks::run(Command::new("mkswap").arg(&swap));
+    let disk = repo.file("mbr.img");
+    let ranges = disks::mbr_disk(&disk, &[(&fat, "6"), (&swap, "82"), (&ext, "83")]);
+    let image = backup(&repo, &disk, &[]);
+    let regions = image["regions"].as_array().unwrap();
+    let fs: Vec<&str> = regions.iter().filter_map(|r| r["filesystem"].as_str()).collect();
+    assert_eq!(fs, ["vfat", "swap", "ext4"], "{regions:?}");
+    assert!(regions.iter().all(|r| r["notice"].is_null()), "{regions:?}");
+    let swap_region = regions.iter().find(|r| r["filesystem"] == "swap").unwrap();
+    assert_eq!(swap_region["unused_bytes"].as_u64().unwrap(), (16 << 20) - 4096, "swap keeps its header only");
+    let id = image["image"].as_str().unwrap().to_string();
+    let restored = repo.file("mbr-restored.img");
+    restore(&repo, &id, &restored);
+    assert_same_outside_unused(&disk, &restored, &unused_of(&repo, &id));
+    for ((kind, range), n) in [(Fs::Fat(16), &ranges[0]), (Fs::Ext4, &ranges[2])].into_iter().zip(1..) {
+        let (src, got) = (repo.file(&format!("p{n}.img")), repo.file(&format!("p{n}-restored.img")));
+        partition(&disk, range, &src);
+        partition(&restored, range, &got);
+        assert_filesystem(kind, &src, &got);
+    }
+    let header = |p: &Path| read_at(p, ranges[1].start, 4096);
+    assert_eq!(header(&restored), header(&disk), "the swap header");
+    let dump = disks::run(Command::new("sfdisk").arg("-d").arg(&restored));
+    assert_eq!(dump.lines().filter(|l| l.contains("start=")).count(), 4, "{dump}");
+}
+
 /// `--all-blocks` reads and restores every byte, as before used-block imaging.
 #[test]
 fn all_blocks_restores_every_byte() {

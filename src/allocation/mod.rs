@@ -226,7 +226,7 @@ pub fn scan_with(disk: &dyn Disk, min_run: u64) -> Result<UsageMap> {
     let mut map = UsageMap { size, maps: Vec::new(), regions: Vec::new() };
     let table = match partition::read_table(disk) {
         Ok(t) => t,
-        Err(crate::Error::BadPartitionTable { reason, .. }) => {
+        Err(crate::error::Error::BadPartitionTable { reason, .. }) => {
             map.regions.push(Region {
                 name: "disk".into(),
                 start: 0,

@@ -262,6 +262,45 @@ pub fn gpt_disk(disk: &Path, parts: &[&Path]) -> Vec<std::ops::Range<u64>> {
     ranges
 }
 
+/// An MBR disk at `disk` holding `parts` (images) at the given partition types: the first as a
+/// primary partition, the rest as logical partitions in an extended one (so the EBR chain lies
+/// between them); returns each partition's byte range.
+pub fn mbr_disk(disk: &Path, parts: &[(&Path, &str)]) -> Vec<std::ops::Range<u64>> {
+    const MIB: u64 = 1 << 20;
+    let sizes: Vec<u64> = parts.iter().map(|(p, _)| std::fs::metadata(p).unwrap().len()).collect();
+    let total = MIB + sizes.iter().map(|s| s + 2 * MIB).sum::<u64>() + MIB;
+    let _ = std::fs::remove_file(disk);
+    std::fs::File::create(disk).unwrap().set_len(total).unwrap();
+    let mut script = String::from("label: dos\n");
+    let mut ranges = Vec::new();
+    let mut at = MIB;
+    for (i, (s, (_, kind))) in sizes.iter().zip(parts).enumerate() {
+        if i == 1 {
+            script.push_str(&format!("start={}, type=5\n", at / 512));
+        }
+        if i >= 1 {
+            at += MIB; // room for the logical partition's EBR
+        }
+        script.push_str(&format!("start={}, size={}, type={kind}\n", at / 512, s / 512));
+        ranges.push(at..at + s);
+        at += s + MIB;
+    }
+    let mut child = Command::new("sfdisk")
+        .arg("-q")
+        .arg(disk)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk");
+    for ((p, _), r) in parts.iter().zip(&ranges) {
+        copy_range(p, 0, disk, r.start, r.end - r.start);
+    }
+    ranges
+}
+
 /// Copies `len` bytes from `from` at `at` into `to` at `to_at` (sparse: zero blocks are skipped).
 pub fn copy_range(from: &Path, at: u64, to: &Path, to_at: u64, len: u64) {
     use std::os::unix::fs::FileExt;
