@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Disk, TestRepo};
-use strata::KindRequest;
+use strata::{KindRequest, Repository};
 
 const MIB: usize = 1 << 20;
 
@@ -106,4 +106,53 @@ fn a_file_changed_just_before_the_backup_is_read_by_the_next_one() {
     assert!(full.source_stat.is_none());
     let next = repo.backup(&src, KindRequest::Auto);
     assert!(!next.read_skipped);
+}
+
+/// `backup --force-read` of `disk` through the CLI: its JSON.
+fn backup_json(repo: &TestRepo, disk: &std::path::Path) -> serde_json::Value {
+    let out = repo.cli(&["backup", "--json", "--force-read", "--source-id", "disk", disk.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A segment whose fingerprint equals the base's is read and hashed but not chunked: its extents
+/// are the base's. Only the edited segments are cut again, every image restores exactly, and the
+/// fingerprints survive `forget --rebase` rewriting the manifests they sit in.
+#[test]
+fn unchanged_segments_are_taken_from_the_base_and_every_image_restores() {
+    let repo = TestRepo::small(); // 256 KiB segments
+    let seg = 256 * 1024;
+    let src = repo.file("disk.img");
+    let mut disk = Disk::new(11, 32 * seg).random(0..32 * seg);
+    disk.write_to(&src);
+    let full = backup_json(&repo, &src);
+    assert_eq!(full["bytes_reused"], 0, "a full has no base");
+    let mut expected = vec![(full["image"].as_str().unwrap().to_string(), disk.bytes.clone())];
+    for (n, at) in [5 * seg + 100, 9 * seg + 7, 31 * seg + 3].into_iter().enumerate() {
+        disk.bytes[at] ^= 0xFF;
+        disk.write_to(&src);
+        let inc = backup_json(&repo, &src);
+        assert_eq!(inc["bytes_reused"].as_u64().unwrap(), 31 * seg as u64, "step {n}: one segment cut again");
+        assert!(inc["changed_bytes"].as_u64().unwrap() < 2 * seg as u64, "step {n}: {inc}");
+        expected.push((inc["image"].as_str().unwrap().to_string(), disk.bytes.clone()));
+    }
+    for (id, bytes) in &expected {
+        let info = Repository::open(&repo.path).unwrap().find_image(id).unwrap();
+        assert!(repo.restore_bytes(&info) == *bytes, "image {id} restores as it was read");
+    }
+    // Forget the full: the first incremental is rewritten as a synthetic full, its fingerprints
+    // kept; the next backup still reuses segments, and everything restores.
+    let out = repo.cli(&["forget", "--rebase", &expected[0].0]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    disk.bytes[2 * seg] ^= 1;
+    disk.write_to(&src);
+    let after = backup_json(&repo, &src);
+    assert_eq!(after["bytes_reused"].as_u64().unwrap(), 31 * seg as u64);
+    let info = Repository::open(&repo.path).unwrap().find_image(after["image"].as_str().unwrap()).unwrap();
+    assert!(repo.restore_bytes(&info) == disk.bytes);
+    for (id, bytes) in &expected[1..] {
+        let info = Repository::open(&repo.path).unwrap().find_image(id).unwrap();
+        assert!(repo.restore_bytes(&info) == *bytes, "image {id} after the rewrite");
+    }
+    assert!(repo.cli(&["check", "--read-data"]).status.success());
 }

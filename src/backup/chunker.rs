@@ -6,6 +6,7 @@ use std::ops::Range;
 use crate::config::ChunkerParams;
 use crate::id::ChunkId;
 use crate::manifest::extent::{push_coalesced, Extent};
+use crate::manifest::Fingerprint;
 
 const BLOCK: usize = 4096;
 
@@ -57,6 +58,61 @@ pub fn split_regions(
     }
     if pos < buf.len() {
         push_coalesced(out, Extent::zero(seg_offset + pos as u64, (buf.len() - pos) as u64));
+    }
+}
+
+/// The fingerprint of a segment: BLAKE3 over everything `split_regions` reads (the segment's
+/// place and length, the chunker's parameters, its data and unused ranges, and its data bytes),
+/// so that equal fingerprints give equal extents and a backup can take a segment's extents from
+/// its base instead of cutting and hashing it again (docs/FORMAT.md, "Segment fingerprints").
+/// The pipeline feeds a `SegmentHasher` as it reads; this is the same over a whole buffer.
+#[cfg(test)]
+pub fn fingerprint(
+    buf: &[u8],
+    seg_offset: u64,
+    data: &[Range<usize>],
+    unused: &[Range<usize>],
+    p: &ChunkerParams,
+) -> Fingerprint {
+    let mut h = SegmentHasher::new(buf.len(), seg_offset, data, unused, p);
+    for r in data {
+        h.update(&buf[r.clone()]);
+    }
+    h.finish()
+}
+
+/// `fingerprint` fed piece by piece: the data bytes are hashed as they are read, while they are
+/// still in the CPU's cache, instead of in a second pass over the segment.
+pub struct SegmentHasher(blake3::Hasher);
+
+impl SegmentHasher {
+    /// Hashes the segment's place, length and layout; its data bytes follow with `update`, in
+    /// order.
+    pub fn new(
+        len: usize,
+        seg_offset: u64,
+        data: &[Range<usize>],
+        unused: &[Range<usize>],
+        p: &ChunkerParams,
+    ) -> SegmentHasher {
+        let mut h = blake3::Hasher::new_derive_key("strata 2026-12-01 segment fingerprint");
+        let (min, avg, max, zero) = (p.min_size as u64, p.avg_size as u64, p.max_size as u64, p.zero_run_min as u64);
+        for v in [seg_offset, len as u64, min, avg, max, zero, data.len() as u64, unused.len() as u64] {
+            h.update(&v.to_le_bytes());
+        }
+        for r in data.iter().chain(unused) {
+            h.update(&(r.start as u64).to_le_bytes());
+            h.update(&(r.end as u64).to_le_bytes());
+        }
+        SegmentHasher(h)
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finish(&self) -> Fingerprint {
+        *self.0.finalize().as_bytes()
     }
 }
 
@@ -179,6 +235,25 @@ mod tests {
         assert_eq!(unused, vec![(20000, 10000), (32000, 8000)]);
         let zero: Vec<(u64, u64)> = out.iter().filter(|e| e.is_zero()).map(|e| (e.offset, e.len)).collect();
         assert_eq!(zero, vec![(30000, 2000), (60000, 5536)]);
+    }
+
+    #[test]
+    fn fingerprints_change_with_any_input_of_the_split() {
+        let buf = noise(65536, 9);
+        let p = params();
+        let base = fingerprint(&buf, 0, &[0..65536], &[], &p);
+        assert_eq!(base, fingerprint(&buf, 0, &[0..65536], &[], &p));
+        let mut edited = buf.clone();
+        edited[40000] ^= 1;
+        assert_ne!(base, fingerprint(&edited, 0, &[0..65536], &[], &p), "a byte");
+        assert_ne!(base, fingerprint(&buf, 65536, &[0..65536], &[], &p), "the place");
+        assert_ne!(base, fingerprint(&buf, 0, &[0..32768], &[32768..65536], &p), "an unused range");
+        assert_ne!(base, fingerprint(&buf, 0, &[0..32768, 32768..65536], &[], &p), "the layout");
+        let other = ChunkerParams { avg_size: 8192, ..params() };
+        assert_ne!(base, fingerprint(&buf, 0, &[0..65536], &[], &other), "the chunker");
+        let mut stale = buf.clone();
+        stale[50000] ^= 1; // bytes outside the data ranges are not read and do not count
+        assert_eq!(fingerprint(&buf, 0, &[0..40000], &[], &p), fingerprint(&stale, 0, &[0..40000], &[], &p));
     }
 
     #[test]

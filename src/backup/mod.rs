@@ -71,6 +71,9 @@ pub struct BackupOutcome {
     pub info: ImageInfo,
     /// Bytes read from the source (holes of sparse files are not read; 0 when skipped by stat).
     pub bytes_read: u64,
+    /// Bytes of segments whose fingerprint equalled the base's: read and hashed, not chunked
+    /// (their extents are the base's).
+    pub bytes_reused: u64,
     /// What went wrong after the image was stored (it is stored all the same).
     pub warnings: Vec<String>,
     /// The disk's partitions and filesystems, what of each was left unread as unused, and why
@@ -103,7 +106,13 @@ pub fn backup_outcome(
     let mut manifest = ManifestWriter::create(repo.backend(), &info.id)?;
     let mut delta = RefDelta::default();
     let mut bytes_read = 0;
+    let mut bytes_reused = 0;
     let mut regions = Vec::new();
+    // A base written before segment fingerprints (or whose table cannot be read) has none: then
+    // every segment is chunked.
+    let base_segments =
+        base.as_ref().and_then(|b| crate::manifest::read_fingerprints(repo.backend(), &b.id).ok()).unwrap_or_default();
+    let segments;
     let unchanged_file = !opts.force_read
         && src.stat().is_some()
         && base.as_ref().is_some_and(|b| b.source_stat == src.stat() && b.logical_bytes == src.size());
@@ -111,6 +120,7 @@ pub fn backup_outcome(
         // Same size, inode, mtime and ctime as when the base was read: an empty delta.
         info.read_skipped = true;
         info.unused_bytes = base.as_ref().map_or(0, |b| b.unused_bytes);
+        segments = base_segments;
     } else {
         // The allocation maps are read before the first data byte: see docs/DESIGN.md, "Used
         // blocks", for a filesystem that changes meanwhile.
@@ -120,7 +130,10 @@ pub fn backup_outcome(
         let view =
             if chain.is_empty() { None } else { Some(repo.view(&chain).map_err(|e| base_unreadable(&base, e))?) };
         let filter = ChangeFilter::new(view);
-        bytes_read = Run::new(repo, filter, &mut manifest, &mut info, &mut delta).run(&src, &usage, progress)?;
+        let run = Run::new(repo, filter, &mut manifest, &mut info, &mut delta, base_segments);
+        let outcome = run.run(&src, &usage, progress)?;
+        (bytes_read, bytes_reused) = (outcome.bytes_read, outcome.bytes_reused);
+        segments = outcome.segments;
         check_source_after_read(&src, &mut info)?;
     }
     // Timestamps come from a coarse clock: a file changed within the same tick as this backup
@@ -132,10 +145,10 @@ pub fn backup_outcome(
     info.extent_count = manifest.count();
     info.seconds = started.elapsed().as_secs_f64();
     crate::failpoint::hit!("before-manifest");
-    manifest.finish(&info)?; // the commit point: from here on the image is stored
+    manifest.finish(&info, &segments)?; // the commit point: from here on the image is stored
     crate::failpoint::hit!("manifest-before-catalog");
     let warnings = update_index(repo, &info, delta);
-    Ok(BackupOutcome { info, bytes_read, warnings, regions })
+    Ok(BackupOutcome { info, bytes_read, bytes_reused, warnings, regions })
 }
 
 /// The new image's info (kind, base, set, depth), its base and the base's chain.

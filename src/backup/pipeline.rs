@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::chunker::split_regions;
+use super::chunker::{split_regions, SegmentHasher};
 use super::packer::write_packs;
 use super::source::Source;
 use crate::allocation::UsageMap;
@@ -19,7 +19,7 @@ use crate::config::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::index::{ChunkLookup, RefDelta, Txn};
-use crate::manifest::{ChangeFilter, Content, Extent, ImageInfo, ManifestWriter};
+use crate::manifest::{ChangeFilter, Content, Extent, Fingerprint, ImageInfo, ManifestWriter};
 use crate::pack::{compress_frame, Codec, PackBuilder, FRAME_TARGET, MAX_FRAME_LEN};
 use crate::progress::Progress;
 use crate::repository::Repository;
@@ -40,6 +40,10 @@ struct Segment {
     buf: Vec<u8>,
     offset: u64,
     extents: Vec<Extent>,
+    fingerprint: Fingerprint,
+    /// Its fingerprint equals the base's for this segment: not chunked, its extents are the
+    /// base's (so none of them is a change).
+    reused: bool,
 }
 
 /// Buffers are recycled: a fresh 16 MiB allocation costs thousands of page faults.
@@ -98,20 +102,49 @@ fn subtract(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
     out
 }
 
-fn read_segment(src: &Source, spec: &SegmentSpec, p: &ChunkerParams, pool: &BufferPool) -> Result<Segment> {
+fn read_segment(
+    src: &Source,
+    spec: &SegmentSpec,
+    p: &ChunkerParams,
+    pool: &BufferPool,
+    base: &[Fingerprint],
+) -> Result<Segment> {
     let offset = spec.offset;
     let mut buf = pool.take(spec.len);
     let local = |r: &Range<u64>| (r.start - offset) as usize..(r.end - offset) as usize;
-    let mut data = Vec::with_capacity(spec.data.len());
-    for r in &spec.data {
-        let l = local(r);
-        src.read_exact_at(&mut buf[l.clone()], r.start)?;
-        data.push(l);
-    }
+    let data: Vec<Range<usize>> = spec.data.iter().map(local).collect();
     let unused: Vec<Range<usize>> = spec.unused.iter().map(local).collect();
-    let mut extents = Vec::with_capacity(spec.len / p.avg_size as usize + 4);
-    split_regions(&buf, offset, &data, &unused, p, &mut extents);
-    Ok(Segment { buf, offset, extents })
+    // Read in pieces that stay in the cache while they are fingerprinted.
+    let mut hasher = SegmentHasher::new(spec.len, offset, &data, &unused, p);
+    for (l, r) in data.iter().zip(&spec.data) {
+        let mut at = l.start;
+        while at < l.end {
+            let end = (at + READ_PIECE).min(l.end);
+            src.read_exact_at(&mut buf[at..end], r.start + (at - l.start) as u64)?;
+            hasher.update(&buf[at..end]);
+            at = end;
+        }
+    }
+    let fp = hasher.finish();
+    let index = (offset / p.segment_size as u64) as usize;
+    let reused = base.get(index).is_some_and(|b| *b == fp);
+    let mut extents = Vec::new();
+    if !reused {
+        extents.reserve(spec.len / p.avg_size as usize + 4);
+        split_regions(&buf, offset, &data, &unused, p, &mut extents);
+    }
+    Ok(Segment { buf, offset, extents, fingerprint: fp, reused })
+}
+
+/// Sources are read in pieces of this size, each fingerprinted while it is in the L2 cache.
+const READ_PIECE: usize = 256 * 1024;
+
+/// What a run read, and the fingerprints of the segments it saw.
+pub(super) struct RunOutcome {
+    pub bytes_read: u64,
+    /// Bytes of segments whose fingerprint matched the base's: read and hashed, not chunked.
+    pub bytes_reused: u64,
+    pub segments: Vec<Fingerprint>,
 }
 
 pub(super) struct Run<'a> {
@@ -134,6 +167,10 @@ pub(super) struct Run<'a> {
     spare: Vec<Vec<u8>>,
     /// Sizes of the packs that dedup hits point into (None: missing).
     pack_sizes: HashMap<PackId, Option<u64>>,
+    /// The base image's segment fingerprints (empty for a full), and this image's.
+    base_segments: Vec<Fingerprint>,
+    segments: Vec<Fingerprint>,
+    bytes_reused: u64,
 }
 
 /// Reference changes are applied in batches of this many chunks, so memory stays bounded.
@@ -146,6 +183,7 @@ impl<'a> Run<'a> {
         manifest: &'a mut ManifestWriter,
         info: &'a mut ImageInfo,
         refs: &'a mut RefDelta,
+        base_segments: Vec<Fingerprint>,
     ) -> Self {
         Run {
             repo,
@@ -160,13 +198,16 @@ impl<'a> Run<'a> {
             restored: HashMap::new(),
             refs,
             pack_sizes: HashMap::new(),
+            base_segments,
+            segments: Vec::new(),
+            bytes_reused: 0,
         }
     }
 
     /// Reads, stores and indexes the whole source, with the pack writer on its own thread. Returns
-    /// the bytes read once every pack is durable and indexed; the writer's error, if any, comes
+    /// what it read once every pack is durable and indexed; the writer's error, if any, comes
     /// first.
-    pub(super) fn run(mut self, src: &Source, usage: &UsageMap, progress: &dyn Progress) -> Result<u64> {
+    pub(super) fn run(mut self, src: &Source, usage: &UsageMap, progress: &dyn Progress) -> Result<RunOutcome> {
         let repo = self.repo;
         std::thread::scope(|scope| {
             let (packs_tx, packs_rx) = sync_channel::<PackBuilder>(1);
@@ -179,7 +220,8 @@ impl<'a> Run<'a> {
             self.writer = None; // closes the channel: the writer finishes what it has and stops
             let written =
                 writer.join().unwrap_or_else(|_| Err(Error::Internal { reason: "the pack writer panicked".into() }));
-            written.and(piped)
+            let bytes_read = written.and(piped)?;
+            Ok(RunOutcome { bytes_read, bytes_reused: self.bytes_reused, segments: std::mem::take(&mut self.segments) })
         })
     }
 
@@ -191,6 +233,7 @@ impl<'a> Run<'a> {
         let size = src.size();
         let window = (rayon::current_num_threads() * 2).max(2) as u64;
         let pool = BufferPool(Mutex::new(Vec::new()));
+        let base = std::mem::take(&mut self.base_segments);
         let read_window = |start: u64| -> Result<(Vec<Segment>, u64)> {
             let mut specs = Vec::new();
             for i in 0..window {
@@ -202,7 +245,7 @@ impl<'a> Run<'a> {
             }
             let read: u64 = specs.iter().flat_map(|s| s.data.iter().map(|r| r.end - r.start)).sum();
             let segments: Result<Vec<Segment>> =
-                specs.par_iter().map(|spec| read_segment(src, spec, &params, &pool)).collect();
+                specs.par_iter().map(|spec| read_segment(src, spec, &params, &pool, &base)).collect();
             segments.map(|s| (s, read))
         };
         progress.begin("backup", size);
@@ -249,6 +292,13 @@ impl<'a> Run<'a> {
         let mut candidates: Vec<(ChunkId, &[u8])> = Vec::new();
         let mut seen: HashSet<ChunkId> = HashSet::new();
         for s in segments {
+            self.segments.push(s.fingerprint);
+            if s.reused {
+                let end = s.offset + s.buf.len() as u64;
+                self.info.unused_bytes += self.filter.unused_between(s.offset, end)?;
+                self.bytes_reused += s.buf.len() as u64;
+                continue;
+            }
             for e in &s.extents {
                 if e.is_unused() {
                     self.info.unused_bytes += e.len;

@@ -238,6 +238,8 @@ fn rewrite_one(repo: &Repository, rw: &Rewrite, delta: &mut RefDelta, dry_run: b
     }
     new.changed_bytes = 0;
     new.changed_zero_bytes = 0;
+    // The image's view does not change, so neither do its segment fingerprints.
+    let segments = crate::manifest::read_fingerprints(repo.backend(), &info.id)?;
     let mut writer = if dry_run { None } else { Some(ManifestWriter::create(repo.backend(), &info.id)?) };
     let mut count = 0;
     for e in view {
@@ -259,7 +261,7 @@ fn rewrite_one(repo: &Repository, rw: &Rewrite, delta: &mut RefDelta, dry_run: b
     new.extent_count = count;
     catalog::for_each_chunk(repo.backend(), &info.id, |id| delta.add(id, info.set, -1))?;
     if let Some(w) = writer {
-        w.finish(&new)?;
+        w.finish(&new, &segments)?;
         catalog::add(repo.index(), &new)?;
     }
     Ok(new)

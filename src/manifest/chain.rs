@@ -130,6 +130,25 @@ impl ChangeFilter {
         }
     }
 
+    /// Bytes of the base's unused extents inside `from .. to`, moving past them: for a segment
+    /// whose extents are taken from the base unchanged (its fingerprint matched).
+    pub fn unused_between(&mut self, from: u64, to: u64) -> Result<u64> {
+        let mut pos = from;
+        let mut sum = 0;
+        while pos < to {
+            let Some(c) = self.seek(pos)? else { break };
+            if c.offset >= to {
+                break;
+            }
+            let end = c.end().min(to);
+            if c.is_unused() {
+                sum += end - c.offset.max(pos);
+            }
+            pos = end;
+        }
+        Ok(sum)
+    }
+
     pub fn is_changed(&mut self, e: &Extent) -> Result<bool> {
         let Some(first) = self.seek(e.offset)? else {
             return Ok(true);
@@ -259,6 +278,21 @@ mod tests {
             let merged: Vec<Extent> = Overlay::new(ok(base), ok(delta), size).collect::<Result<_>>().unwrap();
             prop_assert_eq!(model_of(&merged, size), model_of(&new, size));
         }
+    }
+
+    #[test]
+    fn unused_bytes_between_two_offsets_of_the_base() {
+        let base = vec![
+            Extent::zero(0, 10),
+            Extent::unused(10, 20),
+            Extent::chunk(30, 5, ChunkId([1; 32])),
+            Extent::unused(35, 15),
+        ];
+        let mut f = ChangeFilter::new(Some(Box::new(ok(base))));
+        assert_eq!(f.unused_between(0, 15).unwrap(), 5);
+        assert_eq!(f.unused_between(15, 40).unwrap(), 15 + 5);
+        assert_eq!(f.unused_between(40, 60).unwrap(), 10);
+        assert_eq!(ChangeFilter::new(None).unused_between(0, 100).unwrap(), 0);
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!            0x00 zero   | offset u64 LE | len u64 LE                            (17 bytes)
 //!            0x01 chunk  | offset u64 LE | len u32 LE | skip u32 LE | id [32]     (49 bytes)
 //!            0x02 unused | offset u64 LE | len u64 LE                 (17 bytes, version 2)
-//! footer   info (bincode, see FORMAT.md) | info_len u32 LE | extent_count u64 LE
-//!          | BLAKE3 of every preceding byte [32] | magic "STRATAIE" (8)
+//! segments (version 2) the fingerprint of every segment of the disk, in order: [32] each
+//! footer   info (bincode, see FORMAT.md) | info_len u32 LE | [segment_count u32 LE, version 2]
+//!          | extent_count u64 LE | BLAKE3 of every preceding byte [32] | magic "STRATAIE" (8)
 //! ```
 
 use std::io::{Read, Write};
@@ -27,7 +28,10 @@ const MANIFEST_VERSION_1: u16 = 1;
 const HEADER_MAGIC: &[u8; 8] = b"STRATAIM";
 const FOOTER_MAGIC: &[u8; 8] = b"STRATAIE";
 const HEADER_LEN: u64 = 12;
-const FOOTER_FIXED: u64 = 4 + 8 + 32 + 8;
+/// The fixed part of a version 1 footer: info_len, extent_count, sum, magic.
+const FOOTER_FIXED_1: u64 = 4 + 8 + 32 + 8;
+/// Version 2 adds the segment count.
+const FOOTER_FIXED: u64 = 4 + 4 + 8 + 32 + 8;
 const TAG_ZERO: u8 = 0;
 const TAG_CHUNK: u8 = 1;
 const TAG_UNUSED: u8 = 2;
@@ -93,12 +97,19 @@ impl ManifestWriter {
         self.count
     }
 
-    /// Writes the footer and makes the manifest durable under its name: the commit point.
-    pub fn finish(mut self, info: &ImageInfo) -> Result<()> {
+    /// Writes the segment fingerprints and the footer and makes the manifest durable under its
+    /// name: the commit point.
+    pub fn finish(mut self, info: &ImageInfo, segments: &[Fingerprint]) -> Result<()> {
         let encoded = bincode::serde::encode_to_vec(info, info_config())
             .map_err(|e| Error::CorruptManifest { image: info.id.to_string(), reason: e.to_string() })?;
+        for f in segments {
+            self.write(f)?;
+        }
         self.write(&encoded)?;
         self.write(&(encoded.len() as u32).to_le_bytes())?;
+        let segment_count = u32::try_from(segments.len())
+            .map_err(|_| Error::Internal { reason: "more segments than a manifest can list".into() })?;
+        self.write(&segment_count.to_le_bytes())?;
         let count = self.count;
         self.write(&count.to_le_bytes())?;
         let sum = *self.hasher.finalize().as_bytes();
@@ -108,11 +119,19 @@ impl ManifestWriter {
     }
 }
 
+/// The BLAKE3 of one segment as the backup saw it (its place, its layout of data, holes and
+/// unused ranges, and its data bytes): equal fingerprints mean equal extents (backup/pipeline.rs).
+/// All zeros: not known.
+pub type Fingerprint = [u8; 32];
+
 struct Footer {
     info: ImageInfo,
     records_len: u64,
     count: u64,
     version: u16,
+    /// Where the segment fingerprints start, and how many there are.
+    segments_at: u64,
+    segments: u32,
 }
 
 fn corrupt(id: &ImageId, reason: impl Into<String>) -> Error {
@@ -133,42 +152,10 @@ fn missing_to_typed(id: &ImageId, e: Error) -> Error {
 fn read_footer(backend: &dyn Backend, id: &ImageId, verify: bool) -> Result<Footer> {
     let path = paths::manifest(id);
     let size = backend.size(&path).map_err(|e| missing_to_typed(id, e))?;
-    if size < HEADER_LEN + FOOTER_FIXED {
+    if size < HEADER_LEN + FOOTER_FIXED_1 {
         return Err(corrupt(id, "shorter than header and footer"));
     }
-    let tail = backend.read_at(&path, size - FOOTER_FIXED, FOOTER_FIXED as usize)?;
-    if &tail[44..52] != FOOTER_MAGIC {
-        return Err(corrupt(id, "bad footer magic (truncated?)"));
-    }
-    let info_len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
-    let count = u64::from_le_bytes(tail[4..12].try_into().map_err(|_| corrupt(id, "footer"))?);
-    if info_len > MAX_INFO_LEN || (info_len as u64) > size - HEADER_LEN - FOOTER_FIXED {
-        return Err(corrupt(id, "info length out of range"));
-    }
-    let mut head = [0u8; 12];
-    if verify {
-        // Checksum over everything before the sum, streamed.
-        let mut r = backend.open(&path)?;
-        let mut hasher = blake3::Hasher::new();
-        let mut left = size - 40;
-        let mut buf = vec![0u8; 1 << 16];
-        let mut first = true;
-        while left > 0 {
-            let n = (left as usize).min(buf.len());
-            r.read_exact(&mut buf[..n]).map_err(|e| Error::io("read", &path, e))?;
-            if first {
-                head.copy_from_slice(&buf[..12]);
-                first = false;
-            }
-            hasher.update(&buf[..n]);
-            left -= n as u64;
-        }
-        if hasher.finalize().as_bytes() != &tail[12..44] {
-            return Err(corrupt(id, "checksum mismatch"));
-        }
-    } else {
-        head.copy_from_slice(&backend.read_at(&path, 0, 12)?);
-    }
+    let head = backend.read_at(&path, 0, HEADER_LEN as usize)?;
     if &head[..8] != HEADER_MAGIC {
         return Err(corrupt(id, "bad header magic"));
     }
@@ -176,7 +163,41 @@ fn read_footer(backend: &dyn Backend, id: &ImageId, verify: bool) -> Result<Foot
     if version != MANIFEST_VERSION && version != MANIFEST_VERSION_1 {
         return Err(corrupt(id, format!("unsupported manifest version {version}")));
     }
-    let info_at = size - FOOTER_FIXED - info_len as u64;
+    let fixed = if version == MANIFEST_VERSION_1 { FOOTER_FIXED_1 } else { FOOTER_FIXED };
+    if size < HEADER_LEN + fixed {
+        return Err(corrupt(id, "shorter than header and footer"));
+    }
+    let tail = backend.read_at(&path, size - fixed, fixed as usize)?;
+    let t = tail.len();
+    if &tail[t - 8..] != FOOTER_MAGIC {
+        return Err(corrupt(id, "bad footer magic (truncated?)"));
+    }
+    let info_len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    let segments =
+        if version == MANIFEST_VERSION_1 { 0 } else { u32::from_le_bytes([tail[4], tail[5], tail[6], tail[7]]) };
+    let count = u64::from_le_bytes(tail[t - 48..t - 40].try_into().map_err(|_| corrupt(id, "footer"))?);
+    let sum = &tail[t - 40..t - 8];
+    let meta = info_len as u64 + segments as u64 * 32;
+    if info_len > MAX_INFO_LEN || meta > size - HEADER_LEN - fixed {
+        return Err(corrupt(id, "info or segment table length out of range"));
+    }
+    if verify {
+        // Checksum over everything before the sum, streamed.
+        let mut r = backend.open(&path)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut left = size - 40;
+        let mut buf = vec![0u8; 1 << 16];
+        while left > 0 {
+            let n = (left as usize).min(buf.len());
+            r.read_exact(&mut buf[..n]).map_err(|e| Error::io("read", &path, e))?;
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        if hasher.finalize().as_bytes() != sum {
+            return Err(corrupt(id, "checksum mismatch"));
+        }
+    }
+    let info_at = size - fixed - info_len as u64;
     let mut raw = backend.read_at(&path, info_at, info_len as usize)?;
     if version == MANIFEST_VERSION_1 {
         raw.extend_from_slice(&0u64.to_le_bytes()); // unused_bytes
@@ -189,7 +210,8 @@ fn read_footer(backend: &dyn Backend, id: &ImageId, verify: bool) -> Result<Foot
     if info.id != *id {
         return Err(corrupt(id, format!("file holds image {}", info.id)));
     }
-    Ok(Footer { info, records_len: info_at - HEADER_LEN, count, version })
+    let segments_at = info_at - segments as u64 * 32;
+    Ok(Footer { info, records_len: segments_at - HEADER_LEN, count, version, segments_at, segments })
 }
 
 /// An image's info as the manifest footer and the catalog store it.
@@ -223,6 +245,15 @@ pub(crate) fn read_info(backend: &dyn Backend, id: &ImageId) -> Result<ImageInfo
 /// their extents are read (`open_manifest`), before any of them is used.
 pub(crate) fn peek_info(backend: &dyn Backend, id: &ImageId) -> Result<ImageInfo> {
     Ok(read_footer(backend, id, false)?.info)
+}
+
+/// The segment fingerprints of image `id` (none for a version 1 manifest), from its footer; the
+/// whole file is not checked here (a damaged fingerprint only makes a segment be chunked again;
+/// the extents are checked whole when the image's view is read).
+pub(crate) fn read_fingerprints(backend: &dyn Backend, id: &ImageId) -> Result<Vec<Fingerprint>> {
+    let f = read_footer(backend, id, false)?;
+    let raw = backend.read_at(&paths::manifest(id), f.segments_at, f.segments as usize * 32)?;
+    Ok(raw.chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect())
 }
 
 /// Opens a manifest (checked as a whole first) and returns its info and a stream of its extents.
@@ -380,7 +411,7 @@ mod tests {
         w.push(&Extent::zero(0, 4096)).unwrap();
         w.push(&Extent::chunk(4096, 100, ChunkId([9; 32]))).unwrap();
         w.push(&Extent::unused(8192, 1 << 20)).unwrap();
-        w.finish(&info(id)).unwrap();
+        w.finish(&info(id), &[[7; 32], [8; 32]]).unwrap();
     }
 
     #[test]
@@ -397,8 +428,9 @@ mod tests {
         assert_eq!(ex, expected);
         assert_eq!(
             std::fs::metadata(dir.path().join(paths::manifest(&id))).unwrap().len(),
-            12 + 17 + 49 + 17 + 207 + 52
+            12 + 17 + 49 + 17 + 2 * 32 + 207 + 56
         );
+        assert_eq!(read_fingerprints(&b, &id).unwrap(), vec![[7; 32], [8; 32]]);
     }
 
     /// A version 1 manifest (before unused extents) still reads, its info's `unused_bytes` as 0;
@@ -432,6 +464,7 @@ mod tests {
         assert_eq!(read, old);
         assert_eq!(ex.collect::<Result<Vec<_>>>().unwrap(), vec![Extent::zero(0, 4096)]);
         assert_eq!(decode_info(&encoded[..encoded.len() - 8]).unwrap(), old, "a version 3 catalog entry");
+        assert!(read_fingerprints(&b, &id).unwrap().is_empty(), "version 1 has no segment fingerprints");
         let unused: Vec<u8> = [&[TAG_UNUSED][..], &0u64.to_le_bytes(), &4096u64.to_le_bytes()].concat();
         v1(&unused);
         let (_, ex) = open_manifest(&b, &id).unwrap();

@@ -9,7 +9,8 @@ pub mod extent;
 pub use catalog::DamagedImage;
 pub use chain::{ChangeFilter, Overlay, View};
 pub use codec::open_manifest;
-pub(crate) use codec::{read_info, ManifestWriter};
+pub use codec::Fingerprint;
+pub(crate) use codec::{read_fingerprints, read_info, ManifestWriter};
 pub use extent::{Content, Extent};
 
 use serde::{Deserialize, Serialize};
