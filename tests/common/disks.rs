@@ -246,16 +246,7 @@ pub fn gpt_disk(disk: &Path, parts: &[&Path]) -> Vec<std::ops::Range<u64>> {
         ranges.push(at..at + s);
         at += s + MIB;
     }
-    let mut child = Command::new("sfdisk")
-        .arg("-q")
-        .arg(disk)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "sfdisk");
+    sfdisk(disk, &script);
     for (p, r) in parts.iter().zip(&ranges) {
         copy_range(p, 0, disk, r.start, r.end - r.start);
     }
@@ -285,6 +276,16 @@ pub fn mbr_disk(disk: &Path, parts: &[(&Path, &str)]) -> Vec<std::ops::Range<u64
         ranges.push(at..at + s);
         at += s + MIB;
     }
+    sfdisk(disk, &script);
+    for ((p, _), r) in parts.iter().zip(&ranges) {
+        copy_range(p, 0, disk, r.start, r.end - r.start);
+    }
+    ranges
+}
+
+/// Writes the partition table `script` (sfdisk's input format) to `disk`.
+fn sfdisk(disk: &Path, script: &str) {
+    use std::io::Write;
     let mut child = Command::new("sfdisk")
         .arg("-q")
         .arg(disk)
@@ -292,13 +293,8 @@ pub fn mbr_disk(disk: &Path, parts: &[(&Path, &str)]) -> Vec<std::ops::Range<u64
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    use std::io::Write;
     child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success(), "sfdisk");
-    for ((p, _), r) in parts.iter().zip(&ranges) {
-        copy_range(p, 0, disk, r.start, r.end - r.start);
-    }
-    ranges
 }
 
 /// Copies `len` bytes from `from` at `at` into `to` at `to_at` (sparse: zero blocks are skipped).
