@@ -240,15 +240,14 @@ pub fn scan_with(disk: &dyn Disk, min_run: u64) -> Result<UsageMap> {
         Err(e) => return Err(e),
     };
     let mounted = disk.mounted_read_write();
-    let parts: Vec<(String, u64, u64)> = if table.scheme == Scheme::None {
+    let mut parts: Vec<(String, u64, u64)> = if table.scheme == Scheme::None {
         vec![("disk".into(), 0, size)]
     } else {
         table.partitions.iter().map(|p| (format!("partition {}", p.number), p.start, p.size)).collect()
     };
-    let mut sorted = parts.clone();
-    sorted.sort_by_key(|p| p.1);
+    parts.sort_by_key(|p| p.1);
     let mut at = 0;
-    for (name, start, len) in sorted {
+    for (name, start, len) in parts {
         if start > at {
             map.regions.push(outside(at, start - at));
         }
@@ -257,8 +256,8 @@ pub fn scan_with(disk: &dyn Disk, min_run: u64) -> Result<UsageMap> {
         // ext2/3/4 say on disk whether they are live (`needs_recovery`, or not clean), and a
         // frozen one says it is not; FAT and NTFS mounted by ntfs-3g may not.
         let says_if_live = matches!(filesystem, Some("ext2" | "ext3" | "ext4"));
-        if let (Some(at), Ok(_), false) = (&mounted, &result, says_if_live) {
-            result = Err(format!("the disk is mounted read-write ({at}): its map may change while it is read"));
+        if let (Some(mount), Ok(_), false) = (&mounted, &result, says_if_live) {
+            result = Err(format!("the disk is mounted read-write ({mount}): its map may change while it is read"));
         }
         let (unused_bytes, notice) = match result {
             Ok(mut m) => {
