@@ -234,8 +234,7 @@ fn gpt_header_sane(reader: &dyn Disk, at: u64) -> std::result::Result<bool, Stri
     if h.len() < 92 || &h[0..8] != b"EFI PART" {
         return Ok(false);
     }
-    let count = u32::from_le_bytes([h[80], h[81], h[82], h[83]]);
-    let entry = u32::from_le_bytes([h[84], h[85], h[86], h[87]]);
+    let (count, entry) = (le32(&h, 80), le32(&h, 84));
     if count > MAX_GPT_ENTRIES || !(128..=4096).contains(&entry) || entry % 8 != 0 {
         return Err(format!("the GPT header declares {count} entries of {entry} bytes"));
     }
@@ -347,6 +346,20 @@ fn mbr_type_name(sys: u8) -> &'static str {
     }
 }
 
+/// Little-endian fields of on-disk structures (partition tables, superblocks, boot sectors);
+/// the caller has checked that `b` is long enough.
+pub(crate) fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
+    le32(b, at) as u64 | (le32(b, at + 4) as u64) << 32
+}
+
 fn signature(b: &[u8], at: usize, magic: &[u8]) -> bool {
     b.get(at..at + magic.len()) == Some(magic)
 }
@@ -366,7 +379,7 @@ pub fn filesystem(reader: &dyn Disk) -> Result<Option<&'static str>> {
 pub(crate) fn detect(reader: &dyn Disk, start: u64, size: u64) -> Result<(Option<&'static str>, Option<String>)> {
     let head = read_exact(reader, start, (68 * 1024).min(size) as usize)?;
     if head.len() >= 1024 + 0x88 && signature(&head, 1024 + 56, &[0x53, 0xEF]) {
-        let le = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+        let le = |at: usize| le32(&head, at);
         let (compat, incompat, ro) = (le(1024 + 0x5C), le(1024 + 0x60), le(1024 + 0x64));
         // What ext3 does not know makes it ext4 (blkid's rule): incompat beyond filetype,
         // recover and meta_bg; ro_compat beyond sparse_super, large_file and btree_dir.

@@ -20,8 +20,7 @@
 
 use crc::{Crc, CRC_16_MODBUS, CRC_32_ISCSI};
 
-use super::{le16, le32, read_full, Doubt, FreeMap};
-use crate::error::Result;
+use super::{le16, le32, read_full, Doubt, FreeMap, Read};
 use crate::partition::Disk;
 
 const INCOMPAT_RECOVER: u32 = 0x4;
@@ -86,26 +85,17 @@ struct Geometry {
 }
 
 /// The free blocks of the ext2/3/4 filesystem on `d`, or a doubt.
-pub(super) fn free_map(d: &dyn Disk) -> Result<std::result::Result<FreeMap, Doubt>> {
+pub(super) fn free_map(d: &dyn Disk) -> Read {
     let mut sb = [0u8; 1024];
-    if let Err(doubt) = read_full(d, 1024, &mut sb)? {
-        return Ok(Err(doubt));
-    }
-    let g = match geometry(&sb, d.size()) {
-        Ok(g) => g,
-        Err(doubt) => return Ok(Err(doubt)),
-    };
+    read_full(d, 1024, &mut sb)?;
+    let g = geometry(&sb, d.size())?;
     let mut gdt = vec![0u8; (g.groups as usize) * g.desc_size];
-    if let Err(doubt) = read_full(d, (g.first_data_block + 1) * g.block, &mut gdt)? {
-        return Ok(Err(doubt));
-    }
+    read_full(d, (g.first_data_block + 1) * g.block, &mut gdt)?;
     let mut map = FreeMap::new(0, g.block, g.blocks);
     let mut bitmap = vec![0u8; g.block as usize];
     for group in 0..g.groups {
         let desc = &gdt[group as usize * g.desc_size..(group as usize + 1) * g.desc_size];
-        if let Err(doubt) = check_descriptor(&g, group, desc) {
-            return Ok(Err(doubt));
-        }
+        check_descriptor(&g, group, desc)?;
         let first = g.first_data_block + group * g.per_group;
         let count = g.per_group.min(g.blocks - first);
         let uninit = (g.csum_seed.is_some() || g.gdt_csum) && le16(desc, 18) & BG_BLOCK_UNINIT != 0;
@@ -116,17 +106,15 @@ pub(super) fn free_map(d: &dyn Disk) -> Result<std::result::Result<FreeMap, Doub
         } else {
             let at = block_no(&g, desc, 0);
             if at >= g.blocks {
-                return Ok(Err(format!("the block bitmap of group {group} lies outside the filesystem")));
+                return Err(format!("the block bitmap of group {group} lies outside the filesystem").into());
             }
-            if let Err(doubt) = read_full(d, at * g.block, &mut bitmap)? {
-                return Ok(Err(doubt));
-            }
+            read_full(d, at * g.block, &mut bitmap)?;
             if let Some(seed) = g.csum_seed {
                 let sum = crc32c(seed, &[&bitmap[..(g.per_group / 8) as usize]]);
                 let stored = le16(desc, 24) as u32 | if g.desc_size >= 64 { (le16(desc, 56) as u32) << 16 } else { 0 };
                 let mask = if g.desc_size >= 64 { u32::MAX } else { 0xFFFF };
                 if sum & mask != stored {
-                    return Ok(Err(format!("the block bitmap of group {group} fails its checksum")));
+                    return Err(format!("the block bitmap of group {group} fails its checksum").into());
                 }
             }
             for i in 0..count {
@@ -137,21 +125,19 @@ pub(super) fn free_map(d: &dyn Disk) -> Result<std::result::Result<FreeMap, Doub
             let free = (first..first + count).filter(|&b| map.is_free(b)).count() as u64;
             let said = le16(desc, 12) as u64 | if g.desc_size >= 64 { (le16(desc, 44) as u64) << 16 } else { 0 };
             if free > said {
-                return Ok(Err(format!(
-                    "the bitmap of group {group} has {free} free blocks, its descriptor says {said}"
-                )));
+                return Err(
+                    format!("the bitmap of group {group} has {free} free blocks, its descriptor says {said}").into()
+                );
             }
         }
     }
+    // Block 0 of a 1 KiB-block filesystem lies before group 0: never set free, so always read.
     mark_metadata(&g, &gdt, &mut map);
-    if g.first_data_block > 0 {
-        map.set_used_range(0, g.first_data_block);
-    }
     let free = map.free_units();
     if free > g.free_blocks {
-        return Ok(Err(format!("the bitmaps have {free} free blocks, the superblock says {}", g.free_blocks)));
+        return Err(format!("the bitmaps have {free} free blocks, the superblock says {}", g.free_blocks).into());
     }
-    Ok(Ok(map))
+    Ok(map)
 }
 
 fn geometry(sb: &[u8], disk_size: u64) -> std::result::Result<Geometry, Doubt> {

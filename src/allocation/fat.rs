@@ -10,8 +10,7 @@
 //! volume not marked dirty (the boot sector's state byte, which Linux sets while mounted, and
 //! the clean-shutdown bit of FAT16/32), and for FAT32 no more free clusters than FSInfo counts.
 
-use super::{le16, le32, read_full, Doubt, FreeMap};
-use crate::error::Result;
+use super::{le16, le32, read_full, Doubt, Failure, FreeMap, Read};
 use crate::partition::Disk;
 
 /// FATs are compared and decoded in pieces of this many bytes.
@@ -29,21 +28,16 @@ struct Layout {
     fsinfo_at: Option<u64>,
 }
 
-pub(super) fn free_map(d: &dyn Disk) -> Result<std::result::Result<FreeMap, Doubt>> {
+pub(super) fn free_map(d: &dyn Disk) -> Read {
     let mut bs = [0u8; 512];
-    if let Err(doubt) = read_full(d, 0, &mut bs)? {
-        return Ok(Err(doubt));
-    }
-    let l = match layout(&bs, d.size()) {
-        Ok(l) => l,
-        Err(doubt) => return Ok(Err(doubt)),
-    };
+    read_full(d, 0, &mut bs)?;
+    let l = layout(&bs, d.size())?;
     if l.dirty {
-        return Ok(Err("the volume is marked dirty (mounted read-write, or not cleanly unmounted)".into()));
+        return Err(Failure::Doubt("the volume is marked dirty (mounted read-write, or not cleanly unmounted)".into()));
     }
     let needed = (l.clusters + 2) * l.bits as u64;
     if l.fat_bytes * 8 < needed {
-        return Ok(Err(format!("the FAT ({} bytes) is shorter than its {} clusters need", l.fat_bytes, l.clusters)));
+        return Err(format!("the FAT ({} bytes) is shorter than its {} clusters need", l.fat_bytes, l.clusters).into());
     }
     let mut map = FreeMap::new(l.data_at, l.cluster, l.clusters);
     let mut first = vec![0u8; PIECE];
@@ -55,15 +49,11 @@ pub(super) fn free_map(d: &dyn Disk) -> Result<std::result::Result<FreeMap, Doub
     let mut pos = 0u64;
     while pos < l.fat_bytes {
         let n = (PIECE as u64).min(l.fat_bytes - pos) as usize;
-        if let Err(doubt) = read_full(d, l.fat_at + pos, &mut first[..n])? {
-            return Ok(Err(doubt));
-        }
+        read_full(d, l.fat_at + pos, &mut first[..n])?;
         for copy in 1..l.fats {
-            if let Err(doubt) = read_full(d, l.fat_at + copy * l.fat_bytes + pos, &mut other[..n])? {
-                return Ok(Err(doubt));
-            }
+            read_full(d, l.fat_at + copy * l.fat_bytes + pos, &mut other[..n])?;
             if first[..n] != other[..n] {
-                return Ok(Err(format!("FAT copy {} differs from the first", copy + 1)));
+                return Err(format!("FAT copy {} differs from the first", copy + 1).into());
             }
         }
         if pos < used_len {
@@ -74,21 +64,26 @@ pub(super) fn free_map(d: &dyn Disk) -> Result<std::result::Result<FreeMap, Doub
         pos += n as u64;
     }
     if entry < 2 {
-        return Ok(Err("the FAT holds no entries".into()));
+        return Err(Failure::Doubt("the FAT holds no entries".into()));
     }
     let free = map.free_units();
     if let Some(at) = l.fsinfo_at {
         let mut info = [0u8; 512];
-        if read_full(d, at, &mut info)?.is_ok()
+        let readable = match read_full(d, at, &mut info) {
+            Ok(()) => true,
+            Err(Failure::Doubt(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if readable
             && le32(&info, 0) == 0x4161_5252
             && le32(&info, 484) == 0x6141_7272
             && le32(&info, 488) != u32::MAX
             && free > le32(&info, 488) as u64
         {
-            return Ok(Err(format!("the FAT has {free} free clusters, FSInfo says {}", le32(&info, 488))));
+            return Err(format!("the FAT has {free} free clusters, FSInfo says {}", le32(&info, 488)).into());
         }
     }
-    Ok(Ok(map))
+    Ok(map)
 }
 
 /// Decodes the whole entries at the front of `carry` (entry numbers from `entry`), marks free
@@ -222,7 +217,7 @@ mod tests {
         entries.resize(2000, 0);
         entries[1500] = 0xFFF;
         let disk = Mem(fat12(&entries));
-        let map = free_map(&disk).unwrap().unwrap();
+        let Ok(map) = free_map(&disk) else { panic!("the FAT is not trusted") };
         let data_at = (1 + 12 + 1) * 512;
         assert_eq!(map.start, data_at);
         assert!(!map.is_free(0) && !map.is_free(1), "clusters 2 and 3: a chain");
@@ -232,19 +227,27 @@ mod tests {
         assert!(map.is_free(1497) && map.is_free(1499));
     }
 
+    /// Why the map of `disk` is not trusted (a panic when it is, or when the disk fails).
+    fn doubt(disk: &Mem) -> String {
+        match free_map(disk) {
+            Err(Failure::Doubt(d)) => d,
+            _ => panic!("expected a doubt"),
+        }
+    }
+
     #[test]
     fn differing_copies_a_dirty_volume_and_a_short_fat_are_doubted() {
         let entries = vec![0xFF8, 0xFFF, 0xFFF];
         let mut v = fat12(&entries);
         v[512 + 6 * 512 + 4] ^= 1;
-        assert!(free_map(&Mem(v)).unwrap().unwrap_err().contains("differs"));
+        assert!(doubt(&Mem(v)).contains("differs"));
         let mut v = fat12(&entries);
         v[37] = 1;
-        assert!(free_map(&Mem(v)).unwrap().unwrap_err().contains("dirty"));
+        assert!(doubt(&Mem(v)).contains("dirty"));
         let mut v = fat12(&entries);
         v[22..24].copy_from_slice(&1u16.to_le_bytes()); // one sector: 341 entries for 2030 clusters
-        assert!(free_map(&Mem(v)).unwrap().unwrap_err().contains("shorter"));
+        assert!(doubt(&Mem(v)).contains("shorter"));
         let v = fat12(&entries);
-        assert!(free_map(&Mem(v[..4096].to_vec())).unwrap().unwrap_err().contains("larger than its partition"));
+        assert!(doubt(&Mem(v[..4096].to_vec())).contains("larger than its partition"));
     }
 }

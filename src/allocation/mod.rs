@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::partition::{self, Disk, Scheme};
+pub(crate) use crate::partition::{le16, le32, le64};
 
 /// Free runs shorter than this are read anyway: a few bytes more, in exchange for chunks that are
 /// not cut at every small free gap (the chunker's average size).
@@ -27,6 +28,28 @@ pub const MIN_UNUSED_RUN: u64 = 16 * 1024;
 
 /// A reason not to trust an allocation map; the partition is then read whole.
 pub(crate) type Doubt = String;
+
+/// Why a map reader stopped: a doubt (the partition is read whole), or an error reading the
+/// disk itself (the backup fails). Readers return it with `?` from either.
+pub(crate) enum Failure {
+    Doubt(Doubt),
+    Disk(crate::error::Error),
+}
+
+impl From<Doubt> for Failure {
+    fn from(doubt: Doubt) -> Failure {
+        Failure::Doubt(doubt)
+    }
+}
+
+impl From<crate::error::Error> for Failure {
+    fn from(e: crate::error::Error) -> Failure {
+        Failure::Disk(e)
+    }
+}
+
+/// What a map reader returns.
+pub(crate) type Read = std::result::Result<FreeMap, Failure>;
 
 /// Free blocks of one filesystem: bit `i` set means the `unit` bytes at `start + i * unit` (on
 /// the disk) are free. Bytes outside `start .. start + units * unit` are used.
@@ -109,20 +132,13 @@ impl FreeMap {
 
     /// Marks used every free run shorter than `min` bytes.
     fn drop_short_runs(&mut self, min: u64) {
-        let short: Vec<(u64, u64)> = {
-            let mut i = 0;
-            let mut out = Vec::new();
-            while let Some(s) = self.next_free(i) {
-                let e = self.next_used(s);
-                if (e - s) * self.unit < min {
-                    out.push((s, e));
-                }
-                i = e;
+        let mut i = 0;
+        while let Some(s) = self.next_free(i) {
+            let e = self.next_used(s);
+            if (e - s) * self.unit < min {
+                self.set_used_range(s, e);
             }
-            out
-        };
-        for (s, e) in short {
-            self.set_used_range(s, e);
+            i = e;
         }
     }
 
@@ -156,15 +172,14 @@ pub struct Region {
 /// Where a disk's free blocks are: the result of `scan`.
 #[derive(Clone, Debug)]
 pub struct UsageMap {
-    size: u64,
     maps: Vec<FreeMap>,
     regions: Vec<Region>,
 }
 
 impl UsageMap {
-    /// Every block of a disk of `size` bytes is read (`backup --all-blocks`).
-    pub fn every_block(size: u64) -> UsageMap {
-        UsageMap { size, maps: Vec::new(), regions: Vec::new() }
+    /// Every block is read (`backup --all-blocks`).
+    pub fn every_block() -> UsageMap {
+        UsageMap { maps: Vec::new(), regions: Vec::new() }
     }
 
     /// The regions of the disk, in order, with what was found in each.
@@ -206,10 +221,6 @@ impl UsageMap {
     pub fn unused_ranges(&self) -> Vec<Range<u64>> {
         self.maps.iter().flat_map(|m| m.runs()).collect()
     }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
 }
 
 /// Reads the partition table and the allocation map of every filesystem on `disk`. Never fails
@@ -223,7 +234,7 @@ pub fn scan(disk: &dyn Disk) -> Result<UsageMap> {
 /// own tools list them).
 pub fn scan_with(disk: &dyn Disk, min_run: u64) -> Result<UsageMap> {
     let size = disk.size();
-    let mut map = UsageMap { size, maps: Vec::new(), regions: Vec::new() };
+    let mut map = UsageMap::every_block();
     let table = match partition::read_table(disk) {
         Ok(t) => t,
         Err(crate::error::Error::BadPartitionTable { reason, .. }) => {
@@ -291,33 +302,38 @@ fn outside(start: u64, size: u64) -> Region {
 /// The filesystem of one partition and its free map, or why every block is read.
 fn free_map(part: &Window) -> Result<(Option<&'static str>, std::result::Result<FreeMap, Doubt>)> {
     let (fs, _) = partition::detect(part, 0, part.len)?;
-    let result = match fs {
-        Some("ext2" | "ext3" | "ext4") => ext::free_map(part)?,
-        Some("vfat") => fat::free_map(part)?,
-        Some("ntfs") => ntfs::free_map(part)?,
-        Some("swap") => swap_map(part)?,
-        Some("LVM2_member") => Err("an LVM physical volume (its volumes are not looked into)".into()),
-        Some("crypto_LUKS") => Err("a LUKS container (encrypted: its use cannot be seen)".into()),
-        Some(other) => Err(format!("{other} has no allocation map reader")),
-        None => Err("no known filesystem".into()),
+    let read = match fs {
+        Some("ext2" | "ext3" | "ext4") => ext::free_map(part),
+        Some("vfat") => fat::free_map(part),
+        Some("ntfs") => ntfs::free_map(part),
+        Some("swap") => swap_map(part),
+        Some("LVM2_member") => Err("an LVM physical volume (its volumes are not looked into)".to_string().into()),
+        Some("crypto_LUKS") => Err("a LUKS container (encrypted: its use cannot be seen)".to_string().into()),
+        Some(other) => Err(format!("{other} has no allocation map reader").into()),
+        None => Err("no known filesystem".to_string().into()),
+    };
+    let result = match read {
+        Ok(map) => Ok(map),
+        Err(Failure::Doubt(doubt)) => Err(doubt),
+        Err(Failure::Disk(e)) => return Err(e),
     };
     Ok((fs, result))
 }
 
 /// A Linux swap area: only its header page matters (what is swapped out is gone after a
 /// reboot). A hibernation image (`S1SUSPEND` and kin) replaces the signature and is read whole.
-fn swap_map(part: &Window) -> Result<std::result::Result<FreeMap, Doubt>> {
+fn swap_map(part: &Window) -> Read {
     const PAGE: u64 = 4096;
     let head = partition::read_exact(part, 0, PAGE as usize)?;
     if head.get(4086..4096) != Some(b"SWAPSPACE2".as_slice()) {
-        return Ok(Err("a swap area of an old or unknown version".into()));
+        return Err(Failure::Doubt("a swap area of an old or unknown version".into()));
     }
     let units = part.len / PAGE;
     let mut m = FreeMap::new(0, PAGE, units);
     for i in 1..units {
         m.set_free(i);
     }
-    Ok(Ok(m))
+    Ok(m)
 }
 
 /// A part of a disk as a disk of its own (a partition).
@@ -346,26 +362,13 @@ impl Disk for Window<'_> {
     }
 }
 
-/// Reads exactly `buf.len()` bytes at `at`, or says that the filesystem runs past its disk.
-pub(crate) fn read_full(d: &dyn Disk, at: u64, buf: &mut [u8]) -> Result<std::result::Result<(), Doubt>> {
-    let n = d.read_at(at, buf)?;
-    Ok(if n == buf.len() {
+/// Reads exactly `buf.len()` bytes at `at`, or doubts a filesystem that runs past its disk.
+pub(crate) fn read_full(d: &dyn Disk, at: u64, buf: &mut [u8]) -> std::result::Result<(), Failure> {
+    if d.read_at(at, buf)? == buf.len() {
         Ok(())
     } else {
-        Err(format!("the filesystem's metadata at byte {at} lies past the end of its partition"))
-    })
-}
-
-pub(crate) fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-pub(crate) fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-pub(crate) fn le64(b: &[u8], at: usize) -> u64 {
-    le32(b, at) as u64 | (le32(b, at + 4) as u64) << 32
+        Err(Failure::Doubt(format!("the filesystem's metadata at byte {at} lies past the end of its partition")))
+    }
 }
 
 #[cfg(test)]
@@ -399,7 +402,7 @@ pub(crate) mod tests {
         m.drop_short_runs(8192);
         let runs: Vec<_> = m.runs().collect();
         assert_eq!(runs, vec![1000 + 10 * 4096..1000 + 20 * 4096, 1000 + 64 * 4096..1000 + 190 * 4096]);
-        let map = UsageMap { size: 1 << 30, maps: vec![m], regions: Vec::new() };
+        let map = UsageMap { maps: vec![m], regions: Vec::new() };
         let mut out = Vec::new();
         map.unused_in(1000 + 15 * 4096..1000 + 100 * 4096, &mut out);
         assert_eq!(out, vec![1000 + 15 * 4096..1000 + 20 * 4096, 1000 + 64 * 4096..1000 + 100 * 4096]);

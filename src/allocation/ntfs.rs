@@ -7,48 +7,36 @@
 //! not marked dirty (`$Volume`), and Windows is not hibernated on it (`hiberfil.sys` starting
 //! with `hibr` or `wake`, as ntfs-3g checks): a dirty or hibernated volume's bitmap lags behind.
 
-use std::io::{Read, Seek};
+use std::io::{self, Seek};
 
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::NtfsVolumeFlags;
 use ntfs::{Ntfs, NtfsReadSeek};
 
-use super::{le64, read_full, Doubt, FreeMap};
-use crate::error::Result;
+use super::{le64, read_full, Failure, FreeMap, Read};
 use crate::partition::{Cursor, Disk};
 
 const BITMAP_RECORD: u64 = 6;
 /// More bitmap than any volume Strata images has (a bit per cluster of 512 bytes on 16 TiB).
 const MAX_BITMAP: u64 = 4 << 30;
 
-pub(super) fn free_map(d: &dyn Disk) -> Result<std::result::Result<FreeMap, Doubt>> {
+pub(super) fn free_map(d: &dyn Disk) -> Read {
     let mut boot = [0u8; 512];
-    if let Err(doubt) = read_full(d, 0, &mut boot)? {
-        return Ok(Err(doubt));
-    }
+    read_full(d, 0, &mut boot)?;
     let mut fs = Cursor::new(d);
     // The `ntfs` crate can panic on metadata damaged in ways it did not foresee.
-    let read = crate::error::contain_panics(|| bitmap(&mut fs, &boot, d.size()));
-    Ok(match read {
-        Ok(Ok(map)) => Ok(map),
-        Ok(Err(Failure::Doubt(doubt))) => Err(doubt),
-        Ok(Err(Failure::Ntfs(e))) => Err(format!("the NTFS metadata cannot be read ({e})")),
-        Err(panic) => Err(format!("the NTFS metadata is damaged ({panic})")),
-    })
+    crate::error::contain_panics(|| bitmap(&mut fs, &boot, d.size()))
+        .unwrap_or_else(|panic| Err(Failure::Doubt(format!("the NTFS metadata is damaged ({panic})"))))
 }
 
-enum Failure {
-    Doubt(Doubt),
-    Ntfs(ntfs::NtfsError),
-}
-
+/// Metadata the `ntfs` crate cannot read is a doubt, like any other.
 impl From<ntfs::NtfsError> for Failure {
     fn from(e: ntfs::NtfsError) -> Failure {
-        Failure::Ntfs(e)
+        Failure::Doubt(format!("the NTFS metadata cannot be read ({e})"))
     }
 }
 
-fn bitmap<T: Read + Seek>(fs: &mut T, boot: &[u8], part_size: u64) -> std::result::Result<FreeMap, Failure> {
+fn bitmap<T: io::Read + Seek>(fs: &mut T, boot: &[u8], part_size: u64) -> Read {
     let doubt = |s: String| Failure::Doubt(s);
     let mut ntfs = Ntfs::new(fs)?;
     let cluster = ntfs.cluster_size() as u64;
@@ -101,7 +89,7 @@ fn bitmap<T: Read + Seek>(fs: &mut T, boot: &[u8], part_size: u64) -> std::resul
 }
 
 /// Whether `hiberfil.sys` in the root directory holds a live hibernation image.
-fn hibernated<T: Read + Seek>(ntfs: &Ntfs, fs: &mut T) -> std::result::Result<bool, Failure> {
+fn hibernated<T: io::Read + Seek>(ntfs: &Ntfs, fs: &mut T) -> std::result::Result<bool, Failure> {
     let root = ntfs.root_directory(fs)?;
     let index = root.directory_index(fs)?;
     let mut finder = index.finder();

@@ -124,7 +124,7 @@ pub fn backup_outcome(
     } else {
         // The allocation maps are read before the first data byte: see docs/DESIGN.md, "Used
         // blocks", for a filesystem that changes meanwhile.
-        let usage = if opts.all_blocks { UsageMap::every_block(src.size()) } else { allocation::scan(&src)? };
+        let usage = if opts.all_blocks { UsageMap::every_block() } else { allocation::scan(&src)? };
         regions = usage.regions().to_vec();
         crate::failpoint::hit!("backup-read-start");
         let view =

@@ -144,18 +144,8 @@ impl crate::partition::Disk for Source {
     }
     fn read_at(&self, at: u64, buf: &mut [u8]) -> Result<usize> {
         let want = (buf.len() as u64).min(self.size.saturating_sub(at)) as usize;
-        let mut done = 0;
-        while done < want {
-            match self.file.read_at(&mut buf[done..want], at + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(Error::SourceRead { path: self.path.clone(), offset: at + done as u64, cause: e })
-                }
-            }
-        }
-        Ok(done)
+        self.read_exact_at(&mut buf[..want], at)?;
+        Ok(want)
     }
     fn name(&self) -> String {
         self.path.display().to_string()

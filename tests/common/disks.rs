@@ -20,10 +20,8 @@ pub enum Fs {
 
 /// Root, loop devices and the filesystem tools: what the aged disks need.
 pub fn usable() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
     let tools = ["mkfs.ext4", "mkfs.vfat", "mcopy", "mkntfs", "ntfs-3g", "sfdisk", "fsck.fat", "ntfsfix", "losetup"];
-    root && Path::new("/dev/fuse").exists() && tools.iter().all(|t| which(t))
+    super::mounted::fuse_usable() && tools.iter().all(|t| which(t))
 }
 
 fn which(tool: &str) -> bool {
@@ -246,7 +244,7 @@ pub fn gpt_disk(disk: &Path, parts: &[&Path]) -> Vec<std::ops::Range<u64>> {
         ranges.push(at..at + s);
         at += s + MIB;
     }
-    sfdisk(disk, &script);
+    super::sfdisk(disk, &script);
     for (p, r) in parts.iter().zip(&ranges) {
         copy_range(p, 0, disk, r.start, r.end - r.start);
     }
@@ -276,25 +274,11 @@ pub fn mbr_disk(disk: &Path, parts: &[(&Path, &str)]) -> Vec<std::ops::Range<u64
         ranges.push(at..at + s);
         at += s + MIB;
     }
-    sfdisk(disk, &script);
+    super::sfdisk(disk, &script);
     for ((p, _), r) in parts.iter().zip(&ranges) {
         copy_range(p, 0, disk, r.start, r.end - r.start);
     }
     ranges
-}
-
-/// Writes the partition table `script` (sfdisk's input format) to `disk`.
-fn sfdisk(disk: &Path, script: &str) {
-    use std::io::Write;
-    let mut child = Command::new("sfdisk")
-        .arg("-q")
-        .arg(disk)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "sfdisk");
 }
 
 /// Copies `len` bytes from `from` at `at` into `to` at `to_at` (sparse: zero blocks are skipped).
