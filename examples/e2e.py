@@ -11,17 +11,22 @@ it with `workload.py any-day`), then measures, step by step on the same image:
   files cache disabled) · one incremental per day, a differential on the last day · restore of
   the latest image (compared with the source in every used block: workload.py same) · check --read-data
 
-for each tool: wall time, logical throughput, CPU time, peak RSS, repository size after the step,
+for each tool: wall time, logical throughput, user and kernel CPU time, CPUs kept busy (CPU time
+over wall time), peak RSS, repository size after the step,
 and for each day the repository's growth against the 4 KiB blocks that changed that day. With
 --others, restic (--compression auto) and borg (zstd,3, with its default chunker and with
 `fixed,4194304`) run the same steps in the same run; restic and borg are installed from
-Debian's packages when missing (as root), and so is python3-matplotlib for the plot.
+Debian's packages when missing (as root), and so is python3-matplotlib for the plot. The target's
+own write speed is measured beside the restores: `cp --sparse=always` of the source image to the
+same directory followed by `sync` (the same data bytes and holes; Strata's restore ends with its
+own fsync), as the "cp" row.
 
 Before each step every tool gets the same start: dirty pages written back (`sync`) and the source
-image in the page cache. Restore and check, which change nothing, run --repeat times (default 3)
-and the median run is reported. Prints Markdown tables (all figures, then the ratios Strata/other),
-writes them to --markdown (default DIR/results.md), the raw figures to DIR/results.json, and a
-PNG plot to --plot (default DIR/e2e.png).
+image in the page cache (for restore and check: the tool's repository). Restore and check,
+which change nothing, run --repeat times (default 3) and the median run is reported. Prints
+Markdown tables (all figures, the ratios Strata/other, the speed targets), writes them to
+--markdown (default DIR/results.md), the raw figures to DIR/results.json, and a PNG plot to
+--plot (default DIR/e2e.png).
 """
 
 import argparse
@@ -67,14 +72,15 @@ def du(path):
 
 
 def timed(cmd, env=None, cwd=None):
-    """Runs cmd under /usr/bin/time; returns wall seconds, CPU seconds, peak RSS bytes, stdout."""
+    """Runs cmd under /usr/bin/time; returns wall seconds, (user, kernel) CPU seconds, peak RSS
+    bytes, stdout."""
     t = time.monotonic()
     p = subprocess.run(["/usr/bin/time", "-f", "%U %S %M"] + cmd, capture_output=True, text=True, env=env, cwd=cwd)
     wall = time.monotonic() - t
     if p.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr}")
     user, sys_, rss = p.stderr.strip().splitlines()[-1].split()
-    return wall, float(user) + float(sys_), int(rss) * 1024, p.stdout
+    return wall, (float(user), float(sys_)), int(rss) * 1024, p.stdout
 
 
 def restored_equal(path, image):
@@ -109,6 +115,18 @@ class Strata:
 
     def check(self):
         return timed([self.bin, "-r", self.repo, "check", "--read-data"])
+
+
+class Copy:
+    """Not a backup tool: the target's own write speed, for the restore row only."""
+    name = "cp"
+    repo = None
+
+    def restore(self, image, work):
+        target = os.path.join(work, "restored-cp.img")
+        r = timed(["sh", "-c", 'cp --sparse=always "$1" "$2" && sync', "cp", image, target])
+        os.remove(target)
+        return r
 
 
 class Restic:
@@ -178,20 +196,36 @@ def fresh_start(image=None):
         subprocess.run(["cat", image], stdout=subprocess.DEVNULL)
 
 
+def cached(path):
+    """Reads every file under path into the page cache: restore and check start from a cached
+    repository for every tool (Strata drops the pages of the packs it writes; the others keep
+    them, so their repositories would otherwise be read from memory and Strata's from disk)."""
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                with open(os.path.join(root, f), "rb") as fh:
+                    while fh.read(1 << 20):
+                        pass
+            except OSError:
+                pass
+
+
 def markdown(result):
     rows, tools = result["rows"], result["tools"]
     out = [f"Image: {result['image']}, {result['logical_bytes'] / 2**20:.0f} MiB, "
            f"{result['data_bytes'] / MB:.0f} MB allocated; {os.cpu_count()} cores.", ""]
-    out.append("| tool | step | wall s | logical GB/s | CPU s | peak RSS MB | repo MB | growth MB "
-               "| changed 4K blocks MB | growth / changed |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| tool | step | wall s | logical GB/s | user s | kernel s | CPUs | peak RSS MB | repo MB "
+               "| growth MB | changed 4K blocks MB | growth / changed |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ch, g = r.get("changed_block_bytes"), r.get("repo_growth")
+        repo = "" if r["repo_bytes"] is None else f"{r['repo_bytes'] / MB:.1f}"
         out.append(f"| {r['tool']} | {r['step']} | {r['seconds']:.2f} | {r['logical_bytes'] / r['seconds'] / 1e9:.2f} | "
-                   f"{r['cpu_seconds']:.2f} | {r['peak_rss'] / MB:.0f} | {r['repo_bytes'] / MB:.1f} | "
+                   f"{r['user_seconds']:.2f} | {r['sys_seconds']:.2f} | {r['cpu_seconds'] / r['seconds']:.2f} | "
+                   f"{r['peak_rss'] / MB:.0f} | {repo} | "
                    f"{'' if g is None else f'{g / MB:.1f}'} | {'' if not ch else f'{ch / MB:.1f}'} | "
                    f"{'' if not ch or g is None else f'{g / ch:.2f}'} |")
-    others = [t for t in tools if t != "strata"]
+    others = [t for t in tools if t not in ("strata", "cp")]
     if others:
         by = {(r["tool"], r["step"]): r for r in rows}
         steps = [r["step"] for r in rows if r["tool"] == "strata"]
@@ -211,7 +245,34 @@ def markdown(result):
             out.append(f"| {s} | " + " | ".join(times) + " | " + " | ".join(growth) + " |")
         finals = " · ".join(f"{t} {by[(t, steps[-1])]['repo_bytes'] / MB:.1f} MB" for t in tools)
         out += ["", f"Repository size at the end: {finals}."]
+    out += targets(rows)
     return "\n".join(out) + "\n"
+
+
+def targets(rows):
+    """The speed targets of docs/BENCHMARKS.md, computed from the rows that were measured."""
+    by = {(r["tool"], r["step"]): r for r in rows}
+    out = ["", "| target | measured |", "|---|---|"]
+    gbps = lambda r: r["logical_bytes"] / r["seconds"] / 1e9
+    if ("strata", "unchanged (read)") in by:
+        out.append(f"| unchanged disk re-read ≥ 4 GB/s | {gbps(by[('strata', 'unchanged (read)')]):.2f} GB/s |")
+    days = [r for r in rows if r["tool"] == "strata" and r["step"].startswith("day ")]
+    if days:
+        out.append(f"| mostly unchanged disks (each day) | "
+                   + ", ".join(f"{gbps(r):.2f}" for r in days) + " GB/s |")
+    full = by.get(("strata", "full"))
+    if full:
+        out.append(f"| a full keeps ≥ 1.8 CPUs busy | {full['cpu_seconds'] / full['seconds']:.2f} CPUs |")
+        for t in ("restic", "borg"):
+            if (t, "full") in by:
+                o = by[(t, "full")]
+                out.append(f"| full vs {t}: time ≤ 0.5×, size ≤ 1× | {full['seconds'] / o['seconds']:.2f}× the time, "
+                           f"{full['repo_bytes'] / o['repo_bytes']:.3f}× the size |")
+    if ("strata", "restore latest") in by and ("cp", "restore latest") in by:
+        a, c = by[("strata", "restore latest")], by[("cp", "restore latest")]
+        out.append(f"| restore ≥ 90 % of the target's write speed (cp --sparse=always + sync) | "
+                   f"{c['seconds'] / a['seconds'] * 100:.0f} % ({a['seconds']:.2f} s against {c['seconds']:.2f} s) |")
+    return out if len(out) > 3 else []
 
 
 def plot(result, path):
@@ -308,8 +369,9 @@ def main():
     rows = []
 
     def record(t, step, wall, cpu, rss, **extra):
-        rows.append(dict({"tool": t.name, "step": step, "seconds": wall, "cpu_seconds": cpu, "peak_rss": rss,
-                          "logical_bytes": logical, "repo_bytes": du(t.repo)}, **extra))
+        rows.append(dict({"tool": t.name, "step": step, "seconds": wall, "cpu_seconds": cpu[0] + cpu[1],
+                          "user_seconds": cpu[0], "sys_seconds": cpu[1], "peak_rss": rss,
+                          "logical_bytes": logical, "repo_bytes": t.repo and du(t.repo)}, **extra))
         print(f"{t.name:>20} {step:<24} {wall:7.2f} s", file=sys.stderr)
 
     def backup_step(label, kind, changed=None, read_unchanged=False):
@@ -330,18 +392,20 @@ def main():
         time.sleep(1.2)
         kind = "differential" if d == a.days and a.days > 1 else "incremental"
         backup_step(f"day {d} {kind}", kind, changed)
-    def median_of(run):
+    def median_of(t, run):
         """The run with the median wall time of --repeat runs (restore and check change nothing)."""
         runs = []
         for _ in range(a.repeat):
-            fresh_start()
+            fresh_start(image if t.repo is None else None)
+            if t.repo:
+                cached(t.repo)
             runs.append(run()[:3])
-        return sorted(runs)[len(runs) // 2]
+        return sorted(runs, key=lambda r: r[0])[len(runs) // 2]
 
+    for t in tools + [Copy()]:
+        record(t, "restore latest", *median_of(t, lambda: t.restore(image, a.work)))
     for t in tools:
-        record(t, "restore latest", *median_of(lambda: t.restore(image, a.work)))
-    for t in tools:
-        record(t, "check --read-data", *median_of(t.check))
+        record(t, "check --read-data", *median_of(t, t.check))
 
     result = {"image": a.image or f"workload.py ext4", "logical_bytes": logical,
               "data_bytes": os.stat(image).st_blocks * 512, "tools": [t.name for t in tools], "rows": rows}

@@ -70,7 +70,10 @@ impl Counters<'_> {
     /// Applies `delta` to the owner records and counters, adding everything to `txn`, and
     /// commits it in one synced write.
     pub fn apply(&self, delta: RefDelta, mut txn: Txn) -> Result<()> {
-        let chunks: Vec<ChunkId> = delta.changes.keys().copied().collect();
+        let mut chunks: Vec<ChunkId> = delta.changes.keys().copied().collect();
+        // In key order: RocksDB inserts a sorted batch into its memtable far faster (a backup's
+        // last commit holds a record per new chunk, and nothing else runs while it is written).
+        chunks.sort_unstable();
         let locs = self.index.locate(&chunks)?;
         let owners = self.owners_of(&chunks)?;
         let deads = self.index.db.multi_get(&chunks.iter().map(keys::dead).collect::<Vec<_>>())?;

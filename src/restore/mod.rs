@@ -16,7 +16,7 @@ use crate::manifest::ImageInfo;
 use crate::progress::Progress;
 use crate::reader::{ImageReader, Piece};
 use crate::repository::Repository;
-use target::{open_device, open_target, pwrite_all, start_writeback, write_zeros, Target, IOV_MAX};
+use target::{open_device, open_target, pwrite_all, settle, start_writeback, write_zeros, Target, IOV_MAX};
 
 /// A batch holds at most this many pieces and this many bytes of chunk data: memory stays a few
 /// batches (two in flight) whatever the chunk size or disk size.
@@ -233,7 +233,9 @@ fn chunk_present(
 
 /// The writing pass. Batch k+1 is read and decoded in parallel while one thread writes batch
 /// k: buffered writes to one file serialise on its inode lock anyway, so one writer with large
-/// contiguous writes beats many small concurrent ones. Returns the damaged ranges (`partial`).
+/// contiguous writes beats many small concurrent ones. Each batch is handed to writeback as
+/// soon as it is written and settled (waited for, its pages dropped) after the next one.
+/// Returns the damaged ranges (`partial`).
 fn write_all(
     reader: &ImageReader,
     out: &Target,
@@ -245,6 +247,7 @@ fn write_all(
     progress.begin("restore", size);
     let mut damaged = Vec::new();
     let mut written_to = 0u64; // everything below is written (or a hole)
+    let mut settled_to = 0u64; // everything below is on the disk and out of the page cache
     let mut pending: Option<(&[Piece], Vec<Option<Vec<u8>>>)> = None;
     let mut batches = batches(reader.map().pieces(), BATCH);
     loop {
@@ -253,10 +256,14 @@ fn write_all(
             break;
         }
         let writing = pending.take();
-        let (written, decoded) = rayon::join(
-            || writing.map(|(pieces, data)| write_batch(out, target, written_to, pieces, &data)).transpose(),
-            || batch.map(|b| decode(reader, b, opts.partial)).transpose(),
-        );
+        let write = |(pieces, data): (&[Piece], Vec<Option<Vec<u8>>>)| {
+            let end = write_batch(out, target, written_to, pieces, &data)?;
+            settle(out.file(), settled_to, written_to - settled_to);
+            Ok::<_, Error>(end)
+        };
+        let (written, decoded) =
+            rayon::join(|| writing.map(write).transpose(), || batch.map(|b| decode(reader, b, opts.partial)).transpose());
+        settled_to = written_to;
         if let Some(end) = written? {
             progress.advance(end - written_to);
             written_to = end;
