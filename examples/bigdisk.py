@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A big disk over days: throughput, peak memory and index size at scale (docs/BENCHMARKS.md).
 
-  bigdisk.py WORKDIR STRATA_BIN [--gib 64] [--data-gb 24] [--days 8] [--source-dir DIR]
+  bigdisk.py WORKDIR STRATA_BIN [--gib 64] [--data-gb 24] [--days 8] [--source-dir DIR] [--keep]
 
 Writes a sparse raw disk of GIB GiB holding DATA_GB GB of real, non-zero data: the files of this
 machine (workload.py's sources: shared libraries, documentation, a JVM...) laid end to end in
@@ -12,8 +12,9 @@ page-cached sources of the other benchmarks are, and spares the local disk).
 
 Then, each command under /usr/bin/time (wall, user and kernel CPU, peak RSS):
   day 0: a full; days 1..DAYS: 0.5 % of the data rewritten in 1 MiB runs with new content and
-  2,000 scattered 4 KiB blocks, then an incremental (a differential on day DAYS - 1); a restore of
-  the last image, compared with the disk in every byte; check --read-data.
+  155 scattered 4 KiB blocks per GB of data, then an incremental (a differential on day
+  DAYS - 1); a restore of the last image, compared with the disk in every byte; check
+  --read-data. The disk and the repository are removed at the end unless --keep.
 Throughput is data bytes (not the disk size) over wall time, so that a run with --gib 2 and the
 same data density compares with this one. Index bytes per chunk: the index directory's size over
 the chunks in the repository. Prints a Markdown table and writes WORKDIR/bigdisk.json.
@@ -86,12 +87,13 @@ def build(path, disk_bytes, runs, stamper):
 
 
 def age(path, runs, stamper, rng, data_bytes):
-    """One day: 0.5 % of the data rewritten in 1 MiB runs, and 2,000 scattered 4 KiB blocks."""
+    """One day: 0.5 % of the data rewritten in 1 MiB runs, and 155 scattered 4 KiB blocks per GB
+    of data (2,000 on a 12.9 GB disk), so that disks of any size change in the same proportion."""
     with open(path, "r+b") as f:
         for _ in range(max(1, data_bytes // 200 // MiB)):
             f.seek(rng.choice(runs) + rng.randrange(RUN // MiB) * MiB)
             f.write(stamper.block(MiB))
-        for _ in range(2000):
+        for _ in range(max(1, data_bytes * 155 // 10**9)):
             f.seek(rng.choice(runs) + rng.randrange(RUN // 4096) * 4096)
             f.write(stamper.block(4096))
 
@@ -155,6 +157,7 @@ def main():
     ap.add_argument("--data-gb", type=float, default=24)
     ap.add_argument("--days", type=int, default=8)
     ap.add_argument("--source-dir", default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the disk and the repository")
     a = ap.parse_args()
     shutil.rmtree(a.work, ignore_errors=True)
     os.makedirs(a.work)
@@ -208,8 +211,9 @@ def main():
     for r in rows:
         print(f"| {r['step']} | {r['seconds']:.2f} | {r['data_bytes'] / r['seconds'] / 1e9:.2f} | {r['user']:.2f} | "
               f"{r['kernel']:.2f} | {r['peak_rss'] / MiB:.0f} | {r['repo_bytes'] / 1e6:.0f} |")
-    if a.source_dir:
+    if not a.keep:
         os.remove(disk)
+        shutil.rmtree(repo)
 
 
 if __name__ == "__main__":

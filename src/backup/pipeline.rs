@@ -386,21 +386,27 @@ impl<'a> Run<'a> {
         if self.pack.is_empty() {
             return Ok(());
         }
+        if self.spare.is_empty() {
+            // The channel holds one pack and the writer another: waiting here for one of them
+            // costs nothing that sending would not, and its buffer comes back for the next pack
+            // (pack buffers are most of a backup's memory: at most four live at once).
+            self.take_acks(1)?;
+        }
         let mut buf = self.spare.pop().unwrap_or_default();
         let target = self.repo.config().pack_target_size as usize;
         buf.clear();
-        buf.reserve(target + target / 8 + MAX_FRAME_LEN as usize); // frames, one over, trailer
+        buf.reserve_exact(target + target / 8 + MAX_FRAME_LEN as usize); // frames, one over, trailer
         let pack = std::mem::replace(&mut self.pack, PackBuilder::with_buffer(buf));
         let ids = pack.entries().iter().map(|e| e.id).collect();
         let link = self.writer.as_ref().ok_or_else(writer_stopped)?;
         link.packs.send(pack).map_err(|_| writer_stopped())?;
         self.inflight.push_back(ids);
-        self.take_acks(false)
+        self.take_acks(usize::MAX)
     }
 
     /// Waits until every pack sent to the writer is durable and indexed.
     fn wait_acks(&mut self) -> Result<()> {
-        self.take_acks(true)
+        self.take_acks(0)
     }
 
     /// Chunks stored again (self-healing) now sit in a new frame: their owners' counters are
@@ -424,11 +430,12 @@ impl<'a> Run<'a> {
     }
 
     /// Counts acknowledged packs and forgets their chunks as pending: from now on the index
-    /// finds them.
-    fn take_acks(&mut self, wait: bool) -> Result<()> {
+    /// finds them. Waits until at most `in_flight` packs are unacknowledged, then takes what
+    /// else has arrived.
+    fn take_acks(&mut self, in_flight: usize) -> Result<()> {
         while !self.inflight.is_empty() {
             let link = self.writer.as_ref().ok_or_else(writer_stopped)?;
-            let stored = if wait {
+            let stored = if self.inflight.len() > in_flight {
                 link.acks.recv().map_err(|_| writer_stopped())?
             } else {
                 match link.acks.try_recv() {
@@ -439,7 +446,7 @@ impl<'a> Run<'a> {
             };
             let (stored, buf) = stored;
             self.info.new_stored_bytes += stored;
-            if self.spare.len() < 2 {
+            if self.spare.is_empty() {
                 self.spare.push(buf);
             }
             let ids = self.inflight.pop_front().unwrap_or_default();
