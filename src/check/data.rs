@@ -79,7 +79,7 @@ fn read_pack(
 ) -> (Vec<(Damage, String)>, u64, u64) {
     let unreadable = |why: String| {
         let chunks = f.by_pack.get(pack).map(Vec::as_slice).unwrap_or_default();
-        chunks.iter().map(|(id, _)| (Damage::Chunk(*id), why.clone())).collect()
+        chunks.iter().map(|id| (Damage::Chunk(*id), why.clone())).collect()
     };
     let file = match repo.backend().get(&pack.path()) {
         Ok(f) => f,
@@ -142,7 +142,7 @@ pub(super) fn read_image(
                 Ok(_) => {}
             }
             if chunks.insert(p.id) {
-                if let Some(l) = f.locs.get(&p.id) {
+                if let Some(l) = f.loc(&p.id) {
                     if frames.insert((l.pack, l.slot.offset)) {
                         report.bytes_read += l.slot.stored_len as u64;
                     }

@@ -129,22 +129,38 @@ pub fn verify_partition(
     run(repo, &chain_infos, Some((image.id, partition)), ReadData::All, progress)
 }
 
+/// What a check knows of one referenced chunk: one map entry per chunk, since a check holds
+/// every referenced chunk of the repository at once (docs/BENCHMARKS.md, "A big disk").
+#[derive(Default)]
+struct ChunkFacts {
+    /// The images that reference it (from the manifests).
+    images: Vec<ImageId>,
+    /// Where the index places it.
+    loc: Option<ChunkLoc>,
+}
+
 /// What the steps of a check find, passed from one to the next.
 #[derive(Default)]
 struct Findings {
-    /// The images that reference each chunk (from the manifests).
-    refs_of: HashMap<ChunkId, Vec<ImageId>>,
+    /// Every chunk the manifests reference.
+    chunks: HashMap<ChunkId, ChunkFacts>,
     /// Images that cannot restore for a reason of their own chain, with that reason.
     bad_images: BTreeMap<ImageId, String>,
     /// For each such image, the image whose damage is the root cause.
     root: BTreeMap<ImageId, ImageId>,
-    /// Where the index places each referenced chunk.
-    locs: HashMap<ChunkId, ChunkLoc>,
-    by_pack: BTreeMap<PackId, Vec<(ChunkId, ChunkLoc)>>,
+    /// The referenced chunks the index places in each pack.
+    by_pack: BTreeMap<PackId, Vec<ChunkId>>,
     bad_chunks: BTreeMap<ChunkId, String>,
     bad_packs: BTreeMap<PackId, String>,
     /// Images whose resolved views use bad chunks, with those chunks.
     affected: BTreeMap<ImageId, BTreeSet<ChunkId>>,
+}
+
+impl Findings {
+    /// Where the index places chunk `id`, if the manifests reference it and the index has it.
+    fn loc(&self, id: &ChunkId) -> Option<&ChunkLoc> {
+        self.chunks.get(id).and_then(|c| c.loc.as_ref())
+    }
 }
 
 fn run(

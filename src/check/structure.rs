@@ -24,7 +24,7 @@ pub(super) fn manifests(repo: &Repository, images: &[ImageInfo], f: &mut Finding
             }
             for e in extents {
                 if let Content::Chunk { id, .. } = e?.content {
-                    let v = f.refs_of.entry(id).or_default();
+                    let v = &mut f.chunks.entry(id).or_default().images;
                     if v.last() != Some(&info.id) {
                         v.push(info.id);
                     }
@@ -66,13 +66,15 @@ pub(super) fn chains(
 
 /// Where the index places every referenced chunk.
 pub(super) fn locate(repo: &Repository, f: &mut Findings) -> Result<()> {
-    let chunk_ids: Vec<ChunkId> = f.refs_of.keys().copied().collect();
+    let chunk_ids: Vec<ChunkId> = f.chunks.keys().copied().collect();
     for batch in chunk_ids.chunks(8192) {
         for (id, loc) in batch.iter().zip(repo.index().locate(batch)?) {
             match loc {
                 Some(l) => {
-                    f.locs.insert(*id, l);
-                    f.by_pack.entry(l.pack).or_default().push((*id, l));
+                    f.by_pack.entry(l.pack).or_default().push(*id);
+                    if let Some(c) = f.chunks.get_mut(id) {
+                        c.loc = Some(l);
+                    }
                 }
                 None => {
                     f.bad_chunks.insert(*id, "not in the index".into());
@@ -88,11 +90,14 @@ pub(super) fn packs(repo: &Repository, packs: &BTreeSet<PackId>, f: &mut Finding
     let no_chunks = Vec::new();
     for pack in packs {
         let chunks = f.by_pack.get(pack).unwrap_or(&no_chunks);
+        let misplaced = |listed: &HashSet<(ChunkId, u64, u32)>, id: &ChunkId| {
+            f.loc(id).is_some_and(|l| !listed.contains(&(*id, l.slot.offset, l.slot.stored_len)))
+        };
         let path = pack.path();
         let structure = stored_trailer(repo.backend(), pack, &path).map(|(_, entries)| {
             let listed: HashSet<(ChunkId, u64, u32)> =
                 entries.iter().map(|e| (e.id, e.slot.offset, e.slot.stored_len)).collect();
-            chunks.iter().filter(|(id, l)| !listed.contains(&(*id, l.slot.offset, l.slot.stored_len))).count()
+            chunks.iter().filter(|id| misplaced(&listed, id)).count()
         });
         match structure {
             Ok(0) => {}
@@ -134,9 +139,8 @@ pub(super) fn orphans(
     f: &Findings,
     report: &mut CheckReport,
 ) -> Result<()> {
-    let (refs_of, locs, bad_packs) = (&f.refs_of, &f.locs, &f.bad_packs);
     // The indexed copy is missing or in a pack that is missing or damaged.
-    let unserved = |id: &ChunkId| locs.get(id).is_none_or(|l| bad_packs.contains_key(&l.pack));
+    let unserved = |id: &ChunkId| f.loc(id).is_none_or(|l| f.bad_packs.contains_key(&l.pack));
     for Unindexed { path, id, trailer } in unindexed(repo.backend(), |id| indexed_packs.contains(id))? {
         // A file not named like a pack is nothing of Strata's: prune leaves it, and so does check.
         let Some(pack) = id else { continue };
@@ -153,12 +157,12 @@ pub(super) fn orphans(
             }
         };
         let needed: BTreeSet<ChunkId> =
-            entries.iter().map(|e| e.id).filter(|id| refs_of.contains_key(id) && unserved(id)).collect();
+            entries.iter().map(|e| e.id).filter(|id| f.chunks.contains_key(id) && unserved(id)).collect();
         if needed.is_empty() {
             report.orphan_packs.push(path);
             continue;
         }
-        let images: BTreeSet<ImageId> = needed.iter().flat_map(|c| refs_of[c].iter().copied()).collect();
+        let images: BTreeSet<ImageId> = needed.iter().flat_map(|c| f.chunks[c].images.iter().copied()).collect();
         report.problems.push(Problem {
             kind: "index",
             object: pack.to_string(),
@@ -174,11 +178,10 @@ pub(super) fn orphans(
 
 /// Compares the counters behind `stats` with what the manifests say.
 pub(super) fn counters(repo: &Repository, images: &[ImageInfo], f: &Findings, report: &mut CheckReport) -> Result<()> {
-    let (refs_of, locs) = (&f.refs_of, &f.locs);
     let set_of: HashMap<ImageId, ImageId> = images.iter().map(|i| (i.id, i.set)).collect();
     let mut expect: BTreeMap<ImageId, (u64, u64)> = BTreeMap::new();
-    for (chunk, imgs) in refs_of {
-        let Some(l) = locs.get(chunk) else { continue };
+    for facts in f.chunks.values() {
+        let (Some(l), imgs) = (&facts.loc, &facts.images) else { continue };
         let sets: BTreeSet<ImageId> = imgs.iter().filter_map(|i| set_of.get(i).copied()).collect();
         for s in &sets {
             let e = expect.entry(*s).or_default();

@@ -261,8 +261,10 @@ fn write_all(
             settle(out.file(), settled_to, written_to - settled_to);
             Ok::<_, Error>(end)
         };
-        let (written, decoded) =
-            rayon::join(|| writing.map(write).transpose(), || batch.map(|b| decode(reader, b, opts.partial)).transpose());
+        let (written, decoded) = rayon::join(
+            || writing.map(write).transpose(),
+            || batch.map(|b| decode(reader, b, opts.partial)).transpose(),
+        );
         settled_to = written_to;
         if let Some(end) = written? {
             progress.advance(end - written_to);
