@@ -361,11 +361,30 @@ impl<'a> Run<'a> {
     }
 
     /// Compresses (and verifies) the frames in parallel and adds them to the pack being built,
-    /// sealing it whenever it is full.
+    /// sealing it whenever it is full. A few frames per thread at a time, the next group
+    /// compressed while the last is added: the compressed copies of a whole window would cost
+    /// tens of megabytes more at the peak.
     fn pack_frames(&mut self, frames: &[Vec<(ChunkId, &[u8])>]) -> Result<()> {
         let level = self.repo.config().compression_level;
-        let compressed: Vec<(Codec, Vec<u8>)> =
-            frames.par_iter().map(|chunks| compress_frame(chunks, level)).collect::<Result<_>>()?;
+        let compress = |group: &[Vec<(ChunkId, &[u8])>]| -> Result<Vec<(Codec, Vec<u8>)>> {
+            group.par_iter().map(|chunks| compress_frame(chunks, level)).collect()
+        };
+        let mut groups = frames.chunks(rayon::current_num_threads() * 4);
+        let mut pending = groups.next().map(|g| compress(g).map(|c| (g, c))).transpose()?;
+        while let Some((group, compressed)) = pending.take() {
+            let next = groups.next();
+            let (added, next) = rayon::join(
+                || self.add_frames(group, compressed),
+                || next.map(|g| compress(g).map(|c| (g, c))).transpose(),
+            );
+            added?;
+            pending = next?;
+        }
+        Ok(())
+    }
+
+    /// Adds compressed frames to the pack being built, sealing it whenever it is full.
+    fn add_frames(&mut self, frames: &[Vec<(ChunkId, &[u8])>], compressed: Vec<(Codec, Vec<u8>)>) -> Result<()> {
         for (chunks, (codec, stored)) in frames.iter().zip(compressed) {
             let lens: Vec<(ChunkId, u32)> = chunks.iter().map(|(id, data)| (*id, data.len() as u32)).collect();
             self.pack.add_frame(codec, &stored, &lens);
