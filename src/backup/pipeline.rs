@@ -173,8 +173,11 @@ pub(super) struct Run<'a> {
     bytes_reused: u64,
 }
 
-/// Reference changes are applied in batches of this many chunks, so memory stays bounded.
-const REF_FLUSH: usize = 200_000;
+/// Reference changes are applied in batches of this many chunks, so memory stays bounded:
+/// applying one costs several times its own size at once (three lookups per chunk and one
+/// RocksDB batch) while the next window is read; batches of 200,000 lifted a big full's peak
+/// from 330 to 510 MiB (docs/BENCHMARKS.md, "Memory").
+const REF_FLUSH: usize = 50_000;
 
 impl<'a> Run<'a> {
     pub(super) fn new(
