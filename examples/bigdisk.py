@@ -33,6 +33,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import workload  # noqa: E402  (real_files: the same corpus as the reference workload)
+from e2e import timed  # noqa: E402  (under /usr/bin/time: wall, user and kernel CPU, peak RSS)
 
 MiB = 1 << 20
 RUN = 256 * MiB
@@ -134,17 +135,6 @@ def same(a, b):
     return True
 
 
-def timed(cmd):
-    t = time.monotonic()
-    p = subprocess.run(["/usr/bin/time", "-f", "%U %S %M"] + cmd, capture_output=True, text=True)
-    wall = time.monotonic() - t
-    if p.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr}")
-    user, kernel, rss = p.stderr.strip().splitlines()[-1].split()
-    return {"seconds": wall, "user": float(user), "kernel": float(kernel), "peak_rss": int(rss) * 1024,
-            "stdout": p.stdout}
-
-
 def du(path):
     return int(subprocess.run(["du", "-sb", path], capture_output=True, text=True).stdout.split()[0])
 
@@ -178,11 +168,11 @@ def main():
     def step(name, cmd, data):
         nonlocal chunks
         subprocess.run(["sync"])
-        r = timed(cmd)
-        out = r.pop("stdout")
+        wall, (user, kernel), rss, out = timed(cmd)
         if "backup" in cmd:
             chunks += json.loads(out)["new_chunks"]
-        r.update(step=name, data_bytes=data, repo_bytes=du(repo), index_bytes=du(os.path.join(repo, "index")))
+        r = {"step": name, "seconds": wall, "user": user, "kernel": kernel, "peak_rss": rss, "data_bytes": data,
+             "repo_bytes": du(repo), "index_bytes": du(os.path.join(repo, "index"))}
         rows.append(r)
         print(f"{name:<24} {r['seconds']:7.2f} s  {data / r['seconds'] / 1e9:5.2f} GB/s  "
               f"{r['peak_rss'] / MiB:4.0f} MiB", file=sys.stderr)

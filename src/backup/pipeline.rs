@@ -139,6 +139,9 @@ fn read_segment(
 /// Sources are read in pieces of this size, each fingerprinted while it is in the L2 cache.
 const READ_PIECE: usize = 256 * 1024;
 
+/// The chunks of one frame to be, with their bytes (in the window's segment buffers).
+type Framing<'s> = Vec<(ChunkId, &'s [u8])>;
+
 /// What a run read, and the fingerprints of the segments it saw.
 pub(super) struct RunOutcome {
     pub bytes_read: u64,
@@ -330,10 +333,10 @@ impl<'a> Run<'a> {
     /// The candidates the repository lacks (unknown to the index, or whose pack is gone or cut
     /// short: self-healing stores those again rather than trusting the index; one stat per pack
     /// and run), in disk order, grouped into frames of about `FRAME_TARGET` bytes.
-    fn frames_of_missing<'s>(&mut self, candidates: &[(ChunkId, &'s [u8])]) -> Result<Vec<Vec<(ChunkId, &'s [u8])>>> {
+    fn frames_of_missing<'s>(&mut self, candidates: &[(ChunkId, &'s [u8])]) -> Result<Vec<Framing<'s>>> {
         let ids: Vec<ChunkId> = candidates.iter().map(|(id, _)| *id).collect();
         let known = self.repo.index().locate(&ids)?;
-        let mut frames: Vec<Vec<(ChunkId, &[u8])>> = Vec::new();
+        let mut frames: Vec<Framing> = Vec::new();
         let mut open = 0usize;
         for (&(id, data), loc) in candidates.iter().zip(&known) {
             if let Some(l) = loc {
@@ -367,9 +370,9 @@ impl<'a> Run<'a> {
     /// sealing it whenever it is full. A few frames per thread at a time, the next group
     /// compressed while the last is added: the compressed copies of a whole window would cost
     /// tens of megabytes more at the peak.
-    fn pack_frames(&mut self, frames: &[Vec<(ChunkId, &[u8])>]) -> Result<()> {
+    fn pack_frames(&mut self, frames: &[Framing]) -> Result<()> {
         let level = self.repo.config().compression_level;
-        let compress = |group: &[Vec<(ChunkId, &[u8])>]| -> Result<Vec<(Codec, Vec<u8>)>> {
+        let compress = |group: &[Framing]| -> Result<Vec<(Codec, Vec<u8>)>> {
             group.par_iter().map(|chunks| compress_frame(chunks, level)).collect()
         };
         let mut groups = frames.chunks(rayon::current_num_threads() * 4);
@@ -387,7 +390,7 @@ impl<'a> Run<'a> {
     }
 
     /// Adds compressed frames to the pack being built, sealing it whenever it is full.
-    fn add_frames(&mut self, frames: &[Vec<(ChunkId, &[u8])>], compressed: Vec<(Codec, Vec<u8>)>) -> Result<()> {
+    fn add_frames(&mut self, frames: &[Framing], compressed: Vec<(Codec, Vec<u8>)>) -> Result<()> {
         for (chunks, (codec, stored)) in frames.iter().zip(compressed) {
             let lens: Vec<(ChunkId, u32)> = chunks.iter().map(|(id, data)| (*id, data.len() as u32)).collect();
             self.pack.add_frame(codec, &stored, &lens);
