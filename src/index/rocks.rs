@@ -34,8 +34,8 @@ fn options() -> Options {
     // without reading blocks.
     table.set_bloom_filter(10.0, false);
     opts.set_block_based_table_factory(&table);
-    // The same for the memtable, which holds every record of a backup until its end: the
-    // owners and dead-marks of a full's new chunks are all misses.
+    // The same for the memtable, which holds the newest records: the owners and dead-marks of
+    // a full's new chunks are all misses there too.
     opts.set_memtable_prefix_bloom_ratio(0.1);
     opts.set_memtable_whole_key_filtering(true);
     opts.set_keep_log_file_num(2);

@@ -145,7 +145,7 @@ impl ObjectWriter for LocalWriter {
 /// and each new pack would be copied into fresh pages, which costs 4-8 times the kernel time of
 /// recycled ones on this project's machine (docs/BENCHMARKS.md, "Page cache"). Advice only: an
 /// error changes nothing.
-pub(crate) fn drop_cached(file: &File) {
+fn drop_cached(file: &File) {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain system call on an open descriptor; no memory is passed.
     unsafe {
