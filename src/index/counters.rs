@@ -71,8 +71,9 @@ impl Counters<'_> {
     /// commits it in one synced write.
     pub fn apply(&self, delta: RefDelta, mut txn: Txn) -> Result<()> {
         let mut chunks: Vec<ChunkId> = delta.changes.keys().copied().collect();
-        // In key order: RocksDB inserts a sorted batch into its memtable far faster (a backup's
-        // last commit holds a record per new chunk, and nothing else runs while it is written).
+        // In key order: RocksDB inserts a sorted batch into its memtable faster, and a backup's
+        // batches hold a record per new chunk (the end of a full waited 0.6-0.7 s on the last
+        // one, 0.3-0.5 s with this and the memtable's bloom filter).
         chunks.sort_unstable();
         let locs = self.index.locate(&chunks)?;
         let owners = self.owners_of(&chunks)?;

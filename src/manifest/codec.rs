@@ -121,7 +121,6 @@ impl ManifestWriter {
 
 /// The BLAKE3 of one segment as the backup saw it (its place, its layout of data, holes and
 /// unused ranges, and its data bytes): equal fingerprints mean equal extents (backup/pipeline.rs).
-/// All zeros: not known.
 pub type Fingerprint = [u8; 32];
 
 struct Footer {
