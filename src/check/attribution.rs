@@ -17,7 +17,7 @@ pub(super) fn other_copies(repo: &Repository, f: &mut Findings, report: &mut Che
     let copies = Copies::default();
     let ids: Vec<ChunkId> = f.bad_chunks.keys().copied().collect();
     for id in ids {
-        if let Some((alt, _)) = copies.intact(repo.backend(), &id, f.loc(&id))? {
+        if let Some((alt, _)) = copies.intact(repo.backend(), &id, f.loc(&id).as_ref())? {
             let why = f.bad_chunks.remove(&id).unwrap_or_default();
             let detail = format!("{why}; an intact copy in pack {} is used instead", alt.pack);
             report.problems.push(Problem { kind: "chunk", object: id.to_string(), detail, images: vec![] });
@@ -29,8 +29,8 @@ pub(super) fn other_copies(repo: &Repository, f: &mut Findings, report: &mut Che
 /// Every chunk the index places in a missing or damaged pack is bad.
 pub(super) fn spread_pack_damage(f: &mut Findings) {
     for (pack, why) in &f.bad_packs {
-        for id in f.by_pack.get(pack).map(Vec::as_slice).unwrap_or_default() {
-            f.bad_chunks.entry(*id).or_insert_with(|| format!("pack {pack} is {why}"));
+        for i in f.by_pack.get(pack).map(Vec::as_slice).unwrap_or_default() {
+            f.bad_chunks.entry(f.chunks.id(*i)).or_insert_with(|| format!("pack {pack} is {why}"));
         }
     }
 }
@@ -43,8 +43,7 @@ pub(super) fn affected(
     by_id: &HashMap<ImageId, &ImageInfo>,
     f: &mut Findings,
 ) {
-    let suspects: BTreeSet<ImageId> =
-        f.bad_chunks.keys().flat_map(|c| f.chunks.get(c).map(|c| c.images.clone()).unwrap_or_default()).collect();
+    let suspects: BTreeSet<ImageId> = f.bad_chunks.keys().flat_map(|c| f.chunks.images_of_id(c)).collect();
     for info in images {
         if f.bad_images.contains_key(&info.id) || only.is_some_and(|o| o != info.id) {
             continue;
@@ -90,9 +89,8 @@ pub(super) fn report(f: &mut Findings, report: &mut CheckReport) {
         report.problems.push(Problem { kind: "chunk", object: id.to_string(), detail: why.clone(), images: imgs });
     }
     for (pack, why) in &f.bad_packs {
-        let in_pack = f.by_pack.get(pack).map(Vec::as_slice).unwrap_or_default();
         let imgs: Vec<ImageId> =
-            f.affected.iter().filter(|(_, c)| in_pack.iter().any(|id| c.contains(id))).map(|(i, _)| *i).collect();
+            f.affected.iter().filter(|(_, c)| f.in_pack(pack).any(|id| c.contains(&id))).map(|(i, _)| *i).collect();
         report.problems.push(Problem { kind: "pack", object: pack.to_string(), detail: why.clone(), images: imgs });
     }
     for p in report.problems.iter_mut().filter(|p| p.kind == "manifest" || p.kind == "chain") {

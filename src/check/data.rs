@@ -77,10 +77,7 @@ fn read_pack(
     f: &Findings,
     progress: &dyn Progress,
 ) -> (Vec<(Damage, String)>, u64, u64) {
-    let unreadable = |why: String| {
-        let chunks = f.by_pack.get(pack).map(Vec::as_slice).unwrap_or_default();
-        chunks.iter().map(|id| (Damage::Chunk(*id), why.clone())).collect()
-    };
+    let unreadable = |why: String| f.in_pack(pack).map(|id| (Damage::Chunk(id), why.clone())).collect();
     let file = match repo.backend().get(&pack.path()) {
         Ok(f) => f,
         Err(e) => return (unreadable(format!("pack {pack} unreadable: {e}")), 0, 0),

@@ -7,6 +7,7 @@
 mod attribution;
 mod data;
 mod structure;
+mod table;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
@@ -17,6 +18,7 @@ use crate::index::ChunkLoc;
 use crate::manifest::ImageInfo;
 use crate::progress::Progress;
 use crate::repository::Repository;
+use table::{ChunkIdx, ChunkTable};
 
 /// How much chunk data to read.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -129,27 +131,17 @@ pub fn verify_partition(
     run(repo, &chain_infos, Some((image.id, partition)), ReadData::All, progress)
 }
 
-/// What a check knows of one referenced chunk: one map entry per chunk, since a check holds
-/// every referenced chunk of the repository at once (docs/BENCHMARKS.md, "A big disk").
-#[derive(Default)]
-struct ChunkFacts {
-    /// The images that reference it (from the manifests).
-    images: Vec<ImageId>,
-    /// Where the index places it.
-    loc: Option<ChunkLoc>,
-}
-
 /// What the steps of a check find, passed from one to the next.
 #[derive(Default)]
 struct Findings {
-    /// Every chunk the manifests reference.
-    chunks: HashMap<ChunkId, ChunkFacts>,
+    /// Every chunk the manifests reference: by whom, and where the index places it.
+    chunks: ChunkTable,
     /// Images that cannot restore for a reason of their own chain, with that reason.
     bad_images: BTreeMap<ImageId, String>,
     /// For each such image, the image whose damage is the root cause.
     root: BTreeMap<ImageId, ImageId>,
     /// The referenced chunks the index places in each pack.
-    by_pack: BTreeMap<PackId, Vec<ChunkId>>,
+    by_pack: BTreeMap<PackId, Vec<ChunkIdx>>,
     bad_chunks: BTreeMap<ChunkId, String>,
     bad_packs: BTreeMap<PackId, String>,
     /// Images whose resolved views use bad chunks, with those chunks.
@@ -158,8 +150,13 @@ struct Findings {
 
 impl Findings {
     /// Where the index places chunk `id`, if the manifests reference it and the index has it.
-    fn loc(&self, id: &ChunkId) -> Option<&ChunkLoc> {
-        self.chunks.get(id).and_then(|c| c.loc.as_ref())
+    fn loc(&self, id: &ChunkId) -> Option<ChunkLoc> {
+        self.chunks.loc(id)
+    }
+
+    /// The referenced chunks the index places in `pack`.
+    fn in_pack(&self, pack: &PackId) -> impl Iterator<Item = ChunkId> + '_ {
+        self.by_pack.get(pack).into_iter().flatten().map(|&i| self.chunks.id(i))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use super::table::{ChunkIdx, References};
 use super::{CheckReport, Findings, Problem};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ImageId, PackId};
@@ -13,7 +14,12 @@ use crate::repository::Repository;
 
 /// Each manifest must read whole (checksum) and decode; collects who references what.
 pub(super) fn manifests(repo: &Repository, images: &[ImageInfo], f: &mut Findings, report: &mut CheckReport) {
+    // Room for every extent the catalog lists (bounded: a damaged catalog must not reserve
+    // gigabytes); more than that grows as needed.
+    let extents = images.iter().fold(0u64, |n, i| n.saturating_add(i.extent_count));
+    let mut refs = References::with_capacity(extents.min(4 << 20) as usize);
     for info in images {
+        let mut image_refs = refs.image(info.id);
         let mut read_one = || -> Result<()> {
             let (stored, extents) = open_manifest(repo.backend(), &info.id)?;
             if stored.base != info.base {
@@ -24,10 +30,7 @@ pub(super) fn manifests(repo: &Repository, images: &[ImageInfo], f: &mut Finding
             }
             for e in extents {
                 if let Content::Chunk { id, .. } = e?.content {
-                    let v = &mut f.chunks.entry(id).or_default().images;
-                    if v.last() != Some(&info.id) {
-                        v.push(info.id);
-                    }
+                    image_refs.chunk(id);
                 }
             }
             Ok(())
@@ -43,6 +46,7 @@ pub(super) fn manifests(repo: &Repository, images: &[ImageInfo], f: &mut Finding
             f.root.insert(info.id, info.id);
         }
     }
+    f.chunks = refs.build();
 }
 
 /// Every base present.
@@ -66,18 +70,20 @@ pub(super) fn chains(
 
 /// Where the index places every referenced chunk.
 pub(super) fn locate(repo: &Repository, f: &mut Findings) -> Result<()> {
-    let chunk_ids: Vec<ChunkId> = f.chunks.keys().copied().collect();
-    for batch in chunk_ids.chunks(8192) {
-        for (id, loc) in batch.iter().zip(repo.index().locate(batch)?) {
+    let mut packs = HashMap::new();
+    for start in (0..f.chunks.len()).step_by(8192) {
+        let end = (start + 8192).min(f.chunks.len());
+        let found = repo.index().locate(&f.chunks.ids()[start..end])?;
+        for (i, loc) in (start..end).zip(found) {
+            let i = i as ChunkIdx;
             match loc {
                 Some(l) => {
-                    f.by_pack.entry(l.pack).or_default().push(*id);
-                    if let Some(c) = f.chunks.get_mut(id) {
-                        c.loc = Some(l);
-                    }
+                    f.by_pack.entry(l.pack).or_default().push(i);
+                    let at = f.chunks.pack_position(l.pack, &mut packs);
+                    f.chunks.set_loc(i, at, l.slot);
                 }
                 None => {
-                    f.bad_chunks.insert(*id, "not in the index".into());
+                    f.bad_chunks.insert(f.chunks.id(i), "not in the index".into());
                 }
             }
         }
@@ -90,14 +96,14 @@ pub(super) fn packs(repo: &Repository, packs: &BTreeSet<PackId>, f: &mut Finding
     let no_chunks = Vec::new();
     for pack in packs {
         let chunks = f.by_pack.get(pack).unwrap_or(&no_chunks);
-        let misplaced = |listed: &HashSet<(ChunkId, u64, u32)>, id: &ChunkId| {
-            f.loc(id).is_some_and(|l| !listed.contains(&(*id, l.slot.offset, l.slot.stored_len)))
+        let misplaced = |listed: &HashSet<(ChunkId, u64, u32)>, i: &ChunkIdx| {
+            f.chunks.loc_at(*i).is_some_and(|l| !listed.contains(&(f.chunks.id(*i), l.slot.offset, l.slot.stored_len)))
         };
         let path = pack.path();
         let structure = stored_trailer(repo.backend(), pack, &path).map(|(_, entries)| {
             let listed: HashSet<(ChunkId, u64, u32)> =
                 entries.iter().map(|e| (e.id, e.slot.offset, e.slot.stored_len)).collect();
-            chunks.iter().filter(|id| misplaced(&listed, id)).count()
+            chunks.iter().filter(|i| misplaced(&listed, i)).count()
         });
         match structure {
             Ok(0) => {}
@@ -157,12 +163,12 @@ pub(super) fn orphans(
             }
         };
         let needed: BTreeSet<ChunkId> =
-            entries.iter().map(|e| e.id).filter(|id| f.chunks.contains_key(id) && unserved(id)).collect();
+            entries.iter().map(|e| e.id).filter(|id| f.chunks.contains(id) && unserved(id)).collect();
         if needed.is_empty() {
             report.orphan_packs.push(path);
             continue;
         }
-        let images: BTreeSet<ImageId> = needed.iter().flat_map(|c| f.chunks[c].images.iter().copied()).collect();
+        let images: BTreeSet<ImageId> = needed.iter().flat_map(|c| f.chunks.images_of_id(c)).collect();
         report.problems.push(Problem {
             kind: "index",
             object: pack.to_string(),
@@ -180,9 +186,9 @@ pub(super) fn orphans(
 pub(super) fn counters(repo: &Repository, images: &[ImageInfo], f: &Findings, report: &mut CheckReport) -> Result<()> {
     let set_of: HashMap<ImageId, ImageId> = images.iter().map(|i| (i.id, i.set)).collect();
     let mut expect: BTreeMap<ImageId, (u64, u64)> = BTreeMap::new();
-    for facts in f.chunks.values() {
-        let (Some(l), imgs) = (&facts.loc, &facts.images) else { continue };
-        let sets: BTreeSet<ImageId> = imgs.iter().filter_map(|i| set_of.get(i).copied()).collect();
+    for i in 0..f.chunks.len() as ChunkIdx {
+        let Some(l) = f.chunks.loc_at(i) else { continue };
+        let sets: BTreeSet<ImageId> = f.chunks.images_of(i).filter_map(|i| set_of.get(&i).copied()).collect();
         for s in &sets {
             let e = expect.entry(*s).or_default();
             e.0 += l.charged();
