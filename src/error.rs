@@ -194,6 +194,24 @@ pub enum Error {
     #[error("chunk {id} failed verification before it was stored ({reason}); this points at memory or compressor trouble, nothing was published")]
     VerifyFailed { id: String, reason: String },
 
+    #[error("the repository is encrypted and no password was given: set STRATA_PASSWORD, pass --password-file or --password-command, or run on a terminal to be asked")]
+    PasswordNeeded,
+
+    #[error("the password {source_name} {reason}")]
+    PasswordSource { source_name: String, reason: String },
+
+    #[error("no key file of this repository opens with that password (tried {tried}); check the password, or list the key files with `strata key list`")]
+    WrongPassword { tried: usize },
+
+    #[error("key file {path}: {reason}")]
+    BadKeyFile { path: String, reason: String },
+
+    #[error("cannot decrypt {what}: it was changed, damaged, moved from another place or sealed with another key; `strata check` lists what is affected")]
+    Decrypt { what: String },
+
+    #[error("the system's random number generator failed: {reason}")]
+    Random { reason: String },
+
     #[error("internal error: {reason}; nothing was published")]
     Internal { reason: String },
 }
