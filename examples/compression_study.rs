@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use strata::backup::split_segment;
 use strata::config::ChunkerParams;
+use strata::crypto::Protection;
 use strata::manifest::Content;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for start in (0..data.len()).step_by(segment) {
         let end = (start + segment).min(data.len());
         extents.clear();
-        split_segment(&data[start..end], start as u64, &[0..end - start], &params, &mut extents);
+        split_segment(&data[start..end], start as u64, &[0..end - start], &params, &Protection::none(), &mut extents);
         for e in &extents {
             if let Content::Chunk { id, .. } = e.content {
                 if seen.insert(id) {

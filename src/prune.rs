@@ -114,7 +114,8 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
         }
     }
     let mut orphans: Vec<(String, u64)> = Vec::new();
-    for Unindexed { path, id, trailer } in unindexed(repo.backend(), |id| records.contains_key(id))? {
+    for Unindexed { path, id, trailer } in unindexed(repo.backend(), repo.protection(), |id| records.contains_key(id))?
+    {
         if id.is_none() {
             plan.kept_orphans.push((path, "not named like a pack, so prune leaves it alone".into()));
             continue;
@@ -240,9 +241,9 @@ fn has_other_copy(
     if matches!(plan.packs.get(&loc.pack), Some((PackAction::Delete, _))) {
         return Ok(false);
     }
-    let entries = trailers
-        .entry(loc.pack)
-        .or_insert_with(|| stored_trailer(repo.backend(), &loc.pack, &loc.pack.path()).ok().map(|(_, e)| e));
+    let entries = trailers.entry(loc.pack).or_insert_with(|| {
+        stored_trailer(repo.backend(), repo.protection(), &loc.pack, &loc.pack.path()).ok().map(|(_, e)| e)
+    });
     Ok(entries.as_ref().is_some_and(|es| es.iter().any(|e| e.id == *chunk && loc.is(&loc.pack, e))))
 }
 
@@ -305,10 +306,10 @@ fn empty_pack(
 ) -> Result<Emptied> {
     let mut out = Emptied { removed: 0, charged: Vec::new() };
     let file = repo.backend().get(&pack.path())?;
-    let entries = read_trailer(pack, &file)?;
+    let entries = read_trailer(pack, repo.protection(), &file)?;
     let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
     let current = repo.index().locate(&ids)?;
-    let mut frames = FrameReader::new(&file);
+    let mut frames = FrameReader::new(&file, repo.protection(), *pack);
     for (e, loc) in entries.iter().zip(current) {
         // The index may name another copy of the chunk: then this one is not the live one.
         if !loc.is_some_and(|l| l.is(pack, e)) {

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use crate::crypto::Protection;
 use crate::error::{Error, Result};
 use crate::id::ImageId;
 use crate::index::{Index, Journal, RefDelta, Txn};
@@ -77,7 +78,7 @@ pub struct RebuildReport {
 /// deleted. A rebuild killed part-way leaves the old index in place (or, killed between the two
 /// renames, no index, which every command reports). Packs or manifests that cannot be read are
 /// reported and left in place.
-pub fn rebuild_index(path: &Path) -> Result<RebuildReport> {
+pub fn rebuild_index(path: &Path, protection: &Protection) -> Result<RebuildReport> {
     crate::config::read(path)?;
     let _lock = lock::acquire(path, "rebuild-index")?;
     let backend = LocalDir::new(path);
@@ -86,7 +87,7 @@ pub fn rebuild_index(path: &Path) -> Result<RebuildReport> {
     let next = generation::read(&backend).unwrap_or(0).max(old_generation(path)) + 1;
     let mut report = RebuildReport::default();
     let index = Index::create(&building)?;
-    fill(&backend, &index, &mut report)?;
+    fill(&backend, protection, &index, &mut report)?;
     let mut txn = Txn::new();
     txn.mark_complete();
     txn.set_generation(next);
@@ -126,13 +127,13 @@ fn old_generation(path: &Path) -> u64 {
 }
 
 /// Adds every readable pack trailer and manifest to the (new, empty) index, then the counters.
-fn fill(backend: &dyn Backend, index: &Index, report: &mut RebuildReport) -> Result<()> {
+fn fill(backend: &dyn Backend, n: &Protection, index: &Index, report: &mut RebuildReport) -> Result<()> {
     for file in paths::pack_files(backend)? {
         let Some(pack) = file.id else {
             report.unreadable_packs.push((file.path, "not a pack name".into()));
             continue;
         };
-        match stored_trailer(backend, &pack, &file.path) {
+        match stored_trailer(backend, n, &pack, &file.path) {
             Ok((size, entries)) => {
                 report.chunks += entries.len();
                 index.add_pack(pack, size, &entries)?;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::crypto::Protection;
 use crate::error::{Error, Result};
 use crate::index::{Index, Txn};
 use crate::manifest::{catalog, DamagedImage, ImageInfo, View};
@@ -23,6 +24,8 @@ pub struct Repository {
     /// Temporary files of dead writers that opening for writing removed: (count, bytes).
     temporaries_removed: (usize, u64),
     lock: Option<RepoLock>,
+    /// Plain, or the keys of an encrypted repository.
+    protection: Protection,
 }
 
 /// Whether the index can be trusted to know everything the packs and manifests hold.
@@ -131,7 +134,16 @@ impl Repository {
         let generation = generation::read(backend.as_ref())?;
         let index = Arc::new(Index::open_read_only(&path.join(paths::INDEX))?);
         let health = IndexHealth::of(&index, generation)?;
-        Ok(Repository { root: path.into(), config, backend, index, health, temporaries_removed: (0, 0), lock: None })
+        Ok(Repository {
+            root: path.into(),
+            config,
+            backend,
+            index,
+            health,
+            temporaries_removed: (0, 0),
+            lock: None,
+            protection: Protection::none(),
+        })
     }
 
     /// Runs a read-only operation so that its answer describes one consistent state. Readers
@@ -204,8 +216,16 @@ impl Repository {
             backend.remove_temporary(&tmp)?;
             temporaries_removed = (temporaries_removed.0 + 1, temporaries_removed.1 + size);
         }
-        let repo =
-            Repository { root: path.into(), config, backend, index, health, temporaries_removed, lock: Some(lock) };
+        let repo = Repository {
+            root: path.into(),
+            config,
+            backend,
+            index,
+            health,
+            temporaries_removed,
+            lock: Some(lock),
+            protection: Protection::none(),
+        };
         for info in catalog::uncatalogued(repo.backend(), &repo.index)? {
             catalog::add(&repo.index, &info)?;
         }
@@ -218,7 +238,7 @@ impl Repository {
     /// Recreates the index from the packs' trailers and the manifests alone (see
     /// `recover::rebuild_index`).
     pub fn rebuild_index(path: &Path) -> Result<crate::recover::RebuildReport> {
-        crate::recover::rebuild_index(path)
+        crate::recover::rebuild_index(path, &Protection::none())
     }
 
     /// Records that a writing command finished: its last index batch is followed by the next
@@ -250,6 +270,16 @@ impl Repository {
         &self.config
     }
 
+    /// An empty pack for this repository (sealed when it is encrypted).
+    pub(crate) fn new_pack(&self) -> crate::pack::PackBuilder {
+        crate::pack::PackBuilder::with_buffer(Vec::new(), self.protection.clone())
+    }
+
+    /// How this repository names chunks and seals objects (plain for `encryption: none`).
+    pub fn protection(&self) -> &Protection {
+        &self.protection
+    }
+
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
@@ -270,14 +300,14 @@ impl Repository {
 
     /// A reader of `image` (see `ImageReader::open`) on this repository's storage and index.
     pub fn reader(&self, image: &ImageInfo, cache_bytes: u64) -> Result<ImageReader> {
-        ImageReader::open(self.shared_backend(), self.shared_index(), image, cache_bytes)
+        ImageReader::open(self.shared_backend(), self.shared_index(), self.protection.clone(), image, cache_bytes)
     }
 
     /// A reader of `image` whose decoded frames go to `cache`, shared with other readers (two
     /// images of one disk share most of their frames).
     pub fn reader_sharing(&self, image: &ImageInfo, cache: Arc<FrameCache>) -> Result<ImageReader> {
         let map = ImageMap::resolve(self.backend(), image)?;
-        Ok(ImageReader::with_map(self.shared_backend(), self.shared_index(), map, cache))
+        Ok(ImageReader::with_map(self.shared_backend(), self.shared_index(), self.protection.clone(), map, cache))
     }
 
     /// Every image, oldest first: the catalog plus (for a reader) manifests not yet catalogued.

@@ -33,7 +33,7 @@ proptest! {
             let buf = vec![7u8; 1 << 16];
             let mut out = Vec::new();
             let n = (c.chunker.segment_size as usize).min(buf.len());
-            strata::backup::split_segment(&buf[..n], 0, &[0..n], &c.chunker, &mut out);
+            strata::backup::split_segment(&buf[..n], 0, &[0..n], &c.chunker, &strata::crypto::Protection::none(), &mut out);
         }
     }
 
@@ -48,8 +48,8 @@ proptest! {
     #[test]
     fn chunk_frames(bytes in proptest::collection::vec(any::<u8>(), 0..300), raw_len in any::<u32>()) {
         let id = strata::id::ChunkId([0; 32]);
-        prop_assert!(decode_chunk(id, Codec::Zstd, &bytes, raw_len).is_err());
-        let _ = decode_chunk(id, Codec::Raw, &bytes, raw_len);
+        prop_assert!(decode_chunk(&strata::crypto::Protection::none(), id, Codec::Zstd, &bytes, raw_len).is_err());
+        let _ = decode_chunk(&strata::crypto::Protection::none(), id, Codec::Raw, &bytes, raw_len);
     }
 
     /// A chunk inside a frame: any recorded skip, length and frame length is an error or the
@@ -65,7 +65,7 @@ proptest! {
         let refs: Vec<(strata::id::ChunkId, &[u8])> = ids.iter().copied().zip(chunks.iter().map(|c| c.as_slice())).collect();
         let (codec, stored) = compress_frame(&refs, 3).unwrap();
         for (i, id) in ids.iter().enumerate() {
-            match decode_entry(*id, codec, &stored, skip, raw_len, frame_raw) {
+            match decode_entry(&strata::crypto::Protection::none(), *id, codec, &stored, skip, raw_len, frame_raw) {
                 Ok(raw) => prop_assert_eq!(&raw, &chunks[i]),
                 Err(_) => {}
             }
@@ -74,7 +74,7 @@ proptest! {
         let total: u32 = chunks.iter().map(|c| c.len() as u32).sum();
         let mut at = 0;
         for (i, id) in ids.iter().enumerate() {
-            let raw = decode_entry(*id, codec, &stored, at, chunks[i].len() as u32, total).unwrap();
+            let raw = decode_entry(&strata::crypto::Protection::none(), *id, codec, &stored, at, chunks[i].len() as u32, total).unwrap();
             prop_assert_eq!(&raw, &chunks[i]);
             at += chunks[i].len() as u32;
         }

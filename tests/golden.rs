@@ -4,6 +4,7 @@
 
 use strata::backup::split_segment;
 use strata::config::ChunkerParams;
+use strata::crypto::{MasterKey, Protection};
 use strata::manifest::{Content, Extent};
 
 /// 4 MiB of seeded, partly compressible bytes with a zero run and a hole.
@@ -23,11 +24,29 @@ fn fixture() -> Vec<u8> {
 }
 
 fn extents() -> Vec<Extent> {
+    extents_with(&Protection::none())
+}
+
+fn extents_with(n: &Protection) -> Vec<Extent> {
     let buf = fixture();
     let data = [0..3 << 20, (3 << 20) + 65536..4 << 20];
     let mut out = Vec::new();
-    split_segment(&buf, 0, &data, &ChunkerParams::default(), &mut out);
+    split_segment(&buf, 0, &data, &ChunkerParams::default(), n, &mut out);
     out
+}
+
+/// An encrypted repository (master key 32 bytes of 7) cuts with its secret gear seed and names
+/// with its chunk id key: pinned as well.
+#[test]
+fn keyed_boundaries_and_ids_are_pinned() {
+    let ex = extents_with(&Protection::keyed(MasterKey::from_bytes([7; 32]).keys()));
+    let offsets: Vec<u64> = ex.iter().map(|e| e.offset).take(6).collect();
+    assert_eq!(offsets, KEYED_OFFSETS, "keyed chunk boundaries changed");
+    let first = ex.iter().find_map(|e| match e.content {
+        Content::Chunk { id, .. } => Some(id.to_string()),
+        _ => None,
+    });
+    assert_eq!(first.as_deref(), Some(KEYED_FIRST_ID), "keyed chunk ids changed");
 }
 
 #[test]
@@ -64,7 +83,7 @@ fn chunk_ids_are_pinned() {
     assert_eq!(all.finalize().to_hex().as_str(), GOLDEN_ALL);
 }
 
-// Recorded from this implementation on 2026-11-22 (fastcdc 3.1.0, v2020). The first id was
+// Recorded from this implementation on 2026-11-22 (fastcdc 3.1.0, v2020; unchanged by 3.2.1). The first id was
 // checked independently: BLAKE3 (the Python `blake3` package) of fixture bytes 0..15978.
 const GOLDEN_OFFSETS: [u64; 12] =
     [0, 15978, 29291, 46241, 65239, 87682, 131437, 150620, 186613, 195803, 214800, 240087];
@@ -75,3 +94,10 @@ const GOLDEN_IDS: [&str; 3] = [
     "5c4b40270a99c6a9a98d0191a8491ae3c1e8122b27de56cdce0f8d81fae95c12",
 ];
 const GOLDEN_ALL: &str = "227159f706fa676d31276ad977b27e0e9b11151235ce88eaa700a2e1c9935658";
+
+// Recorded on 2026-12-01 (fastcdc 3.2.1, seed = the chunker seed of master key [7; 32],
+// 0xa0e2522c9d91ed5f); the first id was checked with the Python `blake3` package: BLAKE3 keyed
+// with the chunk id key (derive_key "strata 2026-12-01 chunk id" of the master key) of fixture
+// bytes 0..KEYED_OFFSETS[1].
+const KEYED_OFFSETS: [u64; 6] = [0, 62867, 81006, 97611, 121445, 168298];
+const KEYED_FIRST_ID: &str = "bfa4a258b105b398ac6b869c06a8c73e38eef946a0c7c55acbb44061cebe9cf4";

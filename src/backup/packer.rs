@@ -19,7 +19,7 @@ pub(crate) struct StoredPack {
 
 /// Seals `pack` and stores it durably.
 pub(crate) fn store(repo: &Repository, pack: PackBuilder) -> Result<StoredPack> {
-    let (id, bytes, entries) = pack.finish();
+    let (id, bytes, entries) = pack.finish()?;
     // Fail cleanly before the filesystem is full rather than at RocksDB's WAL: Debian's
     // librocksdb asserts (aborts) on a sync after a write error. Nothing is lost either way.
     if let Some(free) = repo.backend().available() {
@@ -60,7 +60,7 @@ pub(crate) struct Repacker<'a> {
 
 impl<'a> Repacker<'a> {
     pub fn new(repo: &'a Repository) -> Self {
-        Repacker { repo, builder: PackBuilder::new(), framing: Vec::new(), framed: 0, stored: Vec::new() }
+        Repacker { repo, builder: repo.new_pack(), framing: Vec::new(), framed: 0, stored: Vec::new() }
     }
 
     pub fn push(&mut self, id: ChunkId, raw: Vec<u8>) -> Result<()> {
@@ -79,7 +79,7 @@ impl<'a> Repacker<'a> {
         let chunks: Vec<(ChunkId, &[u8])> = self.framing.iter().map(|(id, raw)| (*id, raw.as_slice())).collect();
         let (codec, stored) = compress_frame(&chunks, self.repo.config().compression_level)?;
         let lens: Vec<(ChunkId, u32)> = self.framing.iter().map(|(id, raw)| (*id, raw.len() as u32)).collect();
-        self.builder.add_frame(codec, &stored, &lens);
+        self.builder.add_frame(codec, &stored, &lens)?;
         self.framing.clear();
         self.framed = 0;
         if self.builder.len() as u64 >= self.repo.config().pack_target_size {
@@ -90,7 +90,7 @@ impl<'a> Repacker<'a> {
 
     fn seal(&mut self) -> Result<()> {
         if !self.builder.is_empty() {
-            let pack = std::mem::take(&mut self.builder);
+            let pack = std::mem::replace(&mut self.builder, self.repo.new_pack());
             self.stored.push(store(self.repo, pack)?);
         }
         Ok(())

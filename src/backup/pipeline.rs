@@ -16,6 +16,7 @@ use super::packer::write_packs;
 use super::source::Source;
 use crate::allocation::UsageMap;
 use crate::config::ChunkerParams;
+use crate::crypto::Protection;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::index::{ChunkLookup, RefDelta, Txn};
@@ -106,6 +107,7 @@ fn read_segment(
     src: &Source,
     spec: &SegmentSpec,
     p: &ChunkerParams,
+    n: &Protection,
     pool: &BufferPool,
     base: &[Fingerprint],
 ) -> Result<Segment> {
@@ -115,7 +117,7 @@ fn read_segment(
     let data: Vec<Range<usize>> = spec.data.iter().map(local).collect();
     let unused: Vec<Range<usize>> = spec.unused.iter().map(local).collect();
     // Read in pieces that stay in the cache while they are fingerprinted.
-    let mut hasher = SegmentHasher::new(spec.len, offset, &data, &unused, p);
+    let mut hasher = SegmentHasher::new(spec.len, offset, &data, &unused, p, n);
     for (l, r) in data.iter().zip(&spec.data) {
         let mut at = l.start;
         while at < l.end {
@@ -131,7 +133,7 @@ fn read_segment(
     let mut extents = Vec::new();
     if !reused {
         extents.reserve(spec.len / p.avg_size as usize + 4);
-        split_regions(&buf, offset, &data, &unused, p, &mut extents);
+        split_regions(&buf, offset, &data, &unused, p, n, &mut extents);
     }
     Ok(Segment { buf, offset, extents, fingerprint: fp, reused })
 }
@@ -196,7 +198,7 @@ impl<'a> Run<'a> {
             filter,
             manifest,
             info,
-            pack: PackBuilder::new(),
+            pack: repo.new_pack(),
             pending: HashSet::new(),
             inflight: VecDeque::new(),
             writer: None,
@@ -235,6 +237,7 @@ impl<'a> Run<'a> {
     /// current one is compared, compressed and packed.
     fn read_all(&mut self, src: &Source, usage: &UsageMap, progress: &dyn Progress) -> Result<u64> {
         let params = self.repo.config().chunker.clone();
+        let naming = self.repo.protection().clone();
         let seg = params.segment_size as u64;
         let size = src.size();
         let window = (rayon::current_num_threads() * 2).max(2) as u64;
@@ -251,7 +254,7 @@ impl<'a> Run<'a> {
             }
             let read: u64 = specs.iter().flat_map(|s| s.data.iter().map(|r| r.end - r.start)).sum();
             let segments: Result<Vec<Segment>> =
-                specs.par_iter().map(|spec| read_segment(src, spec, &params, &pool, &base)).collect();
+                specs.par_iter().map(|spec| read_segment(src, spec, &params, &naming, &pool, &base)).collect();
             segments.map(|s| (s, read))
         };
         progress.begin("backup", size);
@@ -393,7 +396,7 @@ impl<'a> Run<'a> {
     fn add_frames(&mut self, frames: &[Framing], compressed: Vec<(Codec, Vec<u8>)>) -> Result<()> {
         for (chunks, (codec, stored)) in frames.iter().zip(compressed) {
             let lens: Vec<(ChunkId, u32)> = chunks.iter().map(|(id, data)| (*id, data.len() as u32)).collect();
-            self.pack.add_frame(codec, &stored, &lens);
+            self.pack.add_frame(codec, &stored, &lens)?;
             for &(id, raw_len) in &lens {
                 self.pending.insert(id);
                 self.info.new_chunks += 1;
@@ -421,7 +424,7 @@ impl<'a> Run<'a> {
         let target = self.repo.config().pack_target_size as usize;
         buf.clear();
         buf.reserve_exact(target + target / 8 + MAX_FRAME_LEN as usize); // frames, one over, trailer
-        let pack = std::mem::replace(&mut self.pack, PackBuilder::with_buffer(buf));
+        let pack = std::mem::replace(&mut self.pack, PackBuilder::with_buffer(buf, self.repo.protection().clone()));
         let ids = pack.entries().iter().map(|e| e.id).collect();
         let link = self.writer.as_ref().ok_or_else(writer_stopped)?;
         link.packs.send(pack).map_err(|_| writer_stopped())?;

@@ -17,7 +17,7 @@ pub(super) fn other_copies(repo: &Repository, f: &mut Findings, report: &mut Che
     let copies = Copies::default();
     let ids: Vec<ChunkId> = f.bad_chunks.keys().copied().collect();
     for id in ids {
-        if let Some((alt, _)) = copies.intact(repo.backend(), &id, f.loc(&id).as_ref())? {
+        if let Some((alt, _)) = copies.intact(repo.backend(), repo.protection(), &id, f.loc(&id).as_ref())? {
             let why = f.bad_chunks.remove(&id).unwrap_or_default();
             let detail = format!("{why}; an intact copy in pack {} is used instead", alt.pack);
             report.problems.push(Problem { kind: "chunk", object: id.to_string(), detail, images: vec![] });

@@ -82,12 +82,12 @@ fn read_pack(
         Ok(f) => f,
         Err(e) => return (unreadable(format!("pack {pack} unreadable: {e}")), 0, 0),
     };
-    let entries = match crate::pack::read_trailer(pack, &file) {
+    let entries = match crate::pack::read_trailer(pack, repo.protection(), &file) {
         Ok(e) => e,
         Err(e) => return (unreadable(e.to_string()), 0, 0),
     };
     let mut damaged = Vec::new();
-    let mut frames = FrameReader::new(&file);
+    let mut frames = FrameReader::new(&file, repo.protection(), *pack);
     for e in &entries {
         if let Err(why) = frames.chunk(e) {
             // Only the copy the index points at decides restores; another damaged copy is
@@ -121,7 +121,9 @@ pub(super) fn read_image(
     // A chain that cannot be resolved is the structure's finding already.
     let Ok(map) = ImageMap::resolve(repo.backend(), info) else { return Ok(()) };
     let cache = Arc::new(FrameCache::new(64 << 20));
-    let mut reader = ImageReader::with_map(repo.shared_backend(), repo.shared_index(), map, cache).strict();
+    let mut reader =
+        ImageReader::with_map(repo.shared_backend(), repo.shared_index(), repo.protection().clone(), map, cache)
+            .strict();
     if let Some(n) = partition {
         reader = crate::partition::narrow(reader, n)?;
     }

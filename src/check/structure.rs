@@ -100,7 +100,7 @@ pub(super) fn packs(repo: &Repository, packs: &BTreeSet<PackId>, f: &mut Finding
             f.chunks.loc_at(*i).is_some_and(|l| !listed.contains(&(f.chunks.id(*i), l.slot.offset, l.slot.stored_len)))
         };
         let path = pack.path();
-        let structure = stored_trailer(repo.backend(), pack, &path).map(|(_, entries)| {
+        let structure = stored_trailer(repo.backend(), repo.protection(), pack, &path).map(|(_, entries)| {
             let listed: HashSet<(ChunkId, u64, u32)> =
                 entries.iter().map(|e| (e.id, e.slot.offset, e.slot.stored_len)).collect();
             chunks.iter().filter(|i| misplaced(&listed, i)).count()
@@ -147,7 +147,9 @@ pub(super) fn orphans(
 ) -> Result<()> {
     // The indexed copy is missing or in a pack that is missing or damaged.
     let unserved = |id: &ChunkId| f.loc(id).is_none_or(|l| f.bad_packs.contains_key(&l.pack));
-    for Unindexed { path, id, trailer } in unindexed(repo.backend(), |id| indexed_packs.contains(id))? {
+    for Unindexed { path, id, trailer } in
+        unindexed(repo.backend(), repo.protection(), |id| indexed_packs.contains(id))?
+    {
         // A file not named like a pack is nothing of Strata's: prune leaves it, and so does check.
         let Some(pack) = id else { continue };
         let entries = match trailer {

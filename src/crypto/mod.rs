@@ -24,9 +24,12 @@ pub mod password;
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use std::sync::Arc;
+
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::{Error, Result};
+use crate::id::ChunkId;
 
 /// Bytes of the nonce in front of every sealed object.
 pub const NONCE_LEN: usize = 24;
@@ -54,6 +57,54 @@ pub enum ObjectKind {
     RunRecord = 7,
 }
 
+/// What a repository's `encryption` means for the names it gives and the bytes it stores: plain
+/// BLAKE3 names and nothing sealed (`none`), or keyed names and sealed objects. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Protection(Option<Arc<Keys>>);
+
+/// The context of unkeyed segment fingerprints (`none`; docs/FORMAT.md, "Segment fingerprints").
+const SEGMENT_CONTEXT: &str = "strata 2026-12-01 segment fingerprint";
+
+impl Protection {
+    pub fn none() -> Protection {
+        Protection(None)
+    }
+
+    pub fn keyed(keys: Keys) -> Protection {
+        Protection(Some(Arc::new(keys)))
+    }
+
+    pub fn keys(&self) -> Option<&Keys> {
+        self.0.as_deref()
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// A chunk's id: BLAKE3 of its bytes, keyed with the chunk id key when encrypted (then a
+    /// MAC: nobody without the key can name, or confirm, a chunk).
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        match &self.0 {
+            None => ChunkId::of(data),
+            Some(k) => ChunkId(*blake3::keyed_hash(&k.chunk_id, data).as_bytes()),
+        }
+    }
+
+    /// A fresh hasher for a segment fingerprint.
+    pub fn segment_hasher(&self) -> blake3::Hasher {
+        match &self.0 {
+            None => blake3::Hasher::new_derive_key(SEGMENT_CONTEXT),
+            Some(k) => blake3::Hasher::new_keyed(&k.segment),
+        }
+    }
+
+    /// FastCDC's gear seed: 0 (the crate's own table) when not encrypted.
+    pub fn chunker_seed(&self) -> u64 {
+        self.0.as_ref().map_or(0, |k| k.chunker_seed)
+    }
+}
+
 /// Fills `buf` from the operating system's random number generator.
 pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
     getrandom::getrandom(buf).map_err(|e| Error::Random { reason: e.to_string() })
@@ -70,7 +121,8 @@ impl MasterKey {
         Ok(MasterKey(k))
     }
 
-    pub(crate) fn from_bytes(bytes: [u8; 32]) -> MasterKey {
+    /// A master key from its bytes (test vectors; a repository's key comes from `generate`).
+    pub fn from_bytes(bytes: [u8; 32]) -> MasterKey {
         MasterKey(bytes)
     }
 

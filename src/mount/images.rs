@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::browse::Browser;
 use super::layout::{Catalog, Holds};
+use crate::crypto::Protection;
 use crate::error::{Error, Result};
 use crate::id::ImageId;
 use crate::index::Index;
@@ -39,6 +40,7 @@ pub(super) struct View {
     pub(super) catalog: Catalog,
     backend: Arc<dyn Backend>,
     index: Arc<Index>,
+    protection: Protection,
     /// What the view was made from: the generation and the manifests present.
     stamp: (u64, Vec<ImageId>),
 }
@@ -151,7 +153,13 @@ impl Images {
                 disk.map().window(p.start..p.start.saturating_add(p.size))
             }
         };
-        let reader = Arc::new(ImageReader::with_map(view.backend.clone(), view.index.clone(), map, self.cache.clone()));
+        let reader = Arc::new(ImageReader::with_map(
+            view.backend.clone(),
+            view.index.clone(),
+            view.protection.clone(),
+            map,
+            self.cache.clone(),
+        ));
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         readers.clock += 1;
         let now = readers.clock;
@@ -251,5 +259,11 @@ fn load(root: &Path) -> Result<View> {
     let images = Repository::open(root)?.images()?;
     // Opened after the listing: its index knows every chunk the listed images need.
     let repo = Repository::open(root)?;
-    Ok(View { catalog: Catalog::new(images), backend: repo.shared_backend(), index: repo.shared_index(), stamp })
+    Ok(View {
+        catalog: Catalog::new(images),
+        backend: repo.shared_backend(),
+        index: repo.shared_index(),
+        protection: repo.protection().clone(),
+        stamp,
+    })
 }

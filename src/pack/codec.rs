@@ -2,9 +2,10 @@
 
 use std::cell::RefCell;
 
-use super::PackEntry;
+use super::{frame_name, PackEntry, Slot};
+use crate::crypto::{ObjectKind, Protection};
 use crate::error::{Error, Result};
-use crate::id::ChunkId;
+use crate::id::{ChunkId, PackId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -92,12 +93,19 @@ fn compress_input(raw: &[u8], first: Option<ChunkId>, level: i32) -> Result<(Cod
 }
 
 /// Decodes a frame stored on its own and checks it against the chunk id (a frame of one chunk).
-pub fn decode_chunk(id: ChunkId, codec: Codec, stored: &[u8], raw_len: u32) -> Result<Vec<u8>, ChunkError> {
-    decode_entry(id, codec, stored, 0, raw_len, raw_len)
+pub fn decode_chunk(
+    n: &Protection,
+    id: ChunkId,
+    codec: Codec,
+    stored: &[u8],
+    raw_len: u32,
+) -> Result<Vec<u8>, ChunkError> {
+    decode_entry(n, id, codec, stored, 0, raw_len, raw_len)
 }
 
 /// Decodes the frame a chunk lies in and returns the chunk, checked against its id.
 pub fn decode_entry(
+    n: &Protection,
     id: ChunkId,
     codec: Codec,
     stored: &[u8],
@@ -106,18 +114,24 @@ pub fn decode_entry(
     frame_raw: u32,
 ) -> Result<Vec<u8>, ChunkError> {
     let frame = decode_frame(codec, stored, frame_raw)?;
-    chunk_of_frame(id, &frame, skip, raw_len).map(<[u8]>::to_vec)
+    chunk_of_frame(n, id, &frame, skip, raw_len).map(<[u8]>::to_vec)
 }
 
 /// Finds one chunk in a decoded frame and checks it against its id (no copy: callers that keep
 /// it copy it, those that only verify do not).
-pub fn chunk_of_frame(id: ChunkId, frame: &[u8], skip: u32, raw_len: u32) -> Result<&[u8], ChunkError> {
+pub fn chunk_of_frame<'f>(
+    n: &Protection,
+    id: ChunkId,
+    frame: &'f [u8],
+    skip: u32,
+    raw_len: u32,
+) -> Result<&'f [u8], ChunkError> {
     if raw_len > MAX_CHUNK_LEN {
         return Err(ChunkError::TooLarge(raw_len));
     }
     let end = skip as usize + raw_len as usize;
     let raw = frame.get(skip as usize..end).ok_or(ChunkError::Length { expected: end as u32, found: frame.len() })?;
-    if ChunkId::of(raw) != id {
+    if n.chunk_id(raw) != id {
         return Err(ChunkError::Hash);
     }
     Ok(raw)
@@ -127,6 +141,10 @@ pub fn chunk_of_frame(id: ChunkId, frame: &[u8], skip: u32, raw_len: u32) -> Res
 /// many of its chunks follow one another (check, prune).
 pub struct FrameReader<'a> {
     file: &'a [u8],
+    naming: &'a Protection,
+    pack: PackId,
+    /// An encrypted frame opened in place (a copy: `file` is not ours to change).
+    opened: Vec<u8>,
     /// The frame decoded last: its offset and its bytes, or why it does not decode.
     last: Option<(u64, std::result::Result<Vec<u8>, ChunkError>)>,
     /// Stored bytes of the frames decoded so far.
@@ -136,21 +154,47 @@ pub struct FrameReader<'a> {
 impl<'a> FrameReader<'a> {
     /// `file` is the whole pack, whose trailer has been checked (`read_trailer`), so every
     /// entry's frame lies inside it.
-    pub fn new(file: &'a [u8]) -> Self {
-        FrameReader { file, last: None, frame_bytes: 0 }
+    pub fn new(file: &'a [u8], naming: &'a Protection, pack: PackId) -> Self {
+        FrameReader { file, naming, pack, opened: Vec::new(), last: None, frame_bytes: 0 }
     }
 
     /// The chunk `e` names, checked against its id.
     pub fn chunk(&mut self, e: &PackEntry) -> std::result::Result<&[u8], ChunkError> {
         if self.last.as_ref().is_none_or(|(at, _)| *at != e.slot.offset) {
             let stored = &self.file[e.slot.offset as usize..(e.slot.offset + e.slot.stored_len as u64) as usize];
-            self.last = Some((e.slot.offset, decode_frame(e.slot.codec, stored, e.slot.frame_raw)));
+            let decoded = if self.naming.is_encrypted() {
+                self.opened.clear();
+                self.opened.extend_from_slice(stored);
+                unseal_frame(self.naming, &self.pack, &e.slot, &mut self.opened)
+                    .and_then(|plain| decode_frame(e.slot.codec, plain, e.slot.frame_raw))
+            } else {
+                decode_frame(e.slot.codec, stored, e.slot.frame_raw)
+            };
+            self.last = Some((e.slot.offset, decoded));
             self.frame_bytes += e.slot.stored_len as u64;
         }
         match self.last.as_ref().map(|(_, f)| f) {
-            Some(Ok(frame)) => chunk_of_frame(e.id, frame, e.slot.skip, e.slot.raw_len),
+            Some(Ok(frame)) => chunk_of_frame(self.naming, e.id, frame, e.slot.skip, e.slot.raw_len),
             Some(Err(why)) => Err(why.clone()),
             None => Err(ChunkError::Decompress("no frame".into())),
+        }
+    }
+}
+
+/// The bytes to decode of a stored frame: itself in a plain repository; in an encrypted one,
+/// opened in place (it must authenticate as the frame of `pack` at `slot`'s place and shape).
+pub fn unseal_frame<'s>(
+    n: &Protection,
+    pack: &PackId,
+    slot: &Slot,
+    stored: &'s mut [u8],
+) -> Result<&'s [u8], ChunkError> {
+    match n.keys() {
+        None => Ok(stored),
+        Some(keys) => {
+            let name = frame_name(pack, slot.offset, slot.codec, slot.frame_raw);
+            let what = String::new;
+            keys.open_in_place(ObjectKind::Frame, &name, stored, &what).map(|p| &*p).map_err(|_| ChunkError::Sealed)
         }
     }
 }
@@ -223,6 +267,8 @@ pub enum ChunkError {
     Length { expected: u32, found: usize },
     #[error("content does not match its id")]
     Hash,
+    #[error("the sealed frame does not open: changed, moved from another place, or sealed with another key")]
+    Sealed,
 }
 
 #[cfg(test)]
@@ -236,7 +282,7 @@ mod tests {
         let (codec, stored) = compress_chunk(id, &text, 3).unwrap();
         assert_eq!(codec, Codec::Zstd);
         assert!(stored.len() < text.len() / 10);
-        assert_eq!(decode_chunk(id, codec, &stored, text.len() as u32).unwrap(), text);
+        assert_eq!(decode_chunk(&Protection::none(), id, codec, &stored, text.len() as u32).unwrap(), text);
 
         // xorshift64* bytes: zstd cannot shrink them, so the chunk must be stored raw, as is.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -252,7 +298,7 @@ mod tests {
         let (codec, stored) = compress_chunk(rid, &random, 3).unwrap();
         assert_eq!(codec, Codec::Raw);
         assert_eq!(stored, random);
-        assert_eq!(decode_chunk(rid, codec, &stored, random.len() as u32).unwrap(), random);
+        assert_eq!(decode_chunk(&Protection::none(), rid, codec, &stored, random.len() as u32).unwrap(), random);
     }
 
     #[test]
@@ -260,11 +306,14 @@ mod tests {
         let text = b"abcabcabc".repeat(500);
         let id = ChunkId::of(&text);
         let (_, mut stored) = compress_chunk(id, &text, 3).unwrap();
-        assert!(decode_chunk(id, Codec::Zstd, &stored, 10).is_err(), "length lie");
-        assert!(matches!(decode_chunk(id, Codec::Zstd, &stored, u32::MAX), Err(ChunkError::TooLarge(_))));
+        assert!(decode_chunk(&Protection::none(), id, Codec::Zstd, &stored, 10).is_err(), "length lie");
+        assert!(matches!(
+            decode_chunk(&Protection::none(), id, Codec::Zstd, &stored, u32::MAX),
+            Err(ChunkError::TooLarge(_))
+        ));
         let mid = stored.len() / 2;
         stored[mid] ^= 0x40;
-        assert!(decode_chunk(id, Codec::Zstd, &stored, text.len() as u32).is_err());
-        assert!(decode_chunk(id, Codec::Zstd, &[], 100).is_err());
+        assert!(decode_chunk(&Protection::none(), id, Codec::Zstd, &stored, text.len() as u32).is_err());
+        assert!(decode_chunk(&Protection::none(), id, Codec::Zstd, &[], 100).is_err());
     }
 }

@@ -19,9 +19,10 @@ mod codec;
 pub use builder::PackBuilder;
 pub use codec::{
     chunk_of_frame, compress_chunk, compress_frame, decode_chunk, decode_entry, decode_frame, decode_frame_into,
-    ChunkError, Codec, FrameReader, FRAME_TARGET, MAX_CHUNK_LEN, MAX_FRAME_LEN,
+    unseal_frame, ChunkError, Codec, FrameReader, FRAME_TARGET, MAX_CHUNK_LEN, MAX_FRAME_LEN,
 };
 
+use crate::crypto::{ObjectKind, Protection, OVERHEAD};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::storage::{paths, Backend};
@@ -29,6 +30,8 @@ use crate::storage::{paths, Backend};
 pub(crate) const HEADER_MAGIC: &[u8; 8] = b"STRATAPK";
 pub(crate) const FOOTER_MAGIC: &[u8; 8] = b"STRATAPE";
 pub(crate) const PACK_VERSION: u16 = 2;
+/// Header flag: frames and trailer are sealed (docs/FORMAT.md, "Encryption").
+pub(crate) const FLAG_ENCRYPTED: u16 = 1;
 pub(crate) const HEADER_LEN: usize = 12;
 pub(crate) const ENTRY_LEN: usize = 32 + SLOT_LEN;
 pub(crate) const FOOTER_LEN: usize = 4 + 32 + 8;
@@ -119,9 +122,26 @@ pub fn charged(stored_len: u32, raw_len: u32, frame_raw: u32) -> u64 {
     stored_len as u64 * raw_len as u64 / frame_raw as u64
 }
 
+/// Bytes of a trailer of `count` entries as stored (sealed in an encrypted repository).
+fn stored_trailer_len(count: u64, n: &Protection) -> u64 {
+    count * ENTRY_LEN as u64 + if n.is_encrypted() { OVERHEAD as u64 } else { 0 }
+}
+
+/// The associated data name of a frame: the pack's id and the frame's place and shape, none of
+/// which depends on the frame's own ciphertext (an encrypted pack's id is chosen before writing).
+pub(crate) fn frame_name(pack: &PackId, offset: u64, codec: Codec, frame_raw: u32) -> [u8; 45] {
+    let mut n = [0u8; 45];
+    n[..32].copy_from_slice(&pack.0);
+    n[32..40].copy_from_slice(&offset.to_le_bytes());
+    n[40] = codec as u8;
+    n[41..45].copy_from_slice(&frame_raw.to_le_bytes());
+    n
+}
+
 /// Reads the trailer of a pack through `read_at(offset, len)` without reading its frames.
 pub(crate) fn read_trailer_at(
     pack: &PackId,
+    n: &Protection,
     size: u64,
     read_at: impl Fn(u64, usize) -> Result<Vec<u8>>,
 ) -> Result<Vec<PackEntry>> {
@@ -131,20 +151,25 @@ pub(crate) fn read_trailer_at(
     }
     let footer = read_at(size - FOOTER_LEN as u64, FOOTER_LEN)?;
     let count = u32::from_le_bytes(footer[0..4].try_into().map_err(|_| corrupt("footer"))?) as u64;
-    let trailer_len = count * ENTRY_LEN as u64;
+    let trailer_len = stored_trailer_len(count, n);
     if trailer_len > size - (HEADER_LEN + FOOTER_LEN) as u64 {
         return Err(corrupt("entry count larger than the file"));
     }
     let frames_end = size - FOOTER_LEN as u64 - trailer_len;
     let header = read_at(0, HEADER_LEN)?;
     let trailer = read_at(frames_end, trailer_len as usize)?;
-    parse_trailer(pack, &header, &trailer, &footer, frames_end)
+    parse_trailer(pack, n, &header, &trailer, &footer, frames_end)
 }
 
 /// The size and trailer of the stored pack `pack` at `path`, read without its frames.
-pub(crate) fn stored_trailer(backend: &dyn Backend, pack: &PackId, path: &str) -> Result<(u64, Vec<PackEntry>)> {
+pub(crate) fn stored_trailer(
+    backend: &dyn Backend,
+    n: &Protection,
+    pack: &PackId,
+    path: &str,
+) -> Result<(u64, Vec<PackEntry>)> {
     let size = backend.size(path)?;
-    Ok((size, read_trailer_at(pack, size, |o, n| backend.read_at(path, o, n))?))
+    Ok((size, read_trailer_at(pack, n, size, |o, len| backend.read_at(path, o, len))?))
 }
 
 /// A file in `packs/` that the index does not know: left by an interrupted run (or, without an
@@ -158,12 +183,16 @@ pub(crate) struct Unindexed {
 
 /// Every file in `packs/` whose id `indexed` does not accept, each trailer read once: what both
 /// `check` (orphans to report) and `prune` (orphans to prove unneeded) start from.
-pub(crate) fn unindexed(backend: &dyn Backend, indexed: impl Fn(&PackId) -> bool) -> Result<Vec<Unindexed>> {
+pub(crate) fn unindexed(
+    backend: &dyn Backend,
+    n: &Protection,
+    indexed: impl Fn(&PackId) -> bool,
+) -> Result<Vec<Unindexed>> {
     let mut out = Vec::new();
     for file in paths::pack_files(backend)? {
         let trailer = match &file.id {
             Some(id) if indexed(id) => continue,
-            Some(id) => stored_trailer(backend, id, &file.path),
+            Some(id) => stored_trailer(backend, n, id, &file.path),
             None => Err(Error::CorruptPack { pack: file.path.clone(), reason: "not named like a pack".into() }),
         };
         out.push(Unindexed { path: file.path, id: file.id, trailer });
@@ -173,29 +202,38 @@ pub(crate) fn unindexed(backend: &dyn Backend, indexed: impl Fn(&PackId) -> bool
 
 /// Reads the trailer of a complete pack file, checking magic numbers, checksum and that every
 /// entry lies inside the frame area. Never panics on arbitrary bytes.
-pub(crate) fn read_trailer(pack: &PackId, file: &[u8]) -> Result<Vec<PackEntry>> {
+pub(crate) fn read_trailer(pack: &PackId, n: &Protection, file: &[u8]) -> Result<Vec<PackEntry>> {
     let corrupt = |reason: &str| Error::CorruptPack { pack: pack.to_string(), reason: reason.to_string() };
     if file.len() < HEADER_LEN + FOOTER_LEN {
         return Err(corrupt("shorter than header and footer"));
     }
     let footer = &file[file.len() - FOOTER_LEN..];
     let count = u32::from_le_bytes(footer[0..4].try_into().map_err(|_| corrupt("footer"))?) as usize;
-    let trailer_len = count.checked_mul(ENTRY_LEN).ok_or_else(|| corrupt("entry count overflows"))?;
+    let trailer_len = count
+        .checked_mul(ENTRY_LEN)
+        .and_then(|l| l.checked_add(if n.is_encrypted() { OVERHEAD } else { 0 }))
+        .ok_or_else(|| corrupt("entry count overflows"))?;
     let frames_end = (file.len() - FOOTER_LEN).checked_sub(trailer_len).filter(|&e| e >= HEADER_LEN);
     let frames_end = frames_end.ok_or_else(|| corrupt("entry count larger than the file"))?;
-    parse_trailer(pack, &file[..HEADER_LEN], &file[frames_end..file.len() - FOOTER_LEN], footer, frames_end as u64)
+    parse_trailer(pack, n, &file[..HEADER_LEN], &file[frames_end..file.len() - FOOTER_LEN], footer, frames_end as u64)
 }
 
 /// Checks header, footer and trailer of a pack whose frame area ends at `frames_end`.
 fn parse_trailer(
     pack: &PackId,
+    n: &Protection,
     header: &[u8],
     trailer: &[u8],
     footer: &[u8],
     frames_end: u64,
 ) -> Result<Vec<PackEntry>> {
     let corrupt = |reason: &str| Error::CorruptPack { pack: pack.to_string(), reason: reason.to_string() };
-    if header.len() != HEADER_LEN || footer.len() != FOOTER_LEN || trailer.len() % ENTRY_LEN != 0 {
+    let sealing = if n.is_encrypted() { OVERHEAD } else { 0 };
+    if header.len() != HEADER_LEN
+        || footer.len() != FOOTER_LEN
+        || trailer.len() < sealing
+        || (trailer.len() - sealing) % ENTRY_LEN != 0
+    {
         return Err(corrupt("truncated"));
     }
     if &header[..8] != HEADER_MAGIC {
@@ -205,12 +243,30 @@ fn parse_trailer(
     if version != PACK_VERSION {
         return Err(corrupt(&format!("unsupported pack version {version}")));
     }
+    let flags = u16::from_le_bytes([header[10], header[11]]);
+    if flags & FLAG_ENCRYPTED != 0 && !n.is_encrypted() {
+        return Err(corrupt(
+            "it is encrypted but the repository's config says it is not (a config replaced without the key?)",
+        ));
+    }
+    if flags & FLAG_ENCRYPTED == 0 && n.is_encrypted() {
+        return Err(corrupt("it is not encrypted but the repository is (a pack put there without the key)"));
+    }
     if &footer[36..44] != FOOTER_MAGIC {
         return Err(corrupt("bad footer magic (truncated?)"));
     }
     if blake3::hash(trailer).as_bytes() != &footer[4..36] {
         return Err(corrupt("trailer checksum mismatch"));
     }
+    let opened;
+    let trailer = match n.keys() {
+        None => trailer,
+        Some(k) => {
+            let what = || format!("the trailer of pack {pack}");
+            opened = k.open(ObjectKind::Trailer, &pack.0, trailer, &what)?;
+            &opened[..]
+        }
+    };
     let mut entries = Vec::with_capacity(trailer.len() / ENTRY_LEN);
     for raw in trailer.chunks_exact(ENTRY_LEN) {
         let e = PackEntry::decode(raw).ok_or_else(|| corrupt("unknown codec in trailer entry"))?;

@@ -21,11 +21,12 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::crypto::Protection;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ImageId};
 use crate::index::{ChunkLoc, ChunkLookup};
 use crate::manifest::{catalog, Content, Extent, ImageInfo};
-use crate::pack::{chunk_of_frame, decode_frame_into};
+use crate::pack::{chunk_of_frame, decode_frame_into, unseal_frame};
 use crate::storage::Backend;
 use cache::{Decoded, Frame, FrameError};
 
@@ -172,6 +173,7 @@ impl ImageMap {
 pub struct ImageReader {
     backend: Arc<dyn Backend>,
     index: Arc<dyn ChunkLookup>,
+    protection: Protection,
     map: ImageMap,
     cache: Arc<FrameCache>,
     copies: Copies,
@@ -188,11 +190,12 @@ impl ImageReader {
     pub fn open(
         backend: Arc<dyn Backend>,
         index: Arc<dyn ChunkLookup>,
+        protection: Protection,
         image: &ImageInfo,
         cache_bytes: u64,
     ) -> Result<ImageReader> {
         let map = ImageMap::resolve(backend.as_ref(), image)?;
-        Ok(Self::with_map(backend, index, map, Arc::new(FrameCache::new(cache_bytes))))
+        Ok(Self::with_map(backend, index, protection, map, Arc::new(FrameCache::new(cache_bytes))))
     }
 
     /// A reader of `map`'s image whose decoded frames go to `cache`, which several readers may
@@ -200,10 +203,11 @@ impl ImageReader {
     pub fn with_map(
         backend: Arc<dyn Backend>,
         index: Arc<dyn ChunkLookup>,
+        protection: Protection,
         map: ImageMap,
         cache: Arc<FrameCache>,
     ) -> ImageReader {
-        ImageReader { backend, index, map, cache, copies: Copies::default(), fallback: true }
+        ImageReader { backend, index, protection, map, cache, copies: Copies::default(), fallback: true }
     }
 
     /// Reads only the copies the index names: a chunk whose indexed copy fails is an error even
@@ -229,6 +233,11 @@ impl ImageReader {
 
     pub fn index(&self) -> &dyn ChunkLookup {
         self.index.as_ref()
+    }
+
+    /// How the repository names chunks and seals objects.
+    pub fn protection(&self) -> &Protection {
+        &self.protection
     }
 
     /// Another copy of a chunk when the indexed one fails (see `Copies`).
@@ -302,7 +311,7 @@ impl ImageReader {
             let end = start + end;
             let frame = |loc: &ChunkLoc| {
                 let key = (loc.pack, loc.slot.offset);
-                (key, self.cache.get(key, |buf| read_frame(self.backend(), loc, buf)))
+                (key, self.cache.get(key, |buf| read_frame(self.backend(), &self.protection, loc, buf)))
             };
             // Small reads stay on the calling thread: handing one frame to the pool costs more
             // than the work (mount and NBD serve many small reads, each on its own thread).
@@ -347,7 +356,7 @@ impl ImageReader {
             Ok(raw) => use_bytes(self.piece_of(p, raw)),
             // The copy the index names is damaged or gone: another pack may hold an intact one.
             Err(err) if !self.fallback => use_bytes(Err(err)),
-            Err(err) => match self.copies.intact(self.backend(), &p.id, loc)? {
+            Err(err) => match self.copies.intact(self.backend(), &self.protection, &p.id, loc)? {
                 Some((_, raw)) => use_bytes(self.piece_of(p, &raw)),
                 None => use_bytes(Err(err)),
             },
@@ -375,7 +384,8 @@ impl ImageReader {
                     let end = skip as usize + len as usize;
                     return decoded.bytes.get(skip as usize..end).ok_or_else(|| corrupt("outside its frame".into()));
                 }
-                let raw = chunk_of_frame(id, &decoded.bytes, skip, len).map_err(|e| corrupt(e.to_string()))?;
+                let raw = chunk_of_frame(&self.protection, id, &decoded.bytes, skip, len)
+                    .map_err(|e| corrupt(e.to_string()))?;
                 decoded.mark_checked(skip, len, id);
                 Ok(raw)
             }
@@ -410,11 +420,13 @@ fn frame_group(locs: &[Option<ChunkLoc>], budget: u64) -> (usize, Vec<ChunkLoc>)
 }
 
 /// Reads and decodes the frame at `loc` (all the chunks it holds) into `buf`.
-fn read_frame(backend: &dyn Backend, loc: &ChunkLoc, mut buf: Vec<u8>) -> Frame {
-    let stored = backend
+fn read_frame(backend: &dyn Backend, n: &Protection, loc: &ChunkLoc, mut buf: Vec<u8>) -> Frame {
+    let mut stored = backend
         .read_at(&loc.pack.path(), loc.slot.offset, loc.slot.stored_len as usize)
         .map_err(|err| FrameError::Unreadable(err.to_string()))?;
-    decode_frame_into(loc.slot.codec, &stored, loc.slot.frame_raw, &mut buf)
+    let stored =
+        unseal_frame(n, &loc.pack, &loc.slot, &mut stored).map_err(|err| FrameError::Undecodable(err.to_string()))?;
+    decode_frame_into(loc.slot.codec, stored, loc.slot.frame_raw, &mut buf)
         .map_err(|err| FrameError::Undecodable(err.to_string()))?;
     Ok(Arc::new(Decoded::new(buf)))
 }

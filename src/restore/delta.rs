@@ -119,7 +119,7 @@ fn update_run(reader: &ImageReader, f: &File, target: &Path, run: &[Piece], d: &
         let cur = &old[(p.offset - start) as usize..(p.end() - start) as usize];
         // A whole chunk is compared by its hash; a clipped one by its bytes (below).
         let whole = loc.is_some_and(|l| p.skip == 0 && p.len == l.slot.raw_len);
-        if !(whole && ChunkId::of(cur) == p.id) {
+        if !(whole && reader.protection().chunk_id(cur) == p.id) {
             changed.push(*p);
         }
     }

@@ -188,7 +188,7 @@ fn preflight(reader: &ImageReader, partial: bool, read_data: bool) -> Result<()>
         let ids: Vec<_> = batch.iter().map(|p| p.id).collect();
         for (p, loc) in batch.iter().zip(reader.index().locate(&ids)?) {
             if let Err(err) = chunk_present(reader, p, loc, &mut pack_sizes) {
-                if reader.copies().intact(reader.backend(), &p.id, loc.as_ref())?.is_none() {
+                if reader.copies().intact(reader.backend(), reader.protection(), &p.id, loc.as_ref())?.is_none() {
                     return Err(err);
                 }
             }
