@@ -138,7 +138,7 @@ fn pack_writing(c: &mut Criterion) {
 fn index_lookups(c: &mut Criterion) {
     // 200,000 chunks indexed (about 3 GiB of data at 16 KiB), looked up in batches of 4,096.
     let dir = tempfile::tempdir().expect("temp dir");
-    let index = Index::create(&dir.path().join("index")).expect("index");
+    let index = Index::create(&dir.path().join("index"), &strata::crypto::Protection::none()).expect("index");
     let ids: Vec<ChunkId> = (0u32..200_000).map(|i| ChunkId::of(&i.to_le_bytes())).collect();
     for (n, part) in ids.chunks(2000).enumerate() {
         let entries: Vec<PackEntry> = part

@@ -49,8 +49,13 @@ pub struct Config {
     pub compression_level: i32,
     /// A pack is sealed once it holds at least this many bytes.
     pub pack_target_size: u64,
-    /// Only "none" exists in format version 1; the field reserves the place for encryption.
+    /// "none", or "repokey": keyed chunk ids and sealed objects, the master key in key files
+    /// (`keys/`) opened by passwords (docs/FORMAT.md, "Encryption").
     pub encryption: String,
+    /// With "repokey": the live key files, sealed with the metadata key (hex;
+    /// `crypto::keyring::KeyList`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_list: Option<String>,
     /// A backup whose chain would grow deeper than this writes a synthetic full instead
     /// (metadata only: its data is deduplicated). 0 disables the bound.
     #[serde(default = "default_max_chain_depth")]
@@ -76,6 +81,7 @@ impl Config {
             compression_level,
             pack_target_size: 32 * 1024 * 1024,
             encryption: "none".into(),
+            key_list: None,
             max_chain_depth: DEFAULT_MAX_CHAIN_DEPTH,
         }
     }
@@ -126,8 +132,11 @@ impl Config {
                 self.compression, self.compression_level
             ));
         }
-        if self.encryption != "none" {
-            return bad(format!("encryption {:?} is not supported by this version", self.encryption));
+        match (self.encryption.as_str(), &self.key_list) {
+            ("none", None) | ("repokey", Some(_)) => {}
+            ("none", Some(_)) => return bad("encryption \"none\" with a key list".into()),
+            ("repokey", None) => return bad("encryption \"repokey\" without its key list".into()),
+            (other, _) => return bad(format!("encryption {other:?} is not supported by this version")),
         }
         if !(1024 * 1024..=1024 * 1024 * 1024).contains(&self.pack_target_size) {
             return bad(format!("pack target size {} must be between 1 MiB and 1 GiB", self.pack_target_size));

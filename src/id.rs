@@ -35,7 +35,8 @@ impl PackId {
 }
 
 impl ImageId {
-    /// A fresh id: hash of the time, the process and a counter, so two ids never collide in practice.
+    /// A fresh id: hash of random bytes, the time, the process and a counter, so two ids never
+    /// collide in practice and none tells anything about its source.
     pub(crate) fn generate(source_id: &str) -> ImageId {
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -44,6 +45,12 @@ impl ImageId {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let mut h = blake3::Hasher::new();
+        // 16 random bytes: without them an id would be a guessable function of the time, the
+        // process and the source, and would confirm a guessed source name in an encrypted
+        // repository. The rest keeps ids distinct should the system's generator fail.
+        let mut random = [0u8; 16];
+        let _ = getrandom::getrandom(&mut random);
+        h.update(&random);
         h.update(&now.to_le_bytes());
         h.update(&std::process::id().to_le_bytes());
         h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());

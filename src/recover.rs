@@ -10,7 +10,7 @@ use crate::id::ImageId;
 use crate::index::{Index, Journal, RefDelta, Txn};
 use crate::manifest::{catalog, ImageInfo};
 use crate::pack::stored_trailer;
-use crate::storage::{generation, lock, paths, sync_dir, Backend, LocalDir};
+use crate::storage::{generation, lock, paths, sync_dir, Backend};
 
 /// Finishes what an interrupted operation left, exactly as its journal says: the catalog
 /// follows the manifests, a forget that had begun deleting is finished (the listed manifests
@@ -78,16 +78,17 @@ pub struct RebuildReport {
 /// deleted. A rebuild killed part-way leaves the old index in place (or, killed between the two
 /// renames, no index, which every command reports). Packs or manifests that cannot be read are
 /// reported and left in place.
-pub fn rebuild_index(path: &Path, protection: &Protection) -> Result<RebuildReport> {
+/// `backend` serves the repository's objects (sealed ones opened: see `crypto::objects`), and
+/// `protection` opens pack trailers.
+pub fn rebuild_index(path: &Path, backend: &dyn Backend, protection: &Protection) -> Result<RebuildReport> {
     crate::config::read(path)?;
     let _lock = lock::acquire(path, "rebuild-index")?;
-    let backend = LocalDir::new(path);
     remove_dead_builds(path)?;
     let building = path.join(format!("index.rebuild-{}", std::process::id()));
-    let next = generation::read(&backend).unwrap_or(0).max(old_generation(path)) + 1;
+    let next = generation::read(backend).unwrap_or(0).max(old_generation(path, protection)) + 1;
     let mut report = RebuildReport::default();
-    let index = Index::create(&building)?;
-    fill(&backend, protection, &index, &mut report)?;
+    let index = Index::create(&building, protection)?;
+    fill(backend, protection, &index, &mut report)?;
     let mut txn = Txn::new();
     txn.mark_complete();
     txn.set_generation(next);
@@ -105,7 +106,7 @@ pub fn rebuild_index(path: &Path, protection: &Protection) -> Result<RebuildRepo
     crate::failpoint::step!();
     std::fs::rename(&building, &index_dir).map_err(|e| Error::io("rename", &building, e))?;
     sync_dir(path)?;
-    generation::write(&backend, next)?;
+    generation::write(backend, next)?;
     Ok(report)
 }
 
@@ -122,8 +123,8 @@ fn remove_dead_builds(path: &Path) -> Result<()> {
 
 /// The generation the current index records, when it can be read (a rebuild must end above it,
 /// so that a copy of it put back later is recognised as stale).
-fn old_generation(path: &Path) -> u64 {
-    Index::open_read_only(&path.join(paths::INDEX)).and_then(|i| i.generation()).unwrap_or(0)
+fn old_generation(path: &Path, protection: &Protection) -> u64 {
+    Index::open_read_only(&path.join(paths::INDEX), protection).and_then(|i| i.generation()).unwrap_or(0)
 }
 
 /// Adds every readable pack trailer and manifest to the (new, empty) index, then the counters.

@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::crypto::Protection;
+use crate::crypto::keyfile::{KdfParams, KeyFile};
+use crate::crypto::keyring::{self, KeyInfo, KeyList};
+use crate::crypto::objects::SealingBackend;
+use crate::crypto::password::{Password, PasswordSource};
+use crate::crypto::{MasterKey, Protection};
 use crate::error::{Error, Result};
 use crate::index::{Index, Txn};
 use crate::manifest::{catalog, DamagedImage, ImageInfo, View};
@@ -26,6 +30,33 @@ pub struct Repository {
     lock: Option<RepoLock>,
     /// Plain, or the keys of an encrypted repository.
     protection: Protection,
+    /// The master key and the id of the key file that opened it (encrypted repositories).
+    key: Option<(MasterKey, String)>,
+}
+
+/// What unlocking found: how to protect objects, and the key that did it.
+struct Unlocked {
+    protection: Protection,
+    key: Option<(MasterKey, String)>,
+}
+
+/// Opens the keys of an encrypted repository (and wraps its storage so that manifests and run
+/// records are sealed); refuses a plain config beside key files (a config replaced by someone
+/// without the key, to make the next backup write in the clear).
+fn unlock(config: &Config, raw: Arc<dyn Backend>, credentials: &Credentials) -> Result<(Unlocked, Arc<dyn Backend>)> {
+    let Some(list) = &config.key_list else {
+        if !keyring::read_key_files(raw.as_ref())?.is_empty() {
+            return Err(Error::BadConfig {
+                reason: "it says the repository is not encrypted, but it holds key files (keys/): the config may have been replaced to make backups write in the clear; restore the config from a copy".into(),
+            });
+        }
+        return Ok((Unlocked { protection: Protection::none(), key: None }, raw));
+    };
+    let password = credentials.password()?;
+    let (master, id) = keyring::unlock(raw.as_ref(), &config.repository_id, list, &password)?;
+    let protection = Protection::keyed(master.keys());
+    let sealed: Arc<dyn Backend> = Arc::new(SealingBackend::new(raw, protection.clone())?);
+    Ok((Unlocked { protection, key: Some((master, id)) }, sealed))
 }
 
 /// Whether the index can be trusted to know everything the packs and manifests hold.
@@ -68,6 +99,40 @@ impl IndexHealth {
     }
 }
 
+/// Whether a new repository is encrypted, and its first password.
+#[derive(Clone, Debug, Default)]
+pub enum Encryption {
+    #[default]
+    None,
+    /// A random master key in a key file opened by `password` (Argon2id with `kdf`).
+    Repokey { password: Password, kdf: KdfParams },
+}
+
+/// Where the password of an encrypted repository comes from, asked only when the repository
+/// is encrypted (a prompt must not appear for a plain one).
+#[derive(Default)]
+pub struct Credentials(Option<Box<dyn Fn() -> Result<Password> + Send + Sync>>);
+
+impl Credentials {
+    /// No password: an encrypted repository is refused with `Error::PasswordNeeded`.
+    pub fn none() -> Credentials {
+        Credentials(None)
+    }
+
+    pub fn from_source(source: PasswordSource) -> Credentials {
+        Credentials(Some(Box::new(move || source.read())))
+    }
+
+    /// A password asked for when needed (a terminal prompt).
+    pub fn from_fn(ask: impl Fn() -> Result<Password> + Send + Sync + 'static) -> Credentials {
+        Credentials(Some(Box::new(ask)))
+    }
+
+    fn password(&self) -> Result<Password> {
+        self.0.as_ref().ok_or(Error::PasswordNeeded).and_then(|ask| ask())
+    }
+}
+
 /// Options fixed when a repository is created.
 #[derive(Clone, Debug)]
 pub struct InitOptions {
@@ -77,6 +142,7 @@ pub struct InitOptions {
     pub pack_target_size: u64,
     /// Chains deeper than this get a synthetic full (0: unbounded).
     pub max_chain_depth: u32,
+    pub encryption: Encryption,
 }
 
 impl Default for InitOptions {
@@ -86,6 +152,7 @@ impl Default for InitOptions {
             compression_level: 3,
             pack_target_size: 32 * 1024 * 1024,
             max_chain_depth: crate::config::DEFAULT_MAX_CHAIN_DEPTH,
+            encryption: Encryption::None,
         }
     }
 }
@@ -108,12 +175,26 @@ impl Repository {
             let d = path.join(dir);
             std::fs::create_dir_all(&d).map_err(|e| Error::io("create directory", &d, e))?;
         }
-        let index = Index::create(&path.join(paths::INDEX))?;
+        let dir = LocalDir::new(path);
+        let mut protection = Protection::none();
+        if let Encryption::Repokey { password, kdf } = &opts.encryption {
+            // The key file first, the config (which makes the directory a repository) last.
+            let master = MasterKey::generate()?;
+            let id = KeyFile::new_id()?;
+            let now = crate::timefmt::now_ms();
+            let kf = KeyFile::create(&master, password, &config.repository_id, &id, 1, kdf.clone(), now)?;
+            dir.put(&keyring::key_path(&id), &kf.encode()?)?;
+            let list = KeyList { keys: [(id, 1)].into_iter().collect() };
+            config.encryption = "repokey".into();
+            config.key_list = Some(list.seal(&master.keys(), &config.repository_id)?);
+            protection = Protection::keyed(master.keys());
+        }
+        let index = Index::create(&path.join(paths::INDEX), &protection)?;
         let mut txn = Txn::new();
         txn.mark_complete();
         index.commit(txn)?;
         drop(index);
-        LocalDir::new(path).put(paths::CONFIG, &config.encode()?)?;
+        dir.put(paths::CONFIG, &config.encode()?)?;
         Ok(config)
     }
 
@@ -124,15 +205,26 @@ impl Repository {
         Self::open_on(path, Arc::new(LocalDir::new(path)))
     }
 
+    /// `open`, asking `credentials` for the password when the repository is encrypted.
+    pub fn open_with(path: &Path, credentials: &Credentials) -> Result<Repository> {
+        Self::open_on_with(path, Arc::new(LocalDir::new(path)), credentials)
+    }
+
     /// `open` with packs, manifests and the other repository objects stored in `backend` (the
     /// index and the lock stay in `path`): the seam for other storage and for fault-injecting
     /// doubles in tests.
     pub fn open_on(path: &Path, backend: Arc<dyn Backend>) -> Result<Repository> {
+        Self::open_on_with(path, backend, &Credentials::none())
+    }
+
+    /// `open_on` with the password of an encrypted repository from `credentials`.
+    pub fn open_on_with(path: &Path, backend: Arc<dyn Backend>, credentials: &Credentials) -> Result<Repository> {
         let config = crate::config::read(path)?;
+        let (unlocked, backend) = unlock(&config, backend, credentials)?;
         // The generation first: a writer that finishes meanwhile raises the index's before the
         // file's, so this order never mistakes a current index for a stale one.
         let generation = generation::read(backend.as_ref())?;
-        let index = Arc::new(Index::open_read_only(&path.join(paths::INDEX))?);
+        let index = Arc::new(Index::open_read_only(&path.join(paths::INDEX), &unlocked.protection)?);
         let health = IndexHealth::of(&index, generation)?;
         Ok(Repository {
             root: path.into(),
@@ -142,7 +234,8 @@ impl Repository {
             health,
             temporaries_removed: (0, 0),
             lock: None,
-            protection: Protection::none(),
+            protection: unlocked.protection,
+            key: unlocked.key,
         })
     }
 
@@ -198,14 +291,30 @@ impl Repository {
         Self::open_writer_on(path, command, Arc::new(LocalDir::new(path)))
     }
 
+    /// `open_writer`, asking `credentials` for the password when the repository is encrypted.
+    pub fn open_writer_with(path: &Path, command: &str, credentials: &Credentials) -> Result<Repository> {
+        Self::open_writer_on_with(path, command, Arc::new(LocalDir::new(path)), credentials)
+    }
+
     /// `open_writer` with the repository's objects in `backend` (see `open_on`).
     pub fn open_writer_on(path: &Path, command: &str, backend: Arc<dyn Backend>) -> Result<Repository> {
+        Self::open_writer_on_with(path, command, backend, &Credentials::none())
+    }
+
+    /// `open_writer_on` with the password of an encrypted repository from `credentials`.
+    pub fn open_writer_on_with(
+        path: &Path,
+        command: &str,
+        backend: Arc<dyn Backend>,
+        credentials: &Credentials,
+    ) -> Result<Repository> {
         let mut config = crate::config::read(path)?;
+        let (unlocked, backend) = unlock(&config, backend, credentials)?;
         let lock = lock::acquire(path, command)?;
         crate::config::upgrade(path, &mut config)?;
         let generation = generation::read(backend.as_ref())?;
         let index_dir = path.join(paths::INDEX);
-        let index = Arc::new(Index::open(&index_dir)?);
+        let index = Arc::new(Index::open(&index_dir, &unlocked.protection)?);
         // A writer never builds on an index that may lack what the repository holds: a backup
         // would miss dedup and counters, and prune could take live data for garbage.
         let health = IndexHealth::of(&index, generation)?;
@@ -224,7 +333,8 @@ impl Repository {
             health,
             temporaries_removed,
             lock: Some(lock),
-            protection: Protection::none(),
+            protection: unlocked.protection,
+            key: unlocked.key,
         };
         for info in catalog::uncatalogued(repo.backend(), &repo.index)? {
             catalog::add(&repo.index, &info)?;
@@ -238,7 +348,15 @@ impl Repository {
     /// Recreates the index from the packs' trailers and the manifests alone (see
     /// `recover::rebuild_index`).
     pub fn rebuild_index(path: &Path) -> Result<crate::recover::RebuildReport> {
-        crate::recover::rebuild_index(path, &Protection::none())
+        Self::rebuild_index_with(path, &Credentials::none())
+    }
+
+    /// `rebuild_index` of a repository that may be encrypted (its packs and manifests are read
+    /// with the key).
+    pub fn rebuild_index_with(path: &Path, credentials: &Credentials) -> Result<crate::recover::RebuildReport> {
+        let config = crate::config::read(path)?;
+        let (unlocked, backend) = unlock(&config, Arc::new(LocalDir::new(path)), credentials)?;
+        crate::recover::rebuild_index(path, backend.as_ref(), &unlocked.protection)
     }
 
     /// Records that a writing command finished: its last index batch is followed by the next
@@ -250,6 +368,100 @@ impl Repository {
         txn.set_generation(next);
         self.index.commit(txn)?;
         generation::write(self.backend(), next)
+    }
+
+    /// The key files of an encrypted repository, and which of them are live and current.
+    pub fn key_files(&self) -> Result<Vec<KeyInfo>> {
+        let (master, current) = self.master_key()?;
+        let list = self.key_list(master)?;
+        let mut out = Vec::new();
+        for kf in keyring::read_key_files(self.backend())?.into_iter().flatten() {
+            let live = list.keys.get(&kf.id) == Some(&kf.generation);
+            out.push(KeyInfo { current: kf.id == *current, live, created_ms: kf.created_ms, kdf: kf.kdf, id: kf.id });
+        }
+        out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(out)
+    }
+
+    /// Adds a password: a new key file for the master key, then the key list that makes it
+    /// live (a crash between the two leaves a key file that unlocks nothing). Needs the writer
+    /// lock. Returns the new key's id.
+    pub fn add_key(&mut self, password: &[u8], kdf: KdfParams) -> Result<String> {
+        self.require_lock("key add")?;
+        let (master, _) = self.master_key()?;
+        let mut list = self.key_list(master)?;
+        let id = KeyFile::new_id()?;
+        let kf = KeyFile::create(master, password, &self.config.repository_id, &id, 1, kdf, crate::timefmt::now_ms())?;
+        self.backend.put(&keyring::key_path(&id), &kf.encode()?)?;
+        list.keys.insert(id.clone(), 1);
+        self.write_key_list(&list)?;
+        Ok(id)
+    }
+
+    /// Removes a password: off the key list first, then its file. The last key, and the key
+    /// this process opened the repository with, are refused (use `change_password` for that).
+    pub fn remove_key(&mut self, id: &str) -> Result<()> {
+        self.require_lock("key remove")?;
+        let (master, current) = self.master_key()?;
+        if id == current {
+            return Err(Error::BadKeyFile {
+                path: keyring::key_path(id),
+                reason: "it is the key this command opened the repository with; open with another password to remove it, or change this one with `strata key passwd`".into(),
+            });
+        }
+        let mut list = self.key_list(master)?;
+        if list.keys.remove(id).is_none() && self.backend.size(&keyring::key_path(id)).is_err() {
+            return Err(Error::BadKeyFile { path: keyring::key_path(id), reason: "no such key".into() });
+        }
+        if list.keys.is_empty() {
+            return Err(Error::BadKeyFile { path: keyring::key_path(id), reason: "it is the last key".into() });
+        }
+        self.write_key_list(&list)?;
+        match self.backend.remove(&keyring::key_path(id)) {
+            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Replaces the password of the current key: a new key file is added and made live, then
+    /// the old one removed, so the old or the new password works at every step. Returns the
+    /// new key's id.
+    pub fn change_password(&mut self, password: &[u8], kdf: KdfParams) -> Result<String> {
+        let old = self.master_key()?.1.clone();
+        let new = self.add_key(password, kdf)?;
+        if let Some((_, current)) = self.key.as_mut() {
+            *current = new.clone();
+        }
+        self.remove_key(&old)?;
+        Ok(new)
+    }
+
+    fn master_key(&self) -> Result<(&MasterKey, &String)> {
+        self.key
+            .as_ref()
+            .map(|(m, id)| (m, id))
+            .ok_or_else(|| Error::BadConfig { reason: "the repository is not encrypted: it has no keys".into() })
+    }
+
+    fn key_list(&self, master: &MasterKey) -> Result<KeyList> {
+        let sealed = self.config.key_list.as_deref().unwrap_or_default();
+        KeyList::open(sealed, &master.keys(), &self.config.repository_id)
+    }
+
+    fn write_key_list(&mut self, list: &KeyList) -> Result<()> {
+        let (master, _) = self.master_key()?;
+        let mut config = self.config.clone();
+        config.key_list = Some(list.seal(&master.keys(), &config.repository_id)?);
+        LocalDir::new(&self.root).put(paths::CONFIG, &config.encode()?)?;
+        self.config = config;
+        Ok(())
+    }
+
+    fn require_lock(&self, command: &str) -> Result<()> {
+        match self.lock {
+            Some(_) => Ok(()),
+            None => Err(Error::Internal { reason: format!("{command} needs the writer lock") }),
+        }
     }
 
     /// Temporary files left by writers that died, removed when this writer opened: (count, bytes).

@@ -233,6 +233,7 @@ fn chain_depth_is_bounded_by_synthetic_fulls() {
         compression_level: 1,
         pack_target_size: 1 << 20,
         max_chain_depth: 3,
+        ..strata::InitOptions::default()
     });
     let mut h = History { repo, disk: History::new(6).disk, taken: Vec::new() };
     h.backup(KindRequest::Full);

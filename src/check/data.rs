@@ -95,9 +95,15 @@ fn read_pack(
             damaged.push((Damage::Chunk(e.id), format!("{why} (pack {pack}, offset {})", e.slot.offset)));
         }
     }
-    // A pack is named by the hash of its bytes: this catches a flip that decodes to the same
-    // chunk (zstd padding bits) or lies outside every chunk.
-    if damaged.is_empty() && PackId::of(&file) != *pack {
+    // A plain pack is named by the hash of its bytes: this catches a flip that decodes to the
+    // same chunk (zstd padding bits) or lies outside every chunk. An encrypted pack's name is
+    // random; its frames and trailer authenticate every byte they cover, so what is left is
+    // that they cover every byte between the header and the footer.
+    let encrypted = repo.protection().is_encrypted();
+    if damaged.is_empty() && encrypted && !crate::pack::frames_tile(file.len() as u64, &entries) {
+        damaged.push((Damage::Pack(*pack), "holds bytes outside its frames and trailer".to_string()));
+    }
+    if damaged.is_empty() && !encrypted && PackId::of(&file) != *pack {
         damaged.push((
             Damage::Pack(*pack),
             "no longer matches its name (altered bytes that no chunk decodes differently)".to_string(),

@@ -49,9 +49,11 @@ impl Listener {
 pub fn mount(path: &Path, at: &Path, cache_mib: u64) -> Result<()> {
     let opts = strata::mount::MountOptions { cache_bytes: cache_mib.max(1) << 20, ..Default::default() };
     let log: strata::mount::Log = std::sync::Arc::new(|msg| eprintln!("strata: {msg}"));
+    // Before the mount appears: a Ctrl-C the moment it does must unmount, not kill the process
+    // and leave a dead mount behind.
+    on_signals();
     let mounted = strata::mount::mount(path, at, &opts, log)
         .with_context(|| format!("cannot mount repository {} on {}", path.display(), at.display()))?;
-    on_signals();
     eprintln!(
         "mounted repository {} read-only on {} ({} images); `umount {}` or Ctrl-C unmounts",
         path.display(),
@@ -81,6 +83,9 @@ fn on_signals() {
 }
 
 pub fn nbd(path: &Path, image: &str, unix: Option<&Path>, tcp: Option<&str>, cache_mib: u64) -> Result<()> {
+    // Before the socket appears: a signal the moment it does must stop the server cleanly
+    // (and remove the socket), not kill the process.
+    on_signals();
     let spec = Spec::parse(image)?;
     let repo = Repository::open(path).with_context(|| format!("cannot open repository {}", path.display()))?;
     let info = repo.find_image(&spec.image)?;
@@ -107,7 +112,6 @@ pub fn nbd(path: &Path, image: &str, unix: Option<&Path>, tcp: Option<&str>, cac
         }
         (None, None) => anyhow::bail!("give --unix PATH or --tcp ADDR:PORT"),
     };
-    on_signals();
     let at = unix.map(|p| format!("unix:{}", p.display())).or(tcp.map(|a| format!("tcp:{a}"))).unwrap_or_default();
     eprintln!(
         "serving image {name} ({} bytes) read-only on {at}; exports \"\" and \"{name}\"; Ctrl-C stops",

@@ -20,6 +20,8 @@
 //! describes every byte; the tests below pin the derivation and the envelope.
 
 pub mod keyfile;
+pub mod keyring;
+pub mod objects;
 pub mod password;
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
@@ -155,6 +157,12 @@ pub struct Keys {
     data: [u8; 32],
     meta: [u8; 32],
     chunker_seed: u64,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
 }
 
 impl std::fmt::Debug for Keys {

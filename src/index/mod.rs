@@ -25,6 +25,7 @@ pub use usage::RefDelta;
 
 use std::path::Path;
 
+use crate::crypto::Protection;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ImageId, PackId};
 use records::corrupt;
@@ -41,21 +42,22 @@ pub struct Index {
 
 impl Index {
     /// Creates an empty index (not yet complete: see `Txn::mark_complete`).
-    pub fn create(path: &Path) -> Result<Index> {
-        let index = Index { db: rocks::Db::create(path)? };
+    /// `protection` seals every value in an encrypted repository (plain: `Protection::none()`).
+    pub fn create(path: &Path, protection: &Protection) -> Result<Index> {
+        let index = Index { db: rocks::Db::create(path, protection)? };
         let mut txn = Txn::new();
         txn.set_version();
         index.commit(txn)?;
         Ok(index)
     }
 
-    pub fn open(path: &Path) -> Result<Index> {
-        Ok(Index { db: rocks::Db::open(path)? })
+    pub fn open(path: &Path, protection: &Protection) -> Result<Index> {
+        Ok(Index { db: rocks::Db::open(path, protection)? })
     }
 
     /// Opens a view that works beside a running writer.
-    pub(crate) fn open_read_only(path: &Path) -> Result<Index> {
-        Ok(Index { db: rocks::Db::open_read_only(path)? })
+    pub(crate) fn open_read_only(path: &Path, protection: &Protection) -> Result<Index> {
+        Ok(Index { db: rocks::Db::open_read_only(path, protection)? })
     }
 
     pub fn path(&self) -> &Path {

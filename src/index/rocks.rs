@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{BlockBasedOptions, Options, WriteBatch, WriteOptions, DB};
 
+use super::txn::Batch;
+use crate::crypto::{ObjectKind, Protection};
 use crate::error::{Error, Result};
 
 /// RocksDB's memtable size. It also sets how much RocksDB preallocates for each new write-ahead
@@ -19,11 +21,14 @@ pub(crate) fn headroom_for(entries: usize) -> u64 {
     2 * WRITE_BUFFER + WRITE_BUFFER / 10 + entries as u64 * 160
 }
 
-pub(super) type RawBatch = WriteBatch;
-
+/// RocksDB and, in an encrypted repository, the keys that seal every value: each value is
+/// stored sealed (kind `IndexValue`) under its own key as the name, so no value can be read
+/// without the key or moved to another key (docs/FORMAT.md, "Index"). Keys need no sealing:
+/// they are keyed chunk ids, random pack and image ids, and one-letter tags.
 pub(super) struct Db {
     db: DB,
     path: PathBuf,
+    protection: Protection,
 }
 
 fn options() -> Options {
@@ -44,22 +49,46 @@ fn options() -> Options {
 }
 
 impl Db {
-    pub(super) fn create(path: &Path) -> Result<Db> {
+    pub(super) fn create(path: &Path, protection: &Protection) -> Result<Db> {
         let mut opts = options();
         opts.create_if_missing(true);
         let db = DB::open(&opts, path)?;
-        Ok(Db { db, path: path.into() })
+        Ok(Db { db, path: path.into(), protection: protection.clone() })
     }
 
-    pub(super) fn open(path: &Path) -> Result<Db> {
+    pub(super) fn open(path: &Path, protection: &Protection) -> Result<Db> {
         let db = DB::open(&options(), path).map_err(|e| unusable(path, e))?;
-        Ok(Db { db, path: path.into() })
+        Ok(Db { db, path: path.into(), protection: protection.clone() })
     }
 
     /// A view that works beside a running writer (RocksDB's read-only mode takes no lock).
-    pub(super) fn open_read_only(path: &Path) -> Result<Db> {
+    pub(super) fn open_read_only(path: &Path, protection: &Protection) -> Result<Db> {
         let db = DB::open_for_read_only(&options(), path, false).map_err(|e| unusable(path, e))?;
-        Ok(Db { db, path: path.into() })
+        Ok(Db { db, path: path.into(), protection: protection.clone() })
+    }
+
+    /// The value as stored: sealed under `key` when encrypted.
+    fn seal(&self, key: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+        match self.protection.keys() {
+            None => Ok(value.to_vec()),
+            Some(k) => k.seal(ObjectKind::IndexValue, key, value),
+        }
+    }
+
+    /// The value of `key` as stored, opened.
+    fn open_value(&self, key: &[u8], stored: Vec<u8>) -> Result<Vec<u8>> {
+        match self.protection.keys() {
+            None => Ok(stored),
+            Some(k) => {
+                let what = || format!("the index record {:?}", String::from_utf8_lossy(&key[..1.min(key.len())]));
+                k.open(ObjectKind::IndexValue, key, &stored, &what).map_err(|_| Error::Index {
+                    reason: format!(
+                        "the index record {:?}… does not decrypt (damaged, replaced, or written without the key)",
+                        String::from_utf8_lossy(&key[..1.min(key.len())])
+                    ),
+                })
+            }
+        }
     }
 
     pub(super) fn path(&self) -> &Path {
@@ -67,11 +96,12 @@ impl Db {
     }
 
     pub(super) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get(key)?)
+        self.db.get(key)?.map(|v| self.open_value(key, v)).transpose()
     }
 
     pub(super) fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.db.multi_get(keys.iter()).into_iter().map(|r| r.map_err(Error::from)).collect()
+        let found = self.db.multi_get(keys.iter());
+        keys.iter().zip(found).map(|(k, r)| r?.map(|v| self.open_value(k, v)).transpose()).collect()
     }
 
     /// Calls `f` with every key and value under `prefix`, in key order.
@@ -81,13 +111,25 @@ impl Db {
             if !k.starts_with(prefix) {
                 break;
             }
-            f(&k, &v)?;
+            if self.protection.is_encrypted() {
+                let v = self.open_value(&k, v.into_vec())?;
+                f(&k, &v)?;
+            } else {
+                f(&k, &v)?;
+            }
         }
         Ok(())
     }
 
     /// Commits a batch durably (synced WAL): all of it or nothing survives a crash.
-    pub(super) fn commit(&self, batch: WriteBatch) -> Result<()> {
+    pub(super) fn commit(&self, ops: Batch) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (key, value) in ops.0 {
+            match value {
+                Some(v) => batch.put(&key, self.seal(&key, &v)?),
+                None => batch.delete(&key),
+            }
+        }
         crate::failpoint::step!();
         let mut w = WriteOptions::default();
         w.set_sync(true);

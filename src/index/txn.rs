@@ -2,15 +2,29 @@
 //! batch that `Index::commit` writes atomically and durably.
 
 use super::journal::Journal;
+use super::keys;
 use super::records::{encode_owners, ChunkLoc, PackRecord, SetCounters, SetId, Totals};
-use super::{keys, rocks::RawBatch};
 use crate::error::Result;
 use crate::id::{ChunkId, ImageId, PackId};
 use crate::pack::PackEntry;
 
 #[derive(Default)]
 pub struct Txn {
-    pub(super) batch: RawBatch,
+    pub(super) batch: Batch,
+}
+
+/// Puts and deletes in order (values sealed, in an encrypted repository, when committed).
+#[derive(Default)]
+pub(super) struct Batch(pub(super) Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+impl Batch {
+    pub(super) fn put(&mut self, key: impl Into<Vec<u8>>, value: impl AsRef<[u8]>) {
+        self.0.push((key.into(), Some(value.as_ref().to_vec())));
+    }
+
+    pub(super) fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.0.push((key.into(), None));
+    }
 }
 
 impl Txn {

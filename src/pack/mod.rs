@@ -138,6 +138,20 @@ pub(crate) fn frame_name(pack: &PackId, offset: u64, codec: Codec, frame_raw: u3
     n
 }
 
+/// Whether the frames of an encrypted pack of `size` bytes, as its `entries` list them, follow
+/// one another from the header to the sealed trailer with no byte between or after them.
+pub(crate) fn frames_tile(size: u64, entries: &[PackEntry]) -> bool {
+    let mut at = HEADER_LEN as u64;
+    for e in entries {
+        if e.slot.offset == at {
+            at += e.slot.stored_len as u64;
+        } else if e.slot.offset + e.slot.stored_len as u64 != at {
+            return false; // neither the next frame nor the one just counted
+        }
+    }
+    at + entries.len() as u64 * ENTRY_LEN as u64 + OVERHEAD as u64 + FOOTER_LEN as u64 == size
+}
+
 /// Reads the trailer of a pack through `read_at(offset, len)` without reading its frames.
 pub(crate) fn read_trailer_at(
     pack: &PackId,
