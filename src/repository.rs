@@ -109,27 +109,44 @@ pub enum Encryption {
 }
 
 /// Where the password of an encrypted repository comes from, asked only when the repository
-/// is encrypted (a prompt must not appear for a plain one).
+/// is encrypted (a prompt must not appear for a plain one) and then kept, so that a command
+/// that opens the repository again (a rerun after a racing writer, a mount that follows new
+/// images) does not ask twice.
 #[derive(Default)]
-pub struct Credentials(Option<Box<dyn Fn() -> Result<Password> + Send + Sync>>);
+pub struct Credentials {
+    ask: Option<Box<dyn Fn() -> Result<Password> + Send + Sync>>,
+    known: std::sync::Mutex<Option<Password>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.ask.is_some() { "Credentials(..)" } else { "Credentials(none)" })
+    }
+}
 
 impl Credentials {
     /// No password: an encrypted repository is refused with `Error::PasswordNeeded`.
     pub fn none() -> Credentials {
-        Credentials(None)
+        Credentials::default()
     }
 
     pub fn from_source(source: PasswordSource) -> Credentials {
-        Credentials(Some(Box::new(move || source.read())))
+        Credentials::from_fn(move || source.read())
     }
 
     /// A password asked for when needed (a terminal prompt).
     pub fn from_fn(ask: impl Fn() -> Result<Password> + Send + Sync + 'static) -> Credentials {
-        Credentials(Some(Box::new(ask)))
+        Credentials { ask: Some(Box::new(ask)), known: Default::default() }
     }
 
     fn password(&self) -> Result<Password> {
-        self.0.as_ref().ok_or(Error::PasswordNeeded).and_then(|ask| ask())
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = known.as_ref() {
+            return Ok(p.clone());
+        }
+        let p = self.ask.as_ref().ok_or(Error::PasswordNeeded).and_then(|ask| ask())?;
+        *known = Some(p.clone());
+        Ok(p)
     }
 }
 
@@ -246,6 +263,7 @@ impl Repository {
     /// run, this waits for the writer and runs again on a fresh view (up to 5 times).
     pub fn read_consistently<T>(
         path: &Path,
+        credentials: &Credentials,
         mut run: impl FnMut(&Repository) -> Result<T>,
         suspect: impl Fn(&T) -> bool,
     ) -> Result<T> {
@@ -253,7 +271,7 @@ impl Repository {
         let mut attempt = 0;
         loop {
             let before = (lock::writer_active(path), generation());
-            let result = Repository::open(path).and_then(|repo| run(&repo));
+            let result = Repository::open_with(path, credentials).and_then(|repo| run(&repo));
             let doubtful = result.as_ref().map_or(true, &suspect);
             let raced = before.0 || lock::writer_active(path) || generation() != before.1;
             if !doubtful || !raced || attempt >= 4 {
@@ -268,6 +286,7 @@ impl Repository {
     /// the image is resolved once, so a rerun after a racing writer works on the same image.
     pub fn read_image_consistently<T>(
         path: &Path,
+        credentials: &Credentials,
         spec: &str,
         mut run: impl FnMut(&Repository, &ImageInfo) -> Result<T>,
         suspect: impl Fn(&T) -> bool,
@@ -275,6 +294,7 @@ impl Repository {
         let mut chosen: Option<String> = None;
         Self::read_consistently(
             path,
+            credentials,
             |repo| {
                 let info = repo.find_image(chosen.as_deref().unwrap_or(spec))?;
                 chosen = Some(info.id.to_string());

@@ -227,3 +227,72 @@ fn rebuild_index_reads_an_encrypted_repository_with_its_key() {
     assert!(report.packs > 0 && report.chunks > 0, "{report:?}");
     assert_eq!(restore(&repo, "pw", &image), std::fs::read(&disk).unwrap());
 }
+
+/// The command line: `init --encryption repokey`, the password sources, `key`, and every
+/// everyday command on an encrypted repository.
+#[test]
+fn the_cli_makes_and_uses_an_encrypted_repository() {
+    use common::strata_cmd;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let disk = dir.path().join("disk");
+    Disk::new(9, 1 << 20).random(0..400_000).text(500_000..900_000).write_to(&disk);
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = strata_cmd();
+        c.arg("-r").arg(&repo).args(args).env("STRATA_TESTONLY_WEAK_KDF", "1").env_remove("STRATA_PASSWORD");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let pw = [("STRATA_PASSWORD", "s3cret")];
+    assert!(ok(run(&["init", "--encryption", "repokey"], &pw)).contains("encryption repokey"));
+    let d = disk.to_str().unwrap();
+    ok(run(&["backup", d, "--source-id", "laptop"], &pw));
+    assert!(ok(run(&["images", "--json"], &pw)).contains("laptop"));
+    ok(run(&["check", "--read-data"], &pw));
+    let target = dir.path().join("restored");
+    ok(run(&["restore", "latest", target.to_str().unwrap()], &pw));
+    assert_eq!(std::fs::read(&target).unwrap(), std::fs::read(&disk).unwrap());
+
+    // No password (no terminal), a wrong one, an empty one: clear errors, no panic.
+    common::assert_clean_failure(&run(&["images"], &[]), "no password was given");
+    common::assert_clean_failure(&run(&["images"], &[("STRATA_PASSWORD", "nope")]), "no key file");
+    common::assert_clean_failure(&run(&["images"], &[("STRATA_PASSWORD", "")]), "empty");
+    // A file, a command; a flag wins over the environment; two flags are refused.
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    ok(run(&["images", "--password-file", file.to_str().unwrap()], &[("STRATA_PASSWORD", "nope")]));
+    ok(run(&["images", "--password-command", "echo s3cret"], &[]));
+    common::assert_clean_failure(&run(&["images", "--password-command", "exit 3"], &[]), "failed");
+    let both = run(&["images", "--password-command", "echo s3cret", "--password-file", file.to_str().unwrap()], &[]);
+    assert!(!both.status.success());
+
+    // key add / list / passwd / remove.
+    ok(run(&["key", "add"], &[("STRATA_PASSWORD", "s3cret"), ("STRATA_NEW_PASSWORD", "other")]));
+    let list: serde_json::Value = serde_json::from_str(&ok(run(&["key", "list", "--json"], &pw))).unwrap();
+    let keys = list.as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    let other = keys.iter().find(|k| k["current"] == false).unwrap()["id"].as_str().unwrap().to_string();
+    ok(run(&["images"], &[("STRATA_PASSWORD", "other")]));
+    ok(run(&["key", "passwd"], &[("STRATA_PASSWORD", "s3cret"), ("STRATA_NEW_PASSWORD", "third")]));
+    common::assert_clean_failure(&run(&["images"], &pw), "no key file");
+    ok(run(&["key", "remove", &other], &[("STRATA_PASSWORD", "third")]));
+    common::assert_clean_failure(&run(&["images"], &[("STRATA_PASSWORD", "other")]), "no key file");
+    let last = run(&["key", "list", "--json"], &[("STRATA_PASSWORD", "third")]);
+    let list: serde_json::Value = serde_json::from_str(&ok(last)).unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    common::assert_clean_failure(
+        &run(&["key", "remove", &id], &[("STRATA_PASSWORD", "third")]),
+        "opened the repository with",
+    );
+    // A plain repository ignores a password, and `key` says it has none.
+    let plain = dir.path().join("plain");
+    ok(strata_cmd().args(["init"]).arg(&plain).output().unwrap());
+    let out = strata_cmd().arg("-r").arg(&plain).args(["key", "list"]).output().unwrap();
+    common::assert_clean_failure(&out, "not encrypted");
+}

@@ -365,6 +365,7 @@ fn readers_racing_a_forget_never_report_damage_that_is_not_there() {
     let mut attempts = Vec::new();
     let report = Repository::read_consistently(
         &path,
+        &strata::repository::Credentials::none(),
         |repo| {
             if attempts.is_empty() {
                 forget(&h.repo, &["forget", "--keep-last", "2", "--prune", "--max-unused", "0"]);
@@ -390,6 +391,7 @@ fn readers_racing_a_forget_never_report_damage_that_is_not_there() {
     let mut tries = Vec::new();
     let restored = Repository::read_consistently(
         &path,
+        &strata::repository::Credentials::none(),
         |repo| {
             let info = repo.find_image(&latest.id.to_string())?;
             if tries.is_empty() {

@@ -38,7 +38,7 @@ pub(super) fn extract(repo: &Path, image: &str, paths: &[String], to: &Path, dev
 
 pub(super) fn diff(root: &Path, old: &str, new: &str, path: &str, json: bool) -> Result<()> {
     // One repository, one frame cache: the chunks the two images share are decoded once.
-    let repo = Repository::open(root)?;
+    let repo = Repository::open_with(root, &super::credentials())?;
     let cache = std::sync::Arc::new(strata::reader::FrameCache::new(strata::reader::DEFAULT_CACHE_BYTES));
     let open = |spec: &str| -> Result<(strata::reader::ImageReader, String)> {
         let spec_ = strata::partition::Spec::parse(spec)?;
@@ -65,6 +65,7 @@ fn with_files<T>(
     let spec = strata::partition::Spec::parse(spec)?;
     let (_, out) = Repository::read_image_consistently(
         path,
+        &super::credentials(),
         &spec.image,
         |repo, info| run(&files_of(repo, info, spec.partition, None)?),
         |_| false,
@@ -75,7 +76,7 @@ fn with_files<T>(
 /// The filesystem of image `spec` (`IMAGE[:N]`), for as long as it is used.
 fn open_files(path: &Path, spec: &str) -> Result<strata::files::Files> {
     let spec = strata::partition::Spec::parse(spec)?;
-    let repo = Repository::open(path)?;
+    let repo = Repository::open_with(path, &super::credentials())?;
     let info = repo.find_image(&spec.image)?;
     Ok(files_of(&repo, &info, spec.partition, None)?)
 }

@@ -51,7 +51,7 @@ pub(super) fn run(cli_repo: &Option<PathBuf>, name: &str, kind: RunKind, json: b
     let clock = clock()?;
     let tz = TimeZone::system();
     let path = repository(&job, cli_repo)?;
-    let repo = Repository::open_writer(&path, "run")
+    let repo = Repository::open_writer_with(&path, "run", &super::credentials())
         .with_context(|| format!("cannot open repository {} of job {}", path.display(), job.name))?;
     let kind = match kind {
         RunKind::Auto => None,
@@ -202,8 +202,8 @@ fn job_status(path: &Path, cli_repo: &Option<PathBuf>, now_ms: u64, tz: &TimeZon
     let status = || -> Result<serde_json::Value> {
         let job = Job::load(&path.to_string_lossy())?;
         let repo_path = repository(&job, cli_repo)?;
-        let repo =
-            Repository::open(&repo_path).with_context(|| format!("cannot open repository {}", repo_path.display()))?;
+        let repo = Repository::open_with(&repo_path, &super::credentials())
+            .with_context(|| format!("cannot open repository {}", repo_path.display()))?;
         Ok(serde_json::to_value(strata::job::status(&repo, &job, now_ms, tz)?)?)
     };
     status().unwrap_or_else(

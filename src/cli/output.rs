@@ -542,6 +542,33 @@ pub fn rebuild(r: &RebuildReport, json: bool) -> Result<()> {
     Ok(())
 }
 
+pub fn keys(keys: &[strata::crypto::keyring::KeyInfo], json: bool) -> Result<()> {
+    if json {
+        let v: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "id": k.id, "created_ms": k.created_ms, "current": k.current, "live": k.live,
+                    "kdf": { "algorithm": k.kdf.algorithm, "memory_kib": k.kdf.memory_kib, "passes": k.kdf.passes, "lanes": k.kdf.lanes },
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{:<16}  {:<20}  {:<24}  note", "key", "created", "kdf");
+    for k in keys {
+        let kdf = format!("{} {} MiB, {} passes", k.kdf.algorithm, k.kdf.memory_kib / 1024, k.kdf.passes);
+        let note = match (k.current, k.live) {
+            (true, _) => "this password",
+            (false, true) => "",
+            (false, false) => "not live (unlocks nothing; delete it)",
+        };
+        println!("{:<16}  {:<20}  {:<24}  {note}", k.id, strata::timefmt::format_ms(k.created_ms), kdf);
+    }
+    Ok(())
+}
+
 pub fn partitions(info: &ImageInfo, table: &strata::partition::Table, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(table)?);

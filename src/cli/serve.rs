@@ -47,7 +47,11 @@ impl Listener {
 /// Mounts, then waits for an unmount from outside or a signal (which unmounts; refused while
 /// busy, and then the mount keeps serving until the next signal).
 pub fn mount(path: &Path, at: &Path, cache_mib: u64) -> Result<()> {
-    let opts = strata::mount::MountOptions { cache_bytes: cache_mib.max(1) << 20, ..Default::default() };
+    let opts = strata::mount::MountOptions {
+        cache_bytes: cache_mib.max(1) << 20,
+        credentials: super::credentials(),
+        ..Default::default()
+    };
     let log: strata::mount::Log = std::sync::Arc::new(|msg| eprintln!("strata: {msg}"));
     // Before the mount appears: a Ctrl-C the moment it does must unmount, not kill the process
     // and leave a dead mount behind.
@@ -87,7 +91,8 @@ pub fn nbd(path: &Path, image: &str, unix: Option<&Path>, tcp: Option<&str>, cac
     // (and remove the socket), not kill the process.
     on_signals();
     let spec = Spec::parse(image)?;
-    let repo = Repository::open(path).with_context(|| format!("cannot open repository {}", path.display()))?;
+    let repo = Repository::open_with(path, &super::credentials())
+        .with_context(|| format!("cannot open repository {}", path.display()))?;
     let info = repo.find_image(&spec.image)?;
     let reader =
         repo.reader(&info, cache_mib.max(1) << 20).with_context(|| format!("cannot read image {}", info.id))?;

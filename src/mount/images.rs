@@ -21,6 +21,7 @@ use crate::id::ImageId;
 use crate::index::Index;
 use crate::partition::{read_table, Table};
 use crate::reader::{FrameCache, ImageMap, ImageReader, Piece};
+use crate::repository::Credentials;
 use crate::repository::Repository;
 use crate::storage::{generation, paths, Backend, LocalDir};
 
@@ -49,6 +50,7 @@ pub(super) struct View {
 pub(super) type Key = (ImageId, Option<u32>);
 
 pub(super) struct Images {
+    credentials: Arc<Credentials>,
     root: PathBuf,
     cache: Arc<FrameCache>,
     view: RwLock<Arc<View>>,
@@ -68,10 +70,11 @@ struct Readers {
 
 impl Images {
     /// Opens the repository at `root` (errors here are the user's: not a repository, ...).
-    pub(super) fn open(root: &Path, cache_bytes: u64) -> Result<Images> {
-        let view = load(root)?;
+    pub(super) fn open(root: &Path, cache_bytes: u64, credentials: Arc<Credentials>) -> Result<Images> {
+        let view = load(root, &credentials)?;
         Ok(Images {
             root: root.into(),
+            credentials,
             cache: Arc::new(FrameCache::new(cache_bytes)),
             view: RwLock::new(Arc::new(view)),
             checked: Mutex::new(Instant::now()),
@@ -112,7 +115,7 @@ impl Images {
         if now == self.current().stamp {
             return Ok(false);
         }
-        let view = Arc::new(load(&self.root)?);
+        let view = Arc::new(load(&self.root, &self.credentials)?);
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
         Ok(true)
     }
@@ -254,11 +257,11 @@ fn stamp(backend: &dyn Backend) -> Result<(u64, Vec<ImageId>)> {
     Ok((generation, manifests))
 }
 
-fn load(root: &Path) -> Result<View> {
+fn load(root: &Path, credentials: &Credentials) -> Result<View> {
     let stamp = stamp(&LocalDir::new(root))?;
-    let images = Repository::open(root)?.images()?;
+    let images = Repository::open_with(root, credentials)?.images()?;
     // Opened after the listing: its index knows every chunk the listed images need.
-    let repo = Repository::open(root)?;
+    let repo = Repository::open_with(root, credentials)?;
     Ok(View {
         catalog: Catalog::new(images),
         backend: repo.shared_backend(),

@@ -29,11 +29,14 @@ pub struct MountOptions {
     pub cache_bytes: u64,
     /// Threads answering the kernel; reads on them run in parallel.
     pub threads: usize,
+    /// The password of an encrypted repository (kept: the mount reopens the repository to
+    /// follow new images).
+    pub credentials: std::sync::Arc<crate::repository::Credentials>,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { cache_bytes: crate::reader::DEFAULT_CACHE_BYTES, threads: 4 }
+        MountOptions { cache_bytes: crate::reader::DEFAULT_CACHE_BYTES, threads: 4, credentials: Default::default() }
     }
 }
 
@@ -109,7 +112,7 @@ impl Mounted {
 pub fn mount(repo: &Path, at: &Path, opts: &MountOptions, log: Log) -> Result<Mounted> {
     check_mount_point(at)?;
     check_fuse()?;
-    let images = images::Images::open(repo, opts.cache_bytes.max(1 << 20))?;
+    let images = images::Images::open(repo, opts.cache_bytes.max(1 << 20), opts.credentials.clone())?;
     let count = images.view(&*log).catalog.len();
     let fs = fuse::StrataFs::new(images, log);
     let mut config = fuser::Config::default();
