@@ -296,3 +296,51 @@ fn the_cli_makes_and_uses_an_encrypted_repository() {
     let out = strata_cmd().arg("-r").arg(&plain).args(["key", "list"]).output().unwrap();
     common::assert_clean_failure(&out, "not encrypted");
 }
+
+/// A job names where its repository's password comes from; a flag on the command line wins.
+#[test]
+fn a_job_runs_on_an_encrypted_repository_with_its_password_file() {
+    use common::strata_cmd;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let disk = dir.path().join("disk");
+    Disk::new(11, 1 << 20).random(0..300_000).write_to(&disk);
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "job-secret\n").unwrap();
+    let init = strata_cmd()
+        .args(["init", "--encryption", "repokey"])
+        .arg(&repo)
+        .env("STRATA_PASSWORD", "job-secret")
+        .env("STRATA_TESTONLY_WEAK_KDF", "1")
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(config.join("jobs")).unwrap();
+    let write_job = |extra: &str| {
+        let toml = format!(
+            "repository = {:?}\nsource = {:?}\nsource_id = \"disk\"\n{extra}\n[scheme]\nfull = \"daily\"\n",
+            repo.to_str().unwrap(),
+            disk.to_str().unwrap()
+        );
+        std::fs::write(config.join("jobs").join("enc.toml"), toml).unwrap();
+    };
+    let run = |args: &[&str]| {
+        strata_cmd()
+            .env("STRATA_CONFIG_DIR", &config)
+            .env("STRATA_NOW", "2026-12-01T03:00:00Z")
+            .env_remove("STRATA_PASSWORD")
+            .env_remove("STRATA_REPO")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    write_job(&format!("password_file = {:?}", pass.to_str().unwrap()));
+    let out = run(&["run", "enc"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A wrong flag on the command line wins over the job's file, and fails.
+    common::assert_clean_failure(&run(&["run", "enc", "--password-command", "echo wrong"]), "no key file");
+    // Both sources in one job file: refused with the file named.
+    write_job(&format!("password_file = {:?}\npassword_command = \"echo x\"", pass.to_str().unwrap()));
+    common::assert_clean_failure(&run(&["run", "enc"]), "not both");
+}

@@ -39,6 +39,15 @@ fn now_ms(clock: Option<u64>) -> u64 {
     clock.unwrap_or_else(|| jiff::Timestamp::now().as_millisecond().max(0) as u64)
 }
 
+/// The password of the job's repository: a flag on the command line wins, then the job's
+/// `password_file` or `password_command`, then `STRATA_PASSWORD` or a prompt.
+fn credentials(job: &Job) -> std::sync::Arc<strata::repository::Credentials> {
+    match (&job.password, super::password_flag_given()) {
+        (Some(source), false) => std::sync::Arc::new(strata::repository::Credentials::from_source(source.clone())),
+        _ => super::credentials(),
+    }
+}
+
 /// The job's repository, else `-r`/`STRATA_REPO`.
 fn repository(job: &Job, cli_repo: &Option<PathBuf>) -> Result<PathBuf> {
     job.repository.clone().or_else(|| cli_repo.clone()).with_context(|| {
@@ -51,7 +60,7 @@ pub(super) fn run(cli_repo: &Option<PathBuf>, name: &str, kind: RunKind, json: b
     let clock = clock()?;
     let tz = TimeZone::system();
     let path = repository(&job, cli_repo)?;
-    let repo = Repository::open_writer_with(&path, "run", &super::credentials())
+    let repo = Repository::open_writer_with(&path, "run", &credentials(&job))
         .with_context(|| format!("cannot open repository {} of job {}", path.display(), job.name))?;
     let kind = match kind {
         RunKind::Auto => None,
@@ -202,7 +211,7 @@ fn job_status(path: &Path, cli_repo: &Option<PathBuf>, now_ms: u64, tz: &TimeZon
     let status = || -> Result<serde_json::Value> {
         let job = Job::load(&path.to_string_lossy())?;
         let repo_path = repository(&job, cli_repo)?;
-        let repo = Repository::open_with(&repo_path, &super::credentials())
+        let repo = Repository::open_with(&repo_path, &credentials(&job))
             .with_context(|| format!("cannot open repository {}", repo_path.display()))?;
         Ok(serde_json::to_value(strata::job::status(&repo, &job, now_ms, tz)?)?)
     };

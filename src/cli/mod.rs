@@ -421,6 +421,8 @@ fn password_source(cli: &Cli) -> Option<PasswordSource> {
 
 fn set_credentials(cli: &Cli) {
     use std::io::IsTerminal;
+    let flag = cli.password_file.is_some() || cli.password_command.is_some();
+    PASSWORD_FLAG.store(flag, std::sync::atomic::Ordering::Relaxed);
     let creds = match password_source(cli) {
         Some(source) => strata::repository::Credentials::from_source(source),
         None if std::io::stdin().is_terminal() => strata::repository::Credentials::from_fn(|| {
@@ -431,6 +433,13 @@ fn set_credentials(cli: &Cli) {
         None => strata::repository::Credentials::none(),
     };
     let _ = CREDENTIALS.set(std::sync::Arc::new(creds));
+}
+
+static PASSWORD_FLAG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `--password-file` or `--password-command` was given (a job's own source yields).
+pub(crate) fn password_flag_given() -> bool {
+    PASSWORD_FLAG.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 pub(crate) fn credentials() -> std::sync::Arc<strata::repository::Credentials> {

@@ -43,6 +43,10 @@ pub struct Job {
     pub path: PathBuf,
     /// `None`: the repository comes from `STRATA_REPO` or `-r`.
     pub repository: Option<PathBuf>,
+    /// Where the password of an encrypted repository comes from (`password_file` or
+    /// `password_command`); a flag on the command line wins, and without either
+    /// `STRATA_PASSWORD` or a prompt is used.
+    pub password: Option<crate::crypto::password::PasswordSource>,
     pub source: PathBuf,
     pub source_id: Option<String>,
     /// Read every block, as `backup --all-blocks`.
@@ -61,6 +65,8 @@ pub struct Job {
 #[serde(deny_unknown_fields)]
 struct JobFile {
     repository: Option<String>,
+    password_file: Option<String>,
+    password_command: Option<String>,
     source: String,
     source_id: Option<String>,
     #[serde(default)]
@@ -232,11 +238,22 @@ impl Job {
         if file.source.is_empty() {
             return Err(bad("source: is empty; name the disk or image file to back up".into()));
         }
+        use crate::crypto::password::PasswordSource;
+        let password =
+            match (file.password_file.filter(|f| !f.is_empty()), file.password_command.filter(|c| !c.is_empty())) {
+                (Some(_), Some(_)) => {
+                    return Err(bad("password_file and password_command: give one of them, not both".into()));
+                }
+                (Some(f), None) => Some(PasswordSource::File(PathBuf::from(f))),
+                (None, Some(c)) => Some(PasswordSource::Command(c)),
+                (None, None) => None,
+            };
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Job {
             name,
             path: path.into(),
             repository: file.repository.filter(|r| !r.is_empty()).map(PathBuf::from),
+            password,
             source: PathBuf::from(file.source),
             source_id: file.source_id.filter(|s| !s.is_empty()),
             all_blocks: file.all_blocks,
