@@ -100,7 +100,7 @@ impl IndexHealth {
 }
 
 /// Whether a new repository is encrypted, and its first password.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub enum Encryption {
     #[default]
     None,
@@ -116,6 +116,16 @@ pub enum Encryption {
 pub struct Credentials {
     ask: Option<Box<dyn Fn() -> Result<Password> + Send + Sync>>,
     known: std::sync::Mutex<Option<Password>>,
+}
+
+/// Never the password.
+impl std::fmt::Debug for Encryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Encryption::None => f.write_str("None"),
+            Encryption::Repokey { kdf, .. } => write!(f, "Repokey {{ kdf: {kdf:?}, .. }}"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Credentials {

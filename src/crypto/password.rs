@@ -20,7 +20,7 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most bytes read from a password file or command (a password, not a disk).
 const MAX_PASSWORD: u64 = 64 * 1024;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum PasswordSource {
     /// The value of an environment variable (`STRATA_PASSWORD`), read by the caller.
     Value { name: String, value: Password },
@@ -28,6 +28,13 @@ pub enum PasswordSource {
     File(PathBuf),
     /// The first line of a shell command's output (`--password-command`), run with `sh -c`.
     Command(String),
+}
+
+/// Names the source, never the password.
+impl std::fmt::Debug for PasswordSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PasswordSource({})", self.describe())
+    }
 }
 
 impl PasswordSource {
@@ -132,6 +139,17 @@ mod tests {
         assert_eq!(&*PasswordSource::Command("printf 'from cmd\\n'".into()).read().unwrap(), b"from cmd");
         let v = PasswordSource::Value { name: "STRATA_PASSWORD".into(), value: Zeroizing::new(b"env".to_vec()) };
         assert_eq!(&*v.read().unwrap(), b"env");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_password() {
+        let v = PasswordSource::Value { name: "STRATA_PASSWORD".into(), value: Zeroizing::new(b"hunter2".to_vec()) };
+        assert!(!format!("{v:?}").contains("hunter2"));
+        let e = crate::repository::Encryption::Repokey {
+            password: Zeroizing::new(b"hunter2".to_vec()),
+            kdf: crate::crypto::keyfile::KdfParams::default(),
+        };
+        assert!(!format!("{e:?}").contains("hunter2") && !format!("{e:?}").contains("104, 117"));
     }
 
     #[test]
