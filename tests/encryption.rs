@@ -344,3 +344,13 @@ fn a_job_runs_on_an_encrypted_repository_with_its_password_file() {
     write_job(&format!("password_file = {:?}\npassword_command = \"echo x\"", pass.to_str().unwrap()));
     common::assert_clean_failure(&run(&["run", "enc"]), "not both");
 }
+
+#[test]
+fn init_options_never_show_the_password() {
+    let opts = InitOptions {
+        encryption: Encryption::Repokey { password: password("hunter2"), kdf: KdfParams::default() },
+        ..InitOptions::default()
+    };
+    let shown = format!("{opts:?}");
+    assert!(!shown.contains("hunter2") && !shown.contains("104, 117"), "{shown}");
+}
