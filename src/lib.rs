@@ -27,6 +27,7 @@ pub(crate) mod mountinfo;
 pub mod nbd;
 pub mod pack;
 pub mod partition;
+pub(crate) mod process;
 pub mod progress;
 pub mod prune;
 pub mod reader;

@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zeroize::Zeroizing;
 
@@ -79,14 +79,17 @@ fn first_line(b: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// Runs `sh -c cmd` with stdin closed, reading its output; kills it after `timeout`.
+/// Runs `sh -c cmd` with stdin closed, reading its output; kills its process group after
+/// `timeout`.
 fn run_command(cmd: &str, timeout: Duration) -> std::result::Result<Password, String> {
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot be started: {e}"))?;
     let mut stdout = child.stdout.take().ok_or("has no output")?;
@@ -102,18 +105,9 @@ fn run_command(cmd: &str, timeout: Duration) -> std::result::Result<Password, St
         let _ = (&mut stderr).take(4096).read_to_end(&mut b);
         b
     });
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait().map_err(|e| format!("cannot be waited for: {e}"))? {
-            Some(status) => break status,
-            None if start.elapsed() >= timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("did not finish within {} s and was stopped", timeout.as_secs_f64()));
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
+    let status = crate::process::wait_or_kill(&mut child, timeout)
+        .map_err(|e| format!("cannot be waited for: {e}"))?
+        .ok_or_else(|| format!("did not finish within {} s and was stopped", timeout.as_secs_f64()))?;
     let output = out.join().map_err(|_| "output could not be read")?;
     let errors = err.join().unwrap_or_default();
     if !status.success() {
@@ -129,6 +123,7 @@ fn run_command(cmd: &str, timeout: Duration) -> std::result::Result<Password, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn files_and_commands_give_their_first_line() {

@@ -17,7 +17,7 @@
 //! before step 8 has no record; the images it made are listed all the same.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
@@ -274,20 +274,11 @@ fn run_hook(hook: &str, timeout: Duration, env: &[(&str, String)]) -> std::resul
         .process_group(0)
         .spawn()
         .map_err(|e| format!("could not start: {e}"))?;
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("failed ({status})")),
-            Ok(None) if start.elapsed() >= timeout => {
-                // SAFETY: kill has no memory preconditions; the group is the hook's own.
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-                let _ = child.wait();
-                return Err(format!("ran longer than {} s and was killed", timeout.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("could not be waited for: {e}")),
-        }
+    match crate::process::wait_or_kill(&mut child, timeout) {
+        Ok(Some(status)) if status.success() => Ok(()),
+        Ok(Some(status)) => Err(format!("failed ({status})")),
+        Ok(None) => Err(format!("ran longer than {} s and was killed", timeout.as_secs())),
+        Err(e) => Err(format!("could not be waited for: {e}")),
     }
 }
 
