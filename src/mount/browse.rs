@@ -13,18 +13,22 @@ use crate::reader::ImageReader;
 type Job = Box<dyn FnOnce(&Files) + Send>;
 
 pub(super) struct Browser {
-    jobs: mpsc::Sender<Job>,
+    /// None only while dropping: closing the queue ends the thread.
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     name: String,
 }
 
 impl Browser {
     /// Opens the filesystem `reader` reads on a new thread; `name` names it in errors. The
-    /// thread ends when the browser is dropped.
+    /// thread ends when the browser is dropped, and the drop waits for it: the thread holds the
+    /// repository's index, which must be closed before the process exits (RocksDB aborts when
+    /// its last handle closes while the process tears down its static state).
     pub(super) fn open(reader: Arc<ImageReader>, name: String) -> Result<Browser> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready, opened) = mpsc::channel();
         let image = name.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("strata-files-{name}"))
             .spawn(move || match Files::open(reader, &image) {
                 Ok(files) => {
@@ -38,8 +42,9 @@ impl Browser {
                 }
             })
             .map_err(|e| Error::io("start a thread for", name.as_str(), e))?;
-        opened.recv().map_err(|_| stopped(&name))??;
-        Ok(Browser { jobs, name })
+        let browser = Browser { jobs: Some(jobs), thread: Some(thread), name };
+        opened.recv().map_err(|_| stopped(&browser.name))??;
+        Ok(browser)
     }
 
     /// Runs `ask` on the filesystem's thread and returns its answer.
@@ -48,8 +53,19 @@ impl Browser {
         let job: Job = Box::new(move |files| {
             let _ = answer.send(ask(files));
         });
-        self.jobs.send(job).map_err(|_| stopped(&self.name))?;
+        let jobs = self.jobs.as_ref().ok_or_else(|| stopped(&self.name))?;
+        jobs.send(job).map_err(|_| stopped(&self.name))?;
         answered.recv().map_err(|_| stopped(&self.name))?
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            // A job that panicked ended the thread early; its panic was reported already.
+            let _ = thread.join();
+        }
     }
 }
 

@@ -226,14 +226,16 @@ impl Images {
             (id, None) => id.short(),
         };
         let browser = Arc::new(Browser::open(self.reader(key)?, name)?);
+        // Dropped after the lock is released: dropping a browser waits for its thread.
+        let evicted;
         let mut open = self.browsers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, b)) = open.iter().find(|(k, _)| *k == key) {
             return Ok(b.clone()); // another thread opened it meanwhile
         }
-        if open.len() >= OPEN_FILESYSTEMS {
-            open.remove(0);
-        }
+        evicted = (open.len() >= OPEN_FILESYSTEMS).then(|| open.remove(0));
         open.push((key, browser.clone()));
+        drop(open);
+        drop(evicted);
         Ok(browser)
     }
 
