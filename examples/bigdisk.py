@@ -148,6 +148,8 @@ def main():
     ap.add_argument("--days", type=int, default=8)
     ap.add_argument("--source-dir", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the disk and the repository")
+    ap.add_argument("--encryption", choices=["none", "repokey"], default="none",
+                    help="Strata's init --encryption (repokey: the password is STRATA_PASSWORD, or a fixed one)")
     a = ap.parse_args()
     shutil.rmtree(a.work, ignore_errors=True)
     os.makedirs(a.work)
@@ -162,7 +164,9 @@ def main():
     build(disk, disk_bytes, runs, stamper)
     print(f"disk: {a.gib} GiB, {data_bytes / 1e9:.1f} GB of data in {len(runs)} runs, "
           f"written in {time.monotonic() - t:.0f} s", file=sys.stderr)
-    subprocess.run([a.strata, "init", repo], check=True, capture_output=True)
+    if a.encryption != "none":
+        os.environ.setdefault("STRATA_PASSWORD", "bigdisk benchmark password")
+    subprocess.run([a.strata, "init", "--encryption", a.encryption, repo], check=True, capture_output=True)
     rows, chunks = [], 0
 
     def step(name, cmd, data):

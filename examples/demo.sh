@@ -26,8 +26,14 @@ ls -ls "$disk"
 # may not show a change made within the same clock tick); let the fresh image age past that.
 sleep 1.2
 
-step "strata init"
-"$strata" init "$repo"
+step "strata init: encrypted (the default), its key sealed by a password kept in a file only you read"
+(umask 077 && head -c 24 /dev/urandom | base64 > "$work/password")
+"$strata" init "$repo" --password-file "$work/password"
+"$strata" -r "$repo" --password-file "$work/password" key list
+# The commands below take the password from STRATA_PASSWORD (also: --password-file,
+# --password-command, or a prompt on a terminal); the job file names its own password_file.
+STRATA_PASSWORD=$(cat "$work/password")
+export STRATA_PASSWORD
 
 step "a job file: what to back up, where, when each kind is due, what to keep"
 export STRATA_CONFIG_DIR="$work/config"
@@ -36,6 +42,7 @@ cat > "$STRATA_CONFIG_DIR/jobs/system-disk.toml" <<TOML
 repository = "$repo"
 source = "$disk"
 source_id = "system-disk"
+password_file = "$work/password"
 comment = "the demo's ext4 disk"
 
 [scheme]                  # systemd calendar expressions

@@ -95,9 +95,12 @@ def restored_equal(path, image):
 class Strata:
     name = "strata"
 
-    def __init__(self, binary, repo, avg_kib=16):
+    def __init__(self, binary, repo, avg_kib=16, encryption="none"):
         self.bin, self.repo = binary, repo
-        subprocess.run([binary, "init", repo, "--avg-chunk-kib", str(avg_kib)], check=True, capture_output=True)
+        if encryption != "none":
+            os.environ.setdefault("STRATA_PASSWORD", "e2e benchmark password")
+        subprocess.run([binary, "init", repo, "--avg-chunk-kib", str(avg_kib), "--encryption", encryption],
+                       check=True, capture_output=True)
 
     def backup(self, image, kind, read_unchanged=False):
         cmd = [self.bin, "-r", self.repo, "backup", "--json", "--kind", kind, "--source-id", "disk", image]
@@ -336,6 +339,8 @@ def main():
     ap.add_argument("--strata", default=None)
     ap.add_argument("--others", action="store_true", help="restic and borg side by side")
     ap.add_argument("--avg-kib", type=int, default=16, help="Strata's average chunk size (init --avg-chunk-kib)")
+    ap.add_argument("--encryption", choices=["none", "repokey"], default="none",
+                    help="Strata's init --encryption (repokey: the password is STRATA_PASSWORD, or a fixed one)")
     ap.add_argument("--image", default=None, help="any raw disk image instead of the generated one (copied)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of restore and check; the median is reported")
     ap.add_argument("--plot", default=None)
@@ -362,7 +367,7 @@ def main():
         day_cmd = "day"
     time.sleep(1.2)  # let the image's stat age (see DESIGN.md, unchanged image files)
     logical = os.path.getsize(image)
-    tools = [Strata(binary, os.path.join(a.work, "strata-repo"), a.avg_kib)]
+    tools = [Strata(binary, os.path.join(a.work, "strata-repo"), a.avg_kib, a.encryption)]
     if a.others:
         tools += [Restic(os.path.join(a.work, "restic-repo")), Borg(os.path.join(a.work, "borg-repo")),
                   Borg(os.path.join(a.work, "borg-fixed-repo"), "fixed,4194304")]

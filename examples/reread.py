@@ -42,7 +42,7 @@ def main():
     work = args.work or tempfile.mkdtemp(prefix="reread-")
     repo = os.path.join(work, "repo")
     shutil.rmtree(repo, ignore_errors=True)
-    subprocess.run([args.strata, "init", repo], check=True, capture_output=True)
+    subprocess.run([args.strata, "init", "--encryption", "none", repo], check=True, capture_output=True)
     size = os.path.getsize(args.disk)
     extra = ["--all-blocks"] if args.all_blocks else []
     base = [args.strata, "-r", repo, "backup", "--json", "--source-id", "disk", "--force-read"] + extra

@@ -48,7 +48,7 @@ def main():
     if not args.measure_only:
         shutil.rmtree(args.work, ignore_errors=True)
         os.makedirs(args.work)
-        subprocess.run([s, "init", repo], check=True, capture_output=True)
+        subprocess.run([s, "init", "--encryption", "none", repo], check=True, capture_output=True)
         rng = random.Random(1)
         disks = []
         for d in range(args.sources):

@@ -185,8 +185,8 @@ def main():
         repos = {t: os.path.join(work, f"{kind}-{t}") for t in ["strata", "strata-all", "restic", "borg"]}
         for r in repos.values():
             shutil.rmtree(r, ignore_errors=True)
-        sh(strata, "init", repos["strata"])
-        sh(strata, "init", repos["strata-all"])
+        sh(strata, "init", "--encryption", "none", repos["strata"])
+        sh(strata, "init", "--encryption", "none", repos["strata-all"])
         sh("restic", "init", "-r", repos["restic"], env=env)
         sh("borg", "init", "-e", "none", repos["borg"], env=env)
 

@@ -4,7 +4,6 @@ mod common;
 
 use common::{assert_clean_failure, strata_cmd, Disk, TestRepo};
 use serde_json::Value;
-use strata::Repository;
 
 const MIB: usize = 1 << 20;
 
@@ -88,7 +87,7 @@ fn a_second_writer_is_told_who_holds_the_lock_while_readers_carry_on() {
     disk.write_to(&src);
     let info = repo.backup(&src, strata::KindRequest::Full);
 
-    let holder = Repository::open_writer(&repo.path, "backup from the test").unwrap();
+    let holder = common::open_writer(&repo.path, "backup from the test").unwrap();
     let out = repo.cli(&["backup", src.to_str().unwrap()]);
     assert_clean_failure(&out, "locked by");
     let err = String::from_utf8_lossy(&out.stderr);

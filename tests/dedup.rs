@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Disk, TestRepo};
-use strata::{KindRequest, Repository};
+use strata::KindRequest;
 
 const MIB: usize = 1 << 20;
 
@@ -137,7 +137,7 @@ fn unchanged_segments_are_taken_from_the_base_and_every_image_restores() {
         expected.push((inc["image"].as_str().unwrap().to_string(), disk.bytes.clone()));
     }
     for (id, bytes) in &expected {
-        let info = Repository::open(&repo.path).unwrap().find_image(id).unwrap();
+        let info = common::open_repo(&repo.path).unwrap().find_image(id).unwrap();
         assert!(repo.restore_bytes(&info) == *bytes, "image {id} restores as it was read");
     }
     // Forget the full: the first incremental is rewritten as a synthetic full, its fingerprints
@@ -148,10 +148,10 @@ fn unchanged_segments_are_taken_from_the_base_and_every_image_restores() {
     disk.write_to(&src);
     let after = backup_json(&repo, &src);
     assert_eq!(after["bytes_reused"].as_u64().unwrap(), 31 * seg as u64);
-    let info = Repository::open(&repo.path).unwrap().find_image(after["image"].as_str().unwrap()).unwrap();
+    let info = common::open_repo(&repo.path).unwrap().find_image(after["image"].as_str().unwrap()).unwrap();
     assert!(repo.restore_bytes(&info) == disk.bytes);
     for (id, bytes) in &expected[1..] {
-        let info = Repository::open(&repo.path).unwrap().find_image(id).unwrap();
+        let info = common::open_repo(&repo.path).unwrap().find_image(id).unwrap();
         assert!(repo.restore_bytes(&info) == *bytes, "image {id} after the rewrite");
     }
     assert!(repo.cli(&["check", "--read-data"]).status.success());

@@ -1,6 +1,7 @@
-//! Encrypted repositories (issue 16, under way): keys, passwords, and what the repository
-//! directory reveals (frames, pack trailers, manifests, run records and index values are
-//! sealed; see docs/DESIGN.md, "Encryption"). The CLI does not offer encryption yet.
+//! Encrypted repositories: keys, passwords, and what the repository directory reveals
+//! (frames, pack trailers, manifests, run records and index values are sealed; see
+//! docs/DESIGN.md, "Encryption"). The other suites run on encrypted repositories too when
+//! `STRATA_TEST_ENCRYPTION=repokey` (see `tests/common`).
 
 mod common;
 
@@ -101,7 +102,7 @@ fn known_content_its_plain_ids_and_the_source_name_appear_nowhere_in_the_reposit
     disk.write_to(&path);
     backup(&repo, "pw", &path, "/dev/secret-laptop-disk");
     // The plain BLAKE3 of the known bytes, cut as a plain repository would cut them.
-    let plain = TestRepo::small();
+    let plain = TestRepo::small_plain();
     plain.backup(&path, KindRequest::Full);
     let plain_ids: Vec<[u8; 32]> = {
         let r = Repository::open(&plain.path).unwrap();
@@ -290,9 +291,17 @@ fn the_cli_makes_and_uses_an_encrypted_repository() {
         &run(&["key", "remove", &id], &[("STRATA_PASSWORD", "third")]),
         "opened the repository with",
     );
+    // Encryption is the default: without a password (and no terminal to ask on) `init` says
+    // how to give one, or how to choose a plain repository, and makes nothing.
+    let fresh = dir.path().join("fresh");
+    let out = strata_cmd().arg("init").arg(&fresh).env_remove("STRATA_PASSWORD").output().unwrap();
+    common::assert_clean_failure(&out, "--encryption none");
+    assert!(!fresh.join("config").exists());
+    let out = strata_cmd().arg("init").arg(&fresh).output().unwrap();
+    assert!(ok(out).contains("encryption repokey"));
     // A plain repository ignores a password, and `key` says it has none.
     let plain = dir.path().join("plain");
-    ok(strata_cmd().args(["init"]).arg(&plain).output().unwrap());
+    ok(strata_cmd().args(["init", "--encryption", "none"]).arg(&plain).output().unwrap());
     let out = strata_cmd().arg("-r").arg(&plain).args(["key", "list"]).output().unwrap();
     common::assert_clean_failure(&out, "not encrypted");
 }

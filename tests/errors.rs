@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_clean_failure, strata_cmd, Disk, TestRepo};
-use strata::{Error, KindRequest, Repository};
+use strata::{Error, KindRequest};
 
 const MIB: usize = 1 << 20;
 
@@ -20,7 +20,7 @@ fn a_missing_repository_is_not_a_repository() {
     let dir = tempfile::tempdir().unwrap();
     let out = strata_cmd().arg("-r").arg(dir.path().join("nope")).arg("images").output().unwrap();
     assert_clean_failure(&out, "is not a Strata repository");
-    assert!(matches!(Repository::open(&dir.path().join("nope")), Err(Error::NotARepository { .. })));
+    assert!(matches!(common::open_repo(&dir.path().join("nope")), Err(Error::NotARepository { .. })));
 }
 
 #[test]

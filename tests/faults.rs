@@ -39,7 +39,7 @@ fn a_storage_fault_at_any_call_of_a_backup_loses_nothing() {
             let repo = pristine.copy();
             let faulty = Arc::new(Faulty::new(&repo.path, fault, n));
             let opts = BackupOptions { source_id: Some("disk".into()), force_read: true, ..Default::default() };
-            let result = Repository::open_writer_on(&repo.path, "test", faulty.clone())
+            let result = Repository::open_writer_on_with(&repo.path, "test", faulty.clone(), &common::credentials())
                 .and_then(|w| strata::backup(&w, &repo.file("disk.img"), &opts, &Silent));
             if !faulty.fired() {
                 assert!(result.is_ok(), "{fault:?}: {result:?}");
@@ -74,8 +74,8 @@ fn a_storage_fault_during_a_restore_never_writes_wrong_bytes_or_touches_the_targ
     for n in 1.. {
         std::fs::write(&target, b"the old contents").unwrap();
         let faulty = Arc::new(Faulty::new(&repo.path, Fault::ReadEio, n));
-        let r =
-            Repository::open_on(&repo.path, faulty.clone()).and_then(|r| strata::restore(&r, &image, &target, &Silent));
+        let r = Repository::open_on_with(&repo.path, faulty.clone(), &common::credentials())
+            .and_then(|r| strata::restore(&r, &image, &target, &Silent));
         let now = std::fs::read(&target).unwrap();
         match r {
             Ok(_) => {
@@ -102,13 +102,14 @@ fn a_storage_fault_at_any_call_of_forget_and_prune_loses_nothing_kept() {
         for n in 1.. {
             let repo = pristine.copy();
             let faulty = Arc::new(Faulty::new(&repo.path, fault, n));
-            let result = Repository::open_writer_on(&repo.path, "test", faulty.clone()).and_then(|w| {
-                let req = strata::forget::ForgetRequest { ids: vec![named], ..Default::default() };
-                let plan = strata::forget::plan(&w.images()?, &req)?;
-                strata::forget::execute(&w, &plan, false)?;
-                let p = strata::prune::plan(&w, 0.0)?;
-                strata::prune::execute(&w, &p, &Silent)
-            });
+            let result = Repository::open_writer_on_with(&repo.path, "test", faulty.clone(), &common::credentials())
+                .and_then(|w| {
+                    let req = strata::forget::ForgetRequest { ids: vec![named], ..Default::default() };
+                    let plan = strata::forget::plan(&w.images()?, &req)?;
+                    strata::forget::execute(&w, &plan, false)?;
+                    let p = strata::prune::plan(&w, 0.0)?;
+                    strata::prune::execute(&w, &p, &Silent)
+                });
             let when = format!("{fault:?} at call {n}");
             if !faulty.fired() {
                 assert!(result.is_ok(), "{when}: {result:?}");
@@ -143,7 +144,7 @@ fn writes_lost_at_a_power_cut_never_cost_an_earlier_image() {
         let repo = pristine.copy();
         let lossy = Arc::new(Lossy::new(&repo.path));
         let backend = Arc::new(LossyBackend(lossy.clone()));
-        let w = Repository::open_writer_on(&repo.path, "test", backend).unwrap();
+        let w = Repository::open_writer_on_with(&repo.path, "test", backend, &common::credentials()).unwrap();
         let lost_image = strata::backup(&w, &repo.file("disk.img"), &opts, &Silent).unwrap();
         drop(w);
         let writes = lossy.writes();
@@ -159,7 +160,7 @@ fn writes_lost_at_a_power_cut_never_cost_an_earlier_image() {
             repo.try_restore(&id.to_string(), &target).unwrap_or_else(|e| panic!("{when}: {id}: {e}"));
             assert!(std::fs::read(&target).unwrap() == *bytes, "{when}: image {id} restores other bytes");
         }
-        let r = Repository::open(&repo.path).unwrap();
+        let r = common::open_repo(&repo.path).unwrap();
         let report = strata::check::check(&r, strata::check::ReadData::All, &Silent).unwrap();
         assert_eq!(report.is_clean(), !data_lost, "{when}: {:#?}", report.problems);
         let last_restores = report.images.iter().any(|s| s.id == lost_image.id && s.restorable);

@@ -355,11 +355,24 @@ fn names_that_are_not_utf8_are_listed_escaped_and_extracted_as_their_bytes() {
 
 /// Flips a byte in the stored chunk that holds image byte `at` (raw-stored random data: its
 /// stored bytes are the chunk's), so that chunk alone fails its check.
+/// Flips a byte of the chunk at disk offset `at`. In an encrypted repository a flipped byte
+/// fails its whole frame (about 1 MiB of chunks, sealed as one), so the damage moves to the
+/// first chunk at or after `at` that starts a frame: then no byte before `at` is lost.
 fn damage_chunk_at(repo: &TestRepo, info: &strata::ImageInfo, at: u64) {
-    let r = strata::Repository::open(&repo.path).unwrap();
+    let r = common::open_repo(&repo.path).unwrap();
     let reader = r.reader(info, 4 * MIB as u64).unwrap();
-    let victim = *reader.map().pieces_in(at..at + 1).first().unwrap();
-    let loc = strata::index::ChunkLookup::locate(r.index(), &[victim.id]).unwrap()[0].unwrap();
+    let locate = |id| strata::index::ChunkLookup::locate(r.index(), &[id]).unwrap()[0].unwrap();
+    let victim = if common::encrypted() {
+        *reader
+            .map()
+            .pieces_in(at..info.logical_bytes)
+            .iter()
+            .find(|p| p.offset >= at && locate(p.id).slot.skip == 0)
+            .unwrap()
+    } else {
+        *reader.map().pieces_in(at..at + 1).first().unwrap()
+    };
+    let loc = locate(victim.id);
     assert_eq!(loc.slot.codec, strata::pack::Codec::Raw);
     let pack = repo.path.join(loc.pack.path());
     let mut b = std::fs::read(&pack).unwrap();

@@ -329,7 +329,7 @@ fn damaged_filesystems_are_errors_never_panics() {
             damaged_images.push((name, seed, repo.backup(&damaged, KindRequest::Full)));
         }
     }
-    let r = strata::Repository::open(&repo.path).unwrap();
+    let r = common::open_repo(&repo.path).unwrap();
     for (name, seed, info) in damaged_images {
         let started = std::time::Instant::now();
         read_all(&r, &info);

@@ -40,7 +40,7 @@ impl History {
     }
 
     fn forget(&self, ids: &[&ImageInfo], policy: Policy, rebase: bool) -> strata::forget::ForgetPlan {
-        let repo = Repository::open_writer(&self.repo.path, "test forget").unwrap();
+        let repo = common::open_writer(&self.repo.path, "test forget").unwrap();
         let req = ForgetRequest { ids: ids.iter().map(|i| i.id).collect(), policy, rebase, ..Default::default() };
         let plan = strata::forget::plan(&repo.images().unwrap(), &req).unwrap();
         strata::forget::execute(&repo, &plan, false).unwrap();
@@ -48,7 +48,7 @@ impl History {
     }
 
     fn prune(&self, max_unused: f64) -> strata::prune::PruneReport {
-        let repo = Repository::open_writer(&self.repo.path, "test prune").unwrap();
+        let repo = common::open_writer(&self.repo.path, "test prune").unwrap();
         let plan = strata::prune::plan(&repo, max_unused).unwrap();
         strata::prune::execute(&repo, &plan, &Silent).unwrap()
     }
@@ -83,7 +83,7 @@ fn stats_add_up_over_sets_that_share_data() {
     h.change();
     h.backup(KindRequest::Differential);
     assert_stats_add_up(&h.repo.path);
-    let repo = Repository::open(&h.repo.path).unwrap();
+    let repo = common::open_repo(&h.repo.path).unwrap();
     let s = strata::stats::stats(&repo).unwrap();
     assert_eq!(s.sets.len(), 2);
     assert!(s.sets.iter().all(|x| x.shared_bytes > 0), "the sets share the unchanged data");
@@ -155,7 +155,7 @@ fn forgetting_a_full_takes_its_set_unless_rebased() {
     assert_eq!(inc.base, Some(next.id));
     h.assert_kept_restore();
     // stats once listed a rebased set once per image ("9 images in 9 sets").
-    let stats = strata::stats::stats(&Repository::open(&h.repo.path).unwrap()).unwrap();
+    let stats = strata::stats::stats(&common::open_repo(&h.repo.path).unwrap()).unwrap();
     assert_eq!(stats.sets.len(), 1, "{:#?}", stats.sets);
     assert_eq!(stats.sets[0].images, 4);
     assert_eq!(stats.sets[0].set, f2.id, "the set keeps its label");
@@ -175,7 +175,7 @@ fn the_exclusive_bytes_of_a_set_are_what_forget_and_prune_free() {
     h.backup(KindRequest::Incremental);
     let first_set = h.taken[0].0.set;
     let exclusive = {
-        let repo = Repository::open(&h.repo.path).unwrap();
+        let repo = common::open_repo(&h.repo.path).unwrap();
         strata::stats::stats(&repo).unwrap().sets.iter().find(|s| s.set == first_set).unwrap().exclusive_bytes
     };
     assert!(exclusive > 0);
@@ -365,7 +365,7 @@ fn readers_racing_a_forget_never_report_damage_that_is_not_there() {
     let mut attempts = Vec::new();
     let report = Repository::read_consistently(
         &path,
-        &strata::repository::Credentials::none(),
+        &common::credentials(),
         |repo| {
             if attempts.is_empty() {
                 forget(&h.repo, &["forget", "--keep-last", "2", "--prune", "--max-unused", "0"]);
@@ -391,7 +391,7 @@ fn readers_racing_a_forget_never_report_damage_that_is_not_there() {
     let mut tries = Vec::new();
     let restored = Repository::read_consistently(
         &path,
-        &strata::repository::Credentials::none(),
+        &common::credentials(),
         |repo| {
             let info = repo.find_image(&latest.id.to_string())?;
             if tries.is_empty() {

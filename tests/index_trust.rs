@@ -11,7 +11,7 @@ use common::{assert_clean_failure, assert_intact, TestRepo};
 use strata::id::ImageId;
 use strata::index::Txn;
 use strata::progress::Silent;
-use strata::{Error, KindRequest, Repository};
+use strata::{Error, KindRequest};
 
 /// Two sets, incrementals and a differential, with packs on both sides of every forget.
 fn history(seed: u64) -> (TestRepo, HashMap<ImageId, Vec<u8>>) {
@@ -83,7 +83,7 @@ fn an_older_index_put_back_is_recognised_as_stale() {
 
     std::fs::remove_dir_all(repo.path.join("index")).unwrap();
     common::copy_dir(&old, &repo.path.join("index"));
-    let open = Repository::open_writer(&repo.path, "test");
+    let open = common::open_writer(&repo.path, "test");
     assert!(matches!(open, Err(Error::IndexStale { .. })), "a writer accepted a stale index");
     assert_clean_failure(&repo.cli(&["prune", "--dry-run"]), "older than the repository");
     assert_clean_failure(&repo.cli(&["backup", src.to_str().unwrap()]), "rebuild-index");
@@ -102,12 +102,12 @@ fn prune_refuses_when_a_manifest_names_a_chunk_the_index_does_not_know() {
     let (repo, bytes) = history(3);
     let victim = common::independent(&repo.path).referenced.into_iter().next().unwrap();
     {
-        let r = Repository::open_writer(&repo.path, "test").unwrap();
+        let r = common::open_writer(&repo.path, "test").unwrap();
         let mut b = Txn::new();
         b.damage_forget_chunk(&victim);
         r.index().commit(b).unwrap();
     }
-    let r = Repository::open_writer(&repo.path, "test").unwrap();
+    let r = common::open_writer(&repo.path, "test").unwrap();
     let plan = strata::prune::plan(&r, 0.0);
     assert!(matches!(plan, Err(Error::IndexMissesChunk { .. })), "{plan:?}");
     drop(r);
@@ -123,12 +123,12 @@ fn prune_refuses_to_drop_a_chunk_marked_dead_that_an_image_needs() {
     let (repo, bytes) = history(4);
     let victim = common::independent(&repo.path).referenced.into_iter().next().unwrap();
     {
-        let r = Repository::open_writer(&repo.path, "test").unwrap();
+        let r = common::open_writer(&repo.path, "test").unwrap();
         let mut b = Txn::new();
         b.damage_mark_dead(&victim);
         r.index().commit(b).unwrap();
     }
-    let r = Repository::open_writer(&repo.path, "test").unwrap();
+    let r = common::open_writer(&repo.path, "test").unwrap();
     let plan = strata::prune::plan(&r, 0.0);
     assert!(matches!(plan, Err(Error::IndexDisagrees { .. })), "{plan:?}");
     drop(r);
@@ -150,15 +150,28 @@ fn an_orphan_goes_only_when_another_copy_of_what_images_need_stays() {
     let dup = repo.path.join("packs").join("ab").join(&dup_name);
     std::fs::create_dir_all(dup.parent().unwrap()).unwrap();
     std::fs::copy(&original, &dup).unwrap();
-    let r = Repository::open_writer(&repo.path, "test").unwrap();
+    let r = common::open_writer(&repo.path, "test").unwrap();
     let plan = strata::prune::plan(&r, 10.0).unwrap();
+    if common::encrypted() {
+        // An encrypted pack's trailer is sealed under its name: the renamed copy does not open,
+        // so what it holds is unknown and prune leaves it alone.
+        assert!(plan.orphans.is_empty(), "{:?}", plan.orphans);
+        let kept = plan.kept_orphans.iter().find(|(p, _)| p.ends_with(&dup_name)).expect("the copy is kept");
+        assert!(kept.1.contains("trailer cannot be read"), "{kept:?}");
+        drop(r);
+        assert!(repo.cli(&["prune", "--max-unused", "0"]).status.success());
+        assert!(dup.exists(), "prune deleted a pack it could not read");
+        std::fs::remove_file(&dup).unwrap();
+        assert_intact(&repo, &bytes, "after prune, the copy removed");
+        return;
+    }
     assert_eq!(plan.orphans.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(), vec![format!("packs/ab/{dup_name}")]);
     assert!(plan.kept_orphans.is_empty());
     drop(r);
 
     // The original goes (the index still names it): the duplicate is now the only copy.
     std::fs::remove_file(&original).unwrap();
-    let r = Repository::open_writer(&repo.path, "test").unwrap();
+    let r = common::open_writer(&repo.path, "test").unwrap();
     let plan = strata::prune::plan(&r, 10.0).unwrap();
     assert!(plan.orphans.is_empty(), "prune would delete the only copy: {plan:?}");
     assert_eq!(plan.kept_orphans.len(), 1);
@@ -212,12 +225,12 @@ fn a_damaged_index_table_file_never_leads_to_a_deletion() {
 fn a_journal_that_does_not_decode_is_an_error_not_an_empty_journal() {
     let (repo, _) = history(7);
     {
-        let r = Repository::open_writer(&repo.path, "test").unwrap();
+        let r = common::open_writer(&repo.path, "test").unwrap();
         let mut b = Txn::new();
         b.damage_journal(b"{not json");
         r.index().commit(b).unwrap();
     }
-    let err = Repository::open_writer(&repo.path, "test").err().expect("a damaged journal was accepted");
+    let err = common::open_writer(&repo.path, "test").err().expect("a damaged journal was accepted");
     assert!(err.to_string().contains("journal"), "{err}");
     assert_clean_failure(&repo.cli(&["prune"]), "forget them again");
 }

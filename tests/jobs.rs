@@ -548,6 +548,7 @@ fn prompt_on_a_terminal_shows_the_choices_and_takes_the_answer() {
         .args(["-qec", &line, "/dev/null"])
         .env("STRATA_CONFIG_DIR", &jobs.config)
         .env("STRATA_NOW", "2030-05-04T10:00:00Z")
+        .env("STRATA_PASSWORD", common::PASSWORD)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -17,7 +17,6 @@ use common::disks::{self, Fs};
 use common::TestRepo;
 use strata::manifest::Content;
 use strata::partition::Disk;
-use strata::Repository;
 
 fn skip() -> bool {
     if disks::usable() {
@@ -43,7 +42,7 @@ fn backup(repo: &TestRepo, source: &Path, extra: &[&str]) -> serde_json::Value {
 
 /// The unused extents of image `id`, as its chain resolves.
 fn unused_of(repo: &TestRepo, id: &str) -> Vec<Range<u64>> {
-    let r = Repository::open(&repo.path).unwrap();
+    let r = common::open_repo(&repo.path).unwrap();
     let info = r.find_image(id).unwrap();
     let view = r.view(&r.chain(&info).unwrap()).unwrap();
     let mut out: Vec<Range<u64>> = Vec::new();

@@ -247,7 +247,7 @@ fn update_index(repo: &Repository, info: &ImageInfo, delta: RefDelta) -> Vec<Str
 /// An incremental or differential whose base cannot be read cannot be written; say what helps.
 fn base_unreadable(base: &Option<ImageInfo>, e: Error) -> Error {
     match (base, e) {
-        (Some(b), e @ (Error::CorruptManifest { .. } | Error::MissingManifest { .. })) => {
+        (Some(b), e @ (Error::CorruptManifest { .. } | Error::MissingManifest { .. } | Error::Decrypt { .. })) => {
             Error::BaseUnreadable { base: b.id.to_string(), reason: e.to_string() }
         }
         (_, e) => e,

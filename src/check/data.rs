@@ -103,6 +103,9 @@ fn read_pack(
     if damaged.is_empty() && encrypted && !crate::pack::frames_tile(file.len() as u64, &entries) {
         damaged.push((Damage::Pack(*pack), "holds bytes outside its frames and trailer".to_string()));
     }
+    if damaged.is_empty() && encrypted && !crate::pack::known_flags(&file) {
+        damaged.push((Damage::Pack(*pack), "its header has flags that no version writes (altered)".to_string()));
+    }
     if damaged.is_empty() && !encrypted && PackId::of(&file) != *pack {
         damaged.push((
             Damage::Pack(*pack),

@@ -49,9 +49,9 @@ enum Command {
         path: Option<PathBuf>,
         /// `repokey`: a random key, kept in the repository sealed by the password (asked
         /// twice on a terminal, or from STRATA_PASSWORD / --password-file / --password-command);
-        /// chunk ids keyed, every object sealed. Not yet the default (see docs/DESIGN.md,
-        /// "Encryption")
-        #[arg(long, value_enum, default_value_t = EncryptionArg::None)]
+        /// chunk ids keyed, every object sealed (see docs/DESIGN.md, "Encryption"). `none`:
+        /// plain zstd, readable by anyone who can read the directory
+        #[arg(long, value_enum, default_value_t = EncryptionArg::Repokey)]
         encryption: EncryptionArg,
         /// Average chunk size in KiB, 4 to 2048 (min = avg/4, max = 8 x avg)
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(4..=2048))]
@@ -518,7 +518,10 @@ pub fn run() -> Result<()> {
                 EncryptionArg::Repokey => {
                     let password = match source {
                         Some(s) => s.read()?,
-                        None => new_password(None, "STRATA_PASSWORD")?,
+                        None => new_password(None, "STRATA_PASSWORD").context(
+                            "an encrypted repository (the default) needs a password; \
+                             `--encryption none` makes a plain one",
+                        )?,
                     };
                     Encryption::Repokey { password, kdf: strata::crypto::keyfile::KdfParams::for_new_keys() }
                 }

@@ -138,6 +138,12 @@ pub(crate) fn frame_name(pack: &PackId, offset: u64, codec: Codec, frame_raw: u3
     n
 }
 
+/// Whether the header's flags hold only bits this version writes (check reports others: no
+/// reader needs them, but in an encrypted pack they are the one header field no open covers).
+pub(crate) fn known_flags(file: &[u8]) -> bool {
+    file.get(10..12).is_some_and(|f| u16::from_le_bytes([f[0], f[1]]) & !FLAG_ENCRYPTED == 0)
+}
+
 /// Whether the frames of an encrypted pack of `size` bytes, as its `entries` list them, follow
 /// one another from the header to the sealed trailer with no byte between or after them.
 pub(crate) fn frames_tile(size: u64, entries: &[PackEntry]) -> bool {

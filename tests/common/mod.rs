@@ -13,11 +13,39 @@ use std::process::{Command, Output};
 
 use strata::config::ChunkerParams;
 use strata::progress::Silent;
+use strata::repository::{Credentials, Encryption};
 use strata::{BackupOptions, ImageInfo, InitOptions, KindRequest, Repository};
 
 /// Small chunks and segments, so that small disks exercise many chunks, segments and packs.
 pub fn small_params() -> ChunkerParams {
     ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16384, segment_size: 256 * 1024, zero_run_min: 16384 }
+}
+
+/// The password of every repository the suites make when they run encrypted, and of every
+/// repository a test makes with `strata init` (which encrypts by default).
+pub const PASSWORD: &str = "strata test password";
+
+/// Whether this run makes encrypted repositories: `STRATA_TEST_ENCRYPTION=repokey` (CI runs
+/// the round-trip, lifecycle, crash, damage and reader suites once plain and once so; see
+/// `.ci/test`). Any other value, or none, is plain.
+pub fn encrypted() -> bool {
+    std::env::var("STRATA_TEST_ENCRYPTION").is_ok_and(|v| v == "repokey")
+}
+
+/// The password, for opening what `TestRepo` and `strata_cmd` make (a plain repository never
+/// asks for it).
+pub fn credentials() -> Credentials {
+    Credentials::from_fn(|| Ok(zeroize::Zeroizing::new(PASSWORD.as_bytes().to_vec())))
+}
+
+/// Opens a repository of this run for reading.
+pub fn open_repo(path: &Path) -> strata::Result<Repository> {
+    Repository::open_with(path, &credentials())
+}
+
+/// Opens a repository of this run for writing.
+pub fn open_writer(path: &Path, command: &str) -> strata::Result<Repository> {
+    Repository::open_writer_with(path, command, &credentials())
 }
 
 /// A repository in a temporary directory, removed when dropped.
@@ -42,7 +70,30 @@ impl TestRepo {
         })
     }
 
-    pub fn with(opts: InitOptions) -> TestRepo {
+    /// A repository made with `opts`; encrypted with `PASSWORD` when the run is (`encrypted`)
+    /// and `opts` asks for no encryption of its own.
+    pub fn with(mut opts: InitOptions) -> TestRepo {
+        if encrypted() && matches!(opts.encryption, Encryption::None) {
+            opts.encryption = Encryption::Repokey {
+                password: zeroize::Zeroizing::new(PASSWORD.as_bytes().to_vec()),
+                kdf: strata::crypto::keyfile::KdfParams::weak_for_tests(),
+            };
+        }
+        Self::exactly(opts)
+    }
+
+    /// A plain repository with small chunks, in every run.
+    pub fn small_plain() -> TestRepo {
+        Self::exactly(InitOptions {
+            chunker: small_params(),
+            compression_level: 1,
+            pack_target_size: 1 << 20,
+            ..InitOptions::default()
+        })
+    }
+
+    /// A repository made with `opts` as they are.
+    pub fn exactly(opts: InitOptions) -> TestRepo {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("repo");
         Repository::init(&path, &opts).expect("init");
@@ -84,6 +135,16 @@ impl TestRepo {
         stalled
     }
 
+    /// Opens it for reading (with `PASSWORD` if it is encrypted).
+    pub fn open(&self) -> strata::Result<Repository> {
+        open_repo(&self.path)
+    }
+
+    /// Opens it for writing (with `PASSWORD` if it is encrypted).
+    pub fn open_writer(&self, command: &str) -> strata::Result<Repository> {
+        open_writer(&self.path, command)
+    }
+
     /// A scratch path beside the repository.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -94,7 +155,7 @@ impl TestRepo {
     }
 
     pub fn try_backup(&self, source: &Path, kind: KindRequest, force_read: bool) -> strata::Result<ImageInfo> {
-        let repo = Repository::open_writer(&self.path, "test backup")?;
+        let repo = self.open_writer("test backup")?;
         let opts = BackupOptions { kind, source_id: Some("disk".into()), force_read, ..Default::default() };
         strata::backup(&repo, source, &opts, &Silent)
     }
@@ -109,13 +170,13 @@ impl TestRepo {
     }
 
     pub fn try_restore(&self, spec: &str, target: &Path) -> strata::Result<strata::RestoreReport> {
-        let repo = Repository::open(&self.path)?;
+        let repo = self.open()?;
         let info = repo.find_image(spec)?;
         strata::restore(&repo, &info, target, &Silent)
     }
 
     pub fn images(&self) -> Vec<ImageInfo> {
-        Repository::open(&self.path).expect("open").images().expect("images")
+        self.open().expect("open").images().expect("images")
     }
 
     /// Runs the strata binary with `-r <repo>` and the given arguments.
@@ -182,7 +243,7 @@ pub fn assert_intact(repo: &TestRepo, expected: &std::collections::HashMap<strat
         let want = expected.get(&info.id).unwrap_or_else(|| panic!("{when}: unknown image {} listed", info.id));
         assert!(std::fs::read(&target).expect("read") == *want, "{when}: image {} restores other bytes", info.id);
     }
-    let r = Repository::open(&repo.path).expect("open");
+    let r = open_repo(&repo.path).expect("open");
     let report = strata::check::check(&r, strata::check::ReadData::All, &Silent).expect("check");
     assert!(report.is_clean(), "{when}: check found {:#?}", report.problems);
     assert!(report.images.iter().all(|i| i.restorable), "{when}: check calls an image damaged");
@@ -214,8 +275,12 @@ impl Stalled {
     }
 }
 
+/// The strata binary, given `PASSWORD` (a plain repository ignores it) and cheap key
+/// derivation for the repositories it makes.
 pub fn strata_cmd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_strata"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
+    c.env("STRATA_PASSWORD", PASSWORD).env("STRATA_TESTONLY_WEAK_KDF", "1");
+    c
 }
 
 /// Asserts that a CLI run failed cleanly: non-zero exit, an error message, no panic.
@@ -420,7 +485,7 @@ pub fn independent(repo_path: &Path) -> Independent {
     use std::collections::{BTreeSet, HashMap, HashSet};
     use strata::index::ChunkLookup;
     use strata::manifest::Content;
-    let repo = Repository::open(repo_path).expect("open");
+    let repo = open_repo(repo_path).expect("open");
     let mut member: HashMap<strata::id::ChunkId, BTreeSet<strata::id::ImageId>> = HashMap::new();
     for info in repo.images().expect("images") {
         let (_, extents) = strata::manifest::open_manifest(repo.backend(), &info.id).expect("manifest");
@@ -451,13 +516,13 @@ pub fn independent(repo_path: &Path) -> Independent {
 
 /// Every chunk id the index holds.
 pub fn indexed_chunks(repo_path: &Path) -> Vec<strata::id::ChunkId> {
-    let repo = Repository::open(repo_path).expect("open");
+    let repo = open_repo(repo_path).expect("open");
     repo.index().chunk_entries().expect("scan").into_iter().map(|(id, _)| id).collect()
 }
 
 /// Asserts that the counters behind `stats` equal the independent computation.
 pub fn assert_stats_add_up(repo_path: &Path) {
-    let repo = Repository::open(repo_path).expect("open");
+    let repo = open_repo(repo_path).expect("open");
     let stats = strata::stats::stats(&repo).expect("stats");
     let ind = independent(repo_path);
     assert!(!stats.repository.counters_stale, "counters are stale");
