@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// Version of the on-disk format described in docs/FORMAT.md.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// The oldest format this version still reads: a version 3 repository differs only in having no
 /// unused extents, and is marked version 4 by the first writer that opens it (`upgrade`).

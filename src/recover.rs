@@ -20,11 +20,13 @@ pub(crate) fn finish(backend: &dyn Backend, index: &Index, journal: &Journal) ->
     if journal.op == "forget" && journal.phase == "delete" {
         delete_manifests(backend, journal)?;
     }
+    let committed = index.generation()?;
     let manifests = catalog::manifest_infos(backend)?;
     let catalogued: HashMap<ImageId, ImageInfo> = catalog::catalogued(index)?.into_iter().map(|i| (i.id, i)).collect();
     let mut txn = Txn::new();
     for m in &manifests {
-        if catalogued.get(&m.id) != Some(m) {
+        // An older copy put back never replaces what the catalog knew (check reports it).
+        if catalogued.get(&m.id) != Some(m) && catalog::replayed(m, catalogued.get(&m.id), committed).is_none() {
             catalog::put(&mut txn, m)?;
         }
     }

@@ -389,11 +389,17 @@ impl Repository {
         crate::recover::rebuild_index(path, backend.as_ref(), &unlocked.protection)
     }
 
+    /// The generation this writing command finishes with (`commit_generation`), which the
+    /// manifests it writes carry.
+    pub(crate) fn writing_generation(&self) -> Result<u64> {
+        Ok(self.index.generation()?.max(generation::read(self.backend())?) + 1)
+    }
+
     /// Records that a writing command finished: its last index batch is followed by the next
     /// generation, first in the index (synced), then in the generation file. Every writing
     /// command calls this once its index writes are done.
     pub(crate) fn commit_generation(&self) -> Result<()> {
-        let next = self.index.generation()?.max(generation::read(self.backend())?) + 1;
+        let next = self.writing_generation()?;
         let mut txn = Txn::new();
         txn.set_generation(next);
         self.index.commit(txn)?;

@@ -539,27 +539,33 @@ fn a_mounted_filesystem_is_read_whole_unless_frozen() {
     assert!(backup(&repo, &ntfs, &["--source-id", "ntfs"])["unused_bytes"].as_u64().unwrap() > 0, "unmounted");
 }
 
-/// A version 3 repository (before unused extents) is read as it is, and its first writer marks
-/// it version 4 before writing, so that an older strata refuses it rather than misread it.
+/// A version 3 or 4 repository (before unused extents, before generations) is read as it is,
+/// and its first writer marks it as the current version before writing, so that an older strata
+/// refuses it rather than misread it.
 #[test]
 fn a_version_3_repository_is_read_and_upgraded_by_its_first_writer() {
-    let repo = TestRepo::small();
-    let disk = repo.file("disk.img");
-    common::Disk::new(3, 4 << 20).random(0..4 << 20).write_to(&disk);
-    repo.backup(&disk, strata::KindRequest::Full);
-    let config = repo.path.join("config");
-    let version = || -> u64 {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-        v["format_version"].as_u64().unwrap()
-    };
-    assert_eq!(version(), 4);
-    let text = std::fs::read_to_string(&config).unwrap().replace("\"format_version\": 4", "\"format_version\": 3");
-    std::fs::write(&config, text).unwrap();
-    assert_eq!(version(), 3);
-    let out = repo.cli(&["images", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(version(), 3, "readers change nothing");
-    repo.backup(&disk, strata::KindRequest::Incremental);
-    assert_eq!(version(), 4, "the first writer upgrades");
-    assert!(repo.cli(&["check", "--read-data"]).status.success());
+    let current = strata::config::FORMAT_VERSION as u64;
+    for older in [3u64, 4] {
+        let repo = TestRepo::small();
+        let disk = repo.file("disk.img");
+        common::Disk::new(3, 4 << 20).random(0..4 << 20).write_to(&disk);
+        repo.backup(&disk, strata::KindRequest::Full);
+        let config = repo.path.join("config");
+        let version = || -> u64 {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+            v["format_version"].as_u64().unwrap()
+        };
+        assert_eq!(version(), current);
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(&format!("\"format_version\": {current}"), &format!("\"format_version\": {older}"));
+        std::fs::write(&config, text).unwrap();
+        assert_eq!(version(), older);
+        let out = repo.cli(&["images", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(version(), older, "readers change nothing");
+        repo.backup(&disk, strata::KindRequest::Incremental);
+        assert_eq!(version(), current, "the first writer upgrades");
+        assert!(repo.cli(&["check", "--read-data"]).status.success());
+    }
 }

@@ -201,6 +201,8 @@ fn plan_image(
         read_skipped: false,
         synthetic,
         unused_bytes: 0,
+        generation: repo.writing_generation()?,
+        base_generation: chain.last().map_or(0, |b| b.generation),
     };
     Ok((info, base, chain))
 }

@@ -22,6 +22,9 @@ pub(super) fn manifests(repo: &Repository, images: &[ImageInfo], f: &mut Finding
         let mut image_refs = refs.image(info.id);
         let mut read_one = || -> Result<()> {
             let (stored, extents) = open_manifest(repo.backend(), &info.id)?;
+            if let Some(reason) = crate::manifest::catalog::replayed(&stored, Some(info), 0) {
+                return Err(Error::CorruptManifest { image: info.id.to_string(), reason });
+            }
             if stored.base != info.base {
                 return Err(Error::CorruptManifest {
                     image: info.id.to_string(),

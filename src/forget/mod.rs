@@ -225,11 +225,14 @@ fn rewrite_one(repo: &Repository, rw: &Rewrite, delta: &mut RefDelta, dry_run: b
         Some(b) => Some(repo.find_image(&b.to_string())?),
         None => None,
     };
-    let mut filter = ChangeFilter::new(match &base {
-        Some(b) => Some(repo.view(&repo.chain(b)?)?),
-        None => None,
-    });
+    let base_chain = match &base {
+        Some(b) => repo.chain(b)?,
+        None => Vec::new(),
+    };
+    let mut filter = ChangeFilter::new(if base_chain.is_empty() { None } else { Some(repo.view(&base_chain)?) });
     let mut new = info.clone();
+    new.generation = repo.writing_generation()?;
+    new.base_generation = base_chain.last().map_or(0, |m| m.generation);
     new.base = base.as_ref().map(|b| b.id);
     new.depth = base.as_ref().map_or(0, |b| b.depth + 1);
     if base.is_none() {

@@ -40,22 +40,57 @@ pub fn catalogued(index: &Index) -> Result<Vec<ImageInfo>> {
     index.catalog()?.iter().map(|(_, raw)| decode_info(raw)).collect()
 }
 
-/// Manifests that are published but not (yet) in the catalog. Damaged ones are left for
-/// `check` to report rather than hiding the rest.
-pub(crate) fn uncatalogued(backend: &dyn Backend, index: &Index) -> Result<Vec<ImageInfo>> {
-    let known: HashSet<ImageId> = index.catalog()?.into_iter().map(|(id, _)| id).collect();
-    let ids = paths::manifest_ids(backend)?;
-    Ok(ids.iter().filter(|id| !known.contains(id)).filter_map(|id| read_info(backend, id).ok()).collect())
+/// Why manifest `m` is an older copy put back in its place, if it is: it is older than the
+/// catalog's entry for it (`catalogued`), or the catalog lacks it although a command as new as
+/// the manifest finished (`committed`, the index's generation) — a finished command catalogues
+/// every manifest it writes, and a forgotten image leaves the catalog only after its manifest
+/// is deleted. A manifest from before generations (0) cannot tell.
+pub(crate) fn replayed(m: &ImageInfo, catalogued: Option<&ImageInfo>, committed: u64) -> Option<String> {
+    match catalogued {
+        Some(c) if m.generation < c.generation => Some(format!(
+            "its manifest is an older copy put back in its place (generation {}; the catalog knew generation {})",
+            m.generation, c.generation
+        )),
+        None if m.generation != 0 && m.generation <= committed => Some(format!(
+            "its manifest (generation {}) is not in the catalog although every command up to generation {committed} \
+             finished: a copy of a forgotten image's manifest put back?",
+            m.generation
+        )),
+        _ => None,
+    }
 }
 
-/// Images whose manifests are in `images/` but cannot be read and that the catalog does not
-/// list (a rebuild could not read them): with what their footer still says, if anything.
+/// Manifests that are published but not (yet) in the catalog. Damaged ones, and older copies
+/// put back (`replayed`), are left for `check` to report rather than hiding the rest.
+pub(crate) fn uncatalogued(backend: &dyn Backend, index: &Index) -> Result<Vec<ImageInfo>> {
+    // The generation before the catalog: a writer catalogues its manifests before it records
+    // its generation, so a manifest newer than this generation is never taken for a replay.
+    let committed = index.generation()?;
+    let known: HashSet<ImageId> = index.catalog()?.into_iter().map(|(id, _)| id).collect();
+    let ids = paths::manifest_ids(backend)?;
+    Ok(ids
+        .iter()
+        .filter(|id| !known.contains(id))
+        .filter_map(|id| read_info(backend, id).ok())
+        .filter(|m| replayed(m, None, committed).is_none())
+        .collect())
+}
+
+/// Images whose manifests are in `images/` but cannot be read, or are older copies put back,
+/// and that the catalog does not list (a rebuild could not read them): with what their footer
+/// still says, if anything.
 pub fn damaged(backend: &dyn Backend, index: &Index) -> Result<Vec<DamagedImage>> {
+    let committed = index.generation()?;
     let known: HashSet<ImageId> = index.catalog()?.into_iter().map(|(id, _)| id).collect();
     let mut out = Vec::new();
     for id in paths::manifest_ids(backend)?.into_iter().filter(|id| !known.contains(id)) {
-        if let Err(e) = read_info(backend, &id) {
-            out.push(DamagedImage { id, info: peek_info(backend, &id).ok(), reason: e.to_string() });
+        match read_info(backend, &id) {
+            Err(e) => out.push(DamagedImage { id, info: peek_info(backend, &id).ok(), reason: e.to_string() }),
+            Ok(m) => {
+                if let Some(reason) = replayed(&m, None, committed) {
+                    out.push(DamagedImage { id, info: Some(m), reason });
+                }
+            }
         }
     }
     Ok(out)
@@ -91,15 +126,33 @@ pub fn find(images: Vec<ImageInfo>, spec: &str) -> Result<ImageInfo> {
 }
 
 /// The images needed to restore `image`, full first, as their manifests say (the catalog is a
-/// cache and may lag behind a rewrite that an interrupted forget made).
+/// cache and may lag behind a rewrite that an interrupted forget made). A manifest older than
+/// what `image` (as the catalog has it) or the image above it in the chain knew is an older
+/// copy put back in its place: refused, as damage.
 pub fn chain(backend: &dyn Backend, image: &ImageInfo) -> Result<Vec<ImageInfo>> {
     // Footers only: `view` verifies every manifest whole before its extents are used.
-    let mut chain = vec![peek_info(backend, &image.id)?];
-    while let Some(base) = chain.last().and_then(|i| i.base) {
+    let head = peek_info(backend, &image.id)?;
+    if let Some(reason) = replayed(&head, Some(image), 0) {
+        return Err(Error::CorruptManifest { image: image.id.to_string(), reason });
+    }
+    let mut chain = vec![head];
+    while let Some((base, needs)) = chain.last().and_then(|i| Some((i.base?, i.base_generation))) {
         if chain.len() > 100_000 || chain.iter().any(|i| i.id == base) {
             return Err(Error::CorruptManifest { image: image.id.to_string(), reason: "chain loops".into() });
         }
-        chain.push(peek_info(backend, &base)?);
+        let info = peek_info(backend, &base)?;
+        if info.generation < needs {
+            return Err(Error::CorruptManifest {
+                image: base.to_string(),
+                reason: format!(
+                    "its manifest is an older copy put back in its place (generation {}; image {} was written on \
+                     generation {needs} of it)",
+                    info.generation,
+                    chain.last().map(|i| i.id.short()).unwrap_or_default()
+                ),
+            });
+        }
+        chain.push(info);
     }
     let full = chain.last().ok_or_else(|| Error::ImageNotFound { spec: image.id.to_string() })?;
     if full.kind != Kind::Full {

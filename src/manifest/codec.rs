@@ -1,8 +1,8 @@
 //! Manifest encoding, streamed in both directions so memory never grows with the disk.
 //!
-//! Layout (docs/FORMAT.md, "Manifest file", version 2; version 1 is read too):
+//! Layout (docs/FORMAT.md, "Manifest file", version 3; versions 1 and 2 are read too):
 //! ```text
-//! header   magic "STRATAIM" (8) | version u16 LE = 2 | flags u16 LE = 0 (reserved: encryption)
+//! header   magic "STRATAIM" (8) | version u16 LE = 3 | flags u16 LE = 0 (reserved: encryption)
 //! records  sorted by offset, disjoint:
 //!            0x00 zero   | offset u64 LE | len u64 LE                            (17 bytes)
 //!            0x01 chunk  | offset u64 LE | len u32 LE | skip u32 LE | id [32]     (49 bytes)
@@ -21,10 +21,16 @@ use crate::id::{ChunkId, ImageId};
 use crate::pack::MAX_CHUNK_LEN;
 use crate::storage::{paths, Backend, ObjectWriter};
 
-pub(crate) const MANIFEST_VERSION: u16 = 2;
-/// Version 1 manifests have no unused extents and an info without `unused_bytes` (its last
-/// field, 8 bytes: decoded as 0).
+pub(crate) const MANIFEST_VERSION: u16 = 3;
+/// Version 2 manifests are version 3 without `generation` and `base_generation` in their info
+/// (its last two fields, 16 bytes: decoded as 0).
+const MANIFEST_VERSION_2: u16 = 2;
+/// Version 1 manifests also have no unused extents, no segment table, and no `unused_bytes`
+/// (the field before those two: decoded as 0).
 const MANIFEST_VERSION_1: u16 = 1;
+/// What a version 1 and a version 2 info lack at its end: zeros for the fields added since.
+const MISSING_1: [u8; 24] = [0; 24];
+const MISSING_2: [u8; 16] = [0; 16];
 const HEADER_MAGIC: &[u8; 8] = b"STRATAIM";
 const FOOTER_MAGIC: &[u8; 8] = b"STRATAIE";
 const HEADER_LEN: u64 = 12;
@@ -159,7 +165,7 @@ fn read_footer(backend: &dyn Backend, id: &ImageId, verify: bool) -> Result<Foot
         return Err(corrupt(id, "bad header magic"));
     }
     let version = u16::from_le_bytes([head[8], head[9]]);
-    if version != MANIFEST_VERSION && version != MANIFEST_VERSION_1 {
+    if ![MANIFEST_VERSION, MANIFEST_VERSION_2, MANIFEST_VERSION_1].contains(&version) {
         return Err(corrupt(id, format!("unsupported manifest version {version}")));
     }
     let fixed = if version == MANIFEST_VERSION_1 { FOOTER_FIXED_1 } else { FOOTER_FIXED };
@@ -198,8 +204,10 @@ fn read_footer(backend: &dyn Backend, id: &ImageId, verify: bool) -> Result<Foot
     }
     let info_at = size - fixed - info_len as u64;
     let mut raw = backend.read_at(&path, info_at, info_len as usize)?;
-    if version == MANIFEST_VERSION_1 {
-        raw.extend_from_slice(&0u64.to_le_bytes()); // unused_bytes
+    match version {
+        MANIFEST_VERSION_1 => raw.extend_from_slice(&MISSING_1),
+        MANIFEST_VERSION_2 => raw.extend_from_slice(&MISSING_2),
+        _ => {}
     }
     let (info, used): (ImageInfo, usize) =
         bincode::serde::decode_from_slice(&raw, info_config()).map_err(|e| corrupt(id, format!("info: {e}")))?;
@@ -219,9 +227,9 @@ pub(crate) fn encode_info(info: &ImageInfo) -> Result<Vec<u8>> {
         .map_err(|e| Error::Internal { reason: format!("image info does not encode: {e}") })
 }
 
-/// A catalog entry (an info encoded as in the manifest footer). An entry written by a version 3
-/// repository lacks `unused_bytes`, the last field: it fails to decode whole and is decoded
-/// again with that field as 0.
+/// A catalog entry (an info encoded as in the manifest footer). An entry written by a version 4
+/// repository lacks `generation` and `base_generation`, one written by version 3 `unused_bytes`
+/// too: it fails to decode whole (too short) and is decoded again with those fields as 0.
 pub(crate) fn decode_info(raw: &[u8]) -> Result<ImageInfo> {
     let decode = |raw: &[u8]| -> Result<ImageInfo> {
         let (info, used): (ImageInfo, usize) = bincode::serde::decode_from_slice(raw, info_config())
@@ -231,7 +239,9 @@ pub(crate) fn decode_info(raw: &[u8]) -> Result<ImageInfo> {
         }
         Ok(info)
     };
-    decode(raw).or_else(|e| decode(&[raw, &0u64.to_le_bytes()].concat()).map_err(|_| e))
+    decode(raw)
+        .or_else(|e| decode(&[raw, &MISSING_2].concat()).map_err(|_| e))
+        .or_else(|e| decode(&[raw, &MISSING_1].concat()).map_err(|_| e))
 }
 
 /// The image info stored in a manifest, after checking the whole file.
@@ -375,6 +385,8 @@ mod tests {
             read_skipped: true,
             synthetic: true,
             unused_bytes: 16,
+            generation: 17,
+            base_generation: 18,
         }
     }
 
@@ -402,7 +414,9 @@ mod tests {
         assert_eq!(b[197], 1, "read_skipped");
         assert_eq!(b[198], 1, "synthetic");
         assert_eq!(&b[199..207], &16u64.to_le_bytes(), "unused_bytes");
-        assert_eq!(b.len(), 207);
+        assert_eq!(&b[207..215], &17u64.to_le_bytes(), "generation");
+        assert_eq!(&b[215..223], &18u64.to_le_bytes(), "base_generation");
+        assert_eq!(b.len(), 223);
     }
 
     fn write_manifest(backend: &LocalDir, id: ImageId) {
@@ -427,7 +441,7 @@ mod tests {
         assert_eq!(ex, expected);
         assert_eq!(
             std::fs::metadata(dir.path().join(paths::manifest(&id))).unwrap().len(),
-            12 + 17 + 49 + 17 + 2 * 32 + 207 + 56
+            12 + 17 + 49 + 17 + 2 * 32 + 223 + 56
         );
         assert_eq!(read_fingerprints(&b, &id).unwrap(), vec![[7; 32], [8; 32]]);
     }
@@ -445,10 +459,10 @@ mod tests {
             bytes.extend_from_slice(&0u16.to_le_bytes());
             bytes.extend_from_slice(records);
             let mut old = info(id);
-            old.unused_bytes = 0;
+            (old.unused_bytes, old.generation, old.base_generation) = (0, 0, 0);
             let encoded = bincode::serde::encode_to_vec(&old, info_config()).unwrap();
-            bytes.extend_from_slice(&encoded[..encoded.len() - 8]); // no unused_bytes
-            bytes.extend_from_slice(&((encoded.len() - 8) as u32).to_le_bytes());
+            bytes.extend_from_slice(&encoded[..encoded.len() - 24]); // no unused_bytes, no generations
+            bytes.extend_from_slice(&((encoded.len() - 24) as u32).to_le_bytes());
             bytes.extend_from_slice(&1u64.to_le_bytes());
             let sum = *blake3::hash(&bytes).as_bytes();
             bytes.extend_from_slice(&sum);
@@ -462,12 +476,44 @@ mod tests {
         let (read, ex) = open_manifest(&b, &id).unwrap();
         assert_eq!(read, old);
         assert_eq!(ex.collect::<Result<Vec<_>>>().unwrap(), vec![Extent::zero(0, 4096)]);
-        assert_eq!(decode_info(&encoded[..encoded.len() - 8]).unwrap(), old, "a version 3 catalog entry");
+        assert_eq!(decode_info(&encoded[..encoded.len() - 24]).unwrap(), old, "a version 3 catalog entry");
         assert!(read_fingerprints(&b, &id).unwrap().is_empty(), "version 1 has no segment fingerprints");
         let unused: Vec<u8> = [&[TAG_UNUSED][..], &0u64.to_le_bytes(), &4096u64.to_le_bytes()].concat();
         v1(&unused);
         let (_, ex) = open_manifest(&b, &id).unwrap();
         assert!(ex.collect::<Result<Vec<_>>>().is_err());
+    }
+
+    /// A version 2 manifest (before generations) still reads, its generations as 0; so does a
+    /// catalog entry of a version 4 repository.
+    #[test]
+    fn version_2_manifests_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalDir::new(dir.path());
+        let id = ImageId([1; 16]);
+        let mut old = info(id);
+        (old.generation, old.base_generation) = (0, 0);
+        let encoded = bincode::serde::encode_to_vec(&old, info_config()).unwrap();
+        let info_v2 = &encoded[..encoded.len() - 16];
+        let mut bytes = b"STRATAIM".to_vec();
+        bytes.extend_from_slice(&2u16.to_le_bytes());
+        bytes.extend_from_slice(&0u16.to_le_bytes());
+        bytes.extend_from_slice(&[&[TAG_UNUSED][..], &0u64.to_le_bytes(), &4096u64.to_le_bytes()].concat());
+        bytes.extend_from_slice(&[5; 32]); // one segment fingerprint
+        bytes.extend_from_slice(info_v2);
+        bytes.extend_from_slice(&(info_v2.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        let sum = *blake3::hash(&bytes).as_bytes();
+        bytes.extend_from_slice(&sum);
+        bytes.extend_from_slice(FOOTER_MAGIC);
+        std::fs::create_dir_all(dir.path().join("images")).unwrap();
+        std::fs::write(dir.path().join(paths::manifest(&id)), &bytes).unwrap();
+        let (read, ex) = open_manifest(&b, &id).unwrap();
+        assert_eq!(read, old);
+        assert_eq!(ex.collect::<Result<Vec<_>>>().unwrap(), vec![Extent::unused(0, 4096)]);
+        assert_eq!(read_fingerprints(&b, &id).unwrap(), vec![[5; 32]]);
+        assert_eq!(decode_info(info_v2).unwrap(), old, "a version 4 catalog entry");
     }
 
     proptest! {

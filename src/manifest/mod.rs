@@ -85,6 +85,14 @@ pub struct ImageInfo {
     /// Bytes of the disk its filesystems' allocation maps called free: not read, not stored,
     /// restored as zeros (0 with `--all-blocks`, for unknown layouts and in manifest version 1).
     pub unused_bytes: u64,
+    /// The number of the writing command that wrote this manifest (the generation it finished
+    /// with; see `storage::generation`): a rewrite by `forget` gets a higher one. An older copy
+    /// of a manifest put back in its place has a lower one than the catalog or its dependents
+    /// knew, and is refused (see `catalog::chain`). 0 before manifest version 3.
+    pub generation: u64,
+    /// The generation of the base's manifest when this one was written (0 for a full and before
+    /// manifest version 3): the base's manifest must be at least this new.
+    pub base_generation: u64,
 }
 
 #[cfg(test)]
@@ -111,6 +119,8 @@ impl ImageInfo {
             read_skipped: false,
             synthetic: false,
             unused_bytes: 0,
+            generation: 0,
+            base_generation: 0,
         }
     }
 }
