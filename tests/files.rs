@@ -201,7 +201,7 @@ fn extract_keeps_modes_times_links_and_holes_and_leaves_out_only_a_damaged_file(
     // the chunk's).
     let disk = std::fs::read(&image).unwrap();
     let start = disk.windows(64).position(|w| w == &big[..64]).expect("big.bin's blocks in the image") as u64;
-    damage_chunk_at(&repo, &info, start + 2 * MIB as u64);
+    damage_chunk_at(&repo, &info, start + MIB as u64);
 
     let out3 = repo.file("out3");
     let run = repo.cli(&["extract", "latest", "/", "--to", out3.to_str().unwrap()]);
@@ -353,11 +353,11 @@ fn names_that_are_not_utf8_are_listed_escaped_and_extracted_as_their_bytes() {
     assert_eq!(std::fs::read_link(out.join("to-latin1")).unwrap().as_os_str(), name);
 }
 
-/// Flips a byte in the stored chunk that holds image byte `at` (raw-stored random data: its
-/// stored bytes are the chunk's), so that chunk alone fails its check.
-/// Flips a byte of the chunk at disk offset `at`. In an encrypted repository a flipped byte
-/// fails its whole frame (about 1 MiB of chunks, sealed as one), so the damage moves to the
-/// first chunk at or after `at` that starts a frame: then no byte before `at` is lost.
+/// Flips a byte of the chunk at disk offset `at` (raw-stored random data, so that chunk alone
+/// fails its check). In an encrypted repository a flipped byte fails its whole frame (about
+/// 1 MiB of chunks, sealed as one), so the damage moves to the first frame at or after `at` that
+/// holds random data only: no byte before `at` is lost, and none outside the file, provided the
+/// file goes on for a frame (up to 2 MiB) after `at`.
 fn damage_chunk_at(repo: &TestRepo, info: &strata::ImageInfo, at: u64) {
     let r = common::open_repo(&repo.path).unwrap();
     let reader = r.reader(info, 4 * MIB as u64).unwrap();
@@ -367,16 +367,24 @@ fn damage_chunk_at(repo: &TestRepo, info: &strata::ImageInfo, at: u64) {
             .map()
             .pieces_in(at..info.logical_bytes)
             .iter()
-            .find(|p| p.offset >= at && locate(p.id).slot.skip == 0)
+            .find(|p| {
+                p.offset >= at && locate(p.id).slot.skip == 0 && locate(p.id).slot.codec == strata::pack::Codec::Raw
+            })
             .unwrap()
     } else {
         *reader.map().pieces_in(at..at + 1).first().unwrap()
     };
     let loc = locate(victim.id);
-    assert_eq!(loc.slot.codec, strata::pack::Codec::Raw);
+    // Sealed frames fail as a whole, whatever their codec: any byte of the frame will do.
+    let within = if common::encrypted() {
+        loc.slot.stored_len / 2
+    } else {
+        assert_eq!(loc.slot.codec, strata::pack::Codec::Raw);
+        loc.slot.skip + loc.slot.raw_len / 2
+    };
     let pack = repo.path.join(loc.pack.path());
     let mut b = std::fs::read(&pack).unwrap();
-    b[(loc.slot.offset + (loc.slot.skip + loc.slot.raw_len / 2) as u64) as usize] ^= 0x40;
+    b[(loc.slot.offset + within as u64) as usize] ^= 0x40;
     std::fs::write(&pack, &b).unwrap();
 }
 
