@@ -116,6 +116,35 @@ fn compression(c: &mut Criterion) {
     g.finish();
 }
 
+fn encryption(c: &mut Criterion) {
+    // XChaCha20-Poly1305 over frames as backup seals them and restore and check open them.
+    use strata::crypto::{MasterKey, ObjectKind};
+    let keys = MasterKey::from_bytes([7; 32]).keys();
+    let mut g = c.benchmark_group("encryption");
+    for len in [16usize << 10, 1 << 20] {
+        let buf = data("random", len);
+        g.throughput(Throughput::Bytes(len as u64));
+        g.sample_size(20);
+        let mut work = buf.clone();
+        let mut nonce = [0u8; 24];
+        g.bench_with_input(BenchmarkId::new("seal", len), &len, |b, _| {
+            b.iter(|| keys.seal_detached(ObjectKind::Frame, b"pack", &mut nonce, &mut work).map(|t| t[0]))
+        });
+        let sealed = keys.seal(ObjectKind::Frame, b"pack", &buf).expect("sealed");
+        let mut opened = sealed.clone();
+        g.bench_with_input(BenchmarkId::new("open", len), &len, |b, _| {
+            b.iter(|| {
+                opened.copy_from_slice(&sealed);
+                keys.open_in_place(ObjectKind::Frame, b"pack", &mut opened, &|| "frame".into()).map(|p| p.len())
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("keyed_blake3", len), &len, |b, _| {
+            b.iter(|| blake3::keyed_hash(keys.chunk_id_key(), &buf))
+        });
+    }
+    g.finish();
+}
+
 fn pack_writing(c: &mut Criterion) {
     // Already compressed frames of ~16 KiB, as the pipeline hands them over.
     let buf = data("mixed", 32 << 20);
@@ -209,5 +238,5 @@ fn manifests(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, chunking, hashing_and_zeros, compression, pack_writing, index_lookups, manifests);
+criterion_group!(benches, chunking, hashing_and_zeros, compression, encryption, pack_writing, index_lookups, manifests);
 criterion_main!(benches);

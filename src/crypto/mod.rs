@@ -19,13 +19,12 @@
 //! name that does not depend on its own ciphertext (`Seal`). docs/FORMAT.md, "Encryption",
 //! describes every byte; the tests below pin the derivation and the envelope.
 
+mod aead;
 pub mod keyfile;
 pub mod keyring;
 pub mod objects;
 pub mod password;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use std::sync::Arc;
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -184,9 +183,12 @@ impl Keys {
         self.chunker_seed
     }
 
-    fn cipher(&self, kind: ObjectKind) -> XChaCha20Poly1305 {
-        let key = if kind == ObjectKind::Frame { &self.data } else { &self.meta };
-        XChaCha20Poly1305::new(key.into())
+    fn key(&self, kind: ObjectKind) -> &[u8; 32] {
+        if kind == ObjectKind::Frame {
+            &self.data
+        } else {
+            &self.meta
+        }
     }
 
     /// Seals `plain` as an object of `kind` named `name`: nonce, ciphertext, tag.
@@ -209,18 +211,13 @@ impl Keys {
         nonce: &mut [u8],
         buf: &mut [u8],
     ) -> Result<[u8; TAG_LEN]> {
-        if nonce.len() != NONCE_LEN {
-            return Err(Error::Internal { reason: format!("a nonce of {} bytes", nonce.len()) });
-        }
+        let len = nonce.len();
+        let nonce: &mut [u8; NONCE_LEN] =
+            nonce.try_into().map_err(|_| Error::Internal { reason: format!("a nonce of {len} bytes") })?;
         random_bytes(nonce)?;
         let ad = associated_data(kind, name);
-        let tag = self
-            .cipher(kind)
-            .encrypt_in_place_detached(XNonce::from_slice(nonce), &ad, buf)
-            .map_err(|_| Error::Internal { reason: "encryption failed (an object above 256 GiB?)".into() })?;
-        let mut t = [0u8; TAG_LEN];
-        t.copy_from_slice(&tag);
-        Ok(t)
+        aead::seal(self.key(kind), nonce, &ad, buf)
+            .ok_or_else(|| Error::Internal { reason: "encryption failed (an object above 256 GiB?)".into() })
     }
 
     /// Opens an object sealed by `seal` as `kind` named `name`; `what` names it in the error.
@@ -247,10 +244,14 @@ impl Keys {
         let body = sealed.len() - TAG_LEN;
         let (head, tag) = sealed.split_at_mut(body);
         let (nonce, text) = head.split_at_mut(NONCE_LEN);
+        let (nonce, tag): (&[u8; NONCE_LEN], &[u8; TAG_LEN]) = match (nonce[..].try_into(), tag[..].try_into()) {
+            (Ok(n), Ok(t)) => (n, t),
+            _ => return Err(failed()),
+        };
         let ad = associated_data(kind, name);
-        self.cipher(kind)
-            .decrypt_in_place_detached(XNonce::from_slice(nonce), &ad, text, Tag::from_slice(tag))
-            .map_err(|_| failed())?;
+        if !aead::open(self.key(kind), nonce, &ad, text, tag) {
+            return Err(failed());
+        }
         Ok(text)
     }
 }
@@ -328,8 +329,7 @@ mod tests {
         let mut buf = b"strata".to_vec();
         let ad = associated_data(ObjectKind::Frame, b"name");
         assert_eq!(hex(&ad), "737472617461000103040000006e616d65");
-        let tag =
-            k.cipher(ObjectKind::Frame).encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut buf).unwrap();
+        let tag = aead::seal(k.key(ObjectKind::Frame), &nonce, &ad, &mut buf).unwrap();
         let mut sealed = nonce.to_vec();
         sealed.extend_from_slice(&buf);
         sealed.extend_from_slice(&tag);
