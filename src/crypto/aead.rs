@@ -3,8 +3,8 @@
 //! under that subkey with the nonce `0u32 | nonce[16..24]`.
 //!
 //! Built from two crates rather than taken whole from `chacha20poly1305`: ring's
-//! ChaCha20-Poly1305 (assembly, one pass over the data for cipher and MAC) is 1.7 times as fast
-//! here as RustCrypto's (1.3 GB/s against 0.75 GB/s per core, `cargo bench --bench stages --
+//! ChaCha20-Poly1305 (assembly, one pass over the data for cipher and MAC) is 1.4-1.6 times as fast
+//! here as RustCrypto's (1.1-1.2 GB/s against 0.75 GB/s per core, `cargo bench --bench stages --
 //! encryption`), and ring has no XChaCha; `chacha20`'s `hchacha` supplies the extension. The
 //! bytes are the same: a test compares both on random inputs, and the envelope test pins a
 //! vector checked against other implementations.

@@ -464,11 +464,7 @@ mod tests {
             bytes.extend_from_slice(&encoded[..encoded.len() - 24]); // no unused_bytes, no generations
             bytes.extend_from_slice(&((encoded.len() - 24) as u32).to_le_bytes());
             bytes.extend_from_slice(&1u64.to_le_bytes());
-            let sum = *blake3::hash(&bytes).as_bytes();
-            bytes.extend_from_slice(&sum);
-            bytes.extend_from_slice(FOOTER_MAGIC);
-            std::fs::create_dir_all(dir.path().join("images")).unwrap();
-            std::fs::write(dir.path().join(paths::manifest(&id)), &bytes).unwrap();
+            write_with_footer(dir.path(), &id, bytes);
             (old, encoded)
         };
         let zero: Vec<u8> = [&[TAG_ZERO][..], &0u64.to_le_bytes(), &4096u64.to_le_bytes()].concat();
@@ -482,6 +478,16 @@ mod tests {
         v1(&unused);
         let (_, ex) = open_manifest(&b, &id).unwrap();
         assert!(ex.collect::<Result<Vec<_>>>().is_err());
+    }
+
+    /// Ends an older version's manifest as every version does (checksum, footer magic) and
+    /// stores it where image `id`'s manifest belongs.
+    fn write_with_footer(root: &std::path::Path, id: &ImageId, mut bytes: Vec<u8>) {
+        let sum = *blake3::hash(&bytes).as_bytes();
+        bytes.extend_from_slice(&sum);
+        bytes.extend_from_slice(FOOTER_MAGIC);
+        std::fs::create_dir_all(root.join("images")).unwrap();
+        std::fs::write(root.join(paths::manifest(id)), &bytes).unwrap();
     }
 
     /// A version 2 manifest (before generations) still reads, its generations as 0; so does a
@@ -504,11 +510,7 @@ mod tests {
         bytes.extend_from_slice(&(info_v2.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&1u32.to_le_bytes());
         bytes.extend_from_slice(&1u64.to_le_bytes());
-        let sum = *blake3::hash(&bytes).as_bytes();
-        bytes.extend_from_slice(&sum);
-        bytes.extend_from_slice(FOOTER_MAGIC);
-        std::fs::create_dir_all(dir.path().join("images")).unwrap();
-        std::fs::write(dir.path().join(paths::manifest(&id)), &bytes).unwrap();
+        write_with_footer(dir.path(), &id, bytes);
         let (read, ex) = open_manifest(&b, &id).unwrap();
         assert_eq!(read, old);
         assert_eq!(ex.collect::<Result<Vec<_>>>().unwrap(), vec![Extent::unused(0, 4096)]);
