@@ -160,6 +160,7 @@ pub(crate) fn upgrade(root: &std::path::Path, config: &mut Config) -> Result<()>
 /// The config of the repository at `root`; a directory without one is not a repository (or, when
 /// it holds packs or images, one whose config is lost).
 pub fn read(root: &std::path::Path) -> Result<Config> {
+    crate::storage::location::refuse_remote(root)?;
     let path = root.join(crate::storage::paths::CONFIG);
     match std::fs::read(&path) {
         Ok(bytes) => Config::decode(&bytes),

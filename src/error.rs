@@ -33,6 +33,9 @@ pub enum Error {
     #[error("{path} is not a Strata repository (no readable config); create one with `strata init`")]
     NotARepository { path: PathBuf },
 
+    #[error("repositories on {scheme} are not supported by this version of Strata, only local directories (a local directory whose name has a colon can be given as ./NAME)")]
+    UnsupportedLocation { location: String, scheme: String },
+
     #[error("{path} holds packs or images but no config: a Strata repository whose config file is lost or unreadable; restore `config` from a copy of the repository (`strata init` refuses a non-empty directory)")]
     ConfigMissing { path: PathBuf },
 

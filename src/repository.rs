@@ -188,6 +188,7 @@ impl Repository {
     /// Creates a repository in `path`, which must not exist or be an empty directory. The config
     /// is written last, so a directory is a repository only once it is complete.
     pub fn init(path: &Path, opts: &InitOptions) -> Result<Config> {
+        crate::storage::location::refuse_remote(path)?;
         if path.exists() {
             let mut entries = std::fs::read_dir(path).map_err(|e| Error::io("list", path, e))?;
             if entries.next().is_some() {

@@ -35,6 +35,25 @@ fn a_plain_directory_or_file_is_not_a_repository() {
 }
 
 #[test]
+fn a_remote_repository_is_refused_not_taken_for_a_local_directory() {
+    // `s3:http://HOST/BUCKET` used to become a directory `s3:http:` under the working directory.
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["init", "s3:http://127.0.0.1:9/bucket"][..],
+        &["-r", "s3:http://127.0.0.1:9/bucket", "images"],
+        &["-r", "sftp:host:/srv/repo", "check"],
+    ] {
+        let out = strata_cmd().current_dir(dir.path()).args(args).output().unwrap();
+        assert_clean_failure(&out, "not supported by this version");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a directory was created");
+    // A local directory with a colon in its name is still one, written as ./NAME.
+    let out =
+        strata_cmd().current_dir(dir.path()).args(["init", "./s3:http:", "--encryption", "none"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn no_repository_given() {
     let out = strata_cmd().env_remove("STRATA_REPO").arg("images").output().unwrap();
     assert_clean_failure(&out, "no repository given");

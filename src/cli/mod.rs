@@ -23,7 +23,8 @@ use strata::{BackupOptions, InitOptions, KindRequest, Repository};
 #[derive(Parser)]
 #[command(name = "strata", version, about = "Deduplicating full, differential and incremental disk images")]
 struct Cli {
-    /// Repository directory
+    /// Repository directory (local; `s3:…`, `sftp:…` and `SCHEME://…` are refused: write ./NAME for a
+    /// directory whose name has a colon)
     #[arg(short = 'r', long = "repo", env = "STRATA_REPO", global = true)]
     repo: Option<PathBuf>,
 

@@ -5,6 +5,7 @@
 
 pub mod generation;
 mod local;
+pub mod location;
 pub mod lock;
 pub mod paths;
 
