@@ -238,16 +238,9 @@ impl Keys {
         what: &dyn Fn() -> String,
     ) -> Result<&'b mut [u8]> {
         let failed = || Error::Decrypt { what: what() };
-        if sealed.len() < OVERHEAD {
-            return Err(failed());
-        }
-        let body = sealed.len() - TAG_LEN;
-        let (head, tag) = sealed.split_at_mut(body);
-        let (nonce, text) = head.split_at_mut(NONCE_LEN);
-        let (nonce, tag): (&[u8; NONCE_LEN], &[u8; TAG_LEN]) = match (nonce[..].try_into(), tag[..].try_into()) {
-            (Ok(n), Ok(t)) => (n, t),
-            _ => return Err(failed()),
-        };
+        // Shorter than OVERHEAD: no room for the tag and the nonce.
+        let (head, tag) = sealed.split_last_chunk_mut::<TAG_LEN>().ok_or_else(failed)?;
+        let (nonce, text) = head.split_first_chunk_mut::<NONCE_LEN>().ok_or_else(failed)?;
         let ad = associated_data(kind, name);
         if !aead::open(self.key(kind), nonce, &ad, text, tag) {
             return Err(failed());

@@ -18,7 +18,7 @@ pub fn remote_scheme(arg: &Path) -> Option<String> {
     let (scheme, rest) = text.split_once(':')?;
     let well_formed = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c));
-    if !well_formed || scheme.contains('/') {
+    if !well_formed {
         return None;
     }
     let lower = scheme.to_ascii_lowercase();
