@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::storage::site::Site;
 
 /// Version of the on-disk format described in docs/FORMAT.md.
 pub const FORMAT_VERSION: u32 = 5;
@@ -148,30 +149,26 @@ impl Config {
 /// Marks an older repository that this version reads (`OLDEST_READABLE_VERSION` on) as the
 /// current version, before a writer stores anything an older strata would misread (a version 4
 /// manifest): from then on an older strata refuses the repository instead of misreading it.
-pub(crate) fn upgrade(root: &std::path::Path, config: &mut Config) -> Result<()> {
-    use crate::storage::Backend as _;
+pub(crate) fn upgrade(site: &Site, config: &mut Config) -> Result<()> {
     if config.format_version < FORMAT_VERSION {
         config.format_version = FORMAT_VERSION;
-        crate::storage::LocalDir::new(root).put(crate::storage::paths::CONFIG, &config.encode()?)?;
+        write(site, config)?;
     }
     Ok(())
 }
 
-/// The config of the repository at `root`; a directory without one is not a repository (or, when
-/// it holds packs or images, one whose config is lost).
+/// The config of the repository at `root` (a directory or a bucket); a place without one is
+/// not a repository (or, when it holds packs or images, one whose config is lost).
 pub fn read(root: &std::path::Path) -> Result<Config> {
-    crate::storage::location::refuse_remote(root)?;
-    let path = root.join(crate::storage::paths::CONFIG);
-    match std::fs::read(&path) {
-        Ok(bytes) => Config::decode(&bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => {
-            if root.join(crate::storage::paths::PACKS).is_dir() || root.join(crate::storage::paths::IMAGES).is_dir() {
-                return Err(Error::ConfigMissing { path: root.into() });
-            }
-            Err(Error::NotARepository { path: root.into() })
-        }
-        Err(e) => Err(Error::io("read", &path, e)),
-    }
+    read_from(&Site::open(root)?)
+}
+
+pub(crate) fn read_from(site: &Site) -> Result<Config> {
+    Config::decode(&site.config_bytes()?)
+}
+
+pub(crate) fn write(site: &Site, config: &Config) -> Result<()> {
+    site.put_config(&config.encode()?)
 }
 
 #[cfg(test)]

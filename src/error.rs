@@ -33,13 +33,30 @@ pub enum Error {
     #[error("{path} is not a Strata repository (no readable config); create one with `strata init`")]
     NotARepository { path: PathBuf },
 
-    #[error("repositories on {scheme} are not supported by this version of Strata, only local directories (a local directory whose name has a colon can be given as ./NAME)")]
+    #[error("repositories on {scheme} are not supported by this version of Strata, only local directories and S3 buckets (s3:http[s]://HOST[:PORT]/BUCKET[/PREFIX]); a local directory whose name has a colon can be given as ./NAME")]
     UnsupportedLocation { location: String, scheme: String },
+
+    #[error("repository {location}: {reason}")]
+    BadLocation { location: String, reason: String },
+
+    #[error("cannot {op} {object}: {hint} ({detail})")]
+    Remote { op: &'static str, object: String, hint: String, detail: String },
+
+    #[error("cannot bring this machine's cache of {location} up to date, some objects could not be read: {unreadable}; try again, or run `strata check` and `strata rebuild-index` (which builds the cache from what can be read)")]
+    CacheIncomplete { location: String, unreadable: String },
+
+    #[error("the lock of {location} was removed while this command held it (`strata unlock` on another machine?); it stopped before writing more")]
+    LockLost { location: String },
+
+    #[error("the lock of {location} was left by {holder}, which has not renewed it since {}: if that process is gone, remove the lock with `strata unlock`", format_ms(*.refreshed_ms))]
+    StaleLock { location: String, holder: LockHolder, refreshed_ms: u64 },
 
     #[error("{path} holds packs or images but no config: a Strata repository whose config file is lost or unreadable; restore `config` from a copy of the repository (`strata init` refuses a non-empty directory)")]
     ConfigMissing { path: PathBuf },
 
-    #[error("{path} already exists and is not empty; choose a new directory for the repository")]
+    #[error(
+        "{path} already exists and is not empty; choose a new directory (or an empty bucket prefix) for the repository"
+    )]
     RepositoryExists { path: PathBuf },
 
     #[error("repository format version {found} is not supported by this strata (supports {supported})")]

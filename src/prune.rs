@@ -83,7 +83,7 @@ pub struct PruneReport {
 
 /// Packs whose dead bytes exceed `max_unused_percent` of their size are repacked.
 pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
-    repo.index_health().require_current(&repo.root().join("index"))?;
+    repo.index_health().require_current(&repo.index_dir())?;
     let dead = repo.index().counters().dead_chunks()?;
     let locs = repo.index().locate(&dead)?;
     let mut dead_by_pack: HashMap<PackId, (u32, u64)> = HashMap::new();

@@ -10,6 +10,7 @@ use crate::id::ImageId;
 use crate::index::{Index, Journal, RefDelta, Txn};
 use crate::manifest::{catalog, ImageInfo};
 use crate::pack::stored_trailer;
+use crate::storage::site::Site;
 use crate::storage::{generation, lock, paths, sync_dir, Backend};
 
 /// Finishes what an interrupted operation left, exactly as its journal says: the catalog
@@ -109,6 +110,62 @@ pub fn rebuild_index(path: &Path, backend: &dyn Backend, protection: &Protection
     std::fs::rename(&building, &index_dir).map_err(|e| Error::io("rename", &building, e))?;
     sync_dir(path)?;
     generation::write(backend, next)?;
+    Ok(report)
+}
+
+/// Brings this machine's cache of a bucket's index up to date: rebuilt from the bucket's pack
+/// trailers and manifests beside the old one, then switched in, and the old one removed (a
+/// cache holds nothing that the bucket does not). The caller holds the cache's lock. With
+/// `strict` (a command opening the repository), a pack or manifest that cannot be read fails
+/// the refresh and nothing is recorded, so that no writer builds on an index that lacks what
+/// the bucket holds; `rebuild-index` accepts and reports them, as for a local repository.
+pub(crate) fn refresh_cache(
+    site: &Site,
+    work: &Path,
+    backend: &dyn Backend,
+    protection: &Protection,
+    strict: bool,
+) -> Result<RebuildReport> {
+    // Read before anything else: a writer that finishes meanwhile changes it, and the next
+    // command refreshes again.
+    let version = site.generation_version()?;
+    let generation = generation::read(backend)?;
+    remove_dead_builds(work)?;
+    // An old cache a killed refresh moved aside and did not get to remove.
+    for entry in std::fs::read_dir(work).map_err(|e| Error::io("list", work, e))?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("index.old-") {
+            let p = entry.path();
+            std::fs::remove_dir_all(&p).map_err(|e| Error::io("remove", &p, e))?;
+        }
+    }
+    let building = work.join(format!("index.rebuild-{}", std::process::id()));
+    let mut report = RebuildReport::default();
+    let index = Index::create(&building, protection)?;
+    fill(backend, protection, &index, &mut report)?;
+    if strict && !(report.unreadable_packs.is_empty() && report.unreadable_manifests.is_empty()) {
+        drop(index);
+        let _ = std::fs::remove_dir_all(&building);
+        let mut what: Vec<String> = report.unreadable_packs.iter().map(|(p, e)| format!("{p}: {e}")).collect();
+        what.extend(report.unreadable_manifests.iter().map(|id| format!("images/{id}")));
+        return Err(Error::CacheIncomplete {
+            location: site.name().display().to_string(),
+            unreadable: what.join("; "),
+        });
+    }
+    let mut txn = Txn::new();
+    txn.mark_complete();
+    txn.set_generation(generation);
+    index.commit(txn)?;
+    drop(index);
+    let index_dir = work.join(paths::INDEX);
+    if index_dir.exists() {
+        let aside = work.join(format!("index.old-{}", std::process::id()));
+        std::fs::rename(&index_dir, &aside).map_err(|e| Error::io("move aside", &index_dir, e))?;
+        std::fs::remove_dir_all(&aside).map_err(|e| Error::io("remove", &aside, e))?;
+    }
+    std::fs::rename(&building, &index_dir).map_err(|e| Error::io("rename", &building, e))?;
+    sync_dir(work)?;
+    site.record_seen(work, &version)?;
     Ok(report)
 }
 

@@ -17,17 +17,20 @@ use crate::index::{Index, Txn};
 use crate::manifest::{catalog, DamagedImage, ImageInfo, View};
 use crate::reader::{FrameCache, ImageMap, ImageReader};
 use crate::storage::lock::{self, RepoLock};
-use crate::storage::{generation, paths, Backend, LocalDir};
+use crate::storage::site::Site;
+use crate::storage::{generation, paths, Backend};
 
 pub struct Repository {
-    root: PathBuf,
+    site: Site,
+    /// The local directory of the index: the repository's own, or a bucket's cache.
+    work: PathBuf,
     config: Config,
     backend: Arc<dyn Backend>,
     index: Arc<Index>,
     health: IndexHealth,
     /// Temporary files of dead writers that opening for writing removed: (count, bytes).
     temporaries_removed: (usize, u64),
-    lock: Option<RepoLock>,
+    locks: Vec<RepoLock>,
     /// Plain, or the keys of an encrypted repository.
     protection: Protection,
     /// The master key and the id of the key file that opened it (encrypted repositories).
@@ -188,22 +191,23 @@ impl Repository {
     /// Creates a repository in `path`, which must not exist or be an empty directory. The config
     /// is written last, so a directory is a repository only once it is complete.
     pub fn init(path: &Path, opts: &InitOptions) -> Result<Config> {
-        crate::storage::location::refuse_remote(path)?;
-        if path.exists() {
-            let mut entries = std::fs::read_dir(path).map_err(|e| Error::io("list", path, e))?;
-            if entries.next().is_some() {
-                return Err(Error::RepositoryExists { path: path.into() });
-            }
+        let site = Site::open(path)?;
+        if site.holds_anything()? {
+            return Err(Error::RepositoryExists { path: site.name() });
         }
         let mut config = Config::new(opts.chunker.clone(), opts.compression_level);
         config.pack_target_size = opts.pack_target_size;
         config.max_chain_depth = opts.max_chain_depth;
         config.validate()?;
-        for dir in [paths::PACKS, paths::IMAGES, paths::INDEX] {
-            let d = path.join(dir);
+        let work = site.work_dir(&config.repository_id)?;
+        let mut dirs = vec![work.join(paths::INDEX)];
+        if !site.is_remote() {
+            dirs.extend([path.join(paths::PACKS), path.join(paths::IMAGES)]);
+        }
+        for d in dirs {
             std::fs::create_dir_all(&d).map_err(|e| Error::io("create directory", &d, e))?;
         }
-        let dir = LocalDir::new(path);
+        let dir = site.raw();
         let mut protection = Protection::none();
         if let Encryption::Repokey { password, kdf } = &opts.encryption {
             // The key file first, the config (which makes the directory a repository) last.
@@ -217,12 +221,13 @@ impl Repository {
             config.key_list = Some(list.seal(&master.keys(), &config.repository_id)?);
             protection = Protection::keyed(master.keys());
         }
-        let index = Index::create(&path.join(paths::INDEX), &protection)?;
+        let index = Index::create(&work.join(paths::INDEX), &protection)?;
         let mut txn = Txn::new();
         txn.mark_complete();
         index.commit(txn)?;
         drop(index);
-        dir.put(paths::CONFIG, &config.encode()?)?;
+        site.record_seen(&work, &site.generation_version()?)?;
+        crate::config::write(&site, &config)?;
         Ok(config)
     }
 
@@ -230,12 +235,14 @@ impl Repository {
     /// The index's health is recorded, not enforced: readers that only list or restore work
     /// with what the index knows, `check` reports it, writers refuse an unhealthy index.
     pub fn open(path: &Path) -> Result<Repository> {
-        Self::open_on(path, Arc::new(LocalDir::new(path)))
+        Self::open_with(path, &Credentials::none())
     }
 
     /// `open`, asking `credentials` for the password when the repository is encrypted.
     pub fn open_with(path: &Path, credentials: &Credentials) -> Result<Repository> {
-        Self::open_on_with(path, Arc::new(LocalDir::new(path)), credentials)
+        let site = Site::open(path)?;
+        let raw = site.raw();
+        Self::open_site(site, raw, credentials)
     }
 
     /// `open` with packs, manifests and the other repository objects stored in `backend` (the
@@ -247,21 +254,33 @@ impl Repository {
 
     /// `open_on` with the password of an encrypted repository from `credentials`.
     pub fn open_on_with(path: &Path, backend: Arc<dyn Backend>, credentials: &Credentials) -> Result<Repository> {
-        let config = crate::config::read(path)?;
+        Self::open_site(Site::open(path)?, backend, credentials)
+    }
+
+    fn open_site(site: Site, backend: Arc<dyn Backend>, credentials: &Credentials) -> Result<Repository> {
+        let config = crate::config::read_from(&site)?;
         let (unlocked, backend) = unlock(&config, backend, credentials)?;
+        let work = site.work_dir(&config.repository_id)?;
+        if !site.cache_is_current(&work)? {
+            let _cache = lock::acquire_waiting(&work, "refresh the cache", std::time::Duration::from_secs(3600))?;
+            if !site.cache_is_current(&work)? {
+                crate::recover::refresh_cache(&site, &work, backend.as_ref(), &unlocked.protection, true)?;
+            }
+        }
         // The generation first: a writer that finishes meanwhile raises the index's before the
         // file's, so this order never mistakes a current index for a stale one.
         let generation = generation::read(backend.as_ref())?;
-        let index = Arc::new(Index::open_read_only(&path.join(paths::INDEX), &unlocked.protection)?);
+        let index = Arc::new(Index::open_read_only(&work.join(paths::INDEX), &unlocked.protection)?);
         let health = IndexHealth::of(&index, generation)?;
         Ok(Repository {
-            root: path.into(),
+            site,
+            work,
             config,
             backend,
             index,
             health,
             temporaries_removed: (0, 0),
-            lock: None,
+            locks: Vec::new(),
             protection: unlocked.protection,
             key: unlocked.key,
         })
@@ -278,17 +297,22 @@ impl Repository {
         mut run: impl FnMut(&Repository) -> Result<T>,
         suspect: impl Fn(&T) -> bool,
     ) -> Result<T> {
-        let generation = || generation::read(&LocalDir::new(path)).ok();
+        let site = Site::open(path)?;
+        let raw = site.raw();
+        let generation = || generation::read(raw.as_ref()).ok();
         let mut attempt = 0;
         loop {
-            let before = (lock::writer_active(path), generation());
+            let before = (site.writer_active(), generation());
             let result = Repository::open_with(path, credentials).and_then(|repo| run(&repo));
             let doubtful = result.as_ref().map_or(true, &suspect);
-            let raced = before.0 || lock::writer_active(path) || generation() != before.1;
+            let raced = before.0 || site.writer_active() || generation() != before.1;
             if !doubtful || !raced || attempt >= 4 {
                 return result;
             }
-            lock::wait_for_writers(path, std::time::Duration::from_secs(3600));
+            let started = std::time::Instant::now();
+            while site.writer_active() && started.elapsed() < std::time::Duration::from_secs(3600) {
+                std::thread::sleep(std::time::Duration::from_millis(if site.is_remote() { 2000 } else { 100 }));
+            }
             attempt += 1;
         }
     }
@@ -319,12 +343,14 @@ impl Repository {
     /// Opens for writing: takes the exclusive lock (naming `command` as the holder) and brings
     /// the catalog up to date with manifests published by a run that died before cataloguing.
     pub fn open_writer(path: &Path, command: &str) -> Result<Repository> {
-        Self::open_writer_on(path, command, Arc::new(LocalDir::new(path)))
+        Self::open_writer_with(path, command, &Credentials::none())
     }
 
     /// `open_writer`, asking `credentials` for the password when the repository is encrypted.
     pub fn open_writer_with(path: &Path, command: &str, credentials: &Credentials) -> Result<Repository> {
-        Self::open_writer_on_with(path, command, Arc::new(LocalDir::new(path)), credentials)
+        let site = Site::open(path)?;
+        let raw = site.raw();
+        Self::open_writer_site(site, command, raw, credentials)
     }
 
     /// `open_writer` with the repository's objects in `backend` (see `open_on`).
@@ -339,12 +365,25 @@ impl Repository {
         backend: Arc<dyn Backend>,
         credentials: &Credentials,
     ) -> Result<Repository> {
-        let mut config = crate::config::read(path)?;
+        Self::open_writer_site(Site::open(path)?, command, backend, credentials)
+    }
+
+    fn open_writer_site(
+        site: Site,
+        command: &str,
+        backend: Arc<dyn Backend>,
+        credentials: &Credentials,
+    ) -> Result<Repository> {
+        let mut config = crate::config::read_from(&site)?;
         let (unlocked, backend) = unlock(&config, backend, credentials)?;
-        let lock = lock::acquire(path, command)?;
-        crate::config::upgrade(path, &mut config)?;
+        let work = site.work_dir(&config.repository_id)?;
+        let locks = site.lock(&work, command)?;
+        crate::config::upgrade(&site, &mut config)?;
+        if !site.cache_is_current(&work)? {
+            crate::recover::refresh_cache(&site, &work, backend.as_ref(), &unlocked.protection, true)?;
+        }
         let generation = generation::read(backend.as_ref())?;
-        let index_dir = path.join(paths::INDEX);
+        let index_dir = work.join(paths::INDEX);
         let index = Arc::new(Index::open(&index_dir, &unlocked.protection)?);
         // A writer never builds on an index that may lack what the repository holds: a backup
         // would miss dedup and counters, and prune could take live data for garbage.
@@ -357,13 +396,14 @@ impl Repository {
             temporaries_removed = (temporaries_removed.0 + 1, temporaries_removed.1 + size);
         }
         let repo = Repository {
-            root: path.into(),
+            site,
+            work,
             config,
             backend,
             index,
             health,
             temporaries_removed,
-            lock: Some(lock),
+            locks,
             protection: unlocked.protection,
             key: unlocked.key,
         };
@@ -376,6 +416,27 @@ impl Repository {
         Ok(repo)
     }
 
+    /// Whether a writer holds the lock of the repository at `path` now (false when it cannot be
+    /// told: no such repository, a store that does not answer).
+    pub fn writer_active(path: &Path) -> bool {
+        Site::open(path).is_ok_and(|site| site.writer_active())
+    }
+
+    /// Removes the writer lock a dead process left in a bucket: only a stale one (not renewed
+    /// for 15 minutes), or any with `force`. A local repository has nothing to remove.
+    pub fn unlock(path: &Path, force: bool) -> Result<crate::storage::remote_lock::Unlocked> {
+        match Site::open(path)? {
+            Site::S3 { store, .. } => crate::storage::remote_lock::unlock(&store, force),
+            Site::Local { .. } => Ok(crate::storage::remote_lock::Unlocked {
+                local: true,
+                holder: None,
+                refreshed_ms: 0,
+                stale: false,
+                removed: false,
+            }),
+        }
+    }
+
     /// Recreates the index from the packs' trailers and the manifests alone (see
     /// `recover::rebuild_index`).
     pub fn rebuild_index(path: &Path) -> Result<crate::recover::RebuildReport> {
@@ -385,8 +446,16 @@ impl Repository {
     /// `rebuild_index` of a repository that may be encrypted (its packs and manifests are read
     /// with the key).
     pub fn rebuild_index_with(path: &Path, credentials: &Credentials) -> Result<crate::recover::RebuildReport> {
-        let config = crate::config::read(path)?;
-        let (unlocked, backend) = unlock(&config, Arc::new(LocalDir::new(path)), credentials)?;
+        let site = Site::open(path)?;
+        let config = crate::config::read_from(&site)?;
+        let (unlocked, backend) = unlock(&config, site.raw(), credentials)?;
+        if site.is_remote() {
+            // The index of a bucket is this machine's cache: rebuilt from the bucket, which it
+            // never changes.
+            let work = site.work_dir(&config.repository_id)?;
+            let _cache = lock::acquire(&work, "rebuild-index")?;
+            return crate::recover::refresh_cache(&site, &work, backend.as_ref(), &unlocked.protection, false);
+        }
         crate::recover::rebuild_index(path, backend.as_ref(), &unlocked.protection)
     }
 
@@ -400,11 +469,14 @@ impl Repository {
     /// generation, first in the index (synced), then in the generation file. Every writing
     /// command calls this once its index writes are done.
     pub(crate) fn commit_generation(&self) -> Result<()> {
+        self.require_lock("a writing command")?;
         let next = self.writing_generation()?;
         let mut txn = Txn::new();
         txn.set_generation(next);
         self.index.commit(txn)?;
-        generation::write(self.backend(), next)
+        generation::write(self.backend(), next)?;
+        // Holding the bucket's lock, nobody else wrote: the cache reflects this version.
+        self.site.record_seen(&self.work, &self.site.generation_version()?)
     }
 
     /// The key files of an encrypted repository, and which of them are live and current.
@@ -489,16 +561,25 @@ impl Repository {
         let (master, _) = self.master_key()?;
         let mut config = self.config.clone();
         config.key_list = Some(list.seal(&master.keys(), &config.repository_id)?);
-        LocalDir::new(&self.root).put(paths::CONFIG, &config.encode()?)?;
+        crate::config::write(&self.site, &config)?;
         self.config = config;
         Ok(())
     }
 
     fn require_lock(&self, command: &str) -> Result<()> {
-        match self.lock {
-            Some(_) => Ok(()),
-            None => Err(Error::Internal { reason: format!("{command} needs the writer lock") }),
+        if self.locks.is_empty() {
+            return Err(Error::Internal { reason: format!("{command} needs the writer lock") });
         }
+        // A bucket's lock removed by `strata unlock` while this command held it: another writer
+        // may be running, so nothing more is written.
+        for l in &self.locks {
+            if let RepoLock::Remote(r) = l {
+                if r.lost() {
+                    return Err(Error::LockLost { location: self.location().display().to_string() });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Temporary files left by writers that died, removed when this writer opened: (count, bytes).
@@ -511,8 +592,14 @@ impl Repository {
         self.health
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The repository as the user named it (a directory, or `s3:…`), for messages.
+    pub fn location(&self) -> PathBuf {
+        self.site.name()
+    }
+
+    /// The directory of the index: in the repository, or in this machine's cache of a bucket.
+    pub fn index_dir(&self) -> PathBuf {
+        self.work.join(paths::INDEX)
     }
 
     pub fn config(&self) -> &Config {
@@ -562,7 +649,7 @@ impl Repository {
     /// Every image, oldest first: the catalog plus (for a reader) manifests not yet catalogued.
     pub fn images(&self) -> Result<Vec<ImageInfo>> {
         let mut all = catalog::catalogued(&self.index)?;
-        if self.lock.is_none() {
+        if self.locks.is_empty() {
             all.extend(catalog::uncatalogued(self.backend(), &self.index)?);
         }
         all.sort_by(|a, b| (a.created_ms, a.id).cmp(&(b.created_ms, b.id)));

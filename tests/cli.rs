@@ -230,9 +230,12 @@ fn small_things_a_user_noticed() {
     let said = String::from_utf8_lossy(&repo.cli(&["restore", "latest", target.to_str().unwrap()]).stdout).into_owned();
     assert!(said.contains("of data written") && said.contains("MiB/s written"), "{said}");
 
-    // The lock record names the command, never its arguments (no paths in the lock file).
-    let lock: Value = serde_json::from_slice(&std::fs::read(repo.path.join("lock")).unwrap()).unwrap();
-    assert_eq!(lock["command"], "backup");
+    // The lock record names the command, never its arguments (no paths in the lock file). A
+    // bucket's lock object is gone once its holder is done.
+    if common::s3_base().is_none() {
+        let lock: Value = serde_json::from_slice(&std::fs::read(repo.path.join("lock")).unwrap()).unwrap();
+        assert_eq!(lock["command"], "backup");
+    }
 
     // `backup --help` says what --json does once.
     let help = String::from_utf8_lossy(&strata_cmd().args(["backup", "--help"]).output().unwrap().stdout).into_owned();
@@ -263,23 +266,25 @@ fn small_things_a_user_noticed() {
     let out = child.wait_with_output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
 
-    // A missing index points at rebuild-index; a lost config does not suggest `strata init`.
-    let index = repo.path.join("index");
-    std::fs::rename(&index, repo.file("index.away")).unwrap();
-    common::assert_clean_failure(&repo.cli(&["images"]), "rebuild-index");
-    std::fs::rename(repo.file("index.away"), &index).unwrap();
-    std::fs::rename(repo.path.join("config"), repo.file("config.away")).unwrap();
+    // A missing index points at rebuild-index (a bucket's index is a cache: it is rebuilt); a
+    // lost config does not suggest `strata init`.
+    if common::s3_base().is_none() {
+        let index = repo.path.join("index");
+        std::fs::rename(&index, repo.file("index.away")).unwrap();
+        common::assert_clean_failure(&repo.cli(&["images"]), "rebuild-index");
+        std::fs::rename(repo.file("index.away"), &index).unwrap();
+    }
+    let stored = repo.stored();
+    let config = stored.get("config").unwrap();
+    stored.remove("config").unwrap();
     let out = repo.cli(&["images"]);
     common::assert_clean_failure(&out, "restore `config`");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("create one with"));
-    std::fs::rename(repo.file("config.away"), repo.path.join("config")).unwrap();
+    stored.put("config", &config).unwrap();
 
     // An incremental whose base's manifest is damaged says to take a full.
     let base = repo.images().last().unwrap().id;
-    let path = repo.path.join("images").join(base.to_string());
-    let mut m = std::fs::read(&path).unwrap();
-    m[14] ^= 0xff;
-    std::fs::write(&path, &m).unwrap();
+    repo.alter(&format!("images/{base}"), |m| m[14] ^= 0xff);
     common::assert_clean_failure(&repo.cli(&["backup", "--force-read", src.to_str().unwrap()]), "--kind full");
     let out = repo.cli(&["backup", "--kind", "full", src.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -36,15 +36,27 @@ fn a_plain_directory_or_file_is_not_a_repository() {
 
 #[test]
 fn a_remote_repository_is_refused_not_taken_for_a_local_directory() {
-    // `s3:http://HOST/BUCKET` used to become a directory `s3:http:` under the working directory.
+    // `s3:http://HOST/BUCKET` used to become a directory `s3:http:` under the working directory;
+    // schemes Strata does not know are refused, and an S3 URL goes to the bucket or fails.
     let dir = tempfile::tempdir().unwrap();
-    for args in [
-        &["init", "s3:http://127.0.0.1:9/bucket"][..],
-        &["-r", "s3:http://127.0.0.1:9/bucket", "images"],
-        &["-r", "sftp:host:/srv/repo", "check"],
+    for (args, says) in [
+        (&["-r", "sftp:host:/srv/repo", "check"][..], "not supported by this version"),
+        (&["init", "rest:http://127.0.0.1:9/"], "not supported by this version"),
+        (&["-r", "ftp://host/dir", "images"], "not supported by this version"),
+        (&["-r", "s3:bucket", "images"], "expected s3:http://HOST"),
+        (&["-r", "s3:http://user:secret@127.0.0.1:9/bucket", "images"], "credentials do not belong in the URL"),
+        (&["init", "s3:http://127.0.0.1:9/bucket"], "did not answer"),
     ] {
-        let out = strata_cmd().current_dir(dir.path()).args(args).output().unwrap();
-        assert_clean_failure(&out, "not supported by this version");
+        let out = strata_cmd()
+            .current_dir(dir.path())
+            .env("AWS_ACCESS_KEY_ID", "k")
+            .env("AWS_SECRET_ACCESS_KEY", "s")
+            .env("STRATA_S3_RETRY_SECONDS", "0")
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_clean_failure(&out, says);
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a directory was created");
     // A local directory with a colon in its name is still one, written as ./NAME.

@@ -216,7 +216,7 @@ fn seventy_days_of_a_monthly_weekly_daily_scheme_choose_their_kinds_and_keep_two
     }
 
     // Each run left its record; `jobs` shows the last and what is due next.
-    assert_eq!(repo.files_in("runs/nightly").len(), 70);
+    assert_eq!(repo.stored().list("runs/nightly").unwrap().len(), 70);
     let out = jobs.strata(Some("2026-03-12T01:00:00Z"), &["jobs", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

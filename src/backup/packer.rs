@@ -17,6 +17,16 @@ pub(crate) struct StoredPack {
     pub entries: Vec<PackEntry>,
 }
 
+/// A pack handed to the writer, numbered in the order it was sealed.
+pub(super) type Numbered = (u64, PackBuilder);
+
+/// A pack that is durable and indexed: its number, stored size, and its buffer for reuse.
+pub(super) struct Ack {
+    pub number: u64,
+    pub stored: u64,
+    pub buffer: Vec<u8>,
+}
+
 /// Seals `pack` and stores it durably.
 pub(crate) fn store(repo: &Repository, pack: PackBuilder) -> Result<StoredPack> {
     let (id, bytes, entries) = pack.finish()?;
@@ -24,27 +34,50 @@ pub(crate) fn store(repo: &Repository, pack: PackBuilder) -> Result<StoredPack> 
     // librocksdb asserts (aborts) on a sync after a write error. Nothing is lost either way.
     if let Some(free) = repo.backend().available() {
         if free < bytes.len() as u64 + crate::index::headroom_for(entries.len()) {
-            return Err(Error::NoSpace { path: repo.root().into() });
+            return Err(Error::NoSpace { path: repo.location() });
         }
     }
     repo.backend().put(&id.path(), &bytes)?;
     Ok(StoredPack { id, bytes, entries })
 }
 
-/// The pack writer thread of a backup: for each pack in turn, stored durably, then its index
-/// batch committed. Running beside the pipeline, this overlaps with reading, chunking and
-/// compressing; the order per pack is the same as when it was inline. Acknowledges each pack
-/// with its stored size and its buffer (to be filled by a later pack).
-pub(super) fn write_packs(repo: &Repository, packs: Receiver<PackBuilder>, acks: Sender<(u64, Vec<u8>)>) -> Result<()> {
-    for pack in packs {
+/// The pack writer of a backup: for each pack, stored durably, then its index batch committed.
+/// Running beside the pipeline, this overlaps with reading, chunking and compressing; the order
+/// per pack is the same as when it was inline. Acknowledges each pack with its stored size and
+/// its buffer (to be filled by a later pack). Where the storage takes several objects at once
+/// (`Backend::concurrent_puts`: a bucket), that many packs are stored in parallel, each indexed
+/// once its own upload is done; the pipeline's four buffers still bound the memory.
+pub(super) fn write_packs(repo: &Repository, packs: Receiver<Numbered>, acks: Sender<Ack>) -> Result<()> {
+    let writers = repo.backend().concurrent_puts().clamp(1, 4);
+    if writers == 1 {
+        return write_each(repo, &std::sync::Mutex::new(packs), &acks);
+    }
+    let packs = std::sync::Mutex::new(packs);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers).map(|_| s.spawn(|| write_each(repo, &packs, &acks.clone()))).collect();
+        let mut result = Ok(());
+        for h in handles {
+            let r = h.join().unwrap_or_else(|_| Err(Error::Internal { reason: "a pack writer panicked".into() }));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
+}
+
+fn write_each(repo: &Repository, packs: &std::sync::Mutex<Receiver<Numbered>>, acks: &Sender<Ack>) -> Result<()> {
+    loop {
+        let next = packs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok((number, pack)) = next else { return Ok(()) };
         let stored = store(repo, pack)?;
         crate::failpoint::hit!("pack-before-index");
         repo.index().add_pack(stored.id, stored.bytes.len() as u64, &stored.entries)?;
-        if acks.send((stored.bytes.len() as u64, stored.bytes)).is_err() {
-            break; // the pipeline stopped; it has nothing more to send
+        let ack = Ack { number, stored: stored.bytes.len() as u64, buffer: stored.bytes };
+        if acks.send(ack).is_err() {
+            return Ok(()); // the pipeline stopped; it has nothing more to send
         }
     }
-    Ok(())
 }
 
 /// Frames chunks that already exist (prune moves them out of packs it rewrites) into new frames

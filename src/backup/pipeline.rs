@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::chunker::{split_regions, SegmentHasher};
-use super::packer::write_packs;
+use super::packer::{write_packs, Ack, Numbered};
 use super::source::Source;
 use crate::allocation::UsageMap;
 use crate::config::ChunkerParams;
@@ -28,8 +28,8 @@ use crate::repository::Repository;
 /// The pipeline's end of the pack writer: sealed packs go out (at most one waits, so memory stays
 /// bounded), the stored size of each pack comes back once it is durable and indexed.
 struct WriterLink {
-    packs: SyncSender<PackBuilder>,
-    acks: Receiver<(u64, Vec<u8>)>,
+    packs: SyncSender<Numbered>,
+    acks: Receiver<Ack>,
 }
 
 fn writer_stopped() -> Error {
@@ -162,7 +162,10 @@ pub(super) struct Run<'a> {
     /// the index, so lookups cannot find them).
     pending: HashSet<ChunkId>,
     /// Chunk ids of each pack sent to the writer and not yet acknowledged, oldest first.
-    inflight: VecDeque<Vec<ChunkId>>,
+    /// Packs handed to the writer and not yet acknowledged: their numbers and chunks.
+    inflight: VecDeque<(u64, Vec<ChunkId>)>,
+    /// The number of the next pack handed to the writer.
+    next_pack: u64,
     writer: Option<WriterLink>,
     refs: &'a mut RefDelta,
     /// Chunks stored again because their pack was lost or cut short, with what their owners
@@ -201,6 +204,7 @@ impl<'a> Run<'a> {
             pack: repo.new_pack(),
             pending: HashSet::new(),
             inflight: VecDeque::new(),
+            next_pack: 0,
             writer: None,
             spare: Vec::new(),
             restored: HashMap::new(),
@@ -218,8 +222,8 @@ impl<'a> Run<'a> {
     pub(super) fn run(mut self, src: &Source, usage: &UsageMap, progress: &dyn Progress) -> Result<RunOutcome> {
         let repo = self.repo;
         std::thread::scope(|scope| {
-            let (packs_tx, packs_rx) = sync_channel::<PackBuilder>(1);
-            let (acks_tx, acks_rx) = channel::<(u64, Vec<u8>)>();
+            let (packs_tx, packs_rx) = sync_channel::<Numbered>(1);
+            let (acks_tx, acks_rx) = channel::<Ack>();
             let writer = scope.spawn(move || write_packs(repo, packs_rx, acks_tx));
             self.writer = Some(WriterLink { packs: packs_tx, acks: acks_rx });
             let piped = self
@@ -427,8 +431,10 @@ impl<'a> Run<'a> {
         let pack = std::mem::replace(&mut self.pack, PackBuilder::with_buffer(buf, self.repo.protection().clone()));
         let ids = pack.entries().iter().map(|e| e.id).collect();
         let link = self.writer.as_ref().ok_or_else(writer_stopped)?;
-        link.packs.send(pack).map_err(|_| writer_stopped())?;
-        self.inflight.push_back(ids);
+        let number = self.next_pack;
+        self.next_pack += 1;
+        link.packs.send((number, pack)).map_err(|_| writer_stopped())?;
+        self.inflight.push_back((number, ids));
         self.take_acks(usize::MAX)
     }
 
@@ -472,12 +478,16 @@ impl<'a> Run<'a> {
                     Err(TryRecvError::Disconnected) => return Err(writer_stopped()),
                 }
             };
-            let (stored, buf) = stored;
+            let Ack { number, stored, buffer } = stored;
             self.info.new_stored_bytes += stored;
             if self.spare.is_empty() {
-                self.spare.push(buf);
+                self.spare.push(buffer);
             }
-            let ids = self.inflight.pop_front().unwrap_or_default();
+            // Several writers (a bucket) acknowledge in the order their uploads end.
+            let at = self.inflight.iter().position(|(n, _)| *n == number).ok_or_else(|| Error::Internal {
+                reason: format!("the pack writer acknowledged pack {number}, which it was not given"),
+            })?;
+            let (_, ids) = self.inflight.remove(at).unwrap_or_default();
             for id in &ids {
                 self.pending.remove(id);
             }

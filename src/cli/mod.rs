@@ -23,8 +23,10 @@ use strata::{BackupOptions, InitOptions, KindRequest, Repository};
 #[derive(Parser)]
 #[command(name = "strata", version, about = "Deduplicating full, differential and incremental disk images")]
 struct Cli {
-    /// Repository directory (local; `s3:…`, `sftp:…` and `SCHEME://…` are refused: write ./NAME for a
-    /// directory whose name has a colon)
+    /// Repository: a directory, or a bucket `s3:http[s]://HOST[:PORT]/BUCKET[/PREFIX]` (credentials
+    /// from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE; the index is cached in
+    /// $XDG_CACHE_HOME/strata). Other schemes are refused: write ./NAME for a directory whose
+    /// name has a colon
     #[arg(short = 'r', long = "repo", env = "STRATA_REPO", global = true)]
     repo: Option<PathBuf>,
 
@@ -46,7 +48,8 @@ struct Cli {
 enum Command {
     /// Create a repository (chunk sizes, compression and encryption are fixed here)
     Init {
-        /// Directory to create (or an empty one); defaults to --repo
+        /// Directory to create (or an empty one), or an empty bucket or prefix `s3:…`; defaults
+        /// to --repo
         path: Option<PathBuf>,
         /// `repokey`: a random key, kept in the repository sealed by the password (asked
         /// twice on a terminal, or from STRATA_PASSWORD / --password-file / --password-command);
@@ -338,7 +341,19 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         cache_mib: u64,
     },
-    /// Recreate the index from the packs and manifests (the old one is moved aside)
+    /// Remove the lock a dead process left in a bucket (a local repository's lock needs no
+    /// removal: it ends with its holder)
+    Unlock {
+        /// Remove the lock even though its holder renewed it recently (only when you know that
+        /// process is gone: two writers at once can lose each other's images)
+        #[arg(long)]
+        force: bool,
+        /// Print JSON for scripts instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recreate the index from the packs and manifests (the old one is moved aside; for a
+    /// bucket, this machine's cache of it is rebuilt)
     RebuildIndex {
         /// Print JSON for scripts instead of text
         #[arg(long)]
@@ -610,6 +625,11 @@ pub fn run() -> Result<()> {
         Command::Man { dir } => install::man(&dir)?,
         Command::Schedule { job, systemd: _, user, out, cron } => {
             jobs::schedule(&cli.repo, &job, cron, user, out.as_deref())?
+        }
+        Command::Unlock { force, json } => {
+            let path = repo_path(&cli.repo)?;
+            let u = Repository::unlock(&path, force).with_context(|| format!("cannot unlock {}", path.display()))?;
+            output::unlocked(&u, json)?;
         }
         Command::RebuildIndex { json } => {
             let path = repo_path(&cli.repo)?;

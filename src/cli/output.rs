@@ -542,6 +542,23 @@ pub fn rebuild(r: &RebuildReport, json: bool) -> Result<()> {
     Ok(())
 }
 
+pub fn unlocked(u: &strata::storage::remote_lock::Unlocked, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(u)?);
+        return Ok(());
+    }
+    match (&u.holder, u.removed) {
+        (None, _) if u.local => println!("nothing to remove: a local repository's lock ends when its holder exits"),
+        (None, _) => println!("the repository is not locked"),
+        (Some(h), true) => println!("removed the lock of {h} (last renewed {})", strata::timefmt::format_ms(u.refreshed_ms)),
+        (Some(h), false) => anyhow::bail!(
+            "the lock is held by {h}, renewed {}: it looks alive; wait for it, or use --force if you know that process is gone",
+            strata::timefmt::format_ms(u.refreshed_ms)
+        ),
+    }
+    Ok(())
+}
+
 pub fn keys(keys: &[strata::crypto::keyring::KeyInfo], json: bool) -> Result<()> {
     if json {
         let v: Vec<_> = keys

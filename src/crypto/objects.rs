@@ -205,6 +205,10 @@ impl Backend for SealingBackend {
     fn available(&self) -> Option<u64> {
         self.inner.available()
     }
+
+    fn concurrent_puts(&self) -> usize {
+        self.inner.concurrent_puts()
+    }
 }
 
 /// An error of the sealed reader, carried through `std::io` and unwrapped again.

@@ -172,6 +172,13 @@ fn steps(
     progress: &dyn Progress,
 ) -> Result<()> {
     if let Some(min_free) = job.min_free {
+        if repo.backend().available().is_none() {
+            // A bucket has no free space to speak of.
+            out.warnings.push(format!(
+                "min_free is not applied: {} cannot tell how much space is free",
+                repo.location().display()
+            ));
+        }
         make_room(repo, id, min_free, out, progress)?;
     }
     let kind = match out.due.kind {

@@ -23,7 +23,7 @@ use crate::partition::{read_table, Table};
 use crate::reader::{FrameCache, ImageMap, ImageReader, Piece};
 use crate::repository::Credentials;
 use crate::repository::Repository;
-use crate::storage::{generation, paths, Backend, LocalDir};
+use crate::storage::{generation, paths, Backend};
 
 /// Filesystems kept open for the file view (each on its own thread); the least recently
 /// opened one is closed first.
@@ -111,7 +111,7 @@ impl Images {
 
     /// Replaces the view when the repository changed; returns whether it did.
     fn refresh(&self) -> Result<bool> {
-        let now = stamp(&LocalDir::new(&self.root))?;
+        let now = stamp(crate::storage::site::Site::open(&self.root)?.raw().as_ref())?;
         if now == self.current().stamp {
             return Ok(false);
         }
@@ -260,7 +260,7 @@ fn stamp(backend: &dyn Backend) -> Result<(u64, Vec<ImageId>)> {
 }
 
 fn load(root: &Path, credentials: &Credentials) -> Result<View> {
-    let stamp = stamp(&LocalDir::new(root))?;
+    let stamp = stamp(crate::storage::site::Site::open(root)?.raw().as_ref())?;
     let images = Repository::open_with(root, credentials)?.images()?;
     // Opened after the listing: its index knows every chunk the listed images need.
     let repo = Repository::open_with(root, credentials)?;

@@ -1,5 +1,6 @@
 //! One writer at a time: an exclusive `flock` on `<repo>/lock`, released by the kernel when the
 //! holder exits or dies, so a kill -9 never leaves a stale lock. The file names the holder.
+//! A repository in a bucket is locked with an object instead (`remote_lock`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -12,8 +13,19 @@ pub use crate::error::LockHolder;
 use crate::error::{Error, Result};
 
 /// Held while it lives.
-pub(crate) struct RepoLock {
-    _file: File,
+pub(crate) enum RepoLock {
+    File(#[allow(dead_code)] File),
+    Remote(super::remote_lock::RemoteLock),
+}
+
+/// This process, running `command`, as a lock names it.
+pub(crate) fn holder(command: &str) -> LockHolder {
+    LockHolder {
+        pid: std::process::id(),
+        host: hostname(),
+        command: command.to_string(),
+        since_ms: crate::timefmt::now_ms(),
+    }
 }
 
 fn hostname() -> String {
@@ -54,16 +66,24 @@ pub(crate) fn acquire(repo: &Path, command: &str) -> Result<RepoLock> {
         }
         return Err(Error::io("lock", &path, err));
     }
-    let holder = LockHolder {
-        pid: std::process::id(),
-        host: hostname(),
-        command: command.to_string(),
-        since_ms: crate::timefmt::now_ms(),
-    };
+    let holder = holder(command);
     let text = serde_json::to_vec(&holder).map_err(|e| Error::Internal { reason: format!("lock record: {e}") })?;
     file.set_len(0).map_err(|e| Error::io("write", &path, e))?;
     file.write_all_at(&text, 0).map_err(|e| Error::io("write", &path, e))?;
-    Ok(RepoLock { _file: file })
+    Ok(RepoLock::File(file))
+}
+
+/// `acquire`, waiting up to `limit` while another process holds the lock.
+pub(crate) fn acquire_waiting(dir: &Path, command: &str, limit: std::time::Duration) -> Result<RepoLock> {
+    let started = std::time::Instant::now();
+    loop {
+        match acquire(dir, command) {
+            Err(Error::RepositoryLocked { .. }) if started.elapsed() < limit => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Whether a writer holds the lock of the repository at `repo` now. Read from /proc/locks, so a
@@ -84,12 +104,4 @@ pub fn writer_active(repo: &Path) -> bool {
         };
         f.get(1) == Some(&"FLOCK") && matches!(parsed, (Ok(a), Ok(b), Ok(c)) if (a, b, c) == want)
     })
-}
-
-/// Waits until no writer holds the lock, or `limit` passes.
-pub(crate) fn wait_for_writers(repo: &Path, limit: std::time::Duration) {
-    let started = std::time::Instant::now();
-    while writer_active(repo) && started.elapsed() < limit {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }

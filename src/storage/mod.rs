@@ -1,13 +1,17 @@
 //! Where the repository's objects live: the `Backend` trait (the seam for object storage and for
-//! fault-injecting doubles), the local directory that implements it, the repository's layout
-//! (`paths`), its generation file, and the writer lock. The RocksDB index is always local and
-//! not behind the trait.
+//! fault-injecting doubles), the local directory and the S3 bucket that implement it, the
+//! repository's layout (`paths`), its generation file, and the writer locks; `site` puts them
+//! together for one repository argument. The RocksDB index is always local and not behind the
+//! trait (for a bucket it is a cache).
 
 pub mod generation;
 mod local;
 pub mod location;
 pub mod lock;
 pub mod paths;
+pub mod remote_lock;
+pub mod s3;
+pub(crate) mod site;
 
 pub(crate) use local::sync_dir;
 pub use local::LocalDir;
@@ -38,6 +42,12 @@ pub trait Backend: Send + Sync {
     fn remove_temporary(&self, path: &str) -> Result<()>;
     /// Bytes that can still be written, where the storage can tell.
     fn available(&self) -> Option<u64>;
+    /// How many objects a writer should have in flight at once: one for a disk (a second
+    /// stream only competes for the same queue), several for a store reached over the network,
+    /// where each request waits on round trips.
+    fn concurrent_puts(&self) -> usize {
+        1
+    }
 }
 
 pub trait ObjectWriter: Write + Send {

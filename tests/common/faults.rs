@@ -54,16 +54,16 @@ impl Trigger {
     }
 }
 
-/// The local directory backend with one fault injected.
+/// The repository's backend (its directory, or its bucket in an S3 run) with one fault injected.
 pub struct Faulty {
-    inner: LocalDir,
+    inner: Box<dyn Backend>,
     trigger: Arc<Trigger>,
 }
 
 impl Faulty {
     pub fn new(root: &Path, fault: Fault, at: usize) -> Faulty {
         let trigger = Trigger { fault, at, calls: AtomicUsize::new(0), fired: AtomicBool::new(false) };
-        Faulty { inner: LocalDir::new(root), trigger: Arc::new(trigger) }
+        Faulty { inner: super::raw_backend(root), trigger: Arc::new(trigger) }
     }
 
     /// Whether the fault was injected (the operation reached its `at`-th call).

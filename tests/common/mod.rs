@@ -32,6 +32,13 @@ pub fn encrypted() -> bool {
     std::env::var("STRATA_TEST_ENCRYPTION").is_ok_and(|v| v == "repokey")
 }
 
+/// The bucket this run makes its repositories in, when it runs against an S3 server:
+/// `STRATA_TEST_S3=http://HOST:PORT/BUCKET` (`.ci/test` starts moto for it). Each repository
+/// is a prefix of its own; credentials come from the usual AWS_* variables.
+pub fn s3_base() -> Option<String> {
+    std::env::var("STRATA_TEST_S3").ok().filter(|s| !s.is_empty())
+}
+
 /// The password, for opening what `TestRepo` and `strata_cmd` make (a plain repository never
 /// asks for it).
 pub fn credentials() -> Credentials {
@@ -92,10 +99,11 @@ impl TestRepo {
         })
     }
 
-    /// A repository made with `opts` as they are.
+    /// A repository made with `opts` as they are: `repo` in a temporary directory, or a fresh
+    /// prefix of the test bucket (`s3_base`).
     pub fn exactly(opts: InitOptions) -> TestRepo {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("repo");
+        let path = repo_path_in(&dir);
         Repository::init(&path, &opts).expect("init");
         TestRepo { dir, path }
     }
@@ -105,7 +113,14 @@ impl TestRepo {
     pub fn copy(&self) -> TestRepo {
         let dir = tempfile::tempdir().expect("temp dir");
         copy_tree(self.dir.path(), dir.path());
-        let path = dir.path().join("repo");
+        let path = repo_path_in(&dir);
+        if s3_base().is_some() {
+            use strata::storage::Backend as _;
+            let (from, to) = (bucket(&self.path), bucket(&path));
+            for name in from.list("").expect("list") {
+                to.put(&name, &from.get(&name).expect("get")).expect("put");
+            }
+        }
         TestRepo { dir, path }
     }
 
@@ -127,7 +142,7 @@ impl TestRepo {
             .expect("spawn strata");
         let mut stalled = Stalled { child, gate };
         let started = std::time::Instant::now();
-        while !strata::storage::lock::writer_active(&self.path) {
+        while !Repository::writer_active(&self.path) {
             assert!(stalled.running(), "the stalled command ended before taking the lock");
             assert!(started.elapsed().as_secs() < 60, "the stalled command never took the lock");
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -196,6 +211,26 @@ impl TestRepo {
             .expect("spawn strata")
     }
 
+    /// Its objects as stored (sealed ones still sealed): its directory, or its prefix of the
+    /// test bucket. For tests that damage, remove or measure objects in either place.
+    pub fn stored(&self) -> Box<dyn strata::storage::Backend> {
+        raw_backend(&self.path)
+    }
+
+    /// The bytes of every object under `dir` ("packs", "images").
+    pub fn stored_bytes(&self, dir: &str) -> u64 {
+        let stored = self.stored();
+        stored.list(dir).expect("list").iter().map(|p| stored.size(p).expect("size")).sum()
+    }
+
+    /// Replaces the object `name` with what `change` makes of its bytes.
+    pub fn alter(&self, name: &str, change: impl FnOnce(&mut Vec<u8>)) {
+        let stored = self.stored();
+        let mut bytes = stored.get(name).expect("read object");
+        change(&mut bytes);
+        stored.put(name, &bytes).expect("write object");
+    }
+
     /// Paths of all files below the repository matching `dir` (e.g. "packs", "images").
     pub fn files_in(&self, dir: &str) -> Vec<PathBuf> {
         let mut out = Vec::new();
@@ -212,6 +247,36 @@ impl TestRepo {
         out.sort();
         out
     }
+}
+
+/// Where the repository of a test that owns `dir` lives: `dir/repo`, or a prefix of the test
+/// bucket named after `dir` (unique while `dir` exists).
+fn repo_path_in(dir: &tempfile::TempDir) -> PathBuf {
+    match s3_base() {
+        Some(base) => {
+            let name = dir.path().file_name().and_then(|n| n.to_str()).expect("temp dir name");
+            PathBuf::from(format!("s3:{base}/{}-{}", name.trim_start_matches('.'), std::process::id()))
+        }
+        None => dir.path().join("repo"),
+    }
+}
+
+/// The objects of the repository at `path` as stored: its directory, or its prefix of the test
+/// bucket.
+pub fn raw_backend(path: &Path) -> Box<dyn strata::storage::Backend> {
+    if path.to_str().is_some_and(|p| p.starts_with("s3:")) {
+        Box::new(bucket(path))
+    } else {
+        Box::new(strata::storage::LocalDir::new(path))
+    }
+}
+
+/// The objects of a repository in the test bucket, as stored.
+pub fn bucket(path: &Path) -> strata::storage::s3::S3Backend {
+    use strata::storage::s3::{S3Backend, S3Store, S3Url};
+    let text = path.to_str().and_then(|t| t.strip_prefix("s3:")).expect("an s3: repository");
+    let url = S3Url::parse(text).expect("test bucket URL");
+    S3Backend(std::sync::Arc::new(S3Store::new(&url).expect("S3 client")))
 }
 
 /// Copies a directory tree.
