@@ -45,10 +45,10 @@ pub(crate) fn store(repo: &Repository, pack: PackBuilder) -> Result<StoredPack> 
 /// Running beside the pipeline, this overlaps with reading, chunking and compressing; the order
 /// per pack is the same as when it was inline. Acknowledges each pack with its stored size and
 /// its buffer (to be filled by a later pack). Where the storage takes several objects at once
-/// (`Backend::concurrent_puts`: a bucket), that many packs are stored in parallel, each indexed
+/// (`Backend::concurrent_requests`: a bucket), that many packs are stored in parallel, each indexed
 /// once its own upload is done; the pipeline's four buffers still bound the memory.
 pub(super) fn write_packs(repo: &Repository, packs: Receiver<Numbered>, acks: Sender<Ack>) -> Result<()> {
-    let writers = repo.backend().concurrent_puts().clamp(1, 4);
+    let writers = repo.backend().concurrent_requests().clamp(1, 4);
     if writers == 1 {
         return write_each(repo, &std::sync::Mutex::new(packs), &acks);
     }

@@ -103,6 +103,12 @@ impl FrameCache {
         out
     }
 
+    /// Whether the frame at `key` is decoded and held (a read of it would not touch storage).
+    pub(super) fn holds(&self, key: Key) -> bool {
+        let lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        lru.slots.get(&key).is_some_and(|slot| slot.frame.get().is_some())
+    }
+
     /// Counts a newly decoded frame and evicts the least recently used ones above the cap (a
     /// frame in use stays alive for its users; only the cache lets go of it).
     fn account(&self, key: Key, bytes: u64) {

@@ -291,6 +291,20 @@ impl ImageReader {
         Ok(out)
     }
 
+    /// The stored bytes of those of `frames` the cache lacks, read in one batch, when the
+    /// storage takes several requests at once (a bucket); nothing for a disk, whose frames are
+    /// read where they are decoded.
+    fn prefetch(&self, frames: &[ChunkLoc]) -> HashMap<(crate::id::PackId, u64), Result<Vec<u8>>> {
+        let backend = self.backend();
+        if backend.concurrent_requests() <= 1 || frames.len() <= 1 {
+            return HashMap::new();
+        }
+        let missing: Vec<&ChunkLoc> = frames.iter().filter(|l| !self.cache.holds((l.pack, l.slot.offset))).collect();
+        let reads: Vec<(String, u64, usize)> =
+            missing.iter().map(|l| (l.pack.path(), l.slot.offset, l.slot.stored_len as usize)).collect();
+        missing.iter().map(|l| (l.pack, l.slot.offset)).zip(backend.read_ranges(&reads)).collect()
+    }
+
     /// Calls `f` with each piece's verified bytes (or why they cannot be had) and that piece's
     /// slot, pieces in parallel. Decoded frames are held at most `cap / 2` at once per call, so
     /// a piece list that takes one chunk from each of many frames stays bounded too. The error
@@ -309,9 +323,14 @@ impl ImageReader {
         while start < pieces.len() {
             let (end, frames) = frame_group(&locs[start..], budget);
             let end = start + end;
+            // A store over the network gets the group's frames in one batch of requests sent at
+            // once, instead of one round trip after another on the pool's threads.
+            let mut fetched = self.prefetch(&frames);
+            let fetched = std::sync::Mutex::new(&mut fetched);
             let frame = |loc: &ChunkLoc| {
                 let key = (loc.pack, loc.slot.offset);
-                (key, self.cache.get(key, |buf| read_frame(self.backend(), &self.protection, loc, buf)))
+                let stored = fetched.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                (key, self.cache.get(key, |buf| read_frame(self.backend(), &self.protection, loc, stored, buf)))
             };
             // Small reads stay on the calling thread: handing one frame to the pool costs more
             // than the work (mount and NBD serve many small reads, each on its own thread).
@@ -419,11 +438,17 @@ fn frame_group(locs: &[Option<ChunkLoc>], budget: u64) -> (usize, Vec<ChunkLoc>)
     (locs.len(), frames)
 }
 
-/// Reads and decodes the frame at `loc` (all the chunks it holds) into `buf`.
-fn read_frame(backend: &dyn Backend, n: &Protection, loc: &ChunkLoc, mut buf: Vec<u8>) -> Frame {
-    let mut stored = backend
-        .read_at(&loc.pack.path(), loc.slot.offset, loc.slot.stored_len as usize)
-        .map_err(|err| FrameError::Unreadable(err.to_string()))?;
+/// Reads (unless `fetched` already holds its stored bytes) and decodes the frame at `loc` (all
+/// the chunks it holds) into `buf`.
+fn read_frame(
+    backend: &dyn Backend,
+    n: &Protection,
+    loc: &ChunkLoc,
+    fetched: Option<Result<Vec<u8>>>,
+    mut buf: Vec<u8>,
+) -> Frame {
+    let read = || backend.read_at(&loc.pack.path(), loc.slot.offset, loc.slot.stored_len as usize);
+    let mut stored = fetched.unwrap_or_else(read).map_err(|err| FrameError::Unreadable(err.to_string()))?;
     let stored =
         unseal_frame(n, &loc.pack, &loc.slot, &mut stored).map_err(|err| FrameError::Undecodable(err.to_string()))?;
     decode_frame_into(loc.slot.codec, stored, loc.slot.frame_raw, &mut buf)

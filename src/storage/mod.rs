@@ -42,11 +42,17 @@ pub trait Backend: Send + Sync {
     fn remove_temporary(&self, path: &str) -> Result<()>;
     /// Bytes that can still be written, where the storage can tell.
     fn available(&self) -> Option<u64>;
-    /// How many objects a writer should have in flight at once: one for a disk (a second
+    /// How many requests a command should have in flight at once: one for a disk (a second
     /// stream only competes for the same queue), several for a store reached over the network,
     /// where each request waits on round trips.
-    fn concurrent_puts(&self) -> usize {
+    fn concurrent_requests(&self) -> usize {
         1
+    }
+
+    /// `read_at` for each of `reads` (path, offset, length), in that order; a store reached over
+    /// the network sends them at once (and may merge neighbours), a disk reads one after another.
+    fn read_ranges(&self, reads: &[(String, u64, usize)]) -> Vec<Result<Vec<u8>>> {
+        reads.iter().map(|(path, offset, len)| self.read_at(path, *offset, *len)).collect()
     }
 }
 

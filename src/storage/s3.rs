@@ -440,8 +440,70 @@ impl Backend for S3Backend {
     }
 
     /// Four packs at a time: the packer's four buffers (its memory bound) all in flight.
-    fn concurrent_puts(&self) -> usize {
+    fn concurrent_requests(&self) -> usize {
         4
+    }
+
+    /// One request per object (object_store merges ranges of one object that are close), up to
+    /// 16 objects at once.
+    fn read_ranges(&self, reads: &[(String, u64, usize)]) -> Vec<Result<Vec<u8>>> {
+        use futures_util::StreamExt;
+        let s = &self.0;
+        let mut by_path: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        for (i, (path, _, _)) in reads.iter().enumerate() {
+            by_path.entry(path.as_str()).or_default().push(i);
+        }
+        let requests = by_path.into_iter().map(|(path, at)| {
+            let ranges: Vec<std::ops::Range<u64>> =
+                at.iter().map(|&i| reads[i].1..reads[i].1 + reads[i].2 as u64).collect();
+            async move {
+                let key = s.key(path);
+                (path, at, s.store.get_ranges(&key, &ranges).await)
+            }
+        });
+        let mut out: Vec<Option<Result<Vec<u8>>>> = (0..reads.len()).map(|_| None).collect();
+        let fetched = match runtime() {
+            Ok(rt) => rt.block_on(futures_util::stream::iter(requests).buffer_unordered(16).collect::<Vec<_>>()),
+            Err(e) => return reads.iter().map(|_| Err(Error::Internal { reason: e.to_string() })).collect(),
+        };
+        for (path, at, result) in fetched {
+            match result {
+                Ok(parts) => {
+                    for (i, bytes) in at.into_iter().zip(parts) {
+                        out[i] = Some(if bytes.len() == reads[i].2 {
+                            Ok(bytes.to_vec())
+                        } else {
+                            Err(Error::Io {
+                                op: "read",
+                                path: s.name(path),
+                                cause: std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    "the object is shorter than its index says",
+                                ),
+                            })
+                        });
+                    }
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    for i in at {
+                        let again = object_store::Error::Generic { store: "S3", source: text.clone().into() };
+                        out[i] = Some(Err(if text.contains("not found") || text.contains("NotFound") {
+                            s.error(
+                                "read",
+                                path,
+                                object_store::Error::NotFound { path: path.into(), source: text.clone().into() },
+                            )
+                        } else {
+                            s.error("read", path, again)
+                        }));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal { reason: "a range was not read".into() })))
+            .collect()
     }
 }
 

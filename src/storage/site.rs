@@ -127,7 +127,10 @@ impl Site {
             Site::Local { root, .. } => Ok(vec![lock::acquire(root, command)?]),
             Site::S3 { store, .. } => {
                 let remote = remote_lock::acquire(store.clone(), command)?;
-                Ok(vec![remote, lock::acquire(work, command)?])
+                // Another writer of this machine cannot hold the cache (it would hold the lock
+                // object); a reader refreshing the cache can, for as long as that takes.
+                let cache = lock::acquire_waiting(work, command, std::time::Duration::from_secs(600))?;
+                Ok(vec![remote, cache])
             }
         }
     }
