@@ -16,8 +16,8 @@ use crate::error::{Error, Result};
 use crate::index::{Index, Txn};
 use crate::manifest::{catalog, DamagedImage, ImageInfo, View};
 use crate::reader::{FrameCache, ImageMap, ImageReader};
-use crate::storage::lock::{self, RepoLock};
-use crate::storage::site::Site;
+use crate::storage::lock;
+use crate::storage::site::{RepoLock, Site};
 use crate::storage::{generation, paths, Backend};
 
 pub struct Repository {

@@ -60,6 +60,14 @@ impl Machine {
     }
 }
 
+/// `disk.img` beside `repo`: `len` random bytes from `seed`.
+fn random_disk(repo: &TestRepo, seed: u64, len: usize) -> (Disk, PathBuf) {
+    let disk = Disk::new(seed, len).random(0..len);
+    let src = repo.file("disk.img");
+    disk.write_to(&src);
+    (disk, src)
+}
+
 fn image_ids(images: &[serde_json::Value]) -> Vec<String> {
     images.iter().map(|i| i["image"].as_str().expect("image").to_string()).collect()
 }
@@ -114,9 +122,7 @@ fn two_machines_back_up_into_one_bucket_and_each_restores_the_others_images() {
 fn a_lost_or_outdated_cache_is_rebuilt_from_the_bucket() {
     let repo = bucket_repo();
     let (a, b) = (Machine::new(&repo, "a"), Machine::new(&repo, "b"));
-    let disk = Disk::new(8, 2 * MIB).random(0..2 * MIB);
-    let src = repo.file("disk.img");
-    disk.write_to(&src);
+    let (disk, src) = random_disk(&repo, 8, 2 * MIB);
     a.ok(&repo, &["backup", src.to_str().unwrap()]);
     std::fs::remove_dir_all(&a.cache).unwrap();
     assert_eq!(a.images(&repo).len(), 1, "a lost cache is rebuilt");
@@ -132,9 +138,7 @@ fn a_lost_or_outdated_cache_is_rebuilt_from_the_bucket() {
 #[test]
 fn one_writer_at_a_time_and_a_dead_writers_lock_is_released() {
     let repo = bucket_repo();
-    let disk = Disk::new(9, 4 * MIB).random(0..4 * MIB);
-    let src = repo.file("disk.img");
-    disk.write_to(&src);
+    let (_, src) = random_disk(&repo, 9, 4 * MIB);
     repo.backup(&src, KindRequest::Full);
     let src_arg = src.to_str().unwrap();
 
@@ -168,9 +172,7 @@ fn foreign_lock(age_ms: u64) -> Vec<u8> {
 #[test]
 fn another_machines_lock_holds_until_stale_and_only_unlock_removes_it() {
     let repo = bucket_repo();
-    let disk = Disk::new(10, 2 * MIB).random(0..2 * MIB);
-    let src = repo.file("disk.img");
-    disk.write_to(&src);
+    let (_, src) = random_disk(&repo, 10, 2 * MIB);
     let src_arg = src.to_str().unwrap();
     let store = bucket(&repo.path);
 

@@ -13,9 +13,8 @@ pub use crate::error::LockHolder;
 use crate::error::{Error, Result};
 
 /// Held while it lives.
-pub(crate) enum RepoLock {
-    File(#[allow(dead_code)] File),
-    Remote(super::remote_lock::RemoteLock),
+pub(crate) struct FileLock {
+    _file: File,
 }
 
 /// This process, running `command`, as a lock names it.
@@ -32,7 +31,7 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
 }
 
-pub(crate) fn acquire(repo: &Path, command: &str) -> Result<RepoLock> {
+pub(crate) fn acquire(repo: &Path, command: &str) -> Result<FileLock> {
     let path = repo.join("lock");
     let mut file = OpenOptions::new()
         .read(true)
@@ -70,11 +69,11 @@ pub(crate) fn acquire(repo: &Path, command: &str) -> Result<RepoLock> {
     let text = serde_json::to_vec(&holder).map_err(|e| Error::Internal { reason: format!("lock record: {e}") })?;
     file.set_len(0).map_err(|e| Error::io("write", &path, e))?;
     file.write_all_at(&text, 0).map_err(|e| Error::io("write", &path, e))?;
-    Ok(RepoLock::File(file))
+    Ok(FileLock { _file: file })
 }
 
 /// `acquire`, waiting up to `limit` while another process holds the lock.
-pub(crate) fn acquire_waiting(dir: &Path, command: &str, limit: std::time::Duration) -> Result<RepoLock> {
+pub(crate) fn acquire_waiting(dir: &Path, command: &str, limit: std::time::Duration) -> Result<FileLock> {
     let started = std::time::Instant::now();
     loop {
         match acquire(dir, command) {

@@ -95,7 +95,7 @@ fn locked_error(store: &S3Store, record: LockRecord) -> Error {
     }
 }
 
-pub(crate) fn acquire(store: Arc<S3Store>, command: &str) -> Result<super::lock::RepoLock> {
+pub(crate) fn acquire(store: Arc<S3Store>, command: &str) -> Result<RemoteLock> {
     let mut random = [0u8; 8];
     getrandom::getrandom(&mut random).map_err(|e| Error::Random { reason: e.to_string() })?;
     let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
@@ -164,7 +164,7 @@ pub(crate) fn acquire(store: Arc<S3Store>, command: &str) -> Result<super::lock:
             })
             .map_err(|e| Error::Internal { reason: format!("cannot start the lock's renewer: {e}") })?
     };
-    Ok(super::lock::RepoLock::Remote(RemoteLock { store, token, stop, renewer: Some(renewer), lost }))
+    Ok(RemoteLock { store, token, stop, renewer: Some(renewer), lost })
 }
 
 impl RemoteLock {

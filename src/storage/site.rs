@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::location::Location;
-use super::lock::{self, RepoLock};
+use super::lock::{self, FileLock};
 use super::remote_lock;
+use super::remote_lock::RemoteLock;
 use super::s3::{S3Backend, S3Store};
 use super::{paths, Backend, LocalDir};
 use crate::error::{Error, Result};
@@ -23,6 +24,12 @@ pub(crate) enum Site {
 /// The file in a cache directory that records the version of the bucket's generation object
 /// its index reflects (see `Site::cache_is_current`).
 const SEEN: &str = "seen-generation";
+
+/// A writer's lock, held while it lives.
+pub(crate) enum RepoLock {
+    File(#[allow(dead_code)] FileLock),
+    Remote(RemoteLock),
+}
 
 impl Site {
     /// The storage that the repository argument `arg` names. A bucket is asked to list itself
@@ -124,13 +131,13 @@ impl Site {
     /// one machine share the cache).
     pub fn lock(&self, work: &Path, command: &str) -> Result<Vec<RepoLock>> {
         match self {
-            Site::Local { root, .. } => Ok(vec![lock::acquire(root, command)?]),
+            Site::Local { root, .. } => Ok(vec![RepoLock::File(lock::acquire(root, command)?)]),
             Site::S3 { store, .. } => {
                 let remote = remote_lock::acquire(store.clone(), command)?;
                 // Another writer of this machine cannot hold the cache (it would hold the lock
                 // object); a reader refreshing the cache can, for as long as that takes.
                 let cache = lock::acquire_waiting(work, command, std::time::Duration::from_secs(600))?;
-                Ok(vec![remote, cache])
+                Ok(vec![RepoLock::Remote(remote), RepoLock::File(cache)])
             }
         }
     }

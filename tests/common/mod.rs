@@ -249,6 +249,20 @@ impl TestRepo {
     }
 }
 
+/// Removes this machine's index cache of a repository in the test bucket (nothing for a local
+/// repository, whose index is its own): the next command builds it again from the bucket.
+pub fn drop_cache(repo: &TestRepo) {
+    if s3_base().is_none() {
+        return;
+    }
+    let id = strata::config::read(&repo.path).expect("config").repository_id;
+    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).expect("XDG_CACHE_HOME in an S3 run");
+    let dir = base.join("strata").join(id);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).expect("remove the cache");
+    }
+}
+
 /// Where the repository of a test that owns `dir` lives: `dir/repo`, or a prefix of the test
 /// bucket named after `dir` (unique while `dir` exists).
 fn repo_path_in(dir: &tempfile::TempDir) -> PathBuf {
