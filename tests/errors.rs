@@ -57,6 +57,7 @@ fn a_remote_repository_is_refused_not_taken_for_a_local_directory() {
             .output()
             .unwrap();
         assert_clean_failure(&out, says);
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("secret"), "a secret in the URL was repeated");
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a directory was created");
     // A local directory with a colon in its name is still one, written as ./NAME.

@@ -59,7 +59,7 @@ pub(super) fn run(cli_repo: &Option<PathBuf>, name: &str, kind: RunKind, json: b
     let job = Job::load(name)?;
     let clock = clock()?;
     let tz = TimeZone::system();
-    let path = repository(&job, cli_repo)?;
+    let path = super::well_formed(repository(&job, cli_repo)?)?;
     let repo = Repository::open_writer_with(&path, "run", &credentials(&job))
         .with_context(|| format!("cannot open repository {} of job {}", path.display(), job.name))?;
     let kind = match kind {

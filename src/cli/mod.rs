@@ -516,7 +516,15 @@ fn key(path: &std::path::Path, action: KeyAction) -> Result<()> {
 }
 
 fn repo_path(cli_repo: &Option<PathBuf>) -> Result<PathBuf> {
-    cli_repo.clone().context("no repository given: pass -r/--repo or set STRATA_REPO")
+    let path = cli_repo.clone().context("no repository given: pass -r/--repo or set STRATA_REPO")?;
+    well_formed(path)
+}
+
+/// A repository argument that names no place Strata can reach is reported as the library words
+/// it, before any message repeats the argument (a URL with a secret in it, say).
+pub(crate) fn well_formed(path: PathBuf) -> Result<PathBuf> {
+    strata::storage::location::Location::parse(&path)?;
+    Ok(path)
 }
 
 pub fn run() -> Result<()> {
@@ -526,7 +534,7 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Init { path, avg_chunk_kib, compression_level, encryption } => {
             let path = match path {
-                Some(p) => p,
+                Some(p) => well_formed(p)?,
                 None => repo_path(&cli.repo)?,
             };
             let encryption = match encryption {

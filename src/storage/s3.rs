@@ -47,8 +47,12 @@ impl S3Url {
         if host.is_empty() {
             return Err(bad("no host"));
         }
-        if host.contains('@') {
-            return Err(bad("credentials do not belong in the URL (they would be written to logs and locks): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"));
+        if let Some((_, after)) = host.rsplit_once('@') {
+            // Not repeated in the message either.
+            return Err(Error::BadLocation {
+                location: format!("s3:{scheme}://…@{after}/…"),
+                reason: "credentials do not belong in the URL (they would be written to logs and locks): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+            });
         }
         let path = path.trim_matches('/');
         let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
