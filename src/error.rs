@@ -237,6 +237,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error again, for a request whose failure fails several reads: the kinds a
+    /// storage request gives (`Io` keeps its kind and message, `Remote` its fields), anything
+    /// else as `Internal` with its message.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Io { op, path, cause } => {
+                Error::Io { op, path: path.clone(), cause: io::Error::new(cause.kind(), cause.to_string()) }
+            }
+            Error::Remote { op, object, hint, detail } => {
+                Error::Remote { op, object: object.clone(), hint: hint.clone(), detail: detail.clone() }
+            }
+            other => Error::Internal { reason: other.to_string() },
+        }
+    }
+
     /// Wraps an I/O error with the operation and path, turning ENOSPC into the typed `NoSpace`.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Error {
         let path = path.into();

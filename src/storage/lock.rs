@@ -27,7 +27,7 @@ pub(crate) fn holder(command: &str) -> LockHolder {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
 }
 

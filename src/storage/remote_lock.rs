@@ -58,7 +58,7 @@ fn machine_id() -> String {
         .map(|s| s.trim().to_string())
         .ok()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| super::lock::holder("").host)
+        .unwrap_or_else(super::lock::hostname)
 }
 
 /// Held while it lives; renewed by a thread, removed on drop.

@@ -176,8 +176,8 @@ impl S3Store {
     }
 
     /// Stores `data` under `path` only when no object has that name (`If-None-Match: *`):
-    /// `Ok(false)` when one exists. On a store that ignores the condition this overwrites;
-    /// `lock` finds out which kind of store it talks to before trusting it.
+    /// `Ok(false)` when one exists. On a store that ignores the condition this overwrites, which
+    /// is why `remote_lock` reads its lock back after writing it.
     pub fn put_new(&self, path: &str, data: &[u8]) -> Result<bool> {
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.block_on(self.store.put_opts(&self.key(path), PutPayload::from(data.to_vec()), opts)) {
@@ -333,6 +333,19 @@ fn parse_profile(text: &str, profile: &str) -> Option<(String, String)> {
     id.zip(secret)
 }
 
+/// The bytes of a ranged read, which must be `len` long: a shorter answer means the object is
+/// shorter than the index says.
+fn exactly(s: &S3Store, path: &str, bytes: &[u8], len: usize) -> Result<Vec<u8>> {
+    if bytes.len() != len {
+        return Err(Error::Io {
+            op: "read",
+            path: s.name(path),
+            cause: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the object is shorter than its index says"),
+        });
+    }
+    Ok(bytes.to_vec())
+}
+
 /// An object being written: kept in memory and sent with one PUT on commit, so the store never
 /// holds part of it.
 struct S3Writer {
@@ -396,17 +409,7 @@ impl Backend for S3Backend {
         let bytes = s
             .block_on(s.store.get_range(&s.key(path), offset..offset + len as u64))
             .map_err(|e| s.error("read", path, e))?;
-        if bytes.len() != len {
-            return Err(Error::Io {
-                op: "read",
-                path: s.name(path),
-                cause: std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the object is shorter than its index says",
-                ),
-            });
-        }
-        Ok(bytes.to_vec())
+        exactly(s, path, &bytes, len)
     }
 
     fn size(&self, path: &str) -> Result<u64> {
@@ -474,33 +477,14 @@ impl Backend for S3Backend {
             match result {
                 Ok(parts) => {
                     for (i, bytes) in at.into_iter().zip(parts) {
-                        out[i] = Some(if bytes.len() == reads[i].2 {
-                            Ok(bytes.to_vec())
-                        } else {
-                            Err(Error::Io {
-                                op: "read",
-                                path: s.name(path),
-                                cause: std::io::Error::new(
-                                    std::io::ErrorKind::UnexpectedEof,
-                                    "the object is shorter than its index says",
-                                ),
-                            })
-                        });
+                        out[i] = Some(exactly(s, path, &bytes, reads[i].2));
                     }
                 }
                 Err(e) => {
-                    let text = e.to_string();
+                    // One failed request fails each of its ranges alike.
+                    let error = s.error("read", path, e);
                     for i in at {
-                        let again = object_store::Error::Generic { store: "S3", source: text.clone().into() };
-                        out[i] = Some(Err(if text.contains("not found") || text.contains("NotFound") {
-                            s.error(
-                                "read",
-                                path,
-                                object_store::Error::NotFound { path: path.into(), source: text.clone().into() },
-                            )
-                        } else {
-                            s.error("read", path, again)
-                        }));
+                        out[i] = Some(Err(error.duplicate()));
                     }
                 }
             }
