@@ -4,17 +4,21 @@
 Starts Garage clusters on 127.0.0.1 (one node; three nodes with replication factor 3), each with
 a key and a bucket, and then:
 
-  1. checks whether the store honours conditional puts (`If-None-Match: *`), which Strata's lock
-     relies on (docs/DESIGN.md, "Object storage");
+  1. checks whether the store honours conditional puts (`If-None-Match: *`): Strata's locks
+     do not need them (docs/DESIGN.md, "Object storage"), the figure says what the store does;
   2. measures a full backup, an incremental and a restore of the same disk image to a local
      directory, to the one-node store and to the three-node cluster (and restic to the same
      buckets with --others), each restore compared byte for byte;
-  3. kills one node of the three in the middle of a backup, lets the backup finish or fail,
+  3. on each store, three "machines" (strata processes with their own caches): two back up
+     different disks at once, then `forget --prune --retry-lock` starts while the third one's
+     backup is in flight; every image reported stored is restored and compared, and
+     `check --read-data` reads the repository;
+  4. kills one node of the three in the middle of a backup, lets the backup finish or fail,
      restores every image the repository lists and compares it, restarts the node, and backs
      up once more.
 
 Usage: python3 examples/garage.py [--garage BIN] [--strata BIN] [--mib 1024] [--others]
-                                  [--dir /var/tmp/strata-garage] [--json OUT]
+                                  [--several-only] [--dir /var/tmp/strata-garage] [--json OUT]
 
 Garage: `--garage`, else ../shared/bin/garage, else `garage` on PATH; install it with
 `cargo install garage --locked --no-default-features --features bundled-libs,lmdb,sqlite`
@@ -271,6 +275,69 @@ def node_failure(strata, cluster, disk, mib, scratch):
     return r
 
 
+def several_machines(strata, cluster, mib, scratch):
+    """Two machines back up at once, then a forget --prune starts while a third machine's
+    backup is in flight; every image reported stored restores identically afterwards."""
+    repo = f"s3:{cluster.endpoint()}/strata/several"
+    size = max(mib // 4, 16)
+    disks = {}
+    for name, seed in [("old", 11), ("a", 21), ("b", 22), ("c", 23)]:
+        disks[name] = os.path.join(scratch, f"machine-{name}.img")
+        make_disk(disks[name], size, seed)
+
+    def env(machine):
+        cache = os.path.join(scratch, f"cache-{machine}")
+        shutil.rmtree(cache, ignore_errors=True)
+        return dict(cluster.env(), XDG_CACHE_HOME=cache)
+
+    envs = {m: env(m) for m in "abc"}
+    timed([strata, "init", repo], envs["a"])
+    timed([strata, "-r", repo, "backup", "--source-id", "old", disks["old"]], envs["a"])
+    _, listed = timed([strata, "-r", repo, "images", "--json"], envs["a"])
+    old_id = json.loads(listed.stdout)[0]["image"]
+
+    def start(machine, args):
+        return time.monotonic(), subprocess.Popen([strata, "-r", repo] + args, env=envs[machine],
+                                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish(started):
+        t0, p = started
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(err.strip()[-300:])
+        return t0, time.monotonic(), out
+
+    backup = lambda m: ["backup", "--json", "--source-id", m, disks[m]]
+    a, b = start("a", backup("a")), start("b", backup("b"))
+    (a0, a1, a_out), (b0, b1, b_out) = finish(a), finish(b)
+    r = {"disk_mib": size, "two_backups_s": round(max(a1, b1) - min(a0, b0), 2),
+         "two_backups_overlap_s": round(max(0.0, min(a1, b1) - max(a0, b0)), 2)}
+    stored = {"a": json.loads(a_out)["image"], "b": json.loads(b_out)["image"]}
+    c = start("c", backup("c"))
+    time.sleep(0.3)
+    forget = start("a", ["forget", old_id, "--prune", "--retry-lock", "10m", "--json"])
+    (c0, c1, c_out), (f0, f1, f_out) = finish(c), finish(forget)
+    stored["c"] = json.loads(c_out)["image"]
+    pruned = json.loads(f_out).get("prune") or {}
+    r.update({"third_backup_s": round(c1 - c0, 2), "forget_prune_s": round(f1 - f0, 2),
+              "forget_prune_waited_for_backup": f1 > c1, "bytes_freed": pruned.get("bytes_freed")})
+    ok = 0
+    for m, image in stored.items():
+        target = os.path.join(scratch, "several.img")
+        if os.path.exists(target):
+            os.remove(target)
+        timed([strata, "-r", repo, "restore", image, target], envs["b"])
+        ok += sha(target) == sha(disks[m])
+        os.remove(target)
+    r["images_reported"] = len(stored)
+    r["images_restored_identical"] = ok
+    _, chk = timed([strata, "-r", repo, "check", "--read-data"], envs["c"], check=False)
+    r["check"] = "clean" if chk.returncode == 0 else chk.stdout.strip()[-300:]
+    for path in disks.values():
+        os.remove(path)
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--garage")
@@ -278,6 +345,7 @@ def main():
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--dir", default="/var/tmp/strata-garage")
     ap.add_argument("--others", action="store_true", help="restic to the same stores")
+    ap.add_argument("--several-only", action="store_true", help="only the several-machines scenario (3)")
     ap.add_argument("--json")
     args = ap.parse_args()
     garage = find_garage(args.garage)
@@ -290,8 +358,9 @@ def main():
     env = dict(os.environ, STRATA_PASSWORD="garage demo", RESTIC_PASSWORD="garage demo")
     local = os.path.join(args.dir, "local-repo")
     shutil.rmtree(local, ignore_errors=True)
-    results["local"] = {"strata": strata_series(strata, local, disk, args.mib, env, args.dir)}
-    if args.others:
+    if not args.several_only:
+        results["local"] = {"strata": strata_series(strata, local, disk, args.mib, env, args.dir)}
+    if args.others and not args.several_only:
         shutil.rmtree(local + "-restic", ignore_errors=True)
         results["local"]["restic"] = restic_series(local + "-restic", disk, args.mib, env, args.dir)
 
@@ -299,6 +368,10 @@ def main():
         cluster = Cluster(garage, os.path.join(args.dir, name.replace(" ", "-")), nodes, first).start()
         try:
             row = {"conditional_puts_honoured": conditional_puts_honoured(cluster)}
+            row["several_machines"] = several_machines(strata, cluster, args.mib, args.dir)
+            results[name] = row
+            if args.several_only:
+                continue
             row["strata"] = strata_series(strata, f"s3:{cluster.endpoint()}/strata/repo", disk, args.mib,
                                           cluster.env(), args.dir)
             if args.others:
@@ -306,7 +379,6 @@ def main():
                                               cluster.env(), args.dir)
             if nodes == 3:
                 row["node_failure"] = node_failure(strata, cluster, disk, args.mib, args.dir)
-            results[name] = row
         finally:
             cluster.stop()
 

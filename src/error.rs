@@ -42,9 +42,6 @@ pub enum Error {
     #[error("cannot {op} {object}: {hint} ({detail})")]
     Remote { op: &'static str, object: String, hint: String, detail: String },
 
-    #[error("cannot bring this machine's cache of {location} up to date, some objects could not be read: {unreadable}; try again, or run `strata check` and `strata rebuild-index` (which builds the cache from what can be read)")]
-    CacheIncomplete { location: String, unreadable: String },
-
     #[error("the lock of {location} was removed while this command held it (`strata unlock` on another machine?); it stopped before writing more")]
     LockLost { location: String },
 

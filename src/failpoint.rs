@@ -43,7 +43,7 @@ pub(crate) mod imp {
     }
 
     /// Aborts the process, as a kill -9 would, when `STRATA_FAILPOINT` names this point; with
-    /// `stall:<name>` it pauses there once for 3 s instead (a writer caught mid-way, for tests of
+    /// `stall:<name>` it pauses there once instead (a writer caught mid-way, for tests of
     /// readers racing it).
     pub(crate) fn hit(name: &str) {
         match armed() {
@@ -52,7 +52,17 @@ pub(crate) mod imp {
                 use std::sync::atomic::{AtomicBool, Ordering};
                 static ONCE: AtomicBool = AtomicBool::new(false);
                 if !ONCE.swap(true, Ordering::Relaxed) {
-                    std::thread::sleep(std::time::Duration::from_secs(3));
+                    // While the file `STRATA_STALL_WHILE` names exists (up to 2 minutes), so a
+                    // test decides when the writer goes on; 3 s without one.
+                    match std::env::var_os("STRATA_STALL_WHILE") {
+                        Some(gate) => {
+                            let started = std::time::Instant::now();
+                            while std::path::Path::new(&gate).exists() && started.elapsed().as_secs() < 120 {
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                            }
+                        }
+                        None => std::thread::sleep(std::time::Duration::from_secs(3)),
+                    }
                 }
             }
             _ => {}

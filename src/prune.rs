@@ -249,6 +249,7 @@ fn has_other_copy(
 
 /// Carries out a plan on a repository opened for writing.
 pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> Result<PruneReport> {
+    repo.require_exclusive("prune")?;
     let mut report = PruneReport::default();
     // Orphans go first, before anything is written: pack names are content hashes, so this run
     // may write a pack with the very name of an orphan that an interrupted run left.

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use crate::crypto::Protection;
 use crate::error::{Error, Result};
 use crate::id::ImageId;
-use crate::index::{Index, Journal, RefDelta, Txn};
+use crate::index::{ChunkLookup, Index, Journal, RefDelta, Txn};
 use crate::manifest::{catalog, ImageInfo};
 use crate::pack::stored_trailer;
-use crate::storage::site::Site;
+use crate::storage::site::{Reflects, Site};
 use crate::storage::{generation, lock, paths, sync_dir, Backend};
 
 /// Finishes what an interrupted operation left, exactly as its journal says: the catalog
@@ -113,23 +113,191 @@ pub fn rebuild_index(path: &Path, backend: &dyn Backend, protection: &Protection
     Ok(report)
 }
 
-/// Brings this machine's cache of a bucket's index up to date: rebuilt from the bucket's pack
-/// trailers and manifests beside the old one, then switched in, and the old one removed (a
-/// cache holds nothing that the bucket does not). The caller holds the cache's lock. With
-/// `strict` (a command opening the repository), a pack or manifest that cannot be read fails
-/// the refresh and nothing is recorded, so that no writer builds on an index that lacks what
-/// the bucket holds; `rebuild-index` accepts and reports them, as for a local repository.
+/// The command a process refreshing a cache names in the cache's lock.
+const REFRESH: &str = "refresh the cache";
+
+/// Brings this machine's cache of a bucket's index up to date and returns the generation it
+/// reflects (a local repository: its generation, nothing to do). What the cache reflects is
+/// recorded beside it (`site::Reflects`): when the bucket holds exactly that, the cache is
+/// current; when it holds more (other machines' backups), the new packs' trailers and the new
+/// manifests are added; when an object is gone, or a manifest was rewritten (a forget or prune
+/// elsewhere), or there is no record or an interrupted backup's journal, the cache is rebuilt
+/// whole. An object changed in place that cannot be read is damage: the cache keeps what it
+/// knew of it, as a local repository's index does, and readers meet the damage (and `check`
+/// reports it). An object that cannot be read is not recorded as reflected, so the next command
+/// tries it again. `locked`: the caller already holds the cache's lock (a writer); otherwise it
+/// is taken when work is needed, and the state looked at again under it.
+pub(crate) fn update_cache(
+    site: &Site,
+    work: &Path,
+    backend: &dyn Backend,
+    protection: &Protection,
+    locked: bool,
+) -> Result<CacheState> {
+    if !site.is_remote() {
+        return Ok(CacheState { generation: generation::read(backend)?, unreflected: HashSet::new() });
+    }
+    let done = |generation| Ok(CacheState { generation, unreflected: HashSet::new() });
+    let _cache = if locked {
+        None
+    } else {
+        if let Some(g) = current(site, work, backend)? {
+            return done(g);
+        }
+        match lock::acquire(work, REFRESH) {
+            Ok(l) => Some(l),
+            // A writer of this machine holds the cache (a backup, for as long as it runs): a
+            // reader goes on with the cache as it is, which lags behind the bucket as a read
+            // started a moment earlier would.
+            Err(Error::RepositoryLocked { holder })
+                if holder.command != REFRESH && work.join(paths::INDEX).exists() && Reflects::read(work).is_some() =>
+            {
+                let index = Index::open_read_only(&work.join(paths::INDEX), protection)?;
+                return done(index.generation()?);
+            }
+            Err(Error::RepositoryLocked { .. }) => {
+                Some(lock::acquire_waiting(work, REFRESH, std::time::Duration::from_secs(3600))?)
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    // The generation before the listing: a writer that finishes meanwhile changes it, and the
+    // next command looks again.
+    let generation = generation::read(backend)?;
+    let now = site.listing()?.unwrap_or_default();
+    let index_dir = work.join(paths::INDEX);
+    let rebuilt = |report: RebuildReport| Ok(CacheState { generation, unreflected: report.unreadable_paths() });
+    let Some(was) = Reflects::read(work).filter(|_| index_dir.exists()) else {
+        return rebuilt(refresh_cache(site, work, backend, protection)?);
+    };
+    if was.generation == generation && was.objects == now {
+        return done(generation);
+    }
+    // A pack that could not be read before and reads now may hold chunks that manifests already
+    // counted (as missing): only a rebuild counts them right.
+    let unread_pack_reads = was.unread.iter().filter(|p| now.contains_key(*p)).any(|p| {
+        let id = p.rsplit('/').next().and_then(crate::id::PackId::parse);
+        p.starts_with("packs/") && id.is_some_and(|id| stored_trailer(backend, protection, &id, p).is_ok())
+    });
+    let gone = unread_pack_reads || was.objects.keys().any(|p| !now.contains_key(p));
+    let changed: Vec<&String> =
+        was.objects.iter().filter(|(p, v)| now.get(*p).is_some_and(|n| n != *v)).map(|(p, _)| p).collect();
+    // A pack is never rewritten (its name is its content's), so a changed one is damaged; a
+    // manifest that still reads was rewritten by a forget.
+    let rewritten = changed.iter().any(|p| {
+        p.strip_prefix("images/")
+            .and_then(ImageId::parse)
+            .is_some_and(|id| crate::manifest::read_info(backend, &id).is_ok())
+    });
+    if gone || rewritten {
+        return rebuilt(refresh_cache(site, work, backend, protection)?);
+    }
+    match add_to_cache(&index_dir, backend, protection, &was, &now, generation)? {
+        None => rebuilt(refresh_cache(site, work, backend, protection)?),
+        Some(unreadable) => {
+            Reflects::of(generation, now, &unreadable).write(work)?;
+            Ok(CacheState { generation, unreflected: unreadable })
+        }
+    }
+}
+
+/// What `update_cache` left: the generation the cache reflects, and the objects in the bucket
+/// it could not read (which a writer alone in the bucket must not record as reflected when it
+/// records the bucket after its own writes).
+pub(crate) struct CacheState {
+    pub generation: u64,
+    pub unreflected: HashSet<String>,
+}
+
+/// The generation the cache reflects, when it is current (one listing and one read, no lock).
+fn current(site: &Site, work: &Path, backend: &dyn Backend) -> Result<Option<u64>> {
+    let Some(r) = Reflects::read(work) else { return Ok(None) };
+    if !work.join(paths::INDEX).exists() {
+        return Ok(None);
+    }
+    let generation = generation::read(backend)?;
+    let now = site.listing()?.unwrap_or_default();
+    Ok((r.generation == generation && r.objects == now).then_some(generation))
+}
+
+/// Adds what the bucket gained since `was` to the cache's index: the trailers of packs it does
+/// not know, and manifests it has not catalogued, each with its references in one batch (so a
+/// killed update leaves no manifest half counted, and the next one skips what is done). A chunk
+/// the index already knows keeps its place, so the counters computed with it stay true; a new
+/// pack with only such chunks (an interrupted prune's, or a backup's that lost a race) is left
+/// out, as an orphan for prune. Returns the objects that could not be read, or `None` when the
+/// cache must be rebuilt instead (it holds an interrupted backup's journal).
+fn add_to_cache(
+    index_dir: &Path,
+    backend: &dyn Backend,
+    n: &Protection,
+    was: &Reflects,
+    now: &std::collections::BTreeMap<String, String>,
+    generation: u64,
+) -> Result<Option<HashSet<String>>> {
+    let index = Index::open(index_dir, n)?;
+    if index.journal()?.is_some() || !index.is_complete()? {
+        return Ok(None);
+    }
+    let mut unreadable = HashSet::new();
+    let new: Vec<&String> = now.keys().filter(|p| !was.objects.contains_key(*p)).collect();
+    let known_packs: HashSet<crate::id::PackId> = index.packs()?.into_iter().map(|(id, _)| id).collect();
+    for path in new.iter().filter(|p| p.starts_with("packs/")) {
+        let Some(pack) = path.rsplit('/').next().and_then(crate::id::PackId::parse) else { continue };
+        if known_packs.contains(&pack) {
+            continue;
+        }
+        let Ok((size, entries)) = stored_trailer(backend, n, &pack, path) else {
+            unreadable.insert(path.to_string());
+            continue;
+        };
+        let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
+        let fresh: Vec<_> =
+            entries.iter().zip(index.locate(&ids)?).filter(|(_, at)| at.is_none()).map(|(e, _)| *e).collect();
+        if !fresh.is_empty() {
+            let mut txn = Txn::new();
+            txn.add_pack(pack, size, &fresh);
+            index.commit(txn)?;
+        }
+    }
+    let catalogued: HashSet<ImageId> = index.catalog()?.into_iter().map(|(id, _)| id).collect();
+    for path in new.iter().filter(|p| p.starts_with("images/")) {
+        let Some(id) = path.strip_prefix("images/").and_then(ImageId::parse) else { continue };
+        if catalogued.contains(&id) {
+            continue;
+        }
+        let mut refs = RefDelta::default();
+        let read = crate::manifest::read_info(backend, &id)
+            .and_then(|info| catalog::for_each_chunk(backend, &id, |c| refs.add(c, info.set, 1)).map(|_| info));
+        let Ok(info) = read else {
+            unreadable.insert(path.to_string());
+            continue;
+        };
+        let mut txn = Txn::new();
+        catalog::put(&mut txn, &info)?;
+        index.counters().apply(refs, txn)?;
+    }
+    let mut txn = Txn::new();
+    txn.set_generation(generation);
+    index.commit(txn)?;
+    Ok(Some(unreadable))
+}
+
+/// Rebuilds this machine's cache of a bucket's index whole: from the bucket's pack trailers and
+/// manifests beside the old one, then switched in, and the old one removed (a cache holds
+/// nothing that the bucket does not), and records what it reflects: what it listed first, less
+/// what could not be read (which the next command tries again). The caller holds the cache's
+/// lock.
 pub(crate) fn refresh_cache(
     site: &Site,
     work: &Path,
     backend: &dyn Backend,
     protection: &Protection,
-    strict: bool,
 ) -> Result<RebuildReport> {
-    // Read before anything else: a writer that finishes meanwhile changes it, and the next
-    // command refreshes again.
-    let version = site.generation_version()?;
+    // Read before anything else: what is added meanwhile, the next command adds.
     let generation = generation::read(backend)?;
+    let listing = site.listing()?.unwrap_or_default();
+    let _ = std::fs::remove_file(work.join("seen-generation")); // the record of strata before shared locks
     remove_dead_builds(work)?;
     // An old cache a killed refresh moved aside and did not get to remove.
     for entry in std::fs::read_dir(work).map_err(|e| Error::io("list", work, e))?.flatten() {
@@ -142,16 +310,6 @@ pub(crate) fn refresh_cache(
     let mut report = RebuildReport::default();
     let index = Index::create(&building, protection)?;
     fill(backend, protection, &index, &mut report)?;
-    if strict && !(report.unreadable_packs.is_empty() && report.unreadable_manifests.is_empty()) {
-        drop(index);
-        let _ = std::fs::remove_dir_all(&building);
-        let mut what: Vec<String> = report.unreadable_packs.iter().map(|(p, e)| format!("{p}: {e}")).collect();
-        what.extend(report.unreadable_manifests.iter().map(|id| format!("images/{id}")));
-        return Err(Error::CacheIncomplete {
-            location: site.name().display().to_string(),
-            unreadable: what.join("; "),
-        });
-    }
     let mut txn = Txn::new();
     txn.mark_complete();
     txn.set_generation(generation);
@@ -160,13 +318,23 @@ pub(crate) fn refresh_cache(
     let index_dir = work.join(paths::INDEX);
     if index_dir.exists() {
         let aside = work.join(format!("index.old-{}", std::process::id()));
+        crate::failpoint::step!();
         std::fs::rename(&index_dir, &aside).map_err(|e| Error::io("move aside", &index_dir, e))?;
         std::fs::remove_dir_all(&aside).map_err(|e| Error::io("remove", &aside, e))?;
     }
+    crate::failpoint::step!();
     std::fs::rename(&building, &index_dir).map_err(|e| Error::io("rename", &building, e))?;
     sync_dir(work)?;
-    site.record_seen(work, &version)?;
+    Reflects::of(generation, listing, &report.unreadable_paths()).write(work)?;
     Ok(report)
+}
+
+impl RebuildReport {
+    /// The paths of the packs and manifests that could not be read.
+    fn unreadable_paths(&self) -> HashSet<String> {
+        let packs = self.unreadable_packs.iter().map(|(p, _)| p.clone());
+        packs.chain(self.unreadable_manifests.iter().map(paths::manifest)).collect()
+    }
 }
 
 /// Builds left by killed rebuilds: the caller holds the lock, so no live process owns them.
@@ -188,6 +356,11 @@ fn old_generation(path: &Path, protection: &Protection) -> u64 {
 
 /// Adds every readable pack trailer and manifest to the (new, empty) index, then the counters.
 fn fill(backend: &dyn Backend, n: &Protection, index: &Index, report: &mut RebuildReport) -> Result<()> {
+    // Manifests before packs: every manifest listed then has its packs in the listing after
+    // (a backup uploads them first), even while backups run.
+    let manifest_ids = paths::manifest_ids(backend)?;
+    let manifests: Vec<ImageInfo> =
+        manifest_ids.iter().filter_map(|id| crate::manifest::read_info(backend, id).ok()).collect();
     for file in paths::pack_files(backend)? {
         let Some(pack) = file.id else {
             report.unreadable_packs.push((file.path, "not a pack name".into()));
@@ -202,14 +375,12 @@ fn fill(backend: &dyn Backend, n: &Protection, index: &Index, report: &mut Rebui
             Err(e) => report.unreadable_packs.push((file.path, e.to_string())),
         }
     }
-    let manifests = catalog::manifest_infos(backend)?;
     let mut txn = Txn::new();
     for m in &manifests {
         catalog::put(&mut txn, m)?;
     }
     let readable: HashSet<ImageId> = manifests.iter().map(|m| m.id).collect();
-    report.unreadable_manifests =
-        paths::manifest_ids(backend)?.into_iter().filter(|id| !readable.contains(id)).collect();
+    report.unreadable_manifests = manifest_ids.into_iter().filter(|id| !readable.contains(id)).collect();
     index.commit(txn)?;
     rebuild_counters(backend, index, &manifests)?;
     report.images = manifests.len();

@@ -16,8 +16,8 @@ use crate::error::{Error, Result};
 use crate::index::{Index, Txn};
 use crate::manifest::{catalog, DamagedImage, ImageInfo, View};
 use crate::reader::{FrameCache, ImageMap, ImageReader};
-use crate::storage::lock;
-use crate::storage::site::{RepoLock, Site};
+use crate::storage::remote_lock::LockMode;
+use crate::storage::site::{Reflects, RepoLock, Site};
 use crate::storage::{generation, paths, Backend};
 
 pub struct Repository {
@@ -31,6 +31,10 @@ pub struct Repository {
     /// Temporary files of dead writers that opening for writing removed: (count, bytes).
     temporaries_removed: (usize, u64),
     locks: Vec<RepoLock>,
+    /// How the writer's lock shares the repository (`None` for a reader).
+    mode: Option<LockMode>,
+    /// Objects in the bucket that the cache could not read when this writer opened it.
+    unreflected: std::collections::HashSet<String>,
     /// Plain, or the keys of an encrypted repository.
     protection: Protection,
     /// The master key and the id of the key file that opened it (encrypted repositories).
@@ -187,6 +191,29 @@ impl Default for InitOptions {
     }
 }
 
+/// How a writer takes the repository's lock.
+#[derive(Clone, Copy, Debug)]
+pub struct Access {
+    /// Shared only for backups into a bucket; a local repository is always locked exclusively.
+    pub mode: LockMode,
+    /// How long to wait while another holder's lock is in the way.
+    pub wait: std::time::Duration,
+}
+
+impl Access {
+    pub fn exclusive() -> Access {
+        Access { mode: LockMode::Exclusive, wait: std::time::Duration::ZERO }
+    }
+
+    pub fn shared() -> Access {
+        Access { mode: LockMode::Shared, wait: std::time::Duration::ZERO }
+    }
+
+    pub fn waiting(self, wait: std::time::Duration) -> Access {
+        Access { wait, ..self }
+    }
+}
+
 impl Repository {
     /// Creates a repository in `path`, which must not exist or be an empty directory. The config
     /// is written last, so a directory is a repository only once it is complete.
@@ -226,7 +253,9 @@ impl Repository {
         txn.mark_complete();
         index.commit(txn)?;
         drop(index);
-        site.record_seen(&work, &site.generation_version()?)?;
+        if site.is_remote() {
+            Reflects::default().write(&work)?;
+        }
         crate::config::write(&site, &config)?;
         Ok(config)
     }
@@ -261,15 +290,12 @@ impl Repository {
         let config = crate::config::read_from(&site)?;
         let (unlocked, backend) = unlock(&config, backend, credentials)?;
         let work = site.work_dir(&config.repository_id)?;
-        if !site.cache_is_current(&work)? {
-            let _cache = lock::acquire_waiting(&work, "refresh the cache", std::time::Duration::from_secs(3600))?;
-            if !site.cache_is_current(&work)? {
-                crate::recover::refresh_cache(&site, &work, backend.as_ref(), &unlocked.protection, true)?;
-            }
-        }
-        // The generation first: a writer that finishes meanwhile raises the index's before the
-        // file's, so this order never mistakes a current index for a stale one.
-        let generation = generation::read(backend.as_ref())?;
+        // For a local repository, the generation is read first: a writer that finishes
+        // meanwhile raises the index's before the file's, so this order never mistakes a current
+        // index for a stale one. A bucket's cache is brought up to date, and its generation is
+        // the one it reflects (other machines may write a newer one at any time).
+        let generation =
+            crate::recover::update_cache(&site, &work, backend.as_ref(), &unlocked.protection, false)?.generation;
         let index = Arc::new(Index::open_read_only(&work.join(paths::INDEX), &unlocked.protection)?);
         let health = IndexHealth::of(&index, generation)?;
         Ok(Repository {
@@ -281,6 +307,8 @@ impl Repository {
             health,
             temporaries_removed: (0, 0),
             locks: Vec::new(),
+            mode: None,
+            unreflected: Default::default(),
             protection: unlocked.protection,
             key: unlocked.key,
         })
@@ -348,9 +376,15 @@ impl Repository {
 
     /// `open_writer`, asking `credentials` for the password when the repository is encrypted.
     pub fn open_writer_with(path: &Path, command: &str, credentials: &Credentials) -> Result<Repository> {
+        Self::open_writer_as(path, command, Access::exclusive(), credentials)
+    }
+
+    /// `open_writer_with`, the lock taken as `access` says: shared (backups into a bucket) or
+    /// exclusive, waiting for it or not.
+    pub fn open_writer_as(path: &Path, command: &str, access: Access, credentials: &Credentials) -> Result<Repository> {
         let site = Site::open(path)?;
         let raw = site.raw();
-        Self::open_writer_site(site, command, raw, credentials)
+        Self::open_writer_site(site, command, access, raw, credentials)
     }
 
     /// `open_writer` with the repository's objects in `backend` (see `open_on`).
@@ -365,33 +399,37 @@ impl Repository {
         backend: Arc<dyn Backend>,
         credentials: &Credentials,
     ) -> Result<Repository> {
-        Self::open_writer_site(Site::open(path)?, command, backend, credentials)
+        Self::open_writer_site(Site::open(path)?, command, Access::exclusive(), backend, credentials)
     }
 
     fn open_writer_site(
         site: Site,
         command: &str,
+        access: Access,
         backend: Arc<dyn Backend>,
         credentials: &Credentials,
     ) -> Result<Repository> {
         let mut config = crate::config::read_from(&site)?;
         let (unlocked, backend) = unlock(&config, backend, credentials)?;
         let work = site.work_dir(&config.repository_id)?;
-        let locks = site.lock(&work, command)?;
-        crate::config::upgrade(&site, &mut config)?;
-        if !site.cache_is_current(&work)? {
-            crate::recover::refresh_cache(&site, &work, backend.as_ref(), &unlocked.protection, true)?;
+        let locks = site.lock(&work, command, access.mode, access.wait)?;
+        // Only alone: a shared writer (a backup into a bucket) changes nothing that others read
+        // but its own new objects.
+        let exclusive = access.mode == LockMode::Exclusive || !site.is_remote();
+        if exclusive {
+            crate::config::upgrade(&site, &mut config)?;
         }
-        let generation = generation::read(backend.as_ref())?;
+        let cache = crate::recover::update_cache(&site, &work, backend.as_ref(), &unlocked.protection, true)?;
+        let generation = cache.generation;
         let index_dir = work.join(paths::INDEX);
         let index = Arc::new(Index::open(&index_dir, &unlocked.protection)?);
         // A writer never builds on an index that may lack what the repository holds: a backup
         // would miss dedup and counters, and prune could take live data for garbage.
         let health = IndexHealth::of(&index, generation)?;
         health.require_current(&index_dir)?;
-        // Holding the lock, every temporary object belongs to a writer that died.
+        // Holding the lock alone, every temporary object belongs to a writer that died.
         let mut temporaries_removed = (0, 0);
-        for (tmp, size) in backend.temporaries()? {
+        for (tmp, size) in if exclusive { backend.temporaries()? } else { Vec::new() } {
             backend.remove_temporary(&tmp)?;
             temporaries_removed = (temporaries_removed.0 + 1, temporaries_removed.1 + size);
         }
@@ -404,11 +442,17 @@ impl Repository {
             health,
             temporaries_removed,
             locks,
+            mode: Some(if exclusive { LockMode::Exclusive } else { LockMode::Shared }),
+            unreflected: cache.unreflected,
             protection: unlocked.protection,
             key: unlocked.key,
         };
-        for info in catalog::uncatalogued(repo.backend(), &repo.index)? {
-            catalog::add(&repo.index, &info)?;
+        // A bucket's cache catalogued every manifest in the bucket (with its references) just
+        // now; one published since is another machine's, for the next update to add.
+        if !repo.site.is_remote() {
+            for info in catalog::uncatalogued(repo.backend(), &repo.index)? {
+                catalog::add(&repo.index, &info)?;
+            }
         }
         if let Some(journal) = repo.index.journal()? {
             crate::recover::finish(repo.backend(), &repo.index, &journal)?;
@@ -427,13 +471,7 @@ impl Repository {
     pub fn unlock(path: &Path, force: bool) -> Result<crate::storage::remote_lock::Unlocked> {
         match Site::open(path)? {
             Site::S3 { store, .. } => crate::storage::remote_lock::unlock(&store, force),
-            Site::Local { .. } => Ok(crate::storage::remote_lock::Unlocked {
-                local: true,
-                holder: None,
-                refreshed_ms: 0,
-                stale: false,
-                removed: false,
-            }),
+            Site::Local { .. } => Ok(crate::storage::remote_lock::Unlocked { local: true, locks: Vec::new() }),
         }
     }
 
@@ -453,8 +491,8 @@ impl Repository {
             // The index of a bucket is this machine's cache: rebuilt from the bucket, which it
             // never changes.
             let work = site.work_dir(&config.repository_id)?;
-            let _cache = lock::acquire(&work, "rebuild-index")?;
-            return crate::recover::refresh_cache(&site, &work, backend.as_ref(), &unlocked.protection, false);
+            let _cache = crate::storage::lock::acquire(&work, "rebuild-index")?;
+            return crate::recover::refresh_cache(&site, &work, backend.as_ref(), &unlocked.protection);
         }
         crate::recover::rebuild_index(path, backend.as_ref(), &unlocked.protection)
     }
@@ -475,8 +513,40 @@ impl Repository {
         txn.set_generation(next);
         self.index.commit(txn)?;
         generation::write(self.backend(), next)?;
-        // Holding the bucket's lock, nobody else wrote: the cache reflects this version.
-        self.site.record_seen(&self.work, &self.site.generation_version()?)
+        // Alone in a bucket, nobody else wrote: the cache reflects the bucket as it is now. A
+        // backup shares the bucket, so the next command looks (and finds its objects known).
+        // What it could not read when it opened, it still does not reflect.
+        if self.site.is_remote() && self.mode == Some(LockMode::Exclusive) {
+            let listing = self.site.listing()?.unwrap_or_default();
+            Reflects::of(next, listing, &self.unreflected).write(&self.work)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a command that must run alone (forget, prune, key changes) on a repository
+    /// opened with a shared lock.
+    pub(crate) fn require_exclusive(&self, command: &str) -> Result<()> {
+        self.require_lock(command)?;
+        if self.mode != Some(LockMode::Exclusive) {
+            return Err(Error::Internal { reason: format!("{command} needs the exclusive lock") });
+        }
+        Ok(())
+    }
+
+    /// Makes sure, asking the bucket, that this writer still holds its lock: a backup asks right
+    /// before it publishes its image, so that a holder whose lock was removed (`strata unlock`
+    /// on another machine, which then let a prune run) publishes nothing that may name data the
+    /// prune deleted.
+    pub(crate) fn verify_lock(&self, command: &str) -> Result<()> {
+        self.require_lock(command)?;
+        for l in &self.locks {
+            if let RepoLock::Remote(r) = l {
+                if !r.verify()? {
+                    return Err(Error::LockLost { location: self.location().display().to_string() });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The key files of an encrypted repository, and which of them are live and current.
@@ -496,7 +566,7 @@ impl Repository {
     /// live (a crash between the two leaves a key file that unlocks nothing). Needs the writer
     /// lock. Returns the new key's id.
     pub fn add_key(&mut self, password: &[u8], kdf: KdfParams) -> Result<String> {
-        self.require_lock("key add")?;
+        self.require_exclusive("key add")?;
         let (master, _) = self.master_key()?;
         let mut list = self.key_list(master)?;
         let id = KeyFile::new_id()?;
@@ -510,7 +580,7 @@ impl Repository {
     /// Removes a password: off the key list first, then its file. The last key, and the key
     /// this process opened the repository with, are refused (use `change_password` for that).
     pub fn remove_key(&mut self, id: &str) -> Result<()> {
-        self.require_lock("key remove")?;
+        self.require_exclusive("key remove")?;
         let (master, current) = self.master_key()?;
         if id == current {
             return Err(Error::BadKeyFile {
@@ -652,7 +722,7 @@ impl Repository {
         if self.locks.is_empty() {
             all.extend(catalog::uncatalogued(self.backend(), &self.index)?);
         }
-        all.sort_by(|a, b| (a.created_ms, a.id).cmp(&(b.created_ms, b.id)));
+        all.sort_by_key(|a| (a.created_ms, a.id));
         Ok(all)
     }
 

@@ -1,5 +1,5 @@
 //! Repositories in an S3 bucket: several machines (processes with their own caches) share one,
-//! the cache follows the bucket, and the lock object keeps one writer at a time. These need an
+//! the cache follows the bucket, backups share it at once while other writers run alone. These need an
 //! S3 server: `.ci/test` starts moto and sets STRATA_TEST_S3 for them; without it they fail
 //! rather than pass unchecked.
 
@@ -135,38 +135,53 @@ fn a_lost_or_outdated_cache_is_rebuilt_from_the_bucket() {
     assert!(a.restore(&repo, &ids[1], &repo.file("out.img")) == disk.bytes);
 }
 
+/// The lock objects in the bucket.
+fn lock_objects(repo: &TestRepo) -> Vec<String> {
+    bucket(&repo.path).list("locks").expect("list locks/")
+}
+
 #[test]
-fn one_writer_at_a_time_and_a_dead_writers_lock_is_released() {
+fn backups_share_the_bucket_other_writers_wait_and_a_dead_holders_lock_is_released() {
     let repo = bucket_repo();
     let (_, src) = random_disk(&repo, 9, 4 * MIB);
     repo.backup(&src, KindRequest::Full);
     let src_arg = src.to_str().unwrap();
 
     let stalled = repo.stalled(&["backup", "--force-read", src_arg], "before-manifest");
-    let second = repo.cli(&["backup", src_arg]);
-    assert_clean_failure(&second, "locked by");
-    assert_clean_failure(&second, "running `backup`");
+    // Another machine's backup shares the bucket (one machine's backups take turns on its
+    // cache); a forget must run alone and says who is in its way.
+    let elsewhere = Machine::new(&repo, "elsewhere");
+    let other = repo.file("other.img");
+    Disk::new(19, MIB).random(0..MIB).write_to(&other);
+    elsewhere.ok(&repo, &["backup", "--source-id", "other", other.to_str().unwrap()]);
+    let forget = elsewhere.run(&repo, &["forget", "--keep-last", "5"]);
+    assert_clean_failure(&forget, "locked by");
+    assert_clean_failure(&forget, "running `backup`");
     // Readers go on beside the writer.
     assert!(repo.cli(&["images"]).status.success());
-    // The holder dies without removing its lock: on this machine the next writer takes over.
+    // The holder dies without removing its lock: on this machine the next writer removes it.
     let mut child = stalled.child;
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(bucket(&repo.path).get("locks/writer").is_ok(), "the dead writer's lock is gone by itself");
-    let out = repo.cli(&["backup", src_arg]);
+    assert_eq!(lock_objects(&repo).len(), 1, "the dead writer's lock is gone by itself");
+    let out = repo.cli(&["forget", "--keep-last", "5"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(bucket(&repo.path).get("locks/writer").is_err(), "a finished writer left its lock");
+    assert!(lock_objects(&repo).is_empty(), "a finished writer left its lock");
     assert_eq!(repo.images().len(), 2);
 }
 
-/// A lock object as another machine's writer leaves it, renewed `age_ms` ago.
-fn foreign_lock(age_ms: u64) -> Vec<u8> {
+/// A lock object as another machine's writer leaves it, renewed `age_ms` ago (`mode` absent:
+/// the one lock object of strata before shared locks, which counts as exclusive).
+fn foreign_lock(age_ms: u64, mode: Option<&str>) -> Vec<u8> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    serde_json::to_vec(&serde_json::json!({
+    let mut lock = serde_json::json!({
         "holder": {"pid": 4242, "host": "elsewhere", "command": "backup", "since_ms": now - age_ms},
         "machine": "another machine", "refreshed_ms": now - age_ms, "token": "0123456789abcdef",
-    }))
-    .unwrap()
+    });
+    if let Some(m) = mode {
+        lock["mode"] = serde_json::json!(m);
+    }
+    serde_json::to_vec(&lock).unwrap()
 }
 
 #[test]
@@ -176,25 +191,208 @@ fn another_machines_lock_holds_until_stale_and_only_unlock_removes_it() {
     let src_arg = src.to_str().unwrap();
     let store = bucket(&repo.path);
 
-    store.put("locks/writer", &foreign_lock(60_000)).unwrap();
+    store.put("locks/writer", &foreign_lock(60_000, None)).unwrap();
     assert_clean_failure(&repo.cli(&["backup", src_arg]), "locked by pid 4242 on elsewhere");
     // A live-looking lock is not removed without --force.
     assert_clean_failure(&repo.cli(&["unlock"]), "looks alive");
     assert!(store.get("locks/writer").is_ok());
 
-    store.put("locks/writer", &foreign_lock(16 * 60_000)).unwrap();
+    store.put("locks/writer", &foreign_lock(16 * 60_000, None)).unwrap();
     assert_clean_failure(&repo.cli(&["backup", src_arg]), "strata unlock");
     let out = repo.cli(&["unlock", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((said["stale"].as_bool(), said["removed"].as_bool()), (Some(true), Some(true)), "{said}");
+    let lock = &said["locks"][0];
+    assert_eq!((lock["stale"].as_bool(), lock["removed"].as_bool()), (Some(true), Some(true)), "{said}");
     assert!(store.get("locks/writer").is_err());
     assert!(repo.cli(&["backup", src_arg]).status.success());
 
-    store.put("locks/writer", &foreign_lock(0)).unwrap();
-    assert!(repo.cli(&["unlock", "--force"]).status.success());
+    // Another machine's backup, alive: a backup here shares the bucket with it, a prune waits.
+    store.put("locks/0123456789abcdef", &foreign_lock(0, Some("shared"))).unwrap();
     assert!(repo.cli(&["backup", src_arg]).status.success());
+    assert_clean_failure(&repo.cli(&["prune"]), "locked by pid 4242 on elsewhere");
+    assert!(repo.cli(&["unlock", "--force"]).status.success());
+    assert!(repo.cli(&["prune"]).status.success());
     assert_eq!(repo.images().len(), 2);
+}
+
+/// `args` run by `machine` against `repo`, held at `point` until the returned gate file is
+/// removed.
+fn spawn_held(
+    machine: &Machine,
+    repo: &TestRepo,
+    args: &[&str],
+    point: &str,
+    name: &str,
+) -> (std::process::Child, PathBuf) {
+    let gate = repo.file(&format!("gate-{name}"));
+    std::fs::write(&gate, b"held").unwrap();
+    let child = strata_cmd()
+        .env("XDG_CACHE_HOME", &machine.cache)
+        .env("STRATA_FAILPOINT", format!("stall:{point}"))
+        .env("STRATA_STALL_WHILE", &gate)
+        .arg("-r")
+        .arg(&repo.path)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn strata");
+    (child, gate)
+}
+
+/// Waits until `n` lock objects are in the bucket (the held commands took their locks).
+fn wait_for_locks(repo: &TestRepo, n: usize) {
+    let started = std::time::Instant::now();
+    while lock_objects(repo).len() < n {
+        assert!(started.elapsed().as_secs() < 120, "{n} locks never appeared: {:?}", lock_objects(repo));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The image id a `backup --json` printed.
+fn reported(out: Output) -> String {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).expect("backup --json");
+    said["image"].as_str().expect("image").to_string()
+}
+
+#[test]
+fn two_machines_back_up_at_once_and_a_forget_prune_waits_for_a_third_backup() {
+    let repo = bucket_repo();
+    let (a, b, c) = (Machine::new(&repo, "a"), Machine::new(&repo, "b"), Machine::new(&repo, "c"));
+    // Three disks that share a quarter of their data, and an old one to forget and prune.
+    let common = Disk::new(30, 6 * MIB).random(0..6 * MIB);
+    let disks: Vec<Disk> = (0..3).map(|i| common.clone().random(2 * MIB + i * MIB..3 * MIB + i * MIB)).collect();
+    let paths: Vec<PathBuf> = (0..3).map(|i| repo.file(&format!("disk-{i}.img"))).collect();
+    for (d, p) in disks.iter().zip(&paths) {
+        d.write_to(p);
+    }
+    let old = repo.file("old.img");
+    Disk::new(31, 4 * MIB).random(0..4 * MIB).write_to(&old);
+    a.ok(&repo, &["backup", "--source-id", "old", old.to_str().unwrap()]);
+    let old_id = image_ids(&a.images(&repo))[0].clone();
+
+    // A and B back up at once: both are held before publishing until both hold their locks.
+    let args = |i: usize| {
+        vec![
+            "backup".to_string(),
+            "--json".into(),
+            "--source-id".into(),
+            format!("disk-{i}"),
+            paths[i].display().to_string(),
+        ]
+    };
+    let (args_a, args_b, args_c) = (args(0), args(1), args(2));
+    let (child_a, gate_a) = spawn_held(&a, &repo, &strs(&args_a), "before-manifest", "a");
+    let (child_b, gate_b) = spawn_held(&b, &repo, &strs(&args_b), "before-manifest", "b");
+    wait_for_locks(&repo, 2);
+    std::fs::remove_file(&gate_a).unwrap();
+    std::fs::remove_file(&gate_b).unwrap();
+    let mut stored =
+        vec![(0, reported(child_a.wait_with_output().unwrap())), (1, reported(child_b.wait_with_output().unwrap()))];
+
+    // A third backup is in flight when a forget --prune starts: it waits for the backup's
+    // lock, then forgets and prunes, and the backup's image survives both.
+    let (child_c, gate_c) = spawn_held(&c, &repo, &strs(&args_c), "before-manifest", "c");
+    wait_for_locks(&repo, 1);
+    let mut forget = strata_cmd()
+        .env("XDG_CACHE_HOME", &a.cache)
+        .arg("-r")
+        .arg(&repo.path)
+        .args(["forget", &old_id, "--prune", "--retry-lock", "5m", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(forget.try_wait().unwrap().is_none(), "the forget did not wait for the backup in flight");
+    std::fs::remove_file(&gate_c).unwrap();
+    stored.push((2, reported(child_c.wait_with_output().unwrap())));
+    let forgot = forget.wait_with_output().unwrap();
+    assert!(forgot.status.success(), "forget --prune: {}", String::from_utf8_lossy(&forgot.stderr));
+    let said: serde_json::Value = serde_json::from_slice(&forgot.stdout).expect("forget --json");
+    let freed = said["prune"]["bytes_freed"].as_u64().expect("prune report");
+    assert!(freed >= 3 * MIB as u64, "the old disk's own data was not pruned: {said}");
+
+    // Every image reported stored restores byte-identical through every machine; the forgotten
+    // one is gone, and check reads every byte clean.
+    for m in [&a, &b, &c] {
+        let listed = image_ids(&m.images(&repo));
+        assert!(!listed.contains(&old_id), "the forgotten image is still listed");
+        for (i, id) in &stored {
+            assert!(
+                listed.iter().any(|l| id.starts_with(l.as_str()) || l.starts_with(id.as_str())),
+                "{id} is not listed"
+            );
+            let out = repo.file(&format!("restored-{i}.img"));
+            assert!(m.restore(&repo, id, &out) == disks[*i].bytes, "image {id} of disk {i} restores wrongly");
+        }
+        m.ok(&repo, &["check", "--read-data"]);
+    }
+    assert!(lock_objects(&repo).is_empty(), "a lock was left: {:?}", lock_objects(&repo));
+}
+
+/// Strata as `machine`, killed before its `step`th durable write (`step:N`) or counting them
+/// into a file (`count:FILE`).
+fn run_armed(machine: &Machine, repo: &TestRepo, args: &[&str], armed: &str) -> Output {
+    strata_cmd()
+        .env("XDG_CACHE_HOME", &machine.cache)
+        .env("STRATA_FAILPOINT", armed)
+        .arg("-r")
+        .arg(&repo.path)
+        .args(args)
+        .output()
+        .expect("run strata")
+}
+
+#[test]
+fn a_cache_update_killed_at_every_step_leaves_a_cache_that_agrees_with_the_bucket() {
+    let repo = bucket_repo();
+    let (a, b) = (Machine::new(&repo, "a"), Machine::new(&repo, "b"));
+    let (disk, src) = random_disk(&repo, 40, 4 * MIB);
+    a.ok(&repo, &["backup", src.to_str().unwrap()]);
+    assert_eq!(b.images(&repo).len(), 1);
+    // A adds two images (an incremental and another source's full) and B's cache falls behind;
+    // then a forget elsewhere makes the next update a rebuild.
+    disk.clone().text(0..MIB).write_to(&src);
+    a.ok(&repo, &["backup", src.to_str().unwrap()]);
+    let other = repo.file("other.img");
+    Disk::new(41, 2 * MIB).random(0..2 * MIB).write_to(&other);
+    a.ok(&repo, &["backup", "--source-id", "other", other.to_str().unwrap()]);
+    let behind = repo.file("cache-b-behind");
+    common::copy_dir(&b.cache, &behind);
+    for (what, forget) in [("adding", false), ("rebuilding", true)] {
+        if forget {
+            // The full that B's cache knows goes, its incremental rewritten as a full.
+            let listed = image_ids(&a.images(&repo));
+            a.ok(&repo, &["forget", "--rebase", &listed[0]]);
+        }
+        let expected = image_ids(&a.images(&repo));
+        let counted = repo.file(&format!("steps-{what}"));
+        let probe = Machine { cache: repo.file(&format!("cache-probe-{what}")) };
+        common::copy_dir(&behind, &probe.cache);
+        assert!(run_armed(&probe, &repo, &["images"], &format!("count:{}", counted.display())).status.success());
+        let steps = std::fs::read(&counted).map(|b| b.len()).unwrap_or(0);
+        assert!(steps >= 2, "{what}: the update made {steps} durable writes");
+        for step in 1..=steps {
+            let killed = Machine { cache: repo.file(&format!("cache-{what}-{step}")) };
+            common::copy_dir(&behind, &killed.cache);
+            let out = run_armed(&killed, &repo, &["images"], &format!("step:{step}"));
+            assert!(!out.status.success(), "{what}: not killed at step {step} of {steps}");
+            assert_eq!(image_ids(&killed.images(&repo)), expected, "{what}, killed at step {step}");
+            let check = killed.run(&repo, &["check"]);
+            assert!(
+                check.status.success(),
+                "{what}, killed at step {step}: {}",
+                String::from_utf8_lossy(&check.stdout)
+            );
+        }
+    }
 }
 
 #[test]

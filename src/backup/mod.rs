@@ -145,6 +145,7 @@ pub fn backup_outcome(
     info.extent_count = manifest.count();
     info.seconds = started.elapsed().as_secs_f64();
     crate::failpoint::hit!("before-manifest");
+    repo.verify_lock("backup")?;
     manifest.finish(&info, &segments)?; // the commit point: from here on the image is stored
     crate::failpoint::hit!("manifest-before-catalog");
     let warnings = update_index(repo, &info, delta);

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use jiff::tz::TimeZone;
 use strata::job::{Job, RunOptions};
+use strata::repository::Access;
 use strata::{Kind, Repository};
 
 use super::output::{self, human};
@@ -60,7 +61,7 @@ pub(super) fn run(cli_repo: &Option<PathBuf>, name: &str, kind: RunKind, json: b
     let clock = clock()?;
     let tz = TimeZone::system();
     let path = super::well_formed(repository(&job, cli_repo)?)?;
-    let repo = Repository::open_writer_with(&path, "run", &credentials(&job))
+    let repo = Repository::open_writer_as(&path, "run", super::access(Access::exclusive()), &credentials(&job))
         .with_context(|| format!("cannot open repository {} of job {}", path.display(), job.name))?;
     let kind = match kind {
         RunKind::Auto => None,

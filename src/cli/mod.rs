@@ -17,7 +17,7 @@ use strata::config::ChunkerParams;
 use strata::crypto::password::{Password, PasswordSource};
 use strata::forget::retention::Policy;
 use strata::forget::ForgetRequest;
-use strata::repository::Encryption;
+use strata::repository::{Access, Encryption};
 use strata::{BackupOptions, InitOptions, KindRequest, Repository};
 
 #[derive(Parser)]
@@ -39,6 +39,12 @@ struct Cli {
     /// STRATA_PASSWORD; stopped after 60 s)
     #[arg(long, value_name = "CMD", global = true)]
     password_command: Option<String>,
+
+    /// When another command holds the repository's lock, try again for up to DURATION (`30s`,
+    /// `10m`, `2h`) instead of failing at once: a forget or prune waits for the backups that
+    /// share a bucket to finish
+    #[arg(long, value_name = "DURATION", global = true)]
+    retry_lock: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -530,6 +536,10 @@ pub(crate) fn well_formed(path: PathBuf) -> Result<PathBuf> {
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     set_credentials(&cli);
+    if let Some(d) = &cli.retry_lock {
+        let ms = parse_duration_ms(d).context("--retry-lock")?;
+        let _ = LOCK_WAIT.set(std::time::Duration::from_millis(ms));
+    }
     let source = password_source(&cli);
     match cli.command {
         Command::Init { path, avg_chunk_kib, compression_level, encryption } => {
@@ -557,7 +567,9 @@ pub fn run() -> Result<()> {
             let path = repo_path(&cli.repo)?;
             // The lock record names the command only: no paths or ids (an encrypted repository
             // must not leak them through its lock file).
-            let repo = open_writer(&path, "backup")?;
+            // Shared: backups into one bucket run at once (a local repository locks exclusively).
+            let repo = Repository::open_writer_as(&path, "backup", access(Access::shared()), &credentials())
+                .with_context(|| format!("cannot open repository {}", path.display()))?;
             let kind = match kind {
                 KindArg::Auto => KindRequest::Auto,
                 KindArg::Full => KindRequest::Full,
@@ -802,8 +814,16 @@ fn check(path: &std::path::Path, read_data: bool, read_data_subset: Option<f64>,
 }
 
 fn open_writer(path: &std::path::Path, command: &str) -> Result<Repository> {
-    Repository::open_writer_with(path, command, &credentials())
+    Repository::open_writer_as(path, command, access(Access::exclusive()), &credentials())
         .with_context(|| format!("cannot open repository {}", path.display()))
+}
+
+/// How long `--retry-lock` lets a writer wait for the lock, once per process.
+static LOCK_WAIT: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// `access`, waiting for the lock as `--retry-lock` says.
+pub(crate) fn access(access: Access) -> Access {
+    access.waiting(LOCK_WAIT.get().copied().unwrap_or_default())
 }
 
 fn find_set(stats: &strata::stats::Stats, spec: &str) -> Result<strata::id::ImageId> {

@@ -547,14 +547,32 @@ pub fn unlocked(u: &strata::storage::remote_lock::Unlocked, json: bool) -> Resul
         println!("{}", serde_json::to_string_pretty(u)?);
         return Ok(());
     }
-    match (&u.holder, u.removed) {
-        (None, _) if u.local => println!("nothing to remove: a local repository's lock ends when its holder exits"),
-        (None, _) => println!("the repository is not locked"),
-        (Some(h), true) => println!("removed the lock of {h} (last renewed {})", strata::timefmt::format_ms(u.refreshed_ms)),
-        (Some(h), false) => anyhow::bail!(
-            "the lock is held by {h}, renewed {}: it looks alive; wait for it, or use --force if you know that process is gone",
-            strata::timefmt::format_ms(u.refreshed_ms)
-        ),
+    if u.local {
+        println!("nothing to remove: a local repository's lock ends when its holder exits");
+        return Ok(());
+    }
+    if u.locks.is_empty() {
+        println!("the repository is not locked");
+        return Ok(());
+    }
+    let mut alive = Vec::new();
+    for l in &u.locks {
+        let renewed = strata::timefmt::format_ms(l.refreshed_ms);
+        let mode = match l.mode {
+            strata::storage::remote_lock::LockMode::Shared => "shared",
+            strata::storage::remote_lock::LockMode::Exclusive => "exclusive",
+        };
+        if l.removed {
+            println!("removed the {mode} lock of {} (last renewed {renewed})", l.holder);
+        } else {
+            alive.push(format!("{} ({mode}, renewed {renewed})", l.holder));
+        }
+    }
+    if !alive.is_empty() {
+        anyhow::bail!(
+            "the lock of {} looks alive: wait for it, or use --force if you know that process is gone",
+            alive.join(", ")
+        );
     }
     Ok(())
 }

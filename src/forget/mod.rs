@@ -305,6 +305,9 @@ fn journal_of(plan: &ForgetPlan, phase: &str) -> Journal {
 
 /// Carries out a plan on a repository opened for writing (or only measures it with `dry_run`).
 pub fn execute(repo: &Repository, plan: &ForgetPlan, dry_run: bool) -> Result<ForgetReport> {
+    if !dry_run {
+        repo.require_exclusive("forget")?;
+    }
     preflight(repo, plan)?;
     let mut delta = RefDelta::default();
     let journal = journal_of(plan, "rewrite");

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
 use super::{Backend, ObjectWriter};
 use crate::error::{Error, Result};
@@ -175,57 +175,6 @@ impl S3Store {
         remote_error(op, self.name(path), &self.url, e)
     }
 
-    /// Stores `data` under `path` only when no object has that name (`If-None-Match: *`):
-    /// `Ok(false)` when one exists. On a store that ignores the condition this overwrites, which
-    /// is why `remote_lock` reads its lock back after writing it.
-    pub fn put_new(&self, path: &str, data: &[u8]) -> Result<bool> {
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.block_on(self.store.put_opts(&self.key(path), PutPayload::from(data.to_vec()), opts)) {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(self.error("create", path, e)),
-        }
-    }
-
-    /// The object's bytes and ETag, or `None` when there is no such object.
-    pub fn get_tagged(&self, path: &str) -> Result<Option<(Vec<u8>, String)>> {
-        let key = self.key(path);
-        let got = self.block_on(async {
-            let r = self.store.get(&key).await?;
-            let tag = r.meta.e_tag.clone().unwrap_or_default();
-            Ok((r.bytes().await?.to_vec(), tag))
-        });
-        match got {
-            Ok(v) => Ok(Some(v)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.error("read", path, e)),
-        }
-    }
-
-    /// Replaces the object under `path` only while its ETag is still `e_tag` (`If-Match`):
-    /// `Ok(false)` when someone changed or removed it since it was read.
-    pub fn put_if(&self, path: &str, data: &[u8], e_tag: &str) -> Result<bool> {
-        let version = object_store::UpdateVersion { e_tag: Some(e_tag.to_string()), version: None };
-        let opts = PutOptions { mode: PutMode::Update(version), ..Default::default() };
-        match self.block_on(self.store.put_opts(&self.key(path), PutPayload::from(data.to_vec()), opts)) {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(self.error("replace", path, e)),
-        }
-    }
-
-    /// When the object was last written, in ms since the epoch, with its ETag: a token that
-    /// changes whenever the object is rewritten (the cache's check that nobody else wrote).
-    pub fn version(&self, path: &str) -> Result<Option<String>> {
-        match self.block_on(self.store.head(&self.key(path))) {
-            Ok(meta) => {
-                Ok(Some(format!("{} {}", meta.last_modified.timestamp_millis(), meta.e_tag.unwrap_or_default())))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.error("stat", path, e)),
-        }
-    }
-
     /// Whether anything is stored under the repository's prefix, asked with one listing of its
     /// top level: the first request of every command, so a wrong endpoint, key or bucket is
     /// named before anything else happens.
@@ -237,13 +186,22 @@ impl S3Store {
     }
 
     fn list_keys(&self, dir: &str) -> Result<Vec<String>> {
+        Ok(self.list_versions(dir)?.into_iter().map(|(path, _)| path).collect())
+    }
+
+    /// The objects whose names start with `dir`, sorted, each with its version: its ETag and
+    /// size, which change whenever it is rewritten (the cache's record of what it reflects).
+    pub fn list_versions(&self, dir: &str) -> Result<Vec<(String, String)>> {
         let prefix = if dir.is_empty() && self.url.prefix.is_empty() { None } else { Some(self.key(dir)) };
         let metas: Vec<object_store::ObjectMeta> =
             self.block_on(self.store.list(prefix.as_ref()).try_collect()).map_err(|e| self.error("list", dir, e))?;
         let strip = if self.url.prefix.is_empty() { String::new() } else { format!("{}/", self.url.prefix) };
-        let mut out: Vec<String> = metas
+        let mut out: Vec<(String, String)> = metas
             .into_iter()
-            .filter_map(|m| m.location.as_ref().strip_prefix(strip.as_str()).map(str::to_string))
+            .filter_map(|m| {
+                let version = format!("{} {}", m.e_tag.unwrap_or_default(), m.size);
+                m.location.as_ref().strip_prefix(strip.as_str()).map(|p| (p.to_string(), version))
+            })
             .collect();
         out.sort();
         Ok(out)

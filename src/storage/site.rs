@@ -1,17 +1,20 @@
 //! A repository's storage as one command sees it: the backend that holds its objects, the
 //! local directory that holds its index, and the lock a writer takes. For a local repository
 //! the directory is the repository itself and the lock a `flock` on its `lock` file; for a
-//! bucket the directory is a cache (`$XDG_CACHE_HOME/strata/<repository id>/`, rebuilt from the
-//! bucket whenever someone else wrote to it) and the lock an object in the bucket
-//! (`remote_lock`) together with a `flock` on the cache.
+//! bucket the directory is a cache (`$XDG_CACHE_HOME/strata/<repository id>/`, brought up to
+//! date from the bucket's listing, `recover::update_cache`, with what it reflects recorded in
+//! `Reflects`) and the lock an object in the bucket (`remote_lock`, shared by backups) together
+//! with a `flock` on the cache.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::location::Location;
 use super::lock::{self, FileLock};
 use super::remote_lock;
-use super::remote_lock::RemoteLock;
+use super::remote_lock::{LockMode, RemoteLock};
 use super::s3::{S3Backend, S3Store};
 use super::{paths, Backend, LocalDir};
 use crate::error::{Error, Result};
@@ -21,9 +24,8 @@ pub(crate) enum Site {
     S3 { store: Arc<S3Store>, backend: Arc<S3Backend> },
 }
 
-/// The file in a cache directory that records the version of the bucket's generation object
-/// its index reflects (see `Site::cache_is_current`).
-const SEEN: &str = "seen-generation";
+/// The file in a cache directory that records what of the bucket its index reflects.
+const REFLECTS: &str = "reflects";
 
 /// A writer's lock, held while it lives.
 pub(crate) enum RepoLock {
@@ -126,17 +128,17 @@ impl Site {
         }
     }
 
-    /// The lock of a writing command: the repository's `flock` for a local one; for a bucket,
-    /// the lock object (held across machines) and then the cache's `flock` (two processes of
-    /// one machine share the cache).
-    pub fn lock(&self, work: &Path, command: &str) -> Result<Vec<RepoLock>> {
+    /// The lock of a writing command, taken in `mode` and waited for up to `wait`: the
+    /// repository's `flock` for a local one (always exclusive: its index is one RocksDB that one
+    /// process writes); for a bucket, a lock object (held across machines, shared by backups)
+    /// and then the cache's `flock` (two processes of one machine share the cache).
+    pub fn lock(&self, work: &Path, command: &str, mode: LockMode, wait: Duration) -> Result<Vec<RepoLock>> {
         match self {
-            Site::Local { root, .. } => Ok(vec![RepoLock::File(lock::acquire(root, command)?)]),
+            Site::Local { root, .. } => Ok(vec![RepoLock::File(lock::acquire_waiting(root, command, wait)?)]),
             Site::S3 { store, .. } => {
-                let remote = remote_lock::acquire(store.clone(), command)?;
-                // Another writer of this machine cannot hold the cache (it would hold the lock
-                // object); a reader refreshing the cache can, for as long as that takes.
-                let cache = lock::acquire_waiting(work, command, std::time::Duration::from_secs(600))?;
+                let remote = remote_lock::acquire(store.clone(), command, mode, wait)?;
+                // Another backup of this machine may hold the cache for as long as it runs.
+                let cache = lock::acquire_waiting(work, command, wait.max(Duration::from_secs(600)))?;
                 Ok(vec![RepoLock::Remote(remote), RepoLock::File(cache)])
             }
         }
@@ -151,37 +153,65 @@ impl Site {
         }
     }
 
-    /// Whether the cache in `work` reflects the bucket as it is now: it recorded the version of
-    /// the generation object that is in the bucket (every writing command rewrites that object
-    /// last, so a writer on another machine changes it). Always true for a local repository.
-    pub fn cache_is_current(&self, work: &Path) -> Result<bool> {
-        let Site::S3 { store, .. } = self else { return Ok(true) };
-        if !work.join(paths::INDEX).exists() {
-            return Ok(false);
+    /// What the bucket holds now that a cache reflects: every pack and manifest with its
+    /// version (ETag and size). `None` for a local repository. Manifests are listed before packs,
+    /// so that every manifest listed has its packs listed too (a backup uploads them first).
+    pub fn listing(&self) -> Result<Option<BTreeMap<String, String>>> {
+        let Site::S3 { store, .. } = self else { return Ok(None) };
+        let mut out = BTreeMap::new();
+        for dir in [paths::IMAGES, paths::PACKS] {
+            let folder = format!("{dir}/");
+            out.extend(store.list_versions(&folder)?);
         }
-        let seen = std::fs::read_to_string(work.join(SEEN)).ok();
-        Ok(seen.is_some() && seen == Some(generation_version(store)?))
-    }
-
-    /// The bucket's generation version as the cache's index now reflects it (after the cache was
-    /// rebuilt from the bucket, or after this command wrote the generation itself).
-    pub fn record_seen(&self, work: &Path, version: &str) -> Result<()> {
-        if self.is_remote() {
-            let path = work.join(SEEN);
-            std::fs::write(&path, version).map_err(|e| Error::io("write", &path, e))?;
-        }
-        Ok(())
-    }
-
-    /// The version of the bucket's generation object now ("" for a local repository).
-    pub fn generation_version(&self) -> Result<String> {
-        match self {
-            Site::Local { .. } => Ok(String::new()),
-            Site::S3 { store, .. } => generation_version(store),
-        }
+        Ok(Some(out))
     }
 }
 
-fn generation_version(store: &S3Store) -> Result<String> {
-    Ok(store.version(paths::GENERATION)?.unwrap_or_else(|| "none".into()))
+/// What a cache's index reflects of its bucket (the file `reflects` in the cache directory;
+/// docs/FORMAT.md, "Directory layout"): the generation, the packs and manifests with their
+/// versions, and the objects that could not be read when it was written (`unread`, not among
+/// `objects`: the next update tries them again).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reflects {
+    pub generation: u64,
+    pub objects: BTreeMap<String, String>,
+    pub unread: BTreeSet<String>,
+}
+
+impl Reflects {
+    /// The bucket's objects as listed (`listing`) less those that could not be read.
+    pub fn of(generation: u64, mut listing: BTreeMap<String, String>, unread: &HashSet<String>) -> Reflects {
+        listing.retain(|p, _| !unread.contains(p));
+        Reflects { generation, objects: listing, unread: unread.iter().cloned().collect() }
+    }
+
+    pub fn read(work: &Path) -> Option<Reflects> {
+        let text = std::fs::read_to_string(work.join(REFLECTS)).ok()?;
+        let mut lines = text.lines();
+        let generation = lines.next()?.strip_prefix("generation ")?.parse().ok()?;
+        let mut r = Reflects { generation, ..Default::default() };
+        for line in lines {
+            match line.split_once('\t')? {
+                ("unread", path) => r.unread.insert(path.to_string()),
+                (path, version) => r.objects.insert(path.to_string(), version.to_string()).is_none(),
+            };
+        }
+        Some(r)
+    }
+
+    /// Written whole under another name and renamed: a killed write leaves the old record.
+    pub fn write(&self, work: &Path) -> Result<()> {
+        let mut text = format!("generation {}\n", self.generation);
+        for (path, version) in &self.objects {
+            text.push_str(&format!("{path}\t{version}\n"));
+        }
+        for path in &self.unread {
+            text.push_str(&format!("unread\t{path}\n"));
+        }
+        let tmp = work.join(format!("{REFLECTS}.tmp-{}", std::process::id()));
+        std::fs::write(&tmp, text).map_err(|e| Error::io("write", &tmp, e))?;
+        crate::failpoint::step!();
+        let path = work.join(REFLECTS);
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))
+    }
 }
