@@ -192,7 +192,15 @@ pub(crate) fn acquire(store: Arc<S3Store>, command: &str, mode: LockMode, wait: 
                     serde_json::to_vec(&record).map_err(|e| Error::Internal { reason: format!("lock record: {e}") })?;
                 backend.put(&path, &bytes)?;
                 std::thread::sleep(settle());
-                match conflict(&live(&store)?, &path, mode) {
+                let others = match live(&store) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        // Not left behind for others to wait on.
+                        let _ = backend.remove(&path);
+                        return Err(e);
+                    }
+                };
+                match conflict(&others, &path, mode) {
                     None => return hold(store, path, record),
                     Some((p, r)) => {
                         let found = (p.clone(), r.clone());
