@@ -179,23 +179,40 @@ pub(crate) fn update_cache(
         let id = p.rsplit('/').next().and_then(crate::id::PackId::parse);
         p.starts_with("packs/") && id.is_some_and(|id| stored_trailer(backend, protection, &id, p).is_ok())
     });
-    let gone = unread_pack_reads || was.objects.keys().any(|p| !now.contains_key(p));
+    let gone: Vec<&String> = was.objects.keys().filter(|p| !now.contains_key(*p)).collect();
+    let added = now.keys().any(|p| !was.objects.contains_key(p));
     let changed: Vec<&String> =
         was.objects.iter().filter(|(p, v)| now.get(*p).is_some_and(|n| n != *v)).map(|(p, _)| p).collect();
-    // A pack is never rewritten (its name is its content's), so a changed one is damaged; a
-    // manifest that still reads was rewritten by a forget.
-    let rewritten = changed.iter().any(|p| {
-        p.strip_prefix("images/")
-            .and_then(ImageId::parse)
-            .is_some_and(|id| crate::manifest::read_info(backend, &id).is_ok())
-    });
-    if gone || rewritten {
+    // Objects go and manifests are rewritten only by forget and prune, which write a new
+    // generation and, when they repack, new packs. An object gone or changed while the generation
+    // stayed and nothing was added is damage (or an interrupted forget or prune, which its next
+    // run finishes): the cache keeps what it knew of it, as a local index does, so that readers
+    // and `check` name what is missing. A pack is never rewritten (its name is its content's);
+    // a manifest that reads but is older than the catalog's copy is a replay, damage too.
+    let damage_only = was.generation == generation && !added;
+    let rewritten = !damage_only && !changed.is_empty() && {
+        let index = Index::open_read_only(&index_dir, protection)?;
+        let known: HashMap<ImageId, ImageInfo> =
+            catalog::catalogued(&index)?.into_iter().map(|i| (i.id, i)).collect();
+        changed.iter().any(|p| {
+            let Some(id) = p.strip_prefix("images/").and_then(ImageId::parse) else { return false };
+            crate::manifest::read_info(backend, &id)
+                .is_ok_and(|m| known.get(&id).is_none_or(|c| catalog::replayed(&m, Some(c), 0).is_none()))
+        })
+    };
+    if unread_pack_reads || rewritten || (!damage_only && !gone.is_empty()) {
         return rebuilt(refresh_cache(site, work, backend, protection)?);
     }
-    match add_to_cache(&index_dir, backend, protection, &was, &now, generation)? {
+    // What is gone stays recorded as the cache knew it: gone again next time, and rebuilt from
+    // once a forget or prune writes a generation.
+    let mut reflected = now;
+    for p in gone {
+        reflected.insert(p.clone(), was.objects[p].clone());
+    }
+    match add_to_cache(&index_dir, backend, protection, &was, &reflected, generation)? {
         None => rebuilt(refresh_cache(site, work, backend, protection)?),
         Some(unreadable) => {
-            Reflects::of(generation, now, &unreadable).write(work)?;
+            Reflects::of(generation, reflected, &unreadable).write(work)?;
             Ok(CacheState { generation, unreflected: unreadable })
         }
     }

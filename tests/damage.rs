@@ -1,6 +1,7 @@
 //! Damage is detected and attributed exactly: `check` names the images a fault breaks and no
 //! other; restore (which verifies every chunk) is the independent oracle. A lost index is rebuilt
-//! from packs and manifests alone.
+//! from packs and manifests alone. The damage is done to the stored objects (`TestRepo::stored`),
+//! so the same tests run on a bucket (.ci/test); the two about the local index do not.
 
 mod common;
 
@@ -8,7 +9,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use common::{assert_stats_add_up, Disk, TestRepo};
 use strata::check::{CheckReport, ReadData};
-use strata::id::ImageId;
+use strata::id::{ChunkId, ImageId};
+use strata::index::ChunkLookup;
+use strata::manifest::Content;
 use strata::progress::Silent;
 use strata::KindRequest;
 
@@ -49,11 +52,34 @@ fn assert_attribution(repo: &TestRepo, bytes: &HashMap<ImageId, Vec<u8>>, report
     }
 }
 
-/// The newest pack: written by the last backup, so it holds data only recent images use.
-fn a_pack(repo: &TestRepo) -> std::path::PathBuf {
-    let mut packs = repo.files_in("packs");
-    packs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    packs.pop().expect("a pack")
+/// The packs (object names) that hold the chunks `image`'s own manifest names.
+fn packs_of(repo: &TestRepo, image: &strata::ImageInfo) -> BTreeSet<String> {
+    let r = common::open_repo(&repo.path).unwrap();
+    let (_, extents) = strata::manifest::open_manifest(r.backend(), &image.id).unwrap();
+    let ids: Vec<ChunkId> = extents
+        .filter_map(|e| match e.unwrap().content {
+            Content::Chunk { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    r.index().locate(&ids).unwrap().into_iter().flatten().map(|l| l.pack.path()).collect()
+}
+
+/// A pack that only the last backup wrote, so it holds data only recent images use.
+fn a_pack(repo: &TestRepo) -> String {
+    let images = repo.images();
+    let (last, older) = images.split_last().expect("images");
+    let before: BTreeSet<String> = older.iter().flat_map(|i| packs_of(repo, i)).collect();
+    packs_of(repo, last).difference(&before).next().cloned().expect("a pack only the last image uses")
+}
+
+/// The last part of an object's name (a pack's id).
+fn base_name(object: &str) -> String {
+    object.rsplit('/').next().unwrap_or(object).to_string()
+}
+
+fn pack_count(repo: &TestRepo) -> usize {
+    repo.stored().list("packs").unwrap().len()
 }
 
 #[test]
@@ -63,7 +89,7 @@ fn a_clean_repository_checks_clean() {
     assert!(r.is_clean(), "{:#?}", r.problems);
     assert_eq!(r.images.len(), bytes.len());
     assert!(r.images.iter().all(|i| i.restorable));
-    assert!(r.chunks_read > 0 && r.packs_read == repo.files_in("packs").len());
+    assert!(r.chunks_read > 0 && r.packs_read == pack_count(&repo));
     let out = repo.cli(&["check", "--read-data"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -72,12 +98,10 @@ fn a_clean_repository_checks_clean() {
 fn a_flipped_byte_in_a_pack_is_found_by_read_data_and_attributed() {
     let (repo, bytes) = history(2);
     let pack = a_pack(&repo);
-    let mut b = std::fs::read(&pack).unwrap();
-    b[200] ^= 0x20; // inside the first frame
-    std::fs::write(&pack, &b).unwrap();
+    repo.alter(&pack, |b| b[200] ^= 0x20); // inside the first frame
     let r = check(&repo, ReadData::All);
     assert!(!r.is_clean());
-    let name = pack.file_name().unwrap().to_string_lossy().to_string();
+    let name = base_name(&pack);
     assert!(r.problems.iter().any(|p| p.kind == "chunk" && p.detail.contains(&name)), "{:#?}", r.problems);
     assert_attribution(&repo, &bytes, &r);
     let out = repo.cli(&["check", "--read-data"]);
@@ -90,10 +114,9 @@ fn a_truncated_or_deleted_pack_is_found_by_the_structure_check() {
         let (repo, bytes) = history(3);
         let pack = a_pack(&repo);
         if cut {
-            let b = std::fs::read(&pack).unwrap();
-            std::fs::write(&pack, &b[..b.len() / 2]).unwrap();
+            repo.alter(&pack, |b| b.truncate(b.len() / 2));
         } else {
-            std::fs::remove_file(&pack).unwrap();
+            repo.stored().remove(&pack).unwrap();
         }
         let r = check(&repo, ReadData::None);
         assert!(r.problems.iter().any(|p| p.kind == "pack"), "{:#?}", r.problems);
@@ -106,7 +129,7 @@ fn a_manifest_deleted_in_the_middle_of_a_chain_breaks_only_that_chain() {
     let (repo, bytes) = history(4);
     let images = repo.images();
     let middle = &images[1]; // an incremental with dependents
-    std::fs::remove_file(repo.path.join("images").join(middle.id.to_string())).unwrap();
+    repo.stored().remove(&manifest_name(&middle.id)).unwrap();
     let r = check(&repo, ReadData::None);
     let p = r.problems.iter().find(|p| p.kind == "manifest").expect("a manifest problem");
     assert_eq!(p.object, middle.id.to_string());
@@ -160,10 +183,8 @@ fn verify_checks_one_image() {
     let images = repo.images();
     let out = repo.cli(&["verify", &images[2].id.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for p in repo.files_in("packs") {
-        let mut b = std::fs::read(&p).unwrap();
-        b[100] ^= 1;
-        std::fs::write(&p, &b).unwrap();
+    for p in repo.stored().list("packs").unwrap() {
+        repo.alter(&p, |b| b[100] ^= 1);
     }
     common::assert_clean_failure(&repo.cli(&["verify", &images[2].id.to_string()]), "damaged");
 }
@@ -172,9 +193,7 @@ fn verify_checks_one_image() {
 fn a_restore_that_meets_damage_leaves_the_target_untouched_unless_partial() {
     let (repo, bytes) = history(8);
     let pack = a_pack(&repo);
-    let mut b = std::fs::read(&pack).unwrap();
-    b[300] ^= 0x01;
-    std::fs::write(&pack, &b).unwrap();
+    repo.alter(&pack, |b| b[300] ^= 0x01);
     let latest = repo.images().last().unwrap().clone();
     let target = repo.file("target.img");
     std::fs::write(&target, b"the old contents").unwrap();
@@ -211,17 +230,14 @@ fn an_intact_copy_in_another_pack_is_used() {
     let (repo, bytes) = history(9);
     let pack = a_pack(&repo);
     // A second copy of the pack under another name (as an interrupted run can leave).
-    let copy = repo.path.join("packs/ff").join("ff".repeat(32));
-    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
-    std::fs::copy(&pack, &copy).unwrap();
-    let mut b = std::fs::read(&pack).unwrap();
-    b[200] ^= 0x04;
-    std::fs::write(&pack, &b).unwrap();
+    let copy = format!("packs/ff/{}", "ff".repeat(32));
+    repo.stored().put(&copy, &repo.stored().get(&pack).unwrap()).unwrap();
+    repo.alter(&pack, |b| b[200] ^= 0x04);
     let r = check(&repo, ReadData::All);
     if common::encrypted() {
         // An encrypted pack's frames and trailer name the pack they were written into: the copy
         // under another name is a pack whose contents do not open, never a copy to use.
-        let name = copy.file_name().unwrap().to_string_lossy().to_string();
+        let name = base_name(&copy);
         assert!(r.problems.iter().any(|p| p.object.contains(&name)), "the renamed copy: {:#?}", r.problems);
         assert_attribution(&repo, &bytes, &r);
         return;
@@ -240,11 +256,9 @@ fn altered_bytes_that_change_no_chunk_are_still_reported() {
     // repository is not as written.
     let (repo, bytes) = history(10);
     let pack = a_pack(&repo);
-    let mut b = std::fs::read(&pack).unwrap();
-    b[10] ^= 0x80;
-    std::fs::write(&pack, &b).unwrap();
+    repo.alter(&pack, |b| b[10] ^= 0x80);
     let r = check(&repo, ReadData::All);
-    let name = pack.file_name().unwrap().to_string_lossy().to_string();
+    let name = base_name(&pack);
     let p = r.problems.iter().find(|p| p.kind == "pack").expect("reported");
     assert_eq!(p.object, name);
     assert!(p.images.is_empty());
@@ -255,9 +269,8 @@ fn altered_bytes_that_change_no_chunk_are_still_reported() {
 #[test]
 fn a_backup_after_a_pack_was_lost_stores_its_chunks_again() {
     let (repo, _) = history(11);
-    let mut packs = repo.files_in("packs");
-    packs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    std::fs::remove_file(&packs[0]).unwrap(); // a pack of the first full: most images break
+    let first = packs_of(&repo, &repo.images()[0]).into_iter().next().expect("a pack of the first full");
+    repo.stored().remove(&first).unwrap(); // a pack of the first full: most images break
     let src = repo.file("disk.img");
     // New data too, so that chunks stored again share frames with new chunks.
     let mut now = std::fs::read(&src).unwrap();
@@ -282,8 +295,8 @@ fn a_backup_after_a_pack_was_lost_stores_its_chunks_again() {
     assert_stats_add_up(&repo.path);
 }
 
-fn manifest_path(repo: &TestRepo, id: &ImageId) -> std::path::PathBuf {
-    repo.path.join("images").join(id.to_string())
+fn manifest_name(id: &ImageId) -> String {
+    format!("images/{id}")
 }
 
 /// After a rebuild with an unreadable manifest there was no way out: check said "no problems",
@@ -294,7 +307,7 @@ fn a_damaged_image_stays_visible_and_can_be_forgotten_with_what_rests_on_it() {
     let images = repo.images();
     // images[1] is the first incremental; images[2] rests on it, images[3] (a differential) does not.
     let victim = images[1].id;
-    std::fs::write(manifest_path(&repo, &victim), b"not a manifest at all").unwrap();
+    repo.stored().put(&manifest_name(&victim), b"not a manifest at all").unwrap();
     let out = repo.cli(&["rebuild-index"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -329,10 +342,7 @@ fn a_catalogued_image_with_a_damaged_manifest_can_be_forgotten() {
     let (repo, mut bytes) = history(22);
     let images = repo.images();
     let victim = images[4].id; // the last incremental of the first set: nothing rests on it
-    let path = manifest_path(&repo, &victim);
-    let mut data = std::fs::read(&path).unwrap();
-    data[20] ^= 0xff;
-    std::fs::write(&path, &data).unwrap();
+    repo.alter(&manifest_name(&victim), |data| data[20] ^= 0xff);
     let out = repo.cli(&["forget", &victim.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     bytes.remove(&victim);
@@ -348,10 +358,7 @@ fn a_forget_that_cannot_be_carried_out_fails_before_anything_changes() {
     let (repo, _) = history(23);
     let images = repo.images();
     let full2 = images.iter().filter(|i| i.kind == strata::Kind::Full).nth(1).unwrap().id;
-    let path = manifest_path(&repo, &full2);
-    let mut data = std::fs::read(&path).unwrap();
-    data[15] ^= 0xff;
-    std::fs::write(&path, &data).unwrap();
+    repo.alter(&manifest_name(&full2), |data| data[15] ^= 0xff);
     let before: Vec<strata::ImageInfo> = repo.images();
     common::assert_clean_failure(&repo.cli(&["forget", "--rebase", &full2.to_string()]), "rebase");
     assert_eq!(repo.images(), before, "a failed forget changed the catalog");
@@ -404,7 +411,7 @@ fn verify_reads_only_the_packs_its_chain_needs() {
     let opts = strata::BackupOptions { source_id: Some("small".into()), ..Default::default() };
     let info = strata::backup(&r, &small, &opts, &Silent).unwrap();
     drop(r);
-    let packs = repo.files_in("packs").len();
+    let packs = pack_count(&repo);
     let r = common::open_repo(&repo.path).unwrap();
     let report = strata::check::verify(&r, &info, &Silent).unwrap();
     assert!(report.is_clean(), "{:#?}", report.problems);
@@ -431,12 +438,10 @@ fn a_missing_dead_pack_beside_a_damaged_image_is_reported_not_a_panic() {
     let dead = r.index().packs().unwrap().into_iter().find(|(_, rec)| rec.dead_chunks == rec.chunks);
     drop(r);
     let (dead, _) = dead.expect("a pack only the forgotten image used");
-    std::fs::remove_file(repo.path.join(dead.path())).unwrap();
+    repo.stored().remove(&dead.path()).unwrap();
     // And damage in a pack that a kept image needs.
-    let live = repo.files_in("packs").into_iter().find(|p| !p.ends_with(dead.to_string())).unwrap();
-    let mut data = std::fs::read(&live).unwrap();
-    data[40] ^= 0xff;
-    std::fs::write(&live, &data).unwrap();
+    let live = repo.stored().list("packs").unwrap().into_iter().find(|p| !p.ends_with(&dead.to_string())).unwrap();
+    repo.alter(&live, |data| data[40] ^= 0xff);
     let report = check(&repo, ReadData::All);
     assert!(report.problems.iter().any(|p| p.kind == "pack" && p.object == dead.to_string()), "{:#?}", report.problems);
     assert!(report.images.iter().any(|i| !i.restorable));
@@ -453,8 +458,9 @@ fn an_older_copy_of_a_manifest_put_back_is_refused_and_reported() {
     let (repo, bytes) = common::history(12, &[Full, Incremental, Incremental]);
     let images = repo.images();
     let (b, c) = (images[1].id, images[2].id);
-    let manifest = |id: ImageId| repo.path.join("images").join(id.to_string());
-    let (old_b, old_c) = (std::fs::read(manifest(b)).unwrap(), std::fs::read(manifest(c)).unwrap());
+    let stored = repo.stored();
+    let manifest = |id: ImageId| manifest_name(&id);
+    let (old_b, old_c) = (stored.get(&manifest(b)).unwrap(), stored.get(&manifest(c)).unwrap());
     // Forgetting B rewrites C onto the full; D is then written on the rewritten C.
     let out = repo.cli(&["forget", &b.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -462,12 +468,12 @@ fn an_older_copy_of_a_manifest_put_back_is_refused_and_reported() {
     let d = repo.try_backup(&src, Incremental, true).unwrap();
     assert_eq!(d.base, Some(c));
     let want_d = std::fs::read(&src).unwrap();
-    let new_c = std::fs::read(manifest(c)).unwrap();
+    let new_c = stored.get(&manifest(c)).unwrap();
     let restore = |id: ImageId| repo.try_restore(&id.to_string(), &repo.file("r.img")).map(|_| ());
 
     // Both old manifests back: the old chain D → C → B → A is whole, yet refused.
-    std::fs::write(manifest(c), &old_c).unwrap();
-    std::fs::write(manifest(b), &old_b).unwrap();
+    stored.put(&manifest(c), &old_c).unwrap();
+    stored.put(&manifest(b), &old_b).unwrap();
     for id in [c, d.id] {
         let err = restore(id).expect_err("an image over a replayed manifest restored");
         assert!(err.to_string().contains("older copy"), "{err}");
@@ -484,8 +490,8 @@ fn an_older_copy_of_a_manifest_put_back_is_refused_and_reported() {
     assert!(!repo.images().iter().any(|i| i.id == b));
 
     // The real manifest back, the forgotten one gone: everything restores as it was.
-    std::fs::write(manifest(c), &new_c).unwrap();
-    std::fs::remove_file(manifest(b)).unwrap();
+    stored.put(&manifest(c), &new_c).unwrap();
+    stored.remove(&manifest(b)).unwrap();
     let target = repo.file("r.img");
     repo.try_restore(&d.id.to_string(), &target).unwrap();
     assert!(std::fs::read(&target).unwrap() == want_d);
