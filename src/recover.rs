@@ -192,8 +192,7 @@ pub(crate) fn update_cache(
     let damage_only = was.generation == generation && !added;
     let rewritten = !damage_only && !changed.is_empty() && {
         let index = Index::open_read_only(&index_dir, protection)?;
-        let known: HashMap<ImageId, ImageInfo> =
-            catalog::catalogued(&index)?.into_iter().map(|i| (i.id, i)).collect();
+        let known: HashMap<ImageId, ImageInfo> = catalog::catalogued(&index)?.into_iter().map(|i| (i.id, i)).collect();
         changed.iter().any(|p| {
             let Some(id) = p.strip_prefix("images/").and_then(ImageId::parse) else { return false };
             crate::manifest::read_info(backend, &id)
@@ -203,11 +202,13 @@ pub(crate) fn update_cache(
     if unread_pack_reads || rewritten || (!damage_only && !gone.is_empty()) {
         return rebuilt(refresh_cache(site, work, backend, protection)?);
     }
-    // What is gone stays recorded as the cache knew it: gone again next time, and rebuilt from
-    // once a forget or prune writes a generation.
+    // What is gone or changed stays recorded as the cache knew it: looked at again next time,
+    // so that a forget's rewrite seen before its generation (damage, then) is taken in once the
+    // generation is written, and a cache that lacks what is gone is rebuilt once a forget or
+    // prune writes one.
     let mut reflected = now;
-    for p in gone {
-        reflected.insert(p.clone(), was.objects[p].clone());
+    for p in gone.iter().chain(&changed) {
+        reflected.insert((*p).clone(), was.objects[*p].clone());
     }
     match add_to_cache(&index_dir, backend, protection, &was, &reflected, generation)? {
         None => rebuilt(refresh_cache(site, work, backend, protection)?),
