@@ -34,14 +34,20 @@ impl Machine {
         Machine { cache: repo.file(&format!("cache-{name}")) }
     }
 
+    /// The strata binary as this machine runs it on `repo`.
+    fn command(&self, repo: &TestRepo, args: &[&str]) -> std::process::Command {
+        let mut c = strata_cmd();
+        c.env("XDG_CACHE_HOME", &self.cache).arg("-r").arg(&repo.path).args(args);
+        c
+    }
+
     fn run(&self, repo: &TestRepo, args: &[&str]) -> Output {
-        strata_cmd()
-            .env("XDG_CACHE_HOME", &self.cache)
-            .arg("-r")
-            .arg(&repo.path)
-            .args(args)
-            .output()
-            .expect("run strata")
+        self.command(repo, args).output().expect("run strata")
+    }
+
+    /// Started, its output captured.
+    fn spawn(&self, mut command: std::process::Command) -> std::process::Child {
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn strata")
     }
 
     fn ok(&self, repo: &TestRepo, args: &[&str]) -> String {
@@ -227,18 +233,9 @@ fn spawn_held(
 ) -> (std::process::Child, PathBuf) {
     let gate = repo.file(&format!("gate-{name}"));
     std::fs::write(&gate, b"held").unwrap();
-    let child = strata_cmd()
-        .env("XDG_CACHE_HOME", &machine.cache)
-        .env("STRATA_FAILPOINT", format!("stall:{point}"))
-        .env("STRATA_STALL_WHILE", &gate)
-        .arg("-r")
-        .arg(&repo.path)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn strata");
-    (child, gate)
+    let mut command = machine.command(repo, args);
+    command.env("STRATA_FAILPOINT", format!("stall:{point}")).env("STRATA_STALL_WHILE", &gate);
+    (machine.spawn(command), gate)
 }
 
 /// Waits until `n` lock objects are in the bucket (the held commands took their locks).
@@ -300,15 +297,7 @@ fn two_machines_back_up_at_once_and_a_forget_prune_waits_for_a_third_backup() {
     // lock, then forgets and prunes, and the backup's image survives both.
     let (child_c, gate_c) = spawn_held(&c, &repo, &strs(&args_c), "before-manifest", "c");
     wait_for_locks(&repo, 1);
-    let mut forget = strata_cmd()
-        .env("XDG_CACHE_HOME", &a.cache)
-        .arg("-r")
-        .arg(&repo.path)
-        .args(["forget", &old_id, "--prune", "--retry-lock", "5m", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut forget = a.spawn(a.command(&repo, &["forget", &old_id, "--prune", "--retry-lock", "5m", "--json"]));
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(forget.try_wait().unwrap().is_none(), "the forget did not wait for the backup in flight");
     std::fs::remove_file(&gate_c).unwrap();
@@ -340,14 +329,7 @@ fn two_machines_back_up_at_once_and_a_forget_prune_waits_for_a_third_backup() {
 /// Strata as `machine`, killed before its `step`th durable write (`step:N`) or counting them
 /// into a file (`count:FILE`).
 fn run_armed(machine: &Machine, repo: &TestRepo, args: &[&str], armed: &str) -> Output {
-    strata_cmd()
-        .env("XDG_CACHE_HOME", &machine.cache)
-        .env("STRATA_FAILPOINT", armed)
-        .arg("-r")
-        .arg(&repo.path)
-        .args(args)
-        .output()
-        .expect("run strata")
+    machine.command(repo, args).env("STRATA_FAILPOINT", armed).output().expect("run strata")
 }
 
 #[test]
