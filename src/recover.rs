@@ -120,12 +120,12 @@ const REFRESH: &str = "refresh the cache";
 /// reflects (a local repository: its generation, nothing to do). What the cache reflects is
 /// recorded beside it (`site::Reflects`): when the bucket holds exactly that, the cache is
 /// current; when it holds more (other machines' backups), the new packs' trailers and the new
-/// manifests are added; when an object is gone, or a manifest was rewritten (a forget or prune
-/// elsewhere), or there is no record or an interrupted backup's journal, the cache is rebuilt
-/// whole. An object changed in place that cannot be read is damage: the cache keeps what it
-/// knew of it, as a local repository's index does, and readers meet the damage (and `check`
-/// reports it). An object that cannot be read is not recorded as reflected, so the next command
-/// tries it again. `locked`: the caller already holds the cache's lock (a writer); otherwise it
+/// manifests are added; when an object is gone or a manifest was rewritten by a forget or prune
+/// elsewhere, or there is no record or an interrupted backup's journal, the cache is rebuilt
+/// whole; what can only be damage (docs/DESIGN.md, "Object storage") is kept as the cache knew
+/// it, as a local repository's index keeps it, so readers meet the damage and `check` reports
+/// it. An object that cannot be read is not recorded as reflected, so the next command tries
+/// it again. `locked`: the caller already holds the cache's lock (a writer); otherwise it
 /// is taken when work is needed, and the state looked at again under it.
 pub(crate) fn update_cache(
     site: &Site,
@@ -284,13 +284,21 @@ fn add_to_cache(
         if catalogued.contains(&id) {
             continue;
         }
-        let mut refs = RefDelta::default();
+        let mut chunks = Vec::new();
         let read = crate::manifest::read_info(backend, &id)
-            .and_then(|info| catalog::for_each_chunk(backend, &id, |c| refs.add(c, info.set, 1)).map(|_| info));
+            .and_then(|info| catalog::for_each_chunk(backend, &id, |c| chunks.push(c)).map(|_| info));
         let Ok(info) = read else {
             unreadable.insert(path.to_string());
             continue;
         };
+        // Only chunks the index knows are counted, as a rebuild counts them; one it does not
+        // know (in a pack that is lost or could not be read) is for `check` to report.
+        let mut refs = RefDelta::default();
+        for (c, at) in chunks.iter().zip(index.locate(&chunks)?) {
+            if at.is_some() {
+                refs.add(*c, info.set, 1);
+            }
+        }
         let mut txn = Txn::new();
         catalog::put(&mut txn, &info)?;
         index.counters().apply(refs, txn)?;
