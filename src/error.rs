@@ -234,6 +234,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is a read, stat or removal of an object (or file) that does not exist.
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound)
+    }
+
     /// The same error again, for a request whose failure fails several reads: the kinds a
     /// storage request gives (`Io` keeps its kind and message, `Remote` its fields), anything
     /// else as `Internal` with its message.

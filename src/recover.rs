@@ -47,7 +47,7 @@ pub(crate) fn delete_manifests(backend: &dyn Backend, journal: &Journal) -> Resu
     for id in &journal.forget {
         match backend.remove(&paths::manifest(id)) {
             Ok(()) => {}
-            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e),
         }
         crate::failpoint::hit!("forget-after-delete");

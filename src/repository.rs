@@ -597,7 +597,7 @@ impl Repository {
         }
         self.write_key_list(&list)?;
         match self.backend.remove(&keyring::key_path(id)) {
-            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
     }

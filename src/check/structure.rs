@@ -113,7 +113,7 @@ pub(super) fn packs(repo: &Repository, packs: &BTreeSet<PackId>, f: &mut Finding
             Ok(n) => {
                 f.bad_packs.insert(*pack, format!("its trailer does not list {n} chunks the index places in it"));
             }
-            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.is_not_found() => {
                 f.bad_packs.insert(*pack, "missing".into());
             }
             Err(e) => {

@@ -558,10 +558,7 @@ pub fn unlocked(u: &strata::storage::remote_lock::Unlocked, json: bool) -> Resul
     let mut alive = Vec::new();
     for l in &u.locks {
         let renewed = strata::timefmt::format_ms(l.refreshed_ms);
-        let mode = match l.mode {
-            strata::storage::remote_lock::LockMode::Shared => "shared",
-            strata::storage::remote_lock::LockMode::Exclusive => "exclusive",
-        };
+        let mode = l.mode.name();
         if l.removed {
             println!("removed the {mode} lock of {} (last renewed {renewed})", l.holder);
         } else {

@@ -145,9 +145,7 @@ fn corrupt(id: &ImageId, reason: impl Into<String>) -> Error {
 
 fn missing_to_typed(id: &ImageId, e: Error) -> Error {
     match e {
-        Error::Io { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound => {
-            Error::MissingManifest { image: id.to_string() }
-        }
+        e if e.is_not_found() => Error::MissingManifest { image: id.to_string() },
         e => e,
     }
 }

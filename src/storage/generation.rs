@@ -12,7 +12,7 @@ const MAGIC: &[u8; 8] = b"STRATAGN";
 pub fn read(backend: &dyn Backend) -> Result<u64> {
     let bytes = match backend.get(paths::GENERATION) {
         Ok(b) => b,
-        Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.is_not_found() => return Ok(0),
         Err(e) => return Err(e),
     };
     let bad =

@@ -48,6 +48,14 @@ pub enum LockMode {
 }
 
 impl LockMode {
+    /// As the lock object and `unlock --json` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LockMode::Shared => "shared",
+            LockMode::Exclusive => "exclusive",
+        }
+    }
+
     fn conflicts(self, other: LockMode) -> bool {
         self == LockMode::Exclusive || other == LockMode::Exclusive
     }
@@ -112,7 +120,7 @@ fn all(store: &Arc<S3Store>) -> Result<Vec<(String, LockRecord)>> {
     for path in backend.list(DIR)? {
         let bytes = match backend.get(&path) {
             Ok(b) => b,
-            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(e),
         };
         let record = serde_json::from_slice(&bytes).unwrap_or(LockRecord {
@@ -215,8 +223,9 @@ pub(crate) fn acquire(store: Arc<S3Store>, command: &str, mode: LockMode, wait: 
             return Err(locked_error(&store, &blocker));
         }
         // A random pause (0.2 to 1.2 s), so that two takers that met do not meet again.
-        let pause = 200 + u64::from(random_hex(1).ok().and_then(|h| u8::from_str_radix(&h, 16).ok()).unwrap_or(0)) * 4;
-        std::thread::sleep(Duration::from_millis(pause));
+        let mut r = [0u8; 1];
+        getrandom::getrandom(&mut r).map_err(|e| Error::Random { reason: e.to_string() })?;
+        std::thread::sleep(Duration::from_millis(200 + u64::from(r[0]) * 4));
     }
 }
 
@@ -252,9 +261,7 @@ fn hold(store: Arc<S3Store>, path: String, mut record: LockRecord) -> Result<Rem
                             let _ = backend.put(&path, &b);
                         }
                     }
-                    Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
-                        lost.store(true, Ordering::SeqCst)
-                    }
+                    Err(e) if e.is_not_found() => lost.store(true, Ordering::SeqCst),
                     Err(_) => {}
                 }
                 if crate::timefmt::now_ms().saturating_sub(record.refreshed_ms) > LOST_AFTER_MS {
@@ -281,7 +288,7 @@ impl RemoteLock {
         }
         match S3Backend(self.store.clone()).get(&self.path) {
             Ok(_) => Ok(true),
-            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.is_not_found() => {
                 self.lost.store(true, Ordering::SeqCst);
                 Ok(false)
             }
