@@ -56,6 +56,12 @@ pub enum Error {
     )]
     RepositoryExists { path: PathBuf },
 
+    #[error("the keys of {from} cannot be copied: {reason}")]
+    KeysNotCopyable { from: String, reason: String },
+
+    #[error("{to} names chunks differently from {from} (another chunk-id key), so copied images would not find their chunks; copy into a repository made with `strata init DEST --copy-keys-from SOURCE`")]
+    CopyKeysDiffer { from: String, to: String },
+
     #[error("repository format version {found} is not supported by this strata (supports {supported})")]
     UnsupportedFormat { found: u32, supported: u32 },
 

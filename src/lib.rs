@@ -13,6 +13,7 @@ pub mod allocation;
 pub mod backup;
 pub mod check;
 pub mod config;
+pub mod copy;
 pub mod crypto;
 pub mod error;
 pub(crate) mod failpoint;

@@ -177,6 +177,34 @@ pub struct InitOptions {
     /// Chains deeper than this get a synthetic full (0: unbounded).
     pub max_chain_depth: u32,
     pub encryption: Encryption,
+    /// `init --copy-keys-from`: name content as that repository does (its chunker and, when
+    /// encrypted, its identity key), so that `copy` between them moves chunks as they are.
+    pub copy_keys: Option<CopiedKeys>,
+}
+
+/// What a new repository takes from the one it will receive copies from: the chunker, and the
+/// identity key (chunk ids, segment fingerprints, chunker seed) of an encrypted one. Data and
+/// metadata keys are never copied: each repository seals with its own.
+#[derive(Clone)]
+pub struct CopiedKeys {
+    pub chunker: crate::config::ChunkerParams,
+    /// The source's master key (`None` for a plain source); only its identity is used.
+    master: Option<MasterKey>,
+    /// The source's name, for errors.
+    from: String,
+}
+
+impl CopiedKeys {
+    pub fn is_encrypted(&self) -> bool {
+        self.master.is_some()
+    }
+}
+
+/// Never a key.
+impl std::fmt::Debug for CopiedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CopiedKeys {{ from: {:?}, encrypted: {} }}", self.from, self.master.is_some())
+    }
 }
 
 impl Default for InitOptions {
@@ -187,6 +215,7 @@ impl Default for InitOptions {
             pack_target_size: 32 * 1024 * 1024,
             max_chain_depth: crate::config::DEFAULT_MAX_CHAIN_DEPTH,
             encryption: Encryption::None,
+            copy_keys: None,
         }
     }
 }
@@ -222,7 +251,21 @@ impl Repository {
         if site.holds_anything()? {
             return Err(Error::RepositoryExists { path: site.name() });
         }
-        let mut config = Config::new(opts.chunker.clone(), opts.compression_level);
+        let chunker = opts.copy_keys.as_ref().map_or(&opts.chunker, |c| &c.chunker);
+        if let Some(c) = &opts.copy_keys {
+            let encrypted = matches!(opts.encryption, Encryption::Repokey { .. });
+            if c.is_encrypted() != encrypted {
+                return Err(Error::KeysNotCopyable {
+                    from: c.from.clone(),
+                    reason: if encrypted {
+                        "it is not encrypted: its chunk ids are plain BLAKE3, which an encrypted repository never uses; create this one with `--encryption none`".into()
+                    } else {
+                        "it is encrypted: its chunk ids are keyed, which a plain repository cannot follow; create this one encrypted".into()
+                    },
+                });
+            }
+        }
+        let mut config = Config::new(chunker.clone(), opts.compression_level);
         config.pack_target_size = opts.pack_target_size;
         config.max_chain_depth = opts.max_chain_depth;
         config.validate()?;
@@ -238,7 +281,10 @@ impl Repository {
         let mut protection = Protection::none();
         if let Encryption::Repokey { password, kdf } = &opts.encryption {
             // The key file first, the config (which makes the directory a repository) last.
-            let master = MasterKey::generate()?;
+            let master = match opts.copy_keys.as_ref().and_then(|c| c.master.as_ref()) {
+                Some(source) => MasterKey::sharing_identity_of(source)?,
+                None => MasterKey::generate()?,
+            };
             let id = KeyFile::new_id()?;
             let now = crate::timefmt::now_ms();
             let kf = KeyFile::create(&master, password, &config.repository_id, &id, 1, kdf.clone(), now)?;
@@ -258,6 +304,20 @@ impl Repository {
         }
         crate::config::write(&site, &config)?;
         Ok(config)
+    }
+
+    /// What `init --copy-keys-from path` takes from the repository at `path`: its chunker and,
+    /// when it is encrypted, its key (opened with `credentials`). Reads the config and the key
+    /// files only: no index, no cache.
+    pub fn keys_to_copy(path: &Path, credentials: &Credentials) -> Result<CopiedKeys> {
+        let site = Site::open(path)?;
+        let config = crate::config::read_from(&site)?;
+        let (unlocked, _) = unlock(&config, site.raw(), credentials)?;
+        Ok(CopiedKeys {
+            chunker: config.chunker,
+            master: unlocked.key.map(|(m, _)| m),
+            from: site.name().display().to_string(),
+        })
     }
 
     /// Opens for reading: takes no lock and works beside a running writer.

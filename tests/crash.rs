@@ -341,6 +341,49 @@ fn a_prune_killed_at_every_step_loses_nothing() {
     assert!(steps >= 3, "only {steps} steps");
 }
 
+#[test]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (.ci/test enables it)")]
+fn a_copy_killed_at_every_step_loses_nothing_and_the_next_copy_finishes() {
+    let (src, expected, _) = lifecycle_repo(16);
+    let pristine = src.receiving_copies();
+    // One image there already: the copy adds to a destination that has something to lose.
+    let first = src.images()[0].id;
+    src.copy_to(&pristine, &[&first.short()]).expect("copy the first image");
+    let all: Vec<ImageId> = src.images().iter().map(|i| i.id).collect();
+    for n in 1.. {
+        let dst = pristine.copy();
+        let when = format!("copy killed before write {n}");
+        let status = strata_cmd()
+            .env("STRATA_PASSWORD2", common::PASSWORD)
+            .env("STRATA_FAILPOINT", format!("step:{n}"))
+            .arg("-r")
+            .arg(&src.path)
+            .args(["copy", "--to"])
+            .arg(&dst.path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        if status.success() {
+            assert!(n > 10, "only {} steps", n - 1);
+            break;
+        }
+        // What the destination lists restores: the first image and whatever the killed copy
+        // published; then the next copy brings the rest.
+        let listed: Vec<ImageId> = dst.images().iter().map(|i| i.id).collect();
+        assert!(listed.contains(&first), "{when}: the image that was there vanished");
+        check_listed(&dst, &expected, &when);
+        let report = src.copy_to(&dst, &[]).unwrap_or_else(|e| panic!("{when}: the next copy: {e}"));
+        assert_eq!(report.present.len() + report.copied.len(), all.len(), "{when}");
+        let listed: Vec<ImageId> = dst.images().iter().map(|i| i.id).collect();
+        assert!(all.iter().all(|i| listed.contains(i)), "{when}: an image is missing after the next copy");
+        let out = dst.cli(&["prune", "--max-unused", "0"]);
+        assert!(out.status.success(), "{when}: prune: {}", String::from_utf8_lossy(&out.stderr));
+        common::assert_intact(&dst, &expected, &when);
+        assert!(n < 10_000, "the copy never finished");
+    }
+}
+
 /// Killed backups left a 33 MB `.tmp.` pack and empty `.tmp.` manifests; killed restores left
 /// full-size hidden files beside the target. stats counts them, the next writer removes them.
 #[test]

@@ -393,3 +393,60 @@ fn a_bucket_that_holds_something_else_is_not_a_repository_and_init_leaves_it_alo
     let out = strata_cmd().arg("-r").arg(&other).arg("images").output().unwrap();
     assert_clean_failure(&out, "config file is lost");
 }
+
+/// `copy` mirrors a local repository into a bucket (through the CLI, as a user would) and
+/// brings images back from the bucket into another local repository; each copy stores only what
+/// its destination lacks, and every image restores byte-identical from all three.
+#[test]
+fn a_local_repository_mirrored_to_a_bucket_and_back_restores_byte_identical() {
+    let bucket = bucket_repo();
+    let local = TestRepo::small_local(None);
+    let src = local.file("disk.img");
+    let mut disk = Disk::new(41, 4 * MIB).random(0..2 * MIB).text(2 * MIB..3 * MIB);
+    let mut expected = HashMap::new();
+    for (n, kind) in [KindRequest::Full, KindRequest::Incremental, KindRequest::Incremental].into_iter().enumerate() {
+        disk = disk.scatter_blocks(20).random(n * MIB..n * MIB + 100_000);
+        disk.write_to(&src);
+        let info = local.try_backup(&src, kind, true).expect("backup");
+        expected.insert(info.id, disk.bytes.clone());
+    }
+    // The bucket was made with `init` of its own: copying into it is refused until it names
+    // chunks as the local one does (two plain repositories always do).
+    let mirror = if common::encrypted() {
+        let out = strata_cmd()
+            .env("STRATA_PASSWORD2", common::PASSWORD)
+            .arg("-r")
+            .arg(&local.path)
+            .args(["copy", "--to"])
+            .arg(&bucket.path)
+            .output()
+            .expect("run strata");
+        assert_clean_failure(&out, "--copy-keys-from");
+        local.receiving_copies()
+    } else {
+        bucket
+    };
+    let machine = Machine::new(&local, "a");
+    let mut copy = machine.command(&local, &["copy", "--json", "--to"]);
+    copy.arg(&mirror.path).env("STRATA_PASSWORD2", common::PASSWORD);
+    let out = copy.output().expect("run strata");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("copy --json");
+    assert_eq!(report["copied"].as_array().map(Vec::len), Some(3), "{report}");
+    common::assert_intact(&mirror, &expected, "the bucket after copying into it");
+
+    // A new image locally: the next copy sends its new chunks only.
+    disk = disk.scatter_blocks(5);
+    disk.write_to(&src);
+    let fourth = local.try_backup(&src, KindRequest::Incremental, true).expect("backup");
+    expected.insert(fourth.id, disk.bytes.clone());
+    let report = local.copy_to(&mirror, &[]).expect("second copy");
+    assert_eq!((report.copied.len(), report.present.len(), report.chunks), (1, 3, fourth.new_chunks), "{report:?}");
+
+    // Back from the bucket into a new local repository.
+    let back = TestRepo::small_local(Some(&mirror));
+    let report = mirror.copy_to(&back, &[]).expect("copy back");
+    assert_eq!(report.copied.len(), 4);
+    common::assert_intact(&back, &expected, "the local repository copied back from the bucket");
+    common::assert_intact(&local, &expected, "the source");
+}

@@ -80,7 +80,8 @@ fn write_each(repo: &Repository, packs: &std::sync::Mutex<Receiver<Numbered>>, a
     }
 }
 
-/// Frames chunks that already exist (prune moves them out of packs it rewrites) into new frames
+/// Frames chunks that already exist (prune moves them out of packs it rewrites, copy brings them
+/// from another repository) into new frames
 /// of about `FRAME_TARGET` bytes, compressed and verified, and fills packs with them; each full
 /// pack is stored at once and listed in `stored` for the caller to index.
 pub(crate) struct Repacker<'a> {
@@ -129,7 +130,13 @@ impl<'a> Repacker<'a> {
         Ok(())
     }
 
-    /// Frames and stores what is left; returns every pack written.
+    /// The packs stored since the last call, for a caller that indexes them as it goes (and
+    /// so does not hold every pack's bytes until the end).
+    pub fn take_stored(&mut self) -> Vec<StoredPack> {
+        std::mem::take(&mut self.stored)
+    }
+
+    /// Frames and stores what is left; returns every pack written (since `take_stored`).
     pub fn finish(mut self) -> Result<Vec<StoredPack>> {
         self.frame()?;
         self.seal()?;

@@ -61,8 +61,19 @@ enum Command {
         /// twice on a terminal, or from STRATA_PASSWORD / --password-file / --password-command);
         /// chunk ids keyed, every object sealed (see docs/DESIGN.md, "Encryption"). `none`:
         /// plain zstd, readable by anyone who can read the directory
-        #[arg(long, value_enum, default_value_t = EncryptionArg::Repokey)]
-        encryption: EncryptionArg,
+        /// (default: `repokey`, or what the repository of --copy-keys-from uses)
+        #[arg(long, value_enum)]
+        encryption: Option<EncryptionArg>,
+        /// Name content as the repository SOURCE does (its chunker and, when encrypted, its
+        /// chunk-id key; its password from STRATA_PASSWORD2 or --from-password-file), so that
+        /// `strata -r SOURCE copy --to` this one stores only what it lacks. Encryption follows
+        /// SOURCE's; data is sealed with this repository's own key
+        #[arg(long, value_name = "SOURCE")]
+        copy_keys_from: Option<PathBuf>,
+        /// The password of --copy-keys-from's repository, from the first line of FILE (wins
+        /// over STRATA_PASSWORD2)
+        #[arg(long, value_name = "FILE", requires = "copy_keys_from")]
+        from_password_file: Option<PathBuf>,
         /// Average chunk size in KiB, 4 to 2048 (min = avg/4, max = 8 x avg)
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(4..=2048))]
         avg_chunk_kib: u32,
@@ -358,6 +369,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy images (with the images they depend on) into another repository, storing only the
+    /// chunks it lacks: mirror a local repository to a bucket, or bring images back. Both must
+    /// name chunks alike: plain repositories, or a destination made with `init --copy-keys-from`
+    Copy {
+        /// The destination repository (a directory or `s3:…`); its password from
+        /// STRATA_PASSWORD2 or --to-password-file (-r's from the usual sources)
+        #[arg(long, value_name = "REPO")]
+        to: PathBuf,
+        /// Images to copy (id prefixes, as `images` lists them); default: every image
+        images: Vec<String>,
+        /// The destination's password, from the first line of FILE (wins over STRATA_PASSWORD2)
+        #[arg(long, value_name = "FILE")]
+        to_password_file: Option<PathBuf>,
+        /// Print JSON for scripts instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Recreate the index from the packs and manifests (the old one is moved aside; for a
     /// bucket, this machine's cache of it is rebuilt)
     RebuildIndex {
@@ -542,10 +570,25 @@ pub fn run() -> Result<()> {
     }
     let source = password_source(&cli);
     match cli.command {
-        Command::Init { path, avg_chunk_kib, compression_level, encryption } => {
+        Command::Init { path, avg_chunk_kib, compression_level, encryption, copy_keys_from, from_password_file } => {
             let path = match path {
                 Some(p) => well_formed(p)?,
                 None => repo_path(&cli.repo)?,
+            };
+            let copy_keys = match copy_keys_from {
+                Some(from) => {
+                    let from = well_formed(from)?;
+                    let creds = second_credentials(from_password_file, &from);
+                    let keys = Repository::keys_to_copy(&from, &creds)
+                        .with_context(|| format!("cannot read the keys of repository {}", from.display()))?;
+                    Some(keys)
+                }
+                None => None,
+            };
+            let encryption = match encryption {
+                Some(e) => e,
+                None if copy_keys.as_ref().is_some_and(|k| !k.is_encrypted()) => EncryptionArg::None,
+                None => EncryptionArg::Repokey,
             };
             let encryption = match encryption {
                 EncryptionArg::None => Encryption::None,
@@ -560,7 +603,7 @@ pub fn run() -> Result<()> {
                     Encryption::Repokey { password, kdf: strata::crypto::keyfile::KdfParams::for_new_keys() }
                 }
             };
-            init(&path, avg_chunk_kib, compression_level, encryption)?;
+            init(&path, avg_chunk_kib, compression_level, encryption, copy_keys)?;
         }
         Command::Key { action } => key(&repo_path(&cli.repo)?, action)?,
         Command::Backup { source, kind, source_id, force_read, base, all_blocks, json } => {
@@ -658,6 +701,9 @@ pub fn run() -> Result<()> {
             output::rebuild(&r, json)?;
         }
         Command::Prune { dry_run, max_unused, json } => prune(&repo_path(&cli.repo)?, dry_run, max_unused, json)?,
+        Command::Copy { to, images, to_password_file, json } => {
+            copy(&repo_path(&cli.repo)?, to, &images, to_password_file, json)?
+        }
     }
     Ok(())
 }
@@ -725,13 +771,20 @@ fn partitions(path: &std::path::Path, image: &str, json: bool) -> Result<()> {
     output::partitions(&info, &table, json)
 }
 
-fn init(path: &std::path::Path, avg_chunk_kib: u32, compression_level: i32, encryption: Encryption) -> Result<()> {
+fn init(
+    path: &std::path::Path,
+    avg_chunk_kib: u32,
+    compression_level: i32,
+    encryption: Encryption,
+    copy_keys: Option<strata::repository::CopiedKeys>,
+) -> Result<()> {
     let avg = avg_chunk_kib.checked_mul(1024).context("--avg-chunk-kib is too large")?;
     let chunker =
         ChunkerParams { min_size: avg / 4, avg_size: avg, max_size: avg.saturating_mul(8), ..ChunkerParams::default() };
+    let copied = copy_keys.is_some();
+    let opts = InitOptions { chunker, compression_level, encryption, copy_keys, ..InitOptions::default() };
     let config =
-        Repository::init(path, &InitOptions { chunker, compression_level, encryption, ..InitOptions::default() })
-            .with_context(|| format!("cannot create a repository in {}", path.display()))?;
+        Repository::init(path, &opts).with_context(|| format!("cannot create a repository in {}", path.display()))?;
     println!(
         "created repository {} in {} (chunks {}/{}/{} KiB, zstd level {}, encryption {})",
         &config.repository_id[..8],
@@ -742,7 +795,57 @@ fn init(path: &std::path::Path, avg_chunk_kib: u32, compression_level: i32, encr
         config.compression_level,
         config.encryption
     );
+    if copied {
+        println!("  chunks are named as in the repository it copies keys from: `copy --to` this one stores only what it lacks");
+    }
     Ok(())
+}
+
+/// The password of the second repository a command names (`copy --to`, `init
+/// --copy-keys-from`): from `file`, else STRATA_PASSWORD2, else asked on a terminal (only if
+/// that repository is encrypted).
+fn second_credentials(file: Option<PathBuf>, repo: &std::path::Path) -> strata::repository::Credentials {
+    use std::io::IsTerminal;
+    if let Some(f) = file {
+        return strata::repository::Credentials::from_source(PasswordSource::File(f));
+    }
+    if let Some(v) = std::env::var_os("STRATA_PASSWORD2") {
+        return strata::repository::Credentials::from_source(PasswordSource::Value {
+            name: "STRATA_PASSWORD2".into(),
+            value: zeroize::Zeroizing::new(v.into_encoded_bytes()),
+        });
+    }
+    if !std::io::stdin().is_terminal() {
+        return strata::repository::Credentials::none();
+    }
+    let prompt = format!("strata: password of {}: ", repo.display());
+    strata::repository::Credentials::from_fn(move || {
+        let p = rpassword::prompt_password(&prompt)
+            .map_err(|e| strata::Error::PasswordSource { source_name: "prompt".into(), reason: e.to_string() })?;
+        Ok(zeroize::Zeroizing::new(p.into_bytes()))
+    })
+}
+
+/// `copy --to`: the source read without a lock, the destination written as a backup writes
+/// (a shared lock in a bucket).
+fn copy(
+    src: &std::path::Path,
+    to: PathBuf,
+    images: &[String],
+    to_password_file: Option<PathBuf>,
+    json: bool,
+) -> Result<()> {
+    let to = well_formed(to)?;
+    let from = Repository::open_with(src, &credentials())
+        .with_context(|| format!("cannot open repository {}", src.display()))?;
+    let creds = second_credentials(to_password_file, &to);
+    let dst = Repository::open_writer_as(&to, "copy", access(Access::shared()), &creds)
+        .with_context(|| format!("cannot open the destination repository {}", to.display()))?;
+    let bar = progress::Bar::new(json);
+    let report = strata::copy::copy(&from, &dst, images, &bar)
+        .with_context(|| format!("copy from {} to {} failed", src.display(), to.display()))?;
+    bar.clear();
+    output::copy(&report, json)
 }
 
 fn restore(

@@ -463,6 +463,36 @@ pub fn prune(plan: &PrunePlan, report: Option<&PruneReport>, json: bool) -> Resu
     Ok(())
 }
 
+pub fn copy(r: &strata::copy::CopyReport, json: bool) -> Result<()> {
+    if json {
+        let v = serde_json::json!({
+            "copied": r.copied.iter().map(|i| i.id.to_string()).collect::<Vec<_>>(),
+            "present": r.present.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+            "chunks": r.chunks,
+            "raw_bytes": r.raw_bytes,
+            "chunks_present": r.chunks_present,
+            "packs": r.packs,
+            "stored_bytes": r.stored_bytes,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for i in &r.copied {
+        println!("copied {} {} {} of {}", i.id.short(), i.kind.name(), format_ms(i.created_ms), i.source_id);
+    }
+    println!(
+        "{} images copied, {} already there; {} chunks ({}) stored in {} packs ({}), {} chunks already there",
+        r.copied.len(),
+        r.present.len(),
+        r.chunks,
+        human(r.raw_bytes),
+        r.packs,
+        human(r.stored_bytes),
+        r.chunks_present
+    );
+    Ok(())
+}
+
 pub fn check(r: &CheckReport, json: bool) -> Result<()> {
     if json {
         let problems: Vec<_> = r

@@ -90,7 +90,8 @@ impl KdfParams {
 /// One key file as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyFile {
-    /// Key file format version: 1.
+    /// Key file format version: 1 (the sealed key is the repository's own master key), or 2
+    /// (it is followed by the identity key of the repository it was copied from).
     pub version: u32,
     /// 16 hex digits (8 random bytes); the file's name under `keys/`.
     pub id: String,
@@ -103,11 +104,23 @@ pub struct KeyFile {
     pub kdf: KdfParams,
     /// 32 hex digits: Argon2's salt (16 random bytes).
     pub salt: String,
-    /// Hex: nonce (24) | master key sealed (32) | tag (16).
+    /// Hex: nonce (24) | master key sealed (32, or 64 in version 2: own key, identity) | tag (16).
     pub sealed_key: String,
 }
 
+/// The version of a key file that seals the repository's own key alone.
 pub const KEY_FILE_VERSION: u32 = 1;
+/// The version of a key file that seals the own key and a copied identity key.
+pub const KEY_FILE_VERSION_COPIED_IDENTITY: u32 = 2;
+
+/// How many bytes a key file of `version` seals, for the versions this strata reads.
+fn sealed_len(version: u32) -> Option<usize> {
+    match version {
+        KEY_FILE_VERSION => Some(32),
+        KEY_FILE_VERSION_COPIED_IDENTITY => Some(64),
+        _ => None,
+    }
+}
 
 impl KeyFile {
     /// Seals `master` under `password` as a new key file of generation `generation`.
@@ -126,7 +139,7 @@ impl KeyFile {
         let mut salt = [0u8; 16];
         random_bytes(&mut salt)?;
         let mut kf = KeyFile {
-            version: KEY_FILE_VERSION,
+            version: if master.has_copied_identity() { KEY_FILE_VERSION_COPIED_IDENTITY } else { KEY_FILE_VERSION },
             id: id.into(),
             repository_id: repository_id.into(),
             created_ms,
@@ -136,7 +149,7 @@ impl KeyFile {
             sealed_key: String::new(),
         };
         let wrap = kf.kdf.derive(password, &salt).map_err(|reason| kf.bad(reason))?;
-        let sealed = wrapping_keys(&wrap).seal(ObjectKind::KeyFile, &kf.binding(), master.as_bytes())?;
+        let sealed = wrapping_keys(&wrap).seal(ObjectKind::KeyFile, &kf.binding(), &master.sealed_bytes())?;
         kf.sealed_key = hex(&sealed);
         Ok(kf)
     }
@@ -151,21 +164,19 @@ impl KeyFile {
     /// Opens the master key with `password`: `Ok(None)` when the password is not this file's,
     /// an error when the file itself is unusable.
     pub fn open(&self, password: &[u8]) -> Result<Option<MasterKey>> {
-        if self.version != KEY_FILE_VERSION {
-            return Err(self.bad(format!("version {} is not supported (1)", self.version)));
-        }
+        let Some(key_len) = sealed_len(self.version) else {
+            return Err(self.bad(format!("version {} is not supported (1 or 2)", self.version)));
+        };
         let salt = unhex(&self.salt).filter(|s| s.len() == 16).ok_or_else(|| self.bad("salt is not 32 hex digits"))?;
         let sealed = unhex(&self.sealed_key)
-            .filter(|s| s.len() == 32 + OVERHEAD)
-            .ok_or_else(|| self.bad(format!("sealed_key is not {} hex digits", 2 * (32 + OVERHEAD))))?;
+            .filter(|s| s.len() == key_len + OVERHEAD)
+            .ok_or_else(|| self.bad(format!("sealed_key is not {} hex digits", 2 * (key_len + OVERHEAD))))?;
         let wrap = self.kdf.derive(password, &salt).map_err(|reason| self.bad(reason))?;
         let what = String::new;
         match wrapping_keys(&wrap).open(ObjectKind::KeyFile, &self.binding(), &sealed, &what) {
             Ok(plain) => {
                 let plain = Zeroizing::new(plain);
-                let mut k = [0u8; 32];
-                k.copy_from_slice(&plain);
-                Ok(Some(MasterKey::from_bytes(k)))
+                MasterKey::from_sealed(&plain).map(Some).ok_or_else(|| self.bad("the sealed key has the wrong length"))
             }
             Err(_) => Ok(None),
         }
@@ -236,9 +247,30 @@ mod tests {
         let (m, kf) = make(b"correct horse");
         let back = KeyFile::decode("k", &kf.encode().unwrap()).unwrap();
         assert_eq!(back, kf);
-        assert_eq!(back.open(b"correct horse").unwrap().unwrap().as_bytes(), m.as_bytes());
+        assert_eq!(*back.open(b"correct horse").unwrap().unwrap().sealed_bytes(), *m.sealed_bytes());
         assert!(back.open(b"correct hors").unwrap().is_none());
         assert!(back.open(b"").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_copied_identity_is_sealed_with_the_own_key_in_a_version_2_file() {
+        let source = MasterKey::generate().unwrap();
+        let copy = MasterKey::sharing_identity_of(&source).unwrap();
+        let kf = KeyFile::create(&copy, b"pw", "repo2", "00112233aabbccdd", 1, KdfParams::weak_for_tests(), 5).unwrap();
+        assert_eq!(kf.version, KEY_FILE_VERSION_COPIED_IDENTITY);
+        let back = KeyFile::decode("k", &kf.encode().unwrap()).unwrap().open(b"pw").unwrap().unwrap();
+        assert_eq!(*back.sealed_bytes(), *copy.sealed_bytes());
+        let (a, b) = (source.keys(), back.keys());
+        assert_eq!(
+            (a.chunk_id_key(), a.segment_key(), a.chunker_seed()),
+            (b.chunk_id_key(), b.segment_key(), b.chunker_seed())
+        );
+        // Data and metadata are the copy's own: the source's key does not open them.
+        let sealed = b.seal(ObjectKind::Frame, b"n", b"data").unwrap();
+        assert!(a.open(ObjectKind::Frame, b"n", &sealed, &String::new).is_err());
+        // Copying again keeps the first identity.
+        let again = MasterKey::sharing_identity_of(&back).unwrap();
+        assert_eq!(again.keys().chunk_id_key(), a.chunk_id_key());
     }
 
     #[test]
@@ -292,7 +324,10 @@ mod tests {
         v.sealed_key.pop();
         assert!(matches!(v.open(b"pw"), Err(Error::BadKeyFile { .. })));
         let mut v = kf.clone();
-        v.version = 2;
+        v.version = 2; // a version 2 file seals 64 bytes
+        assert!(matches!(v.open(b"pw"), Err(Error::BadKeyFile { .. })));
+        let mut v = kf.clone();
+        v.version = 3;
         assert!(matches!(v.open(b"pw"), Err(Error::BadKeyFile { .. })));
         assert!(matches!(KeyFile::decode("k", b"{\"not\": 1}"), Err(Error::BadKeyFile { .. })));
         assert!(

@@ -169,7 +169,7 @@ mod tests {
     fn the_right_password_unlocks_and_others_do_not() {
         let (_d, b, m, id, list) = repo_with_key(b"pw");
         let (got, got_id) = unlock(&b, "repo", &list, b"pw").unwrap();
-        assert_eq!((got.as_bytes(), got_id), (m.as_bytes(), id));
+        assert_eq!((got.sealed_bytes().to_vec(), got_id), (m.sealed_bytes().to_vec(), id));
         assert!(matches!(unlock(&b, "repo", &list, b"nope"), Err(Error::WrongPassword { tried: 1 })));
         assert!(matches!(unlock(&b, "other repo", &list, b"pw"), Err(Error::BadKeyFile { .. })));
     }

@@ -111,37 +111,78 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
     getrandom::getrandom(buf).map_err(|e| Error::Random { reason: e.to_string() })
 }
 
-/// The repository's master key: 32 random bytes from which every subkey is derived.
+/// The repository's master key: 32 random bytes from which every subkey is derived, and, in a
+/// repository made with `init --copy-keys-from`, the identity key of the repository it copies:
+/// then chunk ids, segment fingerprints and the chunker seed come from that identity (so both
+/// repositories name equal content alike and `copy` moves chunks without reading them twice),
+/// data and metadata from this repository's own key.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct MasterKey([u8; 32]);
+pub struct MasterKey {
+    key: [u8; 32],
+    identity: Option<[u8; 32]>,
+}
 
 impl MasterKey {
     pub fn generate() -> Result<MasterKey> {
-        let mut k = [0u8; 32];
-        random_bytes(&mut k)?;
-        Ok(MasterKey(k))
+        let mut key = [0u8; 32];
+        random_bytes(&mut key)?;
+        Ok(MasterKey { key, identity: None })
+    }
+
+    /// A fresh key that names content as `other` does: a new random key for data and metadata,
+    /// `other`'s identity for chunk ids, segment fingerprints and the chunker seed.
+    pub fn sharing_identity_of(other: &MasterKey) -> Result<MasterKey> {
+        let mut m = MasterKey::generate()?;
+        m.identity = Some(*other.identity());
+        Ok(m)
     }
 
     /// A master key from its bytes (test vectors; a repository's key comes from `generate`).
     pub fn from_bytes(bytes: [u8; 32]) -> MasterKey {
-        MasterKey(bytes)
+        MasterKey { key: bytes, identity: None }
     }
 
-    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+    /// The key from what a key file seals: 32 bytes (own key), or 64 (own key, then identity).
+    pub(crate) fn from_sealed(bytes: &[u8]) -> Option<MasterKey> {
+        let key: [u8; 32] = bytes.get(..32)?.try_into().ok()?;
+        match bytes.len() {
+            32 => Some(MasterKey { key, identity: None }),
+            64 => Some(MasterKey { key, identity: Some(bytes[32..].try_into().ok()?) }),
+            _ => None,
+        }
+    }
+
+    /// What a key file seals: the own key, followed by the identity when it is another's.
+    pub(crate) fn sealed_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut v = zeroize::Zeroizing::new(self.key.to_vec());
+        if let Some(i) = &self.identity {
+            v.extend_from_slice(i);
+        }
+        v
+    }
+
+    /// Whether the identity is another repository's (the key file then seals 64 bytes).
+    pub(crate) fn has_copied_identity(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// The key that chunk ids, segment fingerprints and the chunker seed derive from.
+    fn identity(&self) -> &[u8; 32] {
+        self.identity.as_ref().unwrap_or(&self.key)
     }
 
     /// The subkeys, derived with BLAKE3 `derive_key` (contexts in docs/FORMAT.md).
     pub fn keys(&self) -> Keys {
-        let derive = |context: &str| blake3::derive_key(context, &self.0);
-        let seed = derive("strata 2026-12-01 chunker seed");
+        let own = |context: &str| blake3::derive_key(context, &self.key);
+        let named = |context: &str| blake3::derive_key(context, self.identity());
+        let seed = named("strata 2026-12-01 chunker seed");
         let mut s = [0u8; 8];
         s.copy_from_slice(&seed[..8]);
         Keys {
-            chunk_id: derive("strata 2026-12-01 chunk id"),
-            segment: derive("strata 2026-12-01 segment fingerprint key"),
-            data: derive("strata 2026-12-01 data"),
-            meta: derive("strata 2026-12-01 metadata"),
+            chunk_id: named("strata 2026-12-01 chunk id"),
+            segment: named("strata 2026-12-01 segment fingerprint key"),
+            data: own("strata 2026-12-01 data"),
+            meta: own("strata 2026-12-01 metadata"),
             // FastCDC's seed 0 means "no seed": a derived 0 (one in 2^64) becomes 1.
             chunker_seed: u64::from_le_bytes(s).max(1),
         }

@@ -65,6 +65,12 @@ impl ImageMap {
         Self::of_chain(backend, image, &chain)
     }
 
+    /// A map that holds no piece: for a reader used only to fetch chunks by id (`copy`), whose
+    /// errors name `image`.
+    pub(crate) fn without_pieces(image: &ImageInfo) -> ImageMap {
+        ImageMap { info: image.clone(), pieces: Vec::new() }
+    }
+
     /// The map of the last image of `chain` (full first).
     pub fn of_chain(backend: &dyn Backend, image: &ImageInfo, chain: &[ImageInfo]) -> Result<ImageMap> {
         let mut pieces = Vec::new();

@@ -108,6 +108,49 @@ impl TestRepo {
         TestRepo { dir, path }
     }
 
+    /// A repository (in the same place as `TestRepo::small`) made with `init --copy-keys-from`
+    /// this one: it names chunks as this one does, so `copy` can fill it.
+    pub fn receiving_copies(&self) -> TestRepo {
+        let keys = Repository::keys_to_copy(&self.path, &credentials()).expect("keys to copy");
+        Self::with(InitOptions {
+            copy_keys: Some(keys),
+            compression_level: 1,
+            pack_target_size: 1 << 20,
+            ..InitOptions::default()
+        })
+    }
+
+    /// A repository with small chunks in a local directory, even in a run against a bucket;
+    /// with `copying`, made with `init --copy-keys-from` that one.
+    pub fn small_local(copying: Option<&TestRepo>) -> TestRepo {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("repo");
+        let copy_keys = copying.map(|r| Repository::keys_to_copy(&r.path, &credentials()).expect("keys to copy"));
+        let mut opts = InitOptions {
+            chunker: small_params(),
+            compression_level: 1,
+            pack_target_size: 1 << 20,
+            copy_keys,
+            ..Default::default()
+        };
+        if encrypted() {
+            opts.encryption = Encryption::Repokey {
+                password: zeroize::Zeroizing::new(PASSWORD.as_bytes().to_vec()),
+                kdf: strata::crypto::keyfile::KdfParams::weak_for_tests(),
+            };
+        }
+        Repository::init(&path, &opts).expect("init");
+        TestRepo { dir, path }
+    }
+
+    /// Copies the images `specs` name (all when empty) from this repository into `to`.
+    pub fn copy_to(&self, to: &TestRepo, specs: &[&str]) -> strata::Result<strata::copy::CopyReport> {
+        let src = self.open()?;
+        let dst = to.open_writer("copy")?;
+        let specs: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+        strata::copy::copy(&src, &dst, &specs, &Silent)
+    }
+
     /// An independent copy of this repository (and of the scratch files beside it), for running
     /// one command against the same starting point many times.
     pub fn copy(&self) -> TestRepo {
