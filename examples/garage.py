@@ -15,10 +15,15 @@ a key and a bucket, and then:
      `check --read-data` reads the repository;
   4. kills one node of the three in the middle of a backup, lets the backup finish or fail,
      restores every image the repository lists and compares it, restarts the node, and backs
-     up once more.
+     up once more;
+  5. mirrors the local repository of (2) into each store with `copy --to` (the bucket made
+     with `init --copy-keys-from`), backs up once more locally and copies again (only the new
+     chunks travel), restores the newest image from the bucket and compares it; with --others,
+     `restic copy` does the same from its local repository.
 
 Usage: python3 examples/garage.py [--garage BIN] [--strata BIN] [--mib 1024] [--others]
-                                  [--several-only] [--dir /var/tmp/strata-garage] [--json OUT]
+                                  [--several-only | --copy-only] [--dir /var/tmp/strata-garage]
+                                  [--json OUT]
 
 Garage: `--garage`, else ../shared/bin/garage, else `garage` on PATH; install it with
 `cargo install garage --locked --no-default-features --features bundled-libs,lmdb,sqlite`
@@ -338,6 +343,39 @@ def several_machines(strata, cluster, mib, scratch):
     return r
 
 
+def strata_copy(strata, local, mirror, disk, mib, env, scratch, seed):
+    """`copy --to` a bucket made with `init --copy-keys-from` the local repository, twice (the
+    second after one more local backup), then a restore from the bucket, compared."""
+    r = {}
+    env = dict(env, STRATA_PASSWORD2=env["STRATA_PASSWORD"])
+    timed([strata, "init", mirror, "--copy-keys-from", local], env)
+    r["first_copy"], out = timed([strata, "-r", local, "copy", "--to", mirror, "--json"], env)
+    first = json.loads(out.stdout)
+    r["first_chunks"], r["first_raw_bytes"] = first["chunks"], first["raw_bytes"]
+    shutil.copyfile(disk, disk + ".day2")
+    change_disk(disk + ".day2", mib, seed)
+    timed([strata, "-r", local, "backup", "--source-id", "disk", disk + ".day2"], env)
+    r["second_copy"], out = timed([strata, "-r", local, "copy", "--to", mirror, "--json"], env)
+    second = json.loads(out.stdout)
+    r["second_chunks"], r["second_raw_bytes"] = second["chunks"], second["raw_bytes"]
+    target = os.path.join(scratch, "restored.img")
+    if os.path.exists(target):
+        os.remove(target)
+    r["restore"], _ = timed([strata, "-r", mirror, "restore", "latest", target], env)
+    r["restore_identical"] = sha(target) == sha(disk + ".day2")
+    os.remove(target)
+    os.remove(disk + ".day2")
+    return r
+
+
+def restic_copy(local, mirror, env):
+    """restic's equivalent: `init --from-repo --copy-chunker-params`, then `copy --from-repo`."""
+    env = dict(env, RESTIC_FROM_PASSWORD=env["RESTIC_PASSWORD"])
+    timed(["restic", "-r", mirror, "init", "--from-repo", local, "--copy-chunker-params"], env)
+    seconds, _ = timed(["restic", "-r", mirror, "copy", "--from-repo", local], env)
+    return {"copy": seconds}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--garage")
@@ -346,6 +384,7 @@ def main():
     ap.add_argument("--dir", default="/var/tmp/strata-garage")
     ap.add_argument("--others", action="store_true", help="restic to the same stores")
     ap.add_argument("--several-only", action="store_true", help="only the several-machines scenario (3)")
+    ap.add_argument("--copy-only", action="store_true", help="only the local series and the copies (2 local, 5)")
     ap.add_argument("--json")
     args = ap.parse_args()
     garage = find_garage(args.garage)
@@ -363,13 +402,29 @@ def main():
     if args.others and not args.several_only:
         shutil.rmtree(local + "-restic", ignore_errors=True)
         results["local"]["restic"] = restic_series(local + "-restic", disk, args.mib, env, args.dir)
+    if args.copy_only:
+        # Local to local first: the copy's own cost, without a network store.
+        for d in [local + "-mirror", local + "-restic-mirror"]:
+            shutil.rmtree(d, ignore_errors=True)
+        results["local"]["strata_copy"] = strata_copy(strata, local, local + "-mirror", disk, args.mib, env, args.dir, 2)
+        if args.others:
+            results["local"]["restic_copy"] = restic_copy(local + "-restic", local + "-restic-mirror", env)
 
     for name, nodes, first in [("one node", 1, 4), ("three nodes", 3, 1)]:
         cluster = Cluster(garage, os.path.join(args.dir, name.replace(" ", "-")), nodes, first).start()
         try:
             row = {"conditional_puts_honoured": conditional_puts_honoured(cluster)}
-            row["several_machines"] = several_machines(strata, cluster, args.mib, args.dir)
             results[name] = row
+            if args.copy_only:
+                # The local repository holds one more image after each store's copies: each
+                # store gets a fresh bucket prefix and copies everything there is.
+                row["strata_copy"] = strata_copy(strata, local, f"s3:{cluster.endpoint()}/strata/mirror", disk,
+                                                 args.mib, cluster.env(), args.dir, 3 + nodes)
+                if args.others:
+                    row["restic_copy"] = restic_copy(local + "-restic", f"s3:{cluster.endpoint()}/restic/mirror",
+                                                     dict(cluster.env(), RESTIC_PASSWORD="garage demo"))
+                continue
+            row["several_machines"] = several_machines(strata, cluster, args.mib, args.dir)
             if args.several_only:
                 continue
             row["strata"] = strata_series(strata, f"s3:{cluster.endpoint()}/strata/repo", disk, args.mib,
