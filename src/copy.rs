@@ -26,7 +26,11 @@ use crate::reader::{FrameCache, ImageMap, ImageReader, Piece};
 use crate::repository::Repository;
 
 /// Chunks are fetched from the source in batches of about this many raw bytes.
-const BATCH_BYTES: u64 = 64 << 20;
+const BATCH_BYTES: u64 = 32 << 20;
+
+/// Decoded source frames held at once: chunks are read in pack order, so each frame is needed
+/// only while its chunks are copied.
+const CACHE_BYTES: u64 = 64 << 20;
 
 /// What a copy did.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -145,7 +149,12 @@ fn copy_image(
         copy_chunks(src, dst, &info, &missing, report, progress)?;
         let segments = read_fingerprints(src.backend(), &info.id).unwrap_or_default();
         let mut manifest = ManifestWriter::create(dst.backend(), &info.id)?;
-        let (_, extents) = open_manifest(src.backend(), &info.id)?;
+        let (again, extents) = open_manifest(src.backend(), &info.id)?;
+        // A forget in the source may have rewritten the manifest since its chunks were listed
+        // (readers take no lock): then what was copied may not be what it now names.
+        if again != info {
+            return Err(Error::CopiedImageChanged { image: info.id.to_string() });
+        }
         for e in extents {
             manifest.push(&e?)?;
         }
@@ -195,9 +204,9 @@ fn copy_chunks(
         index,
         src.protection().clone(),
         ImageMap::without_pieces(info),
-        Arc::new(FrameCache::new(crate::reader::DEFAULT_CACHE_BYTES)),
+        Arc::new(FrameCache::new(CACHE_BYTES)),
     );
-    let mut repacker = Repacker::new(dst);
+    let mut batches = Vec::new();
     let mut start = 0;
     while start < pieces.len() {
         let mut end = start;
@@ -206,16 +215,21 @@ fn copy_chunks(
             bytes += pieces[end].1.len as u64;
             end += 1;
         }
-        let batch: Vec<Piece> = pieces[start..end].iter().map(|(_, p)| *p).collect();
-        for (piece, raw) in batch.iter().zip(reader.fetch(&batch)?) {
-            let raw = raw?;
-            report.chunks += 1;
-            report.raw_bytes += raw.len() as u64;
-            progress.advance(raw.len() as u64);
-            repacker.push(piece.id, raw)?;
-        }
-        index_packs(dst, repacker.take_stored(), report)?;
+        batches.push(pieces[start..end].iter().map(|(_, p)| *p).collect::<Vec<Piece>>());
         start = end;
+    }
+    let mut repacker = Repacker::new(dst);
+    for batch in batches {
+        let mut chunks = Vec::with_capacity(batch.len());
+        for (piece, raw) in batch.iter().zip(reader.fetch(&batch)?) {
+            chunks.push((piece.id, raw?));
+        }
+        let bytes: u64 = chunks.iter().map(|(_, raw)| raw.len() as u64).sum();
+        report.chunks += chunks.len() as u64;
+        report.raw_bytes += bytes;
+        repacker.push_all(chunks)?;
+        progress.advance(bytes);
+        index_packs(dst, repacker.take_stored(), report)?;
     }
     index_packs(dst, repacker.finish()?, report)?;
     progress.end();

@@ -62,6 +62,9 @@ pub enum Error {
     #[error("{to} names chunks differently from {from} (another chunk-id key), so copied images would not find their chunks; copy into a repository made with `strata init DEST --copy-keys-from SOURCE`")]
     CopyKeysDiffer { from: String, to: String },
 
+    #[error("image {image} was rewritten in the source repository while it was copied (a forget there?); nothing of it was published: run the copy again")]
+    CopiedImageChanged { image: String },
+
     #[error("repository format version {found} is not supported by this strata (supports {supported})")]
     UnsupportedFormat { found: u32, supported: u32 },
 

@@ -7,7 +7,9 @@ use std::sync::mpsc::{Receiver, Sender};
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
-use crate::pack::{compress_frame, PackBuilder, PackEntry, FRAME_TARGET};
+use rayon::prelude::*;
+
+use crate::pack::{compress_frame, Codec, PackBuilder, PackEntry, FRAME_TARGET};
 use crate::repository::Repository;
 
 /// A pack that is durable: its id, bytes and trailer entries.
@@ -106,16 +108,45 @@ impl<'a> Repacker<'a> {
         Ok(())
     }
 
+    /// `push` of every chunk of `chunks` in turn, but the frames they fill are compressed (and
+    /// verified) in parallel: what `copy` hands over comes in batches.
+    pub fn push_all(&mut self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<()> {
+        let mut groups = Vec::new();
+        for (id, raw) in chunks {
+            self.framed += raw.len();
+            self.framing.push((id, raw));
+            if self.framed >= FRAME_TARGET {
+                groups.push(std::mem::take(&mut self.framing));
+                self.framed = 0;
+            }
+        }
+        let level = self.repo.config().compression_level;
+        let compressed: Vec<Result<(Codec, Vec<u8>)>> = groups
+            .par_iter()
+            .map(|g| compress_frame(&g.iter().map(|(id, raw)| (*id, raw.as_slice())).collect::<Vec<_>>(), level))
+            .collect();
+        for (group, frame) in groups.iter().zip(compressed) {
+            let (codec, stored) = frame?;
+            self.add_frame(codec, &stored, group)?;
+        }
+        Ok(())
+    }
+
     fn frame(&mut self) -> Result<()> {
         if self.framing.is_empty() {
             return Ok(());
         }
         let chunks: Vec<(ChunkId, &[u8])> = self.framing.iter().map(|(id, raw)| (*id, raw.as_slice())).collect();
         let (codec, stored) = compress_frame(&chunks, self.repo.config().compression_level)?;
-        let lens: Vec<(ChunkId, u32)> = self.framing.iter().map(|(id, raw)| (*id, raw.len() as u32)).collect();
-        self.builder.add_frame(codec, &stored, &lens)?;
-        self.framing.clear();
+        let group = std::mem::take(&mut self.framing);
         self.framed = 0;
+        self.add_frame(codec, &stored, &group)
+    }
+
+    /// Adds one compressed frame of `group`'s chunks; seals the pack once it is full.
+    fn add_frame(&mut self, codec: Codec, stored: &[u8], group: &[(ChunkId, Vec<u8>)]) -> Result<()> {
+        let lens: Vec<(ChunkId, u32)> = group.iter().map(|(id, raw)| (*id, raw.len() as u32)).collect();
+        self.builder.add_frame(codec, stored, &lens)?;
         if self.builder.len() as u64 >= self.repo.config().pack_target_size {
             self.seal()?;
         }
