@@ -210,14 +210,20 @@ def strata_series(strata, repo, disk, mib, env, scratch):
     shutil.copyfile(disk, disk + ".day1")
     change_disk(disk + ".day1", mib, 1)
     r["incremental"], _ = timed([strata, "-r", repo, "backup", "--source-id", "disk", disk + ".day1"], env)
+    r["restore"], r["restore_identical"] = restore_latest(strata, repo, disk + ".day1", env, scratch)
+    os.remove(disk + ".day1")
+    return r
+
+
+def restore_latest(strata, repo, expected, env, scratch):
+    """Restores the newest image of `repo`: seconds, and whether it equals the file `expected`."""
     target = os.path.join(scratch, "restored.img")
     if os.path.exists(target):
         os.remove(target)
-    r["restore"], _ = timed([strata, "-r", repo, "restore", "latest", target], env)
-    r["restore_identical"] = sha(target) == sha(disk + ".day1")
+    seconds, _ = timed([strata, "-r", repo, "restore", "latest", target], env)
+    identical = sha(target) == sha(expected)
     os.remove(target)
-    os.remove(disk + ".day1")
-    return r
+    return seconds, identical
 
 
 def restic_series(repo, disk, mib, env, scratch):
@@ -358,12 +364,7 @@ def strata_copy(strata, local, mirror, disk, mib, env, scratch, seed):
     r["second_copy"], out = timed([strata, "-r", local, "copy", "--to", mirror, "--json"], env)
     second = json.loads(out.stdout)
     r["second_chunks"], r["second_raw_bytes"] = second["chunks"], second["raw_bytes"]
-    target = os.path.join(scratch, "restored.img")
-    if os.path.exists(target):
-        os.remove(target)
-    r["restore"], _ = timed([strata, "-r", mirror, "restore", "latest", target], env)
-    r["restore_identical"] = sha(target) == sha(disk + ".day2")
-    os.remove(target)
+    r["restore"], r["restore_identical"] = restore_latest(strata, mirror, disk + ".day2", env, scratch)
     os.remove(disk + ".day2")
     return r
 
