@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::backup::{Repacker, StoredPack};
+use crate::backup::Repacker;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ImageId};
 use crate::index::{ChunkLookup, Journal, RefDelta, Txn};
@@ -218,30 +218,22 @@ fn copy_chunks(
         batches.push(pieces[start..end].iter().map(|(_, p)| *p).collect::<Vec<Piece>>());
         start = end;
     }
-    let mut repacker = Repacker::new(dst);
-    for batch in batches {
-        let mut chunks = Vec::with_capacity(batch.len());
-        for (piece, raw) in batch.iter().zip(reader.fetch(&batch)?) {
-            chunks.push((piece.id, raw?));
+    let ((), written) = Repacker::with_writers(dst, |repacker| {
+        for batch in batches {
+            let mut chunks = Vec::with_capacity(batch.len());
+            for (piece, raw) in batch.iter().zip(reader.fetch(&batch)?) {
+                chunks.push((piece.id, raw?));
+            }
+            let bytes: u64 = chunks.iter().map(|(_, raw)| raw.len() as u64).sum();
+            report.chunks += chunks.len() as u64;
+            report.raw_bytes += bytes;
+            repacker.push_all(chunks)?;
+            progress.advance(bytes);
         }
-        let bytes: u64 = chunks.iter().map(|(_, raw)| raw.len() as u64).sum();
-        report.chunks += chunks.len() as u64;
-        report.raw_bytes += bytes;
-        repacker.push_all(chunks)?;
-        progress.advance(bytes);
-        index_packs(dst, repacker.take_stored(), report)?;
-    }
-    index_packs(dst, repacker.finish()?, report)?;
+        Ok(())
+    })?;
+    report.packs += written.packs;
+    report.stored_bytes += written.bytes;
     progress.end();
-    Ok(())
-}
-
-fn index_packs(dst: &Repository, packs: Vec<StoredPack>, report: &mut CopyReport) -> Result<()> {
-    for p in packs {
-        crate::failpoint::hit!("copy-pack-before-index");
-        dst.index().add_pack(p.id, p.bytes.len() as u64, &p.entries)?;
-        report.packs += 1;
-        report.stored_bytes += p.bytes.len() as u64;
-    }
     Ok(())
 }

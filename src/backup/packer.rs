@@ -85,18 +85,61 @@ fn write_each(repo: &Repository, packs: &std::sync::Mutex<Receiver<Numbered>>, a
 /// Frames chunks that already exist (prune moves them out of packs it rewrites, copy brings them
 /// from another repository) into new frames
 /// of about `FRAME_TARGET` bytes, compressed and verified, and fills packs with them; each full
-/// pack is stored at once and listed in `stored` for the caller to index.
+/// pack is stored at once and listed in `stored` for the caller to index (prune), or handed to
+/// the pack writer, which stores and indexes it (`with_writers`, for copy).
 pub(crate) struct Repacker<'a> {
     repo: &'a Repository,
     builder: PackBuilder,
     framing: Vec<(ChunkId, Vec<u8>)>,
     framed: usize,
     pub stored: Vec<StoredPack>,
+    /// With `with_writers`: sealed packs go to the pack writer (stored and indexed there).
+    writer: Option<(std::sync::mpsc::SyncSender<Numbered>, u64)>,
+}
+
+/// What `Repacker::with_writers` stored: packs and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub packs: usize,
+    pub bytes: u64,
 }
 
 impl<'a> Repacker<'a> {
     pub fn new(repo: &'a Repository) -> Self {
-        Repacker { repo, builder: repo.new_pack(), framing: Vec::new(), framed: 0, stored: Vec::new() }
+        Repacker { repo, builder: repo.new_pack(), framing: Vec::new(), framed: 0, stored: Vec::new(), writer: None }
+    }
+
+    /// Runs `fill` with a repacker whose packs are stored and indexed by backup's pack writer
+    /// (several at once into a bucket) while `fill` goes on framing, each pack indexed once it
+    /// is durable; returns what `fill` returned once every pack is stored and indexed. At most
+    /// one sealed pack waits for a writer, so memory stays bounded. For `copy`, whose images
+    /// reference the packs only after this returns.
+    pub fn with_writers<T>(
+        repo: &'a Repository,
+        fill: impl FnOnce(&mut Repacker) -> Result<T>,
+    ) -> Result<(T, Written)> {
+        let (packs, receiver) = std::sync::mpsc::sync_channel::<Numbered>(1);
+        let (ack_sender, acks) = std::sync::mpsc::channel::<Ack>();
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(move || write_packs(repo, receiver, ack_sender));
+            // Acknowledgements carry the written pack's buffer: dropped as they come.
+            let counter = scope.spawn(move || {
+                acks.iter()
+                    .fold(Written::default(), |t, ack| Written { packs: t.packs + 1, bytes: t.bytes + ack.stored })
+            });
+            let filled: Result<T> = (|| {
+                let mut repacker = Repacker { writer: Some((packs, 0)), ..Repacker::new(repo) };
+                let out = fill(&mut repacker)?;
+                repacker.finish()?;
+                Ok(out)
+            })();
+            // The sender is gone with the repacker: the writer stores what is queued and stops.
+            let panicked = |_| Error::Internal { reason: "the pack writer panicked".into() };
+            writer.join().map_err(panicked)??;
+            let out = filled?;
+            let written = counter.join().map_err(panicked)?;
+            Ok((out, written))
+        })
     }
 
     pub fn push(&mut self, id: ChunkId, raw: Vec<u8>) -> Result<()> {
@@ -156,18 +199,22 @@ impl<'a> Repacker<'a> {
     fn seal(&mut self) -> Result<()> {
         if !self.builder.is_empty() {
             let pack = std::mem::replace(&mut self.builder, self.repo.new_pack());
-            self.stored.push(store(self.repo, pack)?);
+            match &mut self.writer {
+                Some((sender, number)) => {
+                    *number += 1;
+                    // A writer that stopped has failed: its error is what `with_writers` returns.
+                    if sender.send((*number, pack)).is_err() {
+                        return Err(Error::Internal { reason: "the pack writer stopped".into() });
+                    }
+                }
+                None => self.stored.push(store(self.repo, pack)?),
+            }
         }
         Ok(())
     }
 
-    /// The packs stored since the last call, for a caller that indexes them as it goes (and
-    /// so does not hold every pack's bytes until the end).
-    pub fn take_stored(&mut self) -> Vec<StoredPack> {
-        std::mem::take(&mut self.stored)
-    }
-
-    /// Frames and stores what is left; returns every pack written (since `take_stored`).
+    /// Frames and stores what is left; returns every pack written (none `with_writers`: the
+    /// writer stored and indexed them).
     pub fn finish(mut self) -> Result<Vec<StoredPack>> {
         self.frame()?;
         self.seal()?;
