@@ -74,8 +74,10 @@ enum Command {
         /// over STRATA_PASSWORD2)
         #[arg(long, value_name = "FILE", requires = "copy_keys_from")]
         from_password_file: Option<PathBuf>,
-        /// Average chunk size in KiB, 4 to 2048 (min = avg/4, max = 8 x avg)
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(4..=2048))]
+        /// Average chunk size in KiB, 4 to 2048 (min = avg/4, max = 8 x avg); with
+        /// --copy-keys-from, the source's
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(4..=2048),
+              conflicts_with = "copy_keys_from")]
         avg_chunk_kib: u32,
         /// zstd level for chunk data
         #[arg(long, default_value_t = 3)]
