@@ -176,7 +176,8 @@ fn the_cli_copies_between_encrypted_repositories_each_opened_by_its_own_password
 fn a_damaged_chunk_in_the_source_stops_the_copy_and_leaves_the_destination_whole() {
     let (src, expected) = common::history(36, &[KindRequest::Full, KindRequest::Incremental]);
     let dst = src.receiving_copies();
-    // Copy the full, then damage a pack the incremental's new chunks live in.
+    // Copy the full, then damage every pack of the source (the incremental's new chunks among
+    // them): its copy must stop at the first chunk that does not verify.
     let images = src.images();
     src.copy_to(&dst, &[&images[0].id.short()]).expect("copy the full");
     for p in src.stored().list("packs").expect("list") {
