@@ -54,13 +54,16 @@ pub struct CopyReport {
 pub fn copy(src: &Repository, dst: &Repository, specs: &[String], progress: &dyn Progress) -> Result<CopyReport> {
     require_same_naming(src, dst)?;
     let mut report = CopyReport::default();
-    let have: HashSet<ImageId> = dst.images()?.iter().map(|i| i.id).collect();
+    // The destination's images and their manifests' generations (a copied image records its
+    // base's), with each image this copy adds.
+    let mut have: HashMap<ImageId, u64> = dst.images()?.iter().map(|i| (i.id, i.generation)).collect();
     for image in selected(src, specs)? {
-        if have.contains(&image.id) {
+        if have.contains_key(&image.id) {
             report.present.push(image.id);
             continue;
         }
-        let copied = copy_image(src, dst, &image, &mut report, progress)?;
+        let copied = copy_image(src, dst, &image, &have, &mut report, progress)?;
+        have.insert(copied.id, copied.generation);
         report.copied.push(copied);
     }
     Ok(report)
@@ -113,11 +116,12 @@ fn selected(src: &Repository, specs: &[String]) -> Result<Vec<ImageInfo>> {
     Ok(order)
 }
 
-/// Copies one image whose base (if any) `dst` already has.
+/// Copies one image whose base (if any) `dst` already has (`have`: its images' generations).
 fn copy_image(
     src: &Repository,
     dst: &Repository,
     image: &ImageInfo,
+    have: &HashMap<ImageId, u64>,
     report: &mut CopyReport,
     progress: &dyn Progress,
 ) -> Result<ImageInfo> {
@@ -140,7 +144,10 @@ fn copy_image(
     report.chunks_present += (chunks.len() - missing.len()) as u64;
     let mut copied = info.clone();
     copied.base_generation = match info.base {
-        Some(base) => dst.find_image(&base.to_string())?.generation,
+        Some(base) => *have.get(&base).ok_or_else(|| Error::BaseUnreadable {
+            base: base.to_string(),
+            reason: format!("image {} is based on it, but the destination does not have it", info.id),
+        })?,
         None => 0,
     };
     let journal = Journal { op: "copy".into(), ..Default::default() };
