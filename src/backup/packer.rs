@@ -143,15 +143,10 @@ impl<'a> Repacker<'a> {
     }
 
     pub fn push(&mut self, id: ChunkId, raw: Vec<u8>) -> Result<()> {
-        self.framed += raw.len();
-        self.framing.push((id, raw));
-        if self.framed >= FRAME_TARGET {
-            self.frame()?;
-        }
-        Ok(())
+        self.push_all(vec![(id, raw)])
     }
 
-    /// `push` of every chunk of `chunks` in turn, but the frames they fill are compressed (and
+    /// `push` of every chunk of `chunks` in turn; the frames they fill are compressed (and
     /// verified) in parallel: what `copy` hands over comes in batches.
     pub fn push_all(&mut self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<()> {
         let mut groups = Vec::new();
@@ -164,10 +159,16 @@ impl<'a> Repacker<'a> {
             }
         }
         let level = self.repo.config().compression_level;
-        let compressed: Vec<Result<(Codec, Vec<u8>)>> = groups
-            .par_iter()
-            .map(|g| compress_frame(&g.iter().map(|(id, raw)| (*id, raw.as_slice())).collect::<Vec<_>>(), level))
-            .collect();
+        let compress = |g: &Vec<(ChunkId, Vec<u8>)>| {
+            compress_frame(&g.iter().map(|(id, raw)| (*id, raw.as_slice())).collect::<Vec<_>>(), level)
+        };
+        // One frame (or none: most single pushes) stays on this thread: handing it to the pool
+        // costs a wake-up for nothing.
+        let compressed: Vec<Result<(Codec, Vec<u8>)>> = if groups.len() > 1 {
+            groups.par_iter().map(compress).collect()
+        } else {
+            groups.iter().map(compress).collect()
+        };
         for (group, frame) in groups.iter().zip(compressed) {
             let (codec, stored) = frame?;
             self.add_frame(codec, &stored, group)?;
