@@ -465,25 +465,34 @@ fn password_source(cli: &Cli) -> Option<PasswordSource> {
     if let Some(file) = &cli.password_file {
         return Some(PasswordSource::File(file.clone()));
     }
-    std::env::var_os("STRATA_PASSWORD").map(|v| PasswordSource::Value {
-        name: "STRATA_PASSWORD".into(),
-        value: zeroize::Zeroizing::new(v.into_encoded_bytes()),
-    })
+    env_password("STRATA_PASSWORD")
 }
 
-fn set_credentials(cli: &Cli) {
+/// The password in the environment variable `name`, if it is set.
+fn env_password(name: &str) -> Option<PasswordSource> {
+    std::env::var_os(name)
+        .map(|v| PasswordSource::Value { name: name.into(), value: zeroize::Zeroizing::new(v.into_encoded_bytes()) })
+}
+
+/// Credentials that read `source`, else ask with `prompt` on a terminal (only when the
+/// repository turns out to be encrypted), else have no password.
+fn credentials_from(source: Option<PasswordSource>, prompt: String) -> strata::repository::Credentials {
     use std::io::IsTerminal;
-    let flag = cli.password_file.is_some() || cli.password_command.is_some();
-    PASSWORD_FLAG.store(flag, std::sync::atomic::Ordering::Relaxed);
-    let creds = match password_source(cli) {
+    match source {
         Some(source) => strata::repository::Credentials::from_source(source),
-        None if std::io::stdin().is_terminal() => strata::repository::Credentials::from_fn(|| {
-            let p = rpassword::prompt_password("strata: repository password: ")
+        None if std::io::stdin().is_terminal() => strata::repository::Credentials::from_fn(move || {
+            let p = rpassword::prompt_password(&prompt)
                 .map_err(|e| strata::Error::PasswordSource { source_name: "prompt".into(), reason: e.to_string() })?;
             Ok(zeroize::Zeroizing::new(p.into_bytes()))
         }),
         None => strata::repository::Credentials::none(),
-    };
+    }
+}
+
+fn set_credentials(cli: &Cli) {
+    let flag = cli.password_file.is_some() || cli.password_command.is_some();
+    PASSWORD_FLAG.store(flag, std::sync::atomic::Ordering::Relaxed);
+    let creds = credentials_from(password_source(cli), "strata: repository password: ".into());
     let _ = CREDENTIALS.set(std::sync::Arc::new(creds));
 }
 
@@ -504,9 +513,8 @@ fn new_password(file: Option<&std::path::Path>, env: &str) -> Result<Password> {
     if let Some(f) = file {
         return Ok(PasswordSource::File(f.into()).read()?);
     }
-    if let Some(v) = std::env::var_os(env) {
-        return Ok(PasswordSource::Value { name: env.into(), value: zeroize::Zeroizing::new(v.into_encoded_bytes()) }
-            .read()?);
+    if let Some(source) = env_password(env) {
+        return Ok(source.read()?);
     }
     if !std::io::stdin().is_terminal() {
         anyhow::bail!("no new password: set {env}, pass a file, or run on a terminal to be asked");
@@ -807,25 +815,8 @@ fn init(
 /// --copy-keys-from`): from `file`, else STRATA_PASSWORD2, else asked on a terminal (only if
 /// that repository is encrypted).
 fn second_credentials(file: Option<PathBuf>, repo: &std::path::Path) -> strata::repository::Credentials {
-    use std::io::IsTerminal;
-    if let Some(f) = file {
-        return strata::repository::Credentials::from_source(PasswordSource::File(f));
-    }
-    if let Some(v) = std::env::var_os("STRATA_PASSWORD2") {
-        return strata::repository::Credentials::from_source(PasswordSource::Value {
-            name: "STRATA_PASSWORD2".into(),
-            value: zeroize::Zeroizing::new(v.into_encoded_bytes()),
-        });
-    }
-    if !std::io::stdin().is_terminal() {
-        return strata::repository::Credentials::none();
-    }
-    let prompt = format!("strata: password of {}: ", repo.display());
-    strata::repository::Credentials::from_fn(move || {
-        let p = rpassword::prompt_password(&prompt)
-            .map_err(|e| strata::Error::PasswordSource { source_name: "prompt".into(), reason: e.to_string() })?;
-        Ok(zeroize::Zeroizing::new(p.into_bytes()))
-    })
+    let source = file.map(PasswordSource::File).or_else(|| env_password("STRATA_PASSWORD2"));
+    credentials_from(source, format!("strata: password of {}: ", repo.display()))
 }
 
 /// `copy --to`: the source read without a lock, the destination written as a backup writes
