@@ -84,14 +84,11 @@ fn a_backup_into_the_destination_deduplicates_against_copied_images() {
 
 fn encrypted_with(password: &str) -> InitOptions {
     InitOptions {
-        chunker: common::small_params(),
-        compression_level: 1,
-        pack_target_size: 1 << 20,
         encryption: Encryption::Repokey {
             password: zeroize::Zeroizing::new(password.as_bytes().to_vec()),
             kdf: KdfParams::weak_for_tests(),
         },
-        ..InitOptions::default()
+        ..common::small_options()
     }
 }
 

@@ -39,6 +39,23 @@ pub fn s3_base() -> Option<String> {
     std::env::var("STRATA_TEST_S3").ok().filter(|s| !s.is_empty())
 }
 
+/// The options of `TestRepo::small`: small chunks, fast compression, 1 MiB packs.
+pub fn small_options() -> InitOptions {
+    InitOptions { chunker: small_params(), compression_level: 1, pack_target_size: 1 << 20, ..InitOptions::default() }
+}
+
+/// `opts`, encrypted with `PASSWORD` when the run is (`encrypted`) and `opts` asks for no
+/// encryption of its own.
+pub fn for_this_run(mut opts: InitOptions) -> InitOptions {
+    if encrypted() && matches!(opts.encryption, Encryption::None) {
+        opts.encryption = Encryption::Repokey {
+            password: zeroize::Zeroizing::new(PASSWORD.as_bytes().to_vec()),
+            kdf: strata::crypto::keyfile::KdfParams::weak_for_tests(),
+        };
+    }
+    opts
+}
+
 /// The password, for opening what `TestRepo` and `strata_cmd` make (a plain repository never
 /// asks for it).
 pub fn credentials() -> Credentials {
@@ -69,34 +86,18 @@ impl TestRepo {
 
     /// A repository with small chunks (see `small_params`).
     pub fn small() -> TestRepo {
-        Self::with(InitOptions {
-            chunker: small_params(),
-            compression_level: 1,
-            pack_target_size: 1 << 20,
-            ..InitOptions::default()
-        })
+        Self::with(small_options())
     }
 
     /// A repository made with `opts`; encrypted with `PASSWORD` when the run is (`encrypted`)
     /// and `opts` asks for no encryption of its own.
-    pub fn with(mut opts: InitOptions) -> TestRepo {
-        if encrypted() && matches!(opts.encryption, Encryption::None) {
-            opts.encryption = Encryption::Repokey {
-                password: zeroize::Zeroizing::new(PASSWORD.as_bytes().to_vec()),
-                kdf: strata::crypto::keyfile::KdfParams::weak_for_tests(),
-            };
-        }
-        Self::exactly(opts)
+    pub fn with(opts: InitOptions) -> TestRepo {
+        Self::exactly(for_this_run(opts))
     }
 
     /// A plain repository with small chunks, in every run.
     pub fn small_plain() -> TestRepo {
-        Self::exactly(InitOptions {
-            chunker: small_params(),
-            compression_level: 1,
-            pack_target_size: 1 << 20,
-            ..InitOptions::default()
-        })
+        Self::exactly(small_options())
     }
 
     /// A repository made with `opts` as they are: `repo` in a temporary directory, or a fresh
@@ -111,13 +112,7 @@ impl TestRepo {
     /// A repository (in the same place as `TestRepo::small`) made with `init --copy-keys-from`
     /// this one: it names chunks as this one does, so `copy` can fill it.
     pub fn receiving_copies(&self) -> TestRepo {
-        let keys = Repository::keys_to_copy(&self.path, &credentials()).expect("keys to copy");
-        Self::with(InitOptions {
-            copy_keys: Some(keys),
-            compression_level: 1,
-            pack_target_size: 1 << 20,
-            ..InitOptions::default()
-        })
+        Self::with(InitOptions { copy_keys: Some(self.keys_to_copy()), ..small_options() })
     }
 
     /// A repository with small chunks in a local directory, even in a run against a bucket;
@@ -125,22 +120,14 @@ impl TestRepo {
     pub fn small_local(copying: Option<&TestRepo>) -> TestRepo {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("repo");
-        let copy_keys = copying.map(|r| Repository::keys_to_copy(&r.path, &credentials()).expect("keys to copy"));
-        let mut opts = InitOptions {
-            chunker: small_params(),
-            compression_level: 1,
-            pack_target_size: 1 << 20,
-            copy_keys,
-            ..Default::default()
-        };
-        if encrypted() {
-            opts.encryption = Encryption::Repokey {
-                password: zeroize::Zeroizing::new(PASSWORD.as_bytes().to_vec()),
-                kdf: strata::crypto::keyfile::KdfParams::weak_for_tests(),
-            };
-        }
-        Repository::init(&path, &opts).expect("init");
+        let opts = InitOptions { copy_keys: copying.map(TestRepo::keys_to_copy), ..small_options() };
+        Repository::init(&path, &for_this_run(opts)).expect("init");
         TestRepo { dir, path }
+    }
+
+    /// What `init --copy-keys-from` this repository takes from it.
+    fn keys_to_copy(&self) -> strata::repository::CopiedKeys {
+        Repository::keys_to_copy(&self.path, &credentials()).expect("keys to copy")
     }
 
     /// Copies the images `specs` name (all when empty) from this repository into `to`.
