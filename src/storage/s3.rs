@@ -215,25 +215,43 @@ fn remote_error(op: &'static str, name: PathBuf, url: &S3Url, e: object_store::E
         object_store::Error::NotFound { .. } => {
             Error::Io { op, path: name, cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such object") }
         }
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            let text = e.to_string();
+            Error::Remote {
+                op,
+                object: name.display().to_string(),
+                hint: CREDENTIALS.into(),
+                detail: short_detail(&text),
+            }
+        }
         other => {
             let text = other.to_string();
-            let hint = if text.contains("NoSuchBucket") {
-                format!("the bucket {} does not exist at {}: create it first", url.bucket, url.endpoint)
-            } else if text.contains("InvalidAccessKeyId")
-                || text.contains("SignatureDoesNotMatch")
-                || text.contains("403")
-            {
-                "the store refused the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)".into()
-            } else if text.contains("error sending request")
-                || text.contains("onnection refused")
-                || text.contains("timed out")
-            {
-                format!("the store at {} did not answer", url.endpoint)
-            } else {
-                "the store answered with an error".into()
-            };
-            Error::Remote { op, object: name.display().to_string(), hint, detail: short_detail(&text) }
+            Error::Remote {
+                op,
+                object: name.display().to_string(),
+                hint: hint_for(&text, url),
+                detail: short_detail(&text),
+            }
         }
+    }
+}
+
+const CREDENTIALS: &str = "the store refused the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)";
+
+/// What to check, read from the text of an error the client did not type. Status codes are
+/// matched with their words ("403 Forbidden"), never as bare digits, which also occur in the
+/// request's duration ("in 403.011µs").
+fn hint_for(text: &str, url: &S3Url) -> String {
+    let any = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+    if any(&["NoSuchBucket"]) {
+        format!("the bucket {} does not exist at {}: create it first", url.bucket, url.endpoint)
+    } else if any(&["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403 Forbidden", "401 Unauthorized"])
+    {
+        CREDENTIALS.into()
+    } else if any(&["error sending request", "onnection refused", "timed out"]) {
+        format!("the store at {} did not answer", url.endpoint)
+    } else {
+        "the store answered with an error".into()
     }
 }
 
@@ -456,6 +474,20 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_read_status_words_not_digits_that_happen_to_be_in_a_duration() {
+        let url = S3Url::parse("http://127.0.0.1:9/bucket").unwrap();
+        // The text CI printed when nothing listened on the port: "403" is in the duration only.
+        let unanswered = "Generic S3 error: Error performing list request: Error performing GET \
+            http://127.0.0.1:9/bucket?delimiter=%2F&list-type=2 in 403.011µs - HTTP error: error sending request";
+        assert_eq!(hint_for(unanswered, &url), "the store at http://127.0.0.1:9 did not answer");
+        let refused = "Error performing list request: Server returned non-2xx status code: 403 Forbidden: ";
+        assert_eq!(hint_for(refused, &url), CREDENTIALS);
+        let missing = "Server returned non-2xx status code: 404 Not Found: <Code>NoSuchBucket</Code>";
+        assert!(hint_for(missing, &url).starts_with("the bucket bucket does not exist"));
+        assert_eq!(hint_for("took 401.2ms: 500 Internal Server Error", &url), "the store answered with an error");
+    }
 
     #[test]
     fn urls_name_endpoint_bucket_and_prefix() {
