@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender, TryRecvError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -179,13 +179,27 @@ pub(super) struct Run<'a> {
     base_segments: Vec<Fingerprint>,
     segments: Vec<Fingerprint>,
     bytes_reused: u64,
+    /// Held while usage counters are read and written back: references applied on one core
+    /// while the other recharges re-stored chunks must not lose each other's update.
+    counting: Arc<Mutex<()>>,
 }
 
-/// Reference changes are applied in batches of this many chunks, so memory stays bounded:
-/// applying one costs several times its own size at once (three lookups per chunk and one
-/// RocksDB batch) while the next window is read; batches of 200,000 lifted a big full's peak
-/// from 330 to 510 MiB (docs/BENCHMARKS.md, "Memory").
+/// Reference changes are applied in batches of at most this many chunks, so memory stays
+/// bounded: applying one costs several times its own size at once (three lookups per chunk and
+/// one RocksDB batch); batches of 200,000 lifted a big full's peak from 330 to 510 MiB
+/// (docs/BENCHMARKS.md, "Memory"). Reaching it seals the pack and waits for the writer.
 const REF_FLUSH: usize = 50_000;
+
+/// The references of this many chunks that are already indexed are applied while the window
+/// is compressed, without waiting for the writer: what is left for the end of the run (on one
+/// core, after the manifest) is only what the last packs hold. Before, a full's last 0.3 s ran
+/// on one core applying the last batch (docs/BENCHMARKS.md, "Speed at the machine's limit").
+#[cfg(not(feature = "failpoints"))]
+const REF_APPLY: usize = 8_192;
+/// Test builds apply tiny batches, so that every test backup of a few megabytes takes this path
+/// (and `check`, which compares the counters with the manifests, sees the result).
+#[cfg(feature = "failpoints")]
+const REF_APPLY: usize = 64;
 
 impl<'a> Run<'a> {
     pub(super) fn new(
@@ -213,6 +227,7 @@ impl<'a> Run<'a> {
             base_segments,
             segments: Vec::new(),
             bytes_reused: 0,
+            counting: Arc::new(Mutex::new(())),
         }
     }
 
@@ -226,12 +241,16 @@ impl<'a> Run<'a> {
             let (acks_tx, acks_rx) = channel::<Ack>();
             let writer = scope.spawn(move || write_packs(repo, packs_rx, acks_tx));
             self.writer = Some(WriterLink { packs: packs_tx, acks: acks_rx });
-            let piped = self
-                .read_all(src, usage, progress)
-                .and_then(|n| self.seal_pack().and_then(|()| self.wait_acks()).map(|()| n));
+            let piped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.read_all(src, usage, progress)
+                    .and_then(|n| self.seal_pack().and_then(|()| self.wait_acks()).map(|()| n))
+            }));
             self.writer = None; // closes the channel: the writer finishes what it has and stops
             let written =
                 writer.join().unwrap_or_else(|_| Err(Error::Internal { reason: "the pack writer panicked".into() }));
+            // A panic (a bug) goes on once the writer has ended: the scope would otherwise wait
+            // for a writer that waits for packs.
+            let piped = piped.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             let bytes_read = written.and(piped)?;
             Ok(RunOutcome { bytes_read, bytes_reused: self.bytes_reused, segments: std::mem::take(&mut self.segments) })
         })
@@ -283,11 +302,25 @@ impl<'a> Run<'a> {
     /// Records the changed extents of a window and stores the chunks the repository lacks: the
     /// named steps of a window.
     fn store_window(&mut self, segments: &[Segment]) -> Result<()> {
+        let ready = self.ready_refs()?;
         let candidates = self.record_changes(segments)?;
-        if !candidates.is_empty() {
-            let frames = self.frames_of_missing(&candidates)?;
-            self.pack_frames(&frames)?;
-        }
+        let (repo, counting) = (self.repo, self.counting.clone());
+        // The ready references count on whichever core is free while this window compresses.
+        let (stored, applied) = rayon::join(
+            || -> Result<()> {
+                if !candidates.is_empty() {
+                    let frames = self.frames_of_missing(&candidates)?;
+                    self.pack_frames(&frames)?;
+                }
+                Ok(())
+            },
+            || -> Result<()> {
+                let Some(ready) = ready else { return Ok(()) };
+                let _counting = counting.lock().unwrap_or_else(|p| p.into_inner());
+                repo.index().counters().apply(ready, Txn::new())
+            },
+        );
+        stored.and(applied)?;
         if self.refs.len() >= REF_FLUSH {
             // Chunks must be indexed before their references count: seal the pack and wait for
             // the writer first. The journal stays set, so a crash after this point is repaired
@@ -297,6 +330,24 @@ impl<'a> Run<'a> {
             self.repo.index().counters().apply(std::mem::take(self.refs), Txn::new())?;
         }
         Ok(())
+    }
+
+    /// The references of chunks already in the index (stored before this run, or in packs the
+    /// writer has acknowledged), once there are enough of them to be worth a batch: they may
+    /// count now. Those of chunks still on their way into a pack wait.
+    fn ready_refs(&mut self) -> Result<Option<RefDelta>> {
+        if self.refs.len() < REF_APPLY {
+            return Ok(None);
+        }
+        self.take_acks(usize::MAX)?;
+        let pending = &self.pending;
+        let ready = self.refs.take_ready(|id| !pending.contains(id));
+        if ready.len() >= REF_APPLY / 2 {
+            Ok(Some(ready))
+        } else {
+            self.refs.put_back(ready);
+            Ok(None)
+        }
     }
 
     /// Writes the extents that differ from the base into the manifest, counts their references,
@@ -459,6 +510,7 @@ impl<'a> Run<'a> {
             }
         }
         let mut txn = Txn::new();
+        let _counting = self.counting.lock().unwrap_or_else(|p| p.into_inner());
         self.repo.index().counters().recharge(&moves, &mut txn)?;
         self.repo.index().commit(txn)
     }

@@ -31,6 +31,18 @@ impl RefDelta {
         self.changes.is_empty()
     }
 
+    /// Moves the changes of the chunks `ready` accepts into a delta of their own.
+    pub fn take_ready(&mut self, ready: impl Fn(&ChunkId) -> bool) -> RefDelta {
+        let (now, later) = std::mem::take(&mut self.changes).into_iter().partition(|(id, _)| ready(id));
+        self.changes = later;
+        RefDelta { changes: now }
+    }
+
+    /// Adds back changes taken out with `take_ready` (of other chunks than those left).
+    pub fn put_back(&mut self, other: RefDelta) {
+        self.changes.extend(other.changes);
+    }
+
     /// The owners of every chunk as this delta, applied to no owners, gives them.
     pub(crate) fn into_owners(self) -> HashMap<ChunkId, Owners> {
         self.changes
