@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use rayon::prelude::*;
 
-use crate::pack::{compress_frame, Codec, PackBuilder, PackEntry, FRAME_TARGET};
+use crate::pack::{compress_frame, recycle_frame, Codec, PackBuilder, PackEntry, FRAME_TARGET};
 use crate::repository::Repository;
 
 /// A pack that is durable: its id, bytes and trailer entries.
@@ -172,6 +172,7 @@ impl<'a> Repacker<'a> {
         for (group, frame) in groups.iter().zip(compressed) {
             let (codec, stored) = frame?;
             self.add_frame(codec, &stored, group)?;
+            recycle_frame(stored);
         }
         Ok(())
     }
@@ -184,7 +185,9 @@ impl<'a> Repacker<'a> {
         let (codec, stored) = compress_frame(&chunks, self.repo.config().compression_level)?;
         let group = std::mem::take(&mut self.framing);
         self.framed = 0;
-        self.add_frame(codec, &stored, &group)
+        self.add_frame(codec, &stored, &group)?;
+        recycle_frame(stored);
+        Ok(())
     }
 
     /// Adds one compressed frame of `group`'s chunks; seals the pack once it is full.

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::index::{ChunkLookup, RefDelta, Txn};
 use crate::manifest::{ChangeFilter, Content, Extent, Fingerprint, ImageInfo, ManifestWriter};
-use crate::pack::{compress_frame, Codec, PackBuilder, FRAME_TARGET, MAX_FRAME_LEN};
+use crate::pack::{compress_frame, recycle_frame, Codec, PackBuilder, FRAME_TARGET, MAX_FRAME_LEN};
 use crate::progress::Progress;
 use crate::repository::Repository;
 
@@ -452,6 +452,7 @@ impl<'a> Run<'a> {
         for (chunks, (codec, stored)) in frames.iter().zip(compressed) {
             let lens: Vec<(ChunkId, u32)> = chunks.iter().map(|(id, data)| (*id, data.len() as u32)).collect();
             self.pack.add_frame(codec, &stored, &lens)?;
+            recycle_frame(stored);
             for &(id, raw_len) in &lens {
                 self.pending.insert(id);
                 self.info.new_chunks += 1;

@@ -33,6 +33,30 @@ thread_local! {
     static VERIFY_OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Buffers of compressed frames, handed back by whoever added them to a pack (`recycle_frame`).
+/// A fresh buffer of about 1 MiB per frame cost a page fault per 4 KiB whenever the allocator
+/// had given its pages back to the kernel: half of a full's page faults.
+static SPARE_OUTPUTS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// At most this many spare buffers are kept (a few groups of frames in flight).
+const SPARE_KEPT: usize = 32;
+
+fn spare_output(capacity: usize) -> Vec<u8> {
+    let mut out = SPARE_OUTPUTS.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+    out.clear();
+    out.reserve(capacity);
+    out
+}
+
+/// Gives back the buffer of a frame returned by `compress_frame` once its bytes are in a pack,
+/// for the next frame.
+pub fn recycle_frame(buf: Vec<u8>) {
+    let mut spare = SPARE_OUTPUTS.lock().unwrap_or_else(|p| p.into_inner());
+    if spare.len() < SPARE_KEPT {
+        spare.push(buf);
+    }
+}
+
 /// Compresses one chunk as a frame of its own (see `compress_frame`).
 pub fn compress_chunk(id: ChunkId, raw: &[u8], level: i32) -> Result<(Codec, Vec<u8>)> {
     compress_frame(&[(id, raw)], level)
@@ -56,17 +80,22 @@ pub fn compress_frame(chunks: &[(ChunkId, &[u8])], level: i32) -> Result<(Codec,
 
 /// `first` names the frame in an error: the id of its first chunk.
 fn compress_input(raw: &[u8], first: Option<ChunkId>, level: i32) -> Result<(Codec, Vec<u8>)> {
-    let compressed = COMPRESSOR.with(|cell| -> std::io::Result<Vec<u8>> {
+    let mut out = spare_output(zstd::zstd_safe::compress_bound(raw.len()));
+    let compressed = COMPRESSOR.with(|cell| -> std::io::Result<usize> {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
             *slot = Some((level, zstd::bulk::Compressor::new(level)?));
         }
         let (_, c) = slot.as_mut().ok_or_else(|| std::io::Error::other("no compressor"))?;
-        c.compress(raw)
+        c.compress_to_buffer(raw, &mut out)
     });
     let (codec, mut stored) = match compressed {
-        Ok(c) if c.len() < raw.len() => (Codec::Zstd, c),
-        _ => (Codec::Raw, raw.to_vec()),
+        Ok(n) if n < raw.len() => (Codec::Zstd, out),
+        _ => {
+            out.clear();
+            out.extend_from_slice(raw);
+            (Codec::Raw, out)
+        }
     };
     if crate::failpoint::fails!("corrupt-frame") && codec == Codec::Zstd {
         let last = stored.len() - 1;

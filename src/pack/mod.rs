@@ -19,7 +19,7 @@ mod codec;
 pub use builder::PackBuilder;
 pub use codec::{
     chunk_of_frame, compress_chunk, compress_frame, decode_chunk, decode_entry, decode_frame, decode_frame_into,
-    unseal_frame, ChunkError, Codec, FrameReader, FRAME_TARGET, MAX_CHUNK_LEN, MAX_FRAME_LEN,
+    recycle_frame, unseal_frame, ChunkError, Codec, FrameReader, FRAME_TARGET, MAX_CHUNK_LEN, MAX_FRAME_LEN,
 };
 
 use crate::crypto::{ObjectKind, Protection, OVERHEAD};
