@@ -341,13 +341,7 @@ impl<'a> Run<'a> {
         }
         self.take_acks(usize::MAX)?;
         let pending = &self.pending;
-        let ready = self.refs.take_ready(|id| !pending.contains(id));
-        if ready.len() >= REF_APPLY / 2 {
-            Ok(Some(ready))
-        } else {
-            self.refs.put_back(ready);
-            Ok(None)
-        }
+        Ok(self.refs.take_ready(REF_APPLY / 2, |id| !pending.contains(id)))
     }
 
     /// Writes the extents that differ from the base into the manifest, counts their references,

@@ -31,16 +31,15 @@ impl RefDelta {
         self.changes.is_empty()
     }
 
-    /// Moves the changes of the chunks `ready` accepts into a delta of their own.
-    pub fn take_ready(&mut self, ready: impl Fn(&ChunkId) -> bool) -> RefDelta {
+    /// Moves the changes of the chunks `ready` accepts into a delta of their own, when there are
+    /// at least `min` of them (counted first, so that too few leave the map untouched).
+    pub fn take_ready(&mut self, min: usize, ready: impl Fn(&ChunkId) -> bool) -> Option<RefDelta> {
+        if self.changes.keys().filter(|id| ready(id)).count() < min {
+            return None;
+        }
         let (now, later) = std::mem::take(&mut self.changes).into_iter().partition(|(id, _)| ready(id));
         self.changes = later;
-        RefDelta { changes: now }
-    }
-
-    /// Adds back changes taken out with `take_ready` (of other chunks than those left).
-    pub fn put_back(&mut self, other: RefDelta) {
-        self.changes.extend(other.changes);
+        Some(RefDelta { changes: now })
     }
 
     /// The owners of every chunk as this delta, applied to no owners, gives them.
