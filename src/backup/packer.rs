@@ -171,8 +171,7 @@ impl<'a> Repacker<'a> {
         };
         for (group, frame) in groups.iter().zip(compressed) {
             let (codec, stored) = frame?;
-            self.add_frame(codec, &stored, group)?;
-            recycle_frame(stored);
+            self.add_frame(codec, stored, group)?;
         }
         Ok(())
     }
@@ -185,15 +184,15 @@ impl<'a> Repacker<'a> {
         let (codec, stored) = compress_frame(&chunks, self.repo.config().compression_level)?;
         let group = std::mem::take(&mut self.framing);
         self.framed = 0;
-        self.add_frame(codec, &stored, &group)?;
-        recycle_frame(stored);
-        Ok(())
+        self.add_frame(codec, stored, &group)
     }
 
-    /// Adds one compressed frame of `group`'s chunks; seals the pack once it is full.
-    fn add_frame(&mut self, codec: Codec, stored: &[u8], group: &[(ChunkId, Vec<u8>)]) -> Result<()> {
+    /// Adds one compressed frame of `group`'s chunks (its buffer goes back for the next frame);
+    /// seals the pack once it is full.
+    fn add_frame(&mut self, codec: Codec, stored: Vec<u8>, group: &[(ChunkId, Vec<u8>)]) -> Result<()> {
         let lens: Vec<(ChunkId, u32)> = group.iter().map(|(id, raw)| (*id, raw.len() as u32)).collect();
-        self.builder.add_frame(codec, stored, &lens)?;
+        self.builder.add_frame(codec, &stored, &lens)?;
+        recycle_frame(stored);
         if self.builder.len() as u64 >= self.repo.config().pack_target_size {
             self.seal()?;
         }

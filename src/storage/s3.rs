@@ -215,23 +215,15 @@ fn remote_error(op: &'static str, name: PathBuf, url: &S3Url, e: object_store::E
         object_store::Error::NotFound { .. } => {
             Error::Io { op, path: name, cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such object") }
         }
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-            let text = e.to_string();
-            Error::Remote {
-                op,
-                object: name.display().to_string(),
-                hint: CREDENTIALS.into(),
-                detail: short_detail(&text),
-            }
-        }
         other => {
             let text = other.to_string();
-            Error::Remote {
-                op,
-                object: name.display().to_string(),
-                hint: hint_for(&text, url),
-                detail: short_detail(&text),
-            }
+            let hint = match other {
+                object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                    CREDENTIALS.into()
+                }
+                _ => hint_for(&text, url),
+            };
+            Error::Remote { op, object: name.display().to_string(), hint, detail: short_detail(&text) }
         }
     }
 }
