@@ -33,6 +33,20 @@ impl Decoded {
     pub(super) fn mark_checked(&self, skip: u32, len: u32, id: crate::id::ChunkId) {
         self.checked.lock().unwrap_or_else(|p| p.into_inner()).push((skip, len, id));
     }
+
+    /// Hashes those of `chunks` not found intact before with `intact` and records the ones
+    /// that are (a damaged one stays unrecorded, and its reader finds out why).
+    pub(super) fn check(
+        &self,
+        chunks: &[(u32, u32, crate::id::ChunkId)],
+        intact: impl Fn(u32, u32, crate::id::ChunkId) -> bool,
+    ) {
+        let mut todo: Vec<_> = chunks.iter().filter(|(s, l, id)| !self.was_checked(*s, *l, id)).copied().collect();
+        todo.sort_unstable_by_key(|c| (c.0, c.1));
+        todo.dedup();
+        let good: Vec<_> = todo.into_iter().filter(|&(s, l, id)| intact(s, l, id)).collect();
+        self.checked.lock().unwrap_or_else(|p| p.into_inner()).extend(good);
+    }
 }
 
 /// Why a frame could not be used: its pack could not be read there, or the bytes do not decode.

@@ -297,6 +297,19 @@ impl ImageReader {
         Ok(out)
     }
 
+    /// Copies each piece's verified bytes into its buffer (exactly as long as the piece), pieces
+    /// in parallel, and says for each whether it could (as `fetch`): for callers that reuse
+    /// their buffers instead of receiving fresh ones.
+    pub fn fetch_into(&self, pieces: &[Piece], bufs: &mut [&mut [u8]]) -> Result<Vec<Result<()>>> {
+        let mut slots: Vec<(&mut [u8], Result<()>)> = bufs.iter_mut().map(|b| (&mut **b, Ok(()))).collect();
+        self.visit(pieces, &mut slots, |bytes, (dst, result)| match bytes {
+            Ok(b) if b.len() == dst.len() => dst.copy_from_slice(b),
+            Ok(_) => *result = Err(Error::Internal { reason: "a buffer is not as long as its piece".into() }),
+            Err(e) => *result = Err(e),
+        })?;
+        Ok(slots.into_iter().map(|(_, r)| r).collect())
+    }
+
     /// The stored bytes of those of `frames` the cache lacks, read in one batch, when the
     /// storage takes several requests at once (a bucket); nothing for a disk, whose frames are
     /// read where they are decoded.
@@ -333,10 +346,24 @@ impl ImageReader {
             // once, instead of one round trip after another on the pool's threads.
             let mut fetched = self.prefetch(&frames);
             let fetched = std::sync::Mutex::new(&mut fetched);
+            // The group's chunks of each frame, hashed by the thread that decoded it while its
+            // bytes are in that core's cache (instead of read again from memory for each piece).
+            let mut wanted: HashMap<(crate::id::PackId, u64), Vec<(u32, u32, ChunkId)>> = HashMap::new();
+            for (p, l) in pieces[start..end].iter().zip(&locs[start..end]) {
+                if let Some(l) = l {
+                    wanted.entry((l.pack, l.slot.offset)).or_default().push((l.slot.skip, l.slot.raw_len, p.id));
+                }
+            }
             let frame = |loc: &ChunkLoc| {
                 let key = (loc.pack, loc.slot.offset);
                 let stored = fetched.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-                (key, self.cache.get(key, |buf| read_frame(self.backend(), &self.protection, loc, stored, buf)))
+                let got = self.cache.get(key, |buf| read_frame(self.backend(), &self.protection, loc, stored, buf));
+                if let (Ok(decoded), Some(chunks)) = (&got, wanted.get(&key)) {
+                    decoded.check(chunks, |skip, len, id| {
+                        chunk_of_frame(&self.protection, id, &decoded.bytes, skip, len).is_ok()
+                    });
+                }
+                (key, got)
             };
             // Small reads stay on the calling thread: handing one frame to the pool costs more
             // than the work (mount and NBD serve many small reads, each on its own thread).

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::id::PackId;
 use crate::index::ChunkLoc;
@@ -16,12 +18,27 @@ use crate::manifest::ImageInfo;
 use crate::progress::Progress;
 use crate::reader::{ImageReader, Piece};
 use crate::repository::Repository;
-use target::{open_device, open_target, pwrite_all, settle, start_writeback, write_zeros, Target, IOV_MAX};
+use target::{open_device, open_target, pwrite_all, settle, start_writeback, write_zeros, Target};
 
 /// A batch holds at most this many pieces and this many bytes of chunk data: memory stays a few
-/// batches (two in flight) whatever the chunk size or disk size.
+/// batches (three in flight: decoded, waiting, written) whatever the chunk size or disk size.
+#[cfg(not(feature = "failpoints"))]
 const BATCH: usize = 2048;
+#[cfg(not(feature = "failpoints"))]
 const BATCH_BYTES: u64 = 32 << 20;
+/// Test builds use small batches, so that the small disks of the tests are restored in many
+/// batches too: buffers are reused and settling lags as on a real disk.
+#[cfg(feature = "failpoints")]
+const BATCH: usize = 16;
+#[cfg(feature = "failpoints")]
+const BATCH_BYTES: u64 = 256 << 10;
+
+/// Batches written after the one a restore settles (waits for on the disk, drops from the page
+/// cache): the disk has had this long for it, and its pages are soon written into again.
+const SETTLE_LAG: usize = 3;
+
+/// A batch is fetched in this many parts at once (see `decode`).
+const PARTS: usize = 4;
 
 /// Decoded frames a restore keeps: enough for a batch, whose pieces may each come from another
 /// frame (the reader bounds each call at half of it).
@@ -183,11 +200,13 @@ fn preflight(reader: &ImageReader, partial: bool, read_data: bool) -> Result<()>
     if partial {
         return Ok(());
     }
-    let mut pack_sizes: HashMap<PackId, u64> = HashMap::new();
-    for batch in batches(reader.map().pieces(), BATCH * 4) {
+    // Batches in parallel: index lookups are most of a restore's time before its first write.
+    let pack_sizes: std::sync::Mutex<HashMap<PackId, u64>> = Default::default();
+    let all: Vec<&[Piece]> = batches(reader.map().pieces(), BATCH).collect();
+    all.par_iter().try_for_each(|batch| {
         let ids: Vec<_> = batch.iter().map(|p| p.id).collect();
         for (p, loc) in batch.iter().zip(reader.index().locate(&ids)?) {
-            if let Err(err) = chunk_present(reader, p, loc, &mut pack_sizes) {
+            if let Err(err) = chunk_present(reader, p, loc, &pack_sizes) {
                 if reader.copies().intact(reader.backend(), reader.protection(), &p.id, loc.as_ref())?.is_none() {
                     return Err(err);
                 }
@@ -198,8 +217,8 @@ fn preflight(reader: &ImageReader, partial: bool, read_data: bool) -> Result<()>
                 data?;
             }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The chunk is indexed and its pack holds its bytes (without reading them).
@@ -207,18 +226,19 @@ fn chunk_present(
     reader: &ImageReader,
     p: &Piece,
     loc: Option<ChunkLoc>,
-    pack_sizes: &mut HashMap<PackId, u64>,
+    pack_sizes: &std::sync::Mutex<HashMap<PackId, u64>>,
 ) -> Result<()> {
     let image = reader.map().info().id;
     let loc = loc.ok_or_else(|| Error::ChunkMissing { id: p.id.to_string(), image: image.to_string() })?;
-    let size = match pack_sizes.get(&loc.pack) {
-        Some(s) => *s,
+    let known = pack_sizes.lock().unwrap_or_else(|p| p.into_inner()).get(&loc.pack).copied();
+    let size = match known {
+        Some(s) => s,
         None => {
             let s = reader.backend().size(&loc.pack.path()).map_err(|_| Error::CorruptPack {
                 pack: loc.pack.to_string(),
                 reason: format!("missing; image {image} needs it"),
             })?;
-            pack_sizes.insert(loc.pack, s);
+            pack_sizes.lock().unwrap_or_else(|p| p.into_inner()).insert(loc.pack, s);
             s
         }
     };
@@ -231,11 +251,23 @@ fn chunk_present(
     Ok(())
 }
 
-/// The writing pass. Batch k+1 is read and decoded in parallel while one thread writes batch
-/// k: buffered writes to one file serialise on its inode lock anyway, so one writer with large
-/// contiguous writes beats many small concurrent ones. Each batch is handed to writeback as
-/// soon as it is written and settled (waited for, its pages dropped) after the next one.
-/// Returns the damaged ranges (`partial`).
+/// A decoded batch: its pieces' bytes one after another in `bytes` (a piece that could not be
+/// had, with `partial`, holds whatever the buffer held before and is not written).
+struct Decoded<'m> {
+    pieces: &'m [Piece],
+    bytes: Vec<u8>,
+    intact: Vec<bool>,
+}
+
+/// The writing pass. Batches are decoded (frames in parallel on the pool) on the calling thread
+/// and written by a thread of their own, at most one batch waiting between them: buffered
+/// writes to one file serialise on its inode lock anyway, so one writer with large contiguous
+/// writes beats many small concurrent ones, and while that writer waits for the disk the pool
+/// goes on decoding (a writer inside the pool left one core idle for each wait). Each batch is
+/// handed to writeback as soon as it is written and settled (waited for, its pages dropped)
+/// `SETTLE_LAG` batches later: settled after the next one, the writer spent as long waiting for
+/// the disk as writing. Its buffer goes back to the decoding side, so the same few buffers carry
+/// the whole disk (fresh memory is slow to touch). Returns the damaged ranges (`partial`).
 fn write_all(
     reader: &ImageReader,
     out: &Target,
@@ -246,35 +278,42 @@ fn write_all(
     let size = reader.map().size();
     progress.begin("restore", size);
     let mut damaged = Vec::new();
-    let mut written_to = 0u64; // everything below is written (or a hole)
-    let mut settled_to = 0u64; // everything below is on the disk and out of the page cache
-    let mut pending: Option<(&[Piece], Vec<Option<Vec<u8>>>)> = None;
-    let mut batches = batches(reader.map().pieces(), BATCH);
-    loop {
-        let batch = batches.next();
-        if batch.is_none() && pending.is_none() {
-            break;
-        }
-        let writing = pending.take();
-        let write = |(pieces, data): (&[Piece], Vec<Option<Vec<u8>>>)| {
-            let end = write_batch(out, target, written_to, pieces, &data)?;
-            settle(out.file(), settled_to, written_to - settled_to);
-            Ok::<_, Error>(end)
-        };
-        let (written, decoded) = rayon::join(
-            || writing.map(write).transpose(),
-            || batch.map(|b| decode(reader, b, opts.partial)).transpose(),
-        );
-        settled_to = written_to;
-        if let Some(end) = written? {
-            progress.advance(end - written_to);
-            written_to = end;
-        }
-        if let (Some(b), Some((data, lost))) = (batch, decoded?) {
-            damaged.extend(lost);
-            pending = Some((b, data));
-        }
-    }
+    let (to_writer, from_decoder) = std::sync::mpsc::sync_channel::<Decoded>(1);
+    let (to_decoder, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+    let written_to = std::thread::scope(|s| {
+        let writer = s.spawn(move || {
+            let mut written_to = 0u64; // everything below is written (or a hole)
+            let mut settled_to = 0u64; // everything below is on the disk and out of the page cache
+            let mut ends = std::collections::VecDeque::new(); // of the batches written since
+            for batch in from_decoder {
+                let end = write_batch(out, target, written_to, &batch)?;
+                let _ = to_decoder.send(batch.bytes);
+                ends.push_back(end);
+                if ends.len() > SETTLE_LAG {
+                    let to = ends.pop_front().unwrap_or(settled_to);
+                    settle(out.file(), settled_to, to - settled_to);
+                    settled_to = to;
+                }
+                progress.advance(end - written_to);
+                written_to = end;
+            }
+            Ok::<_, Error>(written_to)
+        });
+        let decoded = (|| {
+            for pieces in batches(reader.map().pieces(), BATCH) {
+                let buf = spare.try_recv().unwrap_or_default();
+                let (batch, lost) = decode(reader, pieces, opts.partial, buf)?;
+                damaged.extend(lost);
+                if to_writer.send(batch).is_err() {
+                    break; // the writer failed: its error is returned below
+                }
+            }
+            Ok::<_, Error>(())
+        })();
+        drop(to_writer);
+        let written = writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        decoded.and(written)
+    })?;
     if let Target::Device(f) = out {
         write_zeros(f, written_to, size - written_to).map_err(|e| Error::io("write", PathBuf::from(target), e))?;
     }
@@ -282,55 +321,82 @@ fn write_all(
     Ok(damaged)
 }
 
-/// The bytes of a batch; with `partial`, a piece that cannot be had is recorded and comes back
-/// as `None` (a hole, or zeros on a device).
-fn decode(reader: &ImageReader, batch: &[Piece], partial: bool) -> Result<(Vec<Option<Vec<u8>>>, Vec<DamagedRange>)> {
+/// The bytes of a batch, into `buf` (grown when too short, never cleared: every byte used is
+/// written over); with `partial`, a piece that cannot be had is recorded and not written (a
+/// hole, or zeros on a device).
+fn decode<'m>(
+    reader: &ImageReader,
+    pieces: &'m [Piece],
+    partial: bool,
+    mut buf: Vec<u8>,
+) -> Result<(Decoded<'m>, Vec<DamagedRange>)> {
+    let total: usize = pieces.iter().map(|p| p.len as usize).sum();
+    if buf.len() < total {
+        buf.resize(total, 0);
+    }
+    let mut slices: Vec<&mut [u8]> = Vec::with_capacity(pieces.len());
+    let mut rest = &mut buf[..total];
+    for p in pieces {
+        let (slice, tail) = rest.split_at_mut(p.len as usize);
+        slices.push(slice);
+        rest = tail;
+    }
+    // Parts of the batch fetched at once: while one part waits for the last of its frames on
+    // one core, the other core works on another part instead of idling at that part's end.
+    let per_part = pieces.len().div_ceil(PARTS).max(1);
+    let results: Vec<_> = pieces
+        .par_chunks(per_part)
+        .zip(slices.par_chunks_mut(per_part))
+        .map(|(part, bufs)| reader.fetch_into(part, bufs))
+        .collect::<Result<_>>()?;
     let mut lost = Vec::new();
-    let mut data = Vec::with_capacity(batch.len());
-    for (p, d) in batch.iter().zip(reader.fetch(batch)?) {
-        match d {
-            Ok(bytes) => data.push(Some(bytes)),
+    let mut intact = Vec::with_capacity(pieces.len());
+    for (p, result) in pieces.iter().zip(results.into_iter().flatten()) {
+        match result {
+            Ok(()) => intact.push(true),
             Err(err @ (Error::ChunkMissing { .. } | Error::CorruptChunk { .. } | Error::CorruptPack { .. }))
                 if partial =>
             {
                 lost.push(DamagedRange { offset: p.offset, len: p.len as u64, reason: err.to_string() });
-                data.push(None);
+                intact.push(false);
             }
             Err(err) => return Err(err),
         }
     }
-    Ok((data, lost))
+    Ok((Decoded { pieces, bytes: buf, intact }, lost))
 }
 
-/// Writes a decoded batch: each run of adjacent pieces with one `pwritev`; the zero runs between
-/// them (from `from` on) stay holes in a file and are written as zeros on a block device.
-/// Returns the end of the batch.
-fn write_batch(out: &Target, target: &Path, from: u64, pieces: &[Piece], data: &[Option<Vec<u8>>]) -> Result<u64> {
+/// Writes a decoded batch: each run of adjacent intact pieces (adjacent in the buffer too) with
+/// one write; the zero runs between them (from `from` on) stay holes in a file and are written
+/// as zeros on a block device, as are damaged pieces. Returns the end of the batch.
+fn write_batch(out: &Target, target: &Path, from: u64, batch: &Decoded) -> Result<u64> {
     let fail = |err: std::io::Error| Error::io("write", PathBuf::from(target), err);
+    let pieces = batch.pieces;
     let mut at = from;
+    let mut in_buf = 0usize; // where piece i's bytes start in the buffer
     let mut i = 0;
     while i < pieces.len() {
         let start = pieces[i].offset;
         if let Target::Device(f) = out {
             write_zeros(f, at, start - at).map_err(fail)?;
         }
-        let mut run: Vec<&[u8]> = Vec::new();
-        let mut end = start;
-        while i < pieces.len() && pieces[i].offset == end && run.len() < IOV_MAX {
-            let Some(d) = &data[i] else { break };
-            run.push(d);
-            end += d.len() as u64;
+        let (run_from, mut end) = (in_buf, start);
+        while i < pieces.len() && pieces[i].offset == end && batch.intact[i] {
+            end += pieces[i].len as u64;
+            in_buf += pieces[i].len as usize;
             i += 1;
         }
-        if run.is_empty() {
+        if end == start {
             // A damaged piece of a partial restore: zeros.
             if let Target::Device(f) = out {
                 write_zeros(f, start, pieces[i].len as u64).map_err(fail)?;
             }
             end = pieces[i].end();
+            in_buf += pieces[i].len as usize;
             i += 1;
+        } else {
+            pwrite_all(out.file(), &[&batch.bytes[run_from..in_buf]], start).map_err(fail)?;
         }
-        pwrite_all(out.file(), &run, start).map_err(fail)?;
         at = end;
     }
     if let Some(first) = pieces.first() {

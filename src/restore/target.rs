@@ -117,9 +117,6 @@ pub(super) fn settle(f: &File, offset: u64, len: u64) {
     }
 }
 
-/// At most this many buffers go into one `pwritev` (Linux's IOV_MAX).
-pub(super) const IOV_MAX: usize = 1024;
-
 pub(super) fn pwrite_all(f: &File, bufs: &[&[u8]], mut at: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut slices: Vec<std::io::IoSlice> = bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
