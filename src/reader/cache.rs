@@ -11,13 +11,16 @@ use crate::id::PackId;
 /// A decoded frame, or why it could not be had.
 pub(super) type Frame = std::result::Result<Arc<Decoded>, FrameError>;
 
+/// A chunk's place in a decoded frame and its id: (skip, length, id).
+pub(super) type ChunkAt = (u32, u32, crate::id::ChunkId);
+
 /// A frame's decoded bytes, and the chunks in it whose hash was checked already: the bytes
 /// never change while the frame lives, so each chunk is hashed once per decode, not once per
 /// read (a file reader that reads 4 KiB at a time hashed a 16 KiB chunk four times).
 pub(super) struct Decoded {
     pub(super) bytes: Vec<u8>,
     /// (skip, length, id) of the chunks found intact.
-    checked: Mutex<Vec<(u32, u32, crate::id::ChunkId)>>,
+    checked: Mutex<Vec<ChunkAt>>,
 }
 
 impl Decoded {
@@ -27,7 +30,7 @@ impl Decoded {
 
     /// Whether chunk `id` at `skip..skip + len` was found intact in this frame before.
     pub(super) fn was_checked(&self, skip: u32, len: u32, id: &crate::id::ChunkId) -> bool {
-        self.checked.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|c| *c == (skip, len, *id))
+        self.checked.lock().unwrap_or_else(|p| p.into_inner()).contains(&(skip, len, *id))
     }
 
     pub(super) fn mark_checked(&self, skip: u32, len: u32, id: crate::id::ChunkId) {
@@ -36,11 +39,7 @@ impl Decoded {
 
     /// Hashes those of `chunks` not found intact before with `intact` and records the ones
     /// that are (a damaged one stays unrecorded, and its reader finds out why).
-    pub(super) fn check(
-        &self,
-        chunks: &[(u32, u32, crate::id::ChunkId)],
-        intact: impl Fn(u32, u32, crate::id::ChunkId) -> bool,
-    ) {
+    pub(super) fn check(&self, chunks: &[ChunkAt], intact: impl Fn(u32, u32, crate::id::ChunkId) -> bool) {
         let mut todo: Vec<_> = chunks.iter().filter(|(s, l, id)| !self.was_checked(*s, *l, id)).copied().collect();
         todo.sort_unstable_by_key(|c| (c.0, c.1));
         todo.dedup();

@@ -348,7 +348,7 @@ impl ImageReader {
             let fetched = std::sync::Mutex::new(&mut fetched);
             // The group's chunks of each frame, hashed by the thread that decoded it while its
             // bytes are in that core's cache (instead of read again from memory for each piece).
-            let mut wanted: HashMap<(crate::id::PackId, u64), Vec<(u32, u32, ChunkId)>> = HashMap::new();
+            let mut wanted: HashMap<(crate::id::PackId, u64), Vec<cache::ChunkAt>> = HashMap::new();
             for (p, l) in pieces[start..end].iter().zip(&locs[start..end]) {
                 if let Some(l) = l {
                     wanted.entry((l.pack, l.slot.offset)).or_default().push((l.slot.skip, l.slot.raw_len, p.id));
