@@ -317,7 +317,8 @@ impl<'a> Run<'a> {
             || -> Result<()> {
                 let Some(ready) = ready else { return Ok(()) };
                 let _counting = counting.lock().unwrap_or_else(|p| p.into_inner());
-                repo.index().counters().apply(ready, Txn::new())
+                // Provisional: the journal is set, a crash rebuilds every count.
+                repo.index().counters().apply(ready, Txn::provisional())
             },
         );
         stored.and(applied)?;
@@ -327,7 +328,7 @@ impl<'a> Run<'a> {
             // by a rebuild.
             self.seal_pack()?;
             self.wait_acks()?;
-            self.repo.index().counters().apply(std::mem::take(self.refs), Txn::new())?;
+            self.repo.index().counters().apply(std::mem::take(self.refs), Txn::provisional())?;
         }
         Ok(())
     }

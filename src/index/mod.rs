@@ -64,9 +64,10 @@ impl Index {
         self.db.path()
     }
 
-    /// Commits a transaction durably (synced WAL): all of it or nothing survives a crash.
+    /// Commits a transaction durably (synced WAL): all of it or nothing survives a crash. A
+    /// provisional one (`Txn::provisional`) is as atomic, but not synced.
     pub fn commit(&self, txn: Txn) -> Result<()> {
-        self.db.commit(txn.batch)
+        self.db.commit(txn.batch, !txn.provisional)
     }
 
     /// Writes the memtable to a (compressed) table file so that the write-ahead log, which holds

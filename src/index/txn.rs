@@ -11,6 +11,8 @@ use crate::pack::PackEntry;
 #[derive(Default)]
 pub struct Txn {
     pub(super) batch: Batch,
+    /// Written without waiting for the disk (see `Txn::provisional`).
+    pub(super) provisional: bool,
 }
 
 /// Puts and deletes in order (values sealed, in an encrypted repository, when committed).
@@ -30,6 +32,16 @@ impl Batch {
 impl Txn {
     pub fn new() -> Txn {
         Txn::default()
+    }
+
+    /// A transaction whose loss a crash repairs anyway: the changes of a run whose journal is
+    /// set (a crash rebuilds them from the manifests), written to the index's log without
+    /// syncing it. Still atomic; a later synced commit makes it durable with itself. Such a
+    /// write is not one of the run's durable steps, so how many of them a run makes (a backup
+    /// applies ready references as the pack writer acknowledges packs: a matter of timing) does
+    /// not change where a crash test's kill lands.
+    pub fn provisional() -> Txn {
+        Txn { provisional: true, ..Txn::default() }
     }
 
     pub(crate) fn put_chunk(&mut self, id: &ChunkId, loc: &ChunkLoc) {
