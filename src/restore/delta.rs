@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-use super::target::{pwrite_all, write_zeros};
+use super::target::write_zeros;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::progress::Progress;
@@ -127,7 +127,7 @@ fn update_run(reader: &ImageReader, f: &File, target: &Path, run: &[Piece], d: &
         let data = data?;
         let cur = &old[(p.offset - start) as usize..(p.end() - start) as usize];
         if data != cur {
-            pwrite_all(f, &[&data], p.offset).map_err(|e| Error::io("write", target, e))?;
+            f.write_all_at(&data, p.offset).map_err(|e| Error::io("write", target, e))?;
             d.written += data.len() as u64;
         }
     }

@@ -6,6 +6,7 @@ mod delta;
 mod target;
 
 use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,7 +19,7 @@ use crate::manifest::ImageInfo;
 use crate::progress::Progress;
 use crate::reader::{ImageReader, Piece};
 use crate::repository::Repository;
-use target::{open_device, open_target, pwrite_all, settle, start_writeback, write_zeros, Target};
+use target::{open_device, open_target, settle, start_writeback, write_zeros, Target};
 
 /// A batch holds at most this many pieces and this many bytes of chunk data: memory stays a few
 /// batches (three in flight: decoded, waiting, written) whatever the chunk size or disk size.
@@ -395,7 +396,7 @@ fn write_batch(out: &Target, target: &Path, from: u64, batch: &Decoded) -> Resul
             in_buf += pieces[i].len as usize;
             i += 1;
         } else {
-            pwrite_all(out.file(), &[&batch.bytes[run_from..in_buf]], start).map_err(fail)?;
+            out.file().write_all_at(&batch.bytes[run_from..in_buf], start).map_err(fail)?;
         }
         at = end;
     }

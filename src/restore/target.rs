@@ -117,30 +117,6 @@ pub(super) fn settle(f: &File, offset: u64, len: u64) {
     }
 }
 
-pub(super) fn pwrite_all(f: &File, bufs: &[&[u8]], mut at: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut slices: Vec<std::io::IoSlice> = bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
-    let mut rest: &mut [std::io::IoSlice] = &mut slices;
-    while !rest.is_empty() {
-        // SAFETY: IoSlice is ABI-compatible with iovec on Unix; the buffers outlive the call.
-        let n =
-            unsafe { libc::pwritev(f.as_raw_fd(), rest.as_ptr() as *const libc::iovec, rest.len() as i32, at as i64) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "pwritev wrote nothing"));
-        }
-        at += n as u64;
-        std::io::IoSlice::advance_slices(&mut rest, n as usize);
-    }
-    Ok(())
-}
-
 pub(super) fn write_zeros(f: &File, mut at: u64, len: u64) -> std::io::Result<()> {
     let zeros = vec![0u8; (len as usize).min(1 << 20)];
     let end = at + len;
