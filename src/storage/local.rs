@@ -18,11 +18,16 @@ pub struct LocalDir {
     root: PathBuf,
     /// Pack read handles kept open across `read_at` calls: restore reads many chunks of few packs.
     readers: Mutex<HashMap<String, Arc<File>>>,
+    staging: Mutex<Staging>,
 }
 
 impl LocalDir {
     pub fn new(root: impl Into<PathBuf>) -> LocalDir {
-        LocalDir { root: root.into(), readers: Mutex::new(HashMap::new()) }
+        LocalDir {
+            root: root.into(),
+            readers: Mutex::new(HashMap::new()),
+            staging: Mutex::new(Staging { ptr: std::ptr::null_mut(), cap: 0 }),
+        }
     }
 
     fn full(&self, path: &str) -> PathBuf {
@@ -161,8 +166,120 @@ impl Drop for LocalWriter {
     }
 }
 
+/// Objects at least this large (packs) are written with `O_DIRECT`: from a recycled aligned
+/// buffer straight to the disk, instead of copied into fresh page-cache pages that are dropped
+/// again once durable (docs/DESIGN.md, "The page cache").
+const DIRECT_MIN: usize = 1 << 20;
+/// `O_DIRECT` wants the buffer, the file offset and the length aligned to the logical block size.
+const DIRECT_ALIGN: usize = 4096;
+
+/// A buffer aligned for `O_DIRECT`, kept for the next pack (one writer thread writes packs).
+struct Staging {
+    ptr: *mut u8,
+    cap: usize,
+}
+
+// SAFETY: the buffer is owned memory, only used behind the Mutex below.
+unsafe impl Send for Staging {}
+
+impl Staging {
+    /// `len` writable bytes (contents unspecified), growing the buffer if it is smaller.
+    fn get(&mut self, len: usize) -> Option<&mut [u8]> {
+        if self.cap < len {
+            self.free();
+            let layout = std::alloc::Layout::from_size_align(len, DIRECT_ALIGN).ok()?;
+            // SAFETY: a non-zero size (len >= DIRECT_MIN) and a valid alignment.
+            let ptr = unsafe { std::alloc::alloc(layout) };
+            if ptr.is_null() {
+                return None;
+            }
+            (self.ptr, self.cap) = (ptr, len);
+        }
+        // SAFETY: `cap >= len` bytes are allocated at `ptr`; u8 has no invalid values, and the
+        // Mutex gives this borrow exclusive use.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr, len) })
+    }
+
+    fn free(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: allocated in `get` with this size and alignment.
+            unsafe {
+                std::alloc::dealloc(self.ptr, std::alloc::Layout::from_size_align_unchecked(self.cap, DIRECT_ALIGN))
+            };
+            (self.ptr, self.cap) = (std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        self.free();
+    }
+}
+
+impl LocalDir {
+    /// `put` with `O_DIRECT` for the block-aligned part of `data` (the tail goes through the page
+    /// cache); None where the filesystem refuses `O_DIRECT`, so the caller writes as usual. The
+    /// same order and failpoints as `LocalWriter::commit`.
+    fn put_direct(&self, path: &str, data: &[u8]) -> Option<Result<()>> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let target = self.full(path);
+        if let Err(e) = ensure_parent(&target) {
+            return Some(Err(e));
+        }
+        let tmp = self.temp_for(&target);
+        let file = match OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_DIRECT).open(&tmp) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return None,
+            Err(e) => return Some(Err(Error::io("create", &tmp, e))),
+        };
+        let written = (|| -> std::io::Result<()> {
+            let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+            {
+                let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(buf) = staging.get(aligned) else { return Err(std::io::Error::other("no aligned buffer")) };
+                buf.copy_from_slice(&data[..aligned]);
+                file.write_all_at(buf, 0)?;
+            }
+            // The tail through the page cache: O_DIRECT off for it.
+            // SAFETY: fcntl on a descriptor we own.
+            let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+            if flags < 0 || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            file.write_all_at(&data[aligned..], aligned as u64)
+        })();
+        if written.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL)) {
+            // Accepted at open, refused at the write (an alignment this filesystem or device
+            // does not take): written the usual way instead.
+            drop(file);
+            let _ = fs::remove_file(&tmp);
+            return None;
+        }
+        let committed = written.map_err(|e| Error::io("write", &tmp, e)).and_then(|()| {
+            crate::failpoint::step!();
+            file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+            drop_cached(&file);
+            drop(file);
+            crate::failpoint::hit!("object-before-rename");
+            fs::rename(&tmp, &target).map_err(|e| Error::io("rename", &tmp, e))?;
+            sync_dir(target.parent().unwrap_or(Path::new(".")))
+        });
+        if committed.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        Some(committed)
+    }
+}
+
 impl Backend for LocalDir {
     fn put(&self, path: &str, data: &[u8]) -> Result<()> {
+        if data.len() >= DIRECT_MIN {
+            if let Some(done) = self.put_direct(path, data) {
+                return done;
+            }
+        }
         let mut w = self.create(path)?;
         w.write_all(data).map_err(|e| Error::io("write", self.full(path), e))?;
         w.commit()
@@ -259,6 +376,28 @@ impl Backend for LocalDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_objects_written_direct_read_back_whole_at_any_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalDir::new(dir.path());
+        for (i, len) in [DIRECT_MIN, DIRECT_MIN + 1, 3 * DIRECT_MIN + 4095, 2 * DIRECT_MIN - 1].into_iter().enumerate()
+        {
+            let data: Vec<u8> = (0..len).map(|j| (j * 31 + i) as u8).collect();
+            let path = format!("packs/0{i}/object");
+            b.put(&path, &data).unwrap();
+            assert_eq!(b.get(&path).unwrap(), data, "length {len}");
+            assert_eq!(b.size(&path).unwrap(), len as u64);
+        }
+        let mut names = Vec::new();
+        b.walk("", true, &mut |rel, _, _| {
+            names.push(rel);
+            Ok(())
+        })
+        .unwrap();
+        assert!(names.iter().all(|n| !n.contains(TMP_PREFIX)), "temporary files left: {names:?}");
+        assert_eq!(names.len(), 4);
+    }
 
     #[test]
     fn put_get_list_and_uncommitted_writers_leave_nothing() {
