@@ -170,10 +170,14 @@ impl Drop for LocalWriter {
 /// buffer straight to the disk, instead of copied into fresh page-cache pages that are dropped
 /// again once durable (docs/DESIGN.md, "The page cache").
 const DIRECT_MIN: usize = 1 << 20;
+/// Larger objects (packs of a repository configured for bigger ones) are written the usual way:
+/// the aligned buffer, kept for the process's life, stays at most this size.
+const DIRECT_MAX: usize = 64 << 20;
 /// `O_DIRECT` wants the buffer, the file offset and the length aligned to the logical block size.
 const DIRECT_ALIGN: usize = 4096;
 
-/// A buffer aligned for `O_DIRECT`, kept for the next pack (one writer thread writes packs).
+/// A buffer aligned for `O_DIRECT`, kept for the next pack (one writer thread writes packs; a
+/// second `put` waits for it).
 struct Staging {
     ptr: *mut u8,
     cap: usize,
@@ -275,7 +279,7 @@ impl LocalDir {
 
 impl Backend for LocalDir {
     fn put(&self, path: &str, data: &[u8]) -> Result<()> {
-        if data.len() >= DIRECT_MIN {
+        if (DIRECT_MIN..=DIRECT_MAX).contains(&data.len()) {
             if let Some(done) = self.put_direct(path, data) {
                 return done;
             }
