@@ -244,6 +244,8 @@ impl LocalDir {
                 let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(buf) = staging.get(aligned) else { return Err(std::io::Error::other("no aligned buffer")) };
                 buf.copy_from_slice(&data[..aligned]);
+                // Nothing touches the buffer while the write runs (the lock is held): btrfs
+                // checksums a direct write from the caller's memory as the device reads it.
                 file.write_all_at(buf, 0)?;
             }
             // The tail through the page cache: O_DIRECT off for it.
