@@ -23,11 +23,7 @@ pub struct LocalDir {
 
 impl LocalDir {
     pub fn new(root: impl Into<PathBuf>) -> LocalDir {
-        LocalDir {
-            root: root.into(),
-            readers: Mutex::new(HashMap::new()),
-            staging: Mutex::new(Staging { ptr: std::ptr::null_mut(), cap: 0 }),
-        }
+        LocalDir { root: root.into(), readers: Mutex::new(HashMap::new()), staging: Mutex::new(Staging(Vec::new())) }
     }
 
     fn full(&self, path: &str) -> PathBuf {
@@ -136,13 +132,19 @@ impl ObjectWriter for LocalWriter {
         let out = self.out.take().ok_or_else(|| Error::io("commit", &self.target, std::io::Error::other("twice")))?;
         crate::failpoint::step!();
         let file = out.into_inner().map_err(|e| Error::io("write", &self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io("fsync", &self.tmp, e))?;
-        drop_cached(&file);
-        drop(file);
-        crate::failpoint::hit!("object-before-rename");
-        fs::rename(&self.tmp, &self.target).map_err(|e| Error::io("rename", &self.tmp, e))?;
-        sync_dir(self.target.parent().unwrap_or(Path::new(".")))
+        publish(file, &self.tmp, &self.target)
     }
+}
+
+/// The end of every object's write, once its bytes are in `tmp`: fsync, drop its cached pages,
+/// rename to `target`, fsync the directory.
+fn publish(file: File, tmp: &Path, target: &Path) -> Result<()> {
+    file.sync_all().map_err(|e| Error::io("fsync", tmp, e))?;
+    drop_cached(&file);
+    drop(file);
+    crate::failpoint::hit!("object-before-rename");
+    fs::rename(tmp, target).map_err(|e| Error::io("rename", tmp, e))?;
+    sync_dir(target.parent().unwrap_or(Path::new(".")))
 }
 
 /// Lets the kernel drop a durable file's pages from its cache. A backup writes gigabytes that
@@ -176,55 +178,28 @@ const DIRECT_MAX: usize = 64 << 20;
 /// `O_DIRECT` wants the buffer, the file offset and the length aligned to the logical block size.
 const DIRECT_ALIGN: usize = 4096;
 
-/// A buffer aligned for `O_DIRECT`, kept for the next pack (one writer thread writes packs; a
-/// second `put` waits for it).
-struct Staging {
-    ptr: *mut u8,
-    cap: usize,
-}
-
-// SAFETY: the buffer is owned memory, only used behind the Mutex below.
-unsafe impl Send for Staging {}
+/// A buffer for `O_DIRECT`, kept for the next pack (one writer thread writes packs; a second
+/// `put` waits for it): allocated `DIRECT_ALIGN` bytes longer than needed and used from its
+/// first aligned byte.
+struct Staging(Vec<u8>);
 
 impl Staging {
-    /// `len` writable bytes (contents unspecified), growing the buffer if it is smaller.
-    fn get(&mut self, len: usize) -> Option<&mut [u8]> {
-        if self.cap < len {
-            self.free();
-            let layout = std::alloc::Layout::from_size_align(len, DIRECT_ALIGN).ok()?;
-            // SAFETY: a non-zero size (len >= DIRECT_MIN) and a valid alignment.
-            let ptr = unsafe { std::alloc::alloc(layout) };
-            if ptr.is_null() {
-                return None;
-            }
-            (self.ptr, self.cap) = (ptr, len);
+    /// `len` writable bytes at an aligned address (contents unspecified), growing the buffer if
+    /// it is smaller.
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        if self.0.len() < len + DIRECT_ALIGN {
+            self.0 = vec![0; len + DIRECT_ALIGN];
         }
-        // SAFETY: `cap >= len` bytes are allocated at `ptr`; u8 has no invalid values, and the
-        // Mutex gives this borrow exclusive use.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr, len) })
-    }
-
-    fn free(&mut self) {
-        if !self.ptr.is_null() {
-            // SAFETY: allocated in `get` with this size and alignment.
-            unsafe {
-                std::alloc::dealloc(self.ptr, std::alloc::Layout::from_size_align_unchecked(self.cap, DIRECT_ALIGN))
-            };
-            (self.ptr, self.cap) = (std::ptr::null_mut(), 0);
-        }
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        self.free();
+        let at = self.0.as_ptr() as usize;
+        let from = at.next_multiple_of(DIRECT_ALIGN) - at;
+        &mut self.0[from..from + len]
     }
 }
 
 impl LocalDir {
     /// `put` with `O_DIRECT` for the block-aligned part of `data` (the tail goes through the page
     /// cache); None where the filesystem refuses `O_DIRECT`, so the caller writes as usual. The
-    /// same order and failpoints as `LocalWriter::commit`.
+    /// same step and `publish` as `LocalWriter::commit`.
     fn put_direct(&self, path: &str, data: &[u8]) -> Option<Result<()>> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
@@ -242,7 +217,7 @@ impl LocalDir {
             let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
             {
                 let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(buf) = staging.get(aligned) else { return Err(std::io::Error::other("no aligned buffer")) };
+                let buf = staging.get(aligned);
                 buf.copy_from_slice(&data[..aligned]);
                 // Nothing touches the buffer while the write runs (the lock is held): btrfs
                 // checksums a direct write from the caller's memory as the device reads it.
@@ -265,12 +240,7 @@ impl LocalDir {
         }
         let committed = written.map_err(|e| Error::io("write", &tmp, e)).and_then(|()| {
             crate::failpoint::step!();
-            file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-            drop_cached(&file);
-            drop(file);
-            crate::failpoint::hit!("object-before-rename");
-            fs::rename(&tmp, &target).map_err(|e| Error::io("rename", &tmp, e))?;
-            sync_dir(target.parent().unwrap_or(Path::new(".")))
+            publish(file, &tmp, &target)
         });
         if committed.is_err() {
             let _ = fs::remove_file(&tmp);
