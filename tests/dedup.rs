@@ -116,7 +116,8 @@ fn backup_json(repo: &TestRepo, disk: &std::path::Path) -> serde_json::Value {
 }
 
 /// A segment whose fingerprint equals the base's is read and hashed but not chunked: its extents
-/// are the base's. Only the edited segments are cut again, every image restores exactly, and the
+/// are the base's. Only the edited segments are cut again, and in those only the chunks around
+/// the edit (the rest are the base's, hashed again), every image restores exactly, and the
 /// fingerprints survive `forget --rebase` rewriting the manifests they sit in.
 #[test]
 fn unchanged_segments_are_taken_from_the_base_and_every_image_restores() {
@@ -133,6 +134,10 @@ fn unchanged_segments_are_taken_from_the_base_and_every_image_restores() {
         disk.write_to(&src);
         let inc = backup_json(&repo, &src);
         assert_eq!(inc["bytes_reused"].as_u64().unwrap(), 31 * seg as u64, "step {n}: one segment cut again");
+        // And in that segment, all but a few chunks around the edit and at its end are the
+        // base's (4 KiB on average, at most 16 KiB).
+        let taken = inc["chunk_bytes_reused"].as_u64().unwrap();
+        assert!(taken > seg as u64 - 6 * 16384 && taken < seg as u64, "step {n}: {taken} bytes taken");
         assert!(inc["changed_bytes"].as_u64().unwrap() < 2 * seg as u64, "step {n}: {inc}");
         expected.push((inc["image"].as_str().unwrap().to_string(), disk.bytes.clone()));
     }

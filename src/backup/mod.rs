@@ -24,10 +24,10 @@ use crate::allocation::{self, Region, UsageMap};
 use crate::error::{Error, Result};
 use crate::id::ImageId;
 use crate::index::{Journal, RefDelta, Txn};
-use crate::manifest::{catalog, ChangeFilter, ImageInfo, Kind, ManifestWriter};
+use crate::manifest::{catalog, ChangeFilter, ImageInfo, Kind, ManifestWriter, View};
 use crate::progress::Progress;
 use crate::repository::Repository;
-use pipeline::Run;
+use pipeline::{BaseExtents, Run};
 
 /// Free space needed before the index's memtable is flushed at the end of a backup.
 const FLUSH_HEADROOM: u64 = 256 * 1024 * 1024;
@@ -74,6 +74,9 @@ pub struct BackupOutcome {
     /// Bytes of segments whose fingerprint equalled the base's: read and hashed, not chunked
     /// (their extents are the base's).
     pub bytes_reused: u64,
+    /// Bytes of chunks in the other segments that the base holds at the same place: hashed,
+    /// not chunked again (chunker.rs, `Cut`).
+    pub chunk_bytes_reused: u64,
     /// What went wrong after the image was stored (it is stored all the same).
     pub warnings: Vec<String>,
     /// The disk's partitions and filesystems, what of each was left unread as unused, and why
@@ -107,6 +110,7 @@ pub fn backup_outcome(
     let mut delta = RefDelta::default();
     let mut bytes_read = 0;
     let mut bytes_reused = 0;
+    let mut chunk_bytes_reused = 0;
     let mut regions = Vec::new();
     // A base written before segment fingerprints (or whose table cannot be read) has none: then
     // every segment is chunked.
@@ -127,12 +131,18 @@ pub fn backup_outcome(
         let usage = if opts.all_blocks { UsageMap::every_block() } else { allocation::scan(&src)? };
         regions = usage.regions().to_vec();
         crate::failpoint::hit!("backup-read-start");
-        let view =
-            if chain.is_empty() { None } else { Some(repo.view(&chain).map_err(|e| base_unreadable(&base, e))?) };
-        let filter = ChangeFilter::new(view);
-        let run = Run::new(repo, filter, &mut manifest, &mut info, &mut delta, base_segments);
+        let view = || -> Result<Option<View>> {
+            if chain.is_empty() {
+                return Ok(None);
+            }
+            repo.view(&chain).map(Some).map_err(|e| base_unreadable(&base, e))
+        };
+        let filter = ChangeFilter::new(view()?);
+        let base_extents = BaseExtents::new(view()?);
+        let run = Run::new(repo, filter, &mut manifest, &mut info, &mut delta, base_segments, base_extents);
         let outcome = run.run(&src, &usage, progress)?;
-        (bytes_read, bytes_reused) = (outcome.bytes_read, outcome.bytes_reused);
+        (bytes_read, bytes_reused, chunk_bytes_reused) =
+            (outcome.bytes_read, outcome.bytes_reused, outcome.chunk_bytes_reused);
         segments = outcome.segments;
         check_source_after_read(&src, &mut info)?;
     }
@@ -149,7 +159,7 @@ pub fn backup_outcome(
     manifest.finish(&info, &segments)?; // the commit point: from here on the image is stored
     crate::failpoint::hit!("manifest-before-catalog");
     let warnings = update_index(repo, &info, delta);
-    Ok(BackupOutcome { info, bytes_read, bytes_reused, warnings, regions })
+    Ok(BackupOutcome { info, bytes_read, bytes_reused, chunk_bytes_reused, warnings, regions })
 }
 
 /// The new image's info (kind, base, set, depth), its base and the base's chain.

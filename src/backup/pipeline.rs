@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::chunker::{split_regions, SegmentHasher};
+use super::chunker::{split_regions, Cut, SegmentHasher};
 use super::packer::{write_packs, Ack, Numbered};
 use super::source::Source;
 use crate::allocation::UsageMap;
@@ -20,7 +20,7 @@ use crate::crypto::Protection;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackId};
 use crate::index::{ChunkLookup, RefDelta, Txn};
-use crate::manifest::{ChangeFilter, Content, Extent, Fingerprint, ImageInfo, ManifestWriter};
+use crate::manifest::{ChangeFilter, Content, Extent, Fingerprint, ImageInfo, ManifestWriter, View};
 use crate::pack::{compress_frame, recycle_frame, Codec, PackBuilder, FRAME_TARGET, MAX_FRAME_LEN};
 use crate::progress::Progress;
 use crate::repository::Repository;
@@ -45,6 +45,8 @@ struct Segment {
     /// Its fingerprint equals the base's for this segment: not chunked, its extents are the
     /// base's (so none of them is a change).
     reused: bool,
+    /// Bytes of its chunks taken from the base without running the chunker (when not `reused`).
+    chunks_taken: u64,
 }
 
 /// Buffers are recycled: a fresh 16 MiB allocation costs thousands of page faults.
@@ -62,20 +64,63 @@ impl BufferPool {
 }
 
 /// Where one segment is: its offset and length, the ranges of it that hold data (to be read),
-/// and those the filesystem does not use (never read).
+/// those the filesystem does not use (never read), and the base image's extents there.
 struct SegmentSpec {
     offset: u64,
     len: usize,
     data: Vec<Range<u64>>,
     unused: Vec<Range<u64>>,
+    base: Vec<Extent>,
 }
 
 impl SegmentSpec {
-    fn of(src: &Source, usage: &UsageMap, offset: u64, end: u64) -> Result<SegmentSpec> {
+    fn of(src: &Source, usage: &UsageMap, base: &mut BaseExtents, offset: u64, end: u64) -> Result<SegmentSpec> {
         let mut unused = Vec::new();
         usage.unused_in(offset..end, &mut unused);
         let data = subtract(&src.data_ranges(offset, end)?, &unused);
-        Ok(SegmentSpec { offset, len: (end - offset) as usize, data, unused })
+        Ok(SegmentSpec { offset, len: (end - offset) as usize, data, unused, base: base.within(offset, end)? })
+    }
+}
+
+/// The base image's extents, read a second time beside the change filter's pass, handed out
+/// segment by segment: a segment that changed takes the base's chunks where its bytes did not
+/// (chunker.rs, `Cut`), instead of running the chunker over all of it.
+pub(super) struct BaseExtents {
+    view: Option<View>,
+    cur: Option<Extent>,
+}
+
+impl BaseExtents {
+    pub(super) fn new(view: Option<View>) -> Self {
+        BaseExtents { view, cur: None }
+    }
+
+    /// The extents that reach into `start .. end`; segments are asked for in disk order.
+    fn within(&mut self, start: u64, end: u64) -> Result<Vec<Extent>> {
+        let mut out = Vec::new();
+        let Some(view) = self.view.as_mut() else { return Ok(out) };
+        loop {
+            let e = match self.cur.take() {
+                Some(e) => e,
+                None => match view.next() {
+                    Some(e) => e?,
+                    None => break,
+                },
+            };
+            if e.end() <= start {
+                continue;
+            }
+            if e.offset >= end {
+                self.cur = Some(e);
+                break;
+            }
+            out.push(e);
+            if e.end() > end {
+                self.cur = Some(e);
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -131,11 +176,13 @@ fn read_segment(
     let index = (offset / p.segment_size as u64) as usize;
     let reused = base.get(index).is_some_and(|b| *b == fp);
     let mut extents = Vec::new();
+    let mut chunks_taken = 0;
     if !reused {
         extents.reserve(spec.len / p.avg_size as usize + 4);
-        split_regions(&buf, offset, &data, &unused, p, n, &mut extents);
+        let cut = Cut { params: p, naming: n, base: &spec.base };
+        chunks_taken = split_regions(&buf, offset, &data, &unused, &cut, &mut extents);
     }
-    Ok(Segment { buf, offset, extents, fingerprint: fp, reused })
+    Ok(Segment { buf, offset, extents, fingerprint: fp, reused, chunks_taken })
 }
 
 /// Sources are read in pieces of this size, each fingerprinted while it is in the L2 cache.
@@ -149,6 +196,8 @@ pub(super) struct RunOutcome {
     pub bytes_read: u64,
     /// Bytes of segments whose fingerprint matched the base's: read and hashed, not chunked.
     pub bytes_reused: u64,
+    /// Bytes of chunks in the other segments that were the base's: hashed, not chunked.
+    pub chunk_bytes_reused: u64,
     pub segments: Vec<Fingerprint>,
 }
 
@@ -177,8 +226,10 @@ pub(super) struct Run<'a> {
     pack_sizes: HashMap<PackId, Option<u64>>,
     /// The base image's segment fingerprints (empty for a full), and this image's.
     base_segments: Vec<Fingerprint>,
+    base_extents: BaseExtents,
     segments: Vec<Fingerprint>,
     bytes_reused: u64,
+    chunk_bytes_reused: u64,
     /// Held while usage counters are read and written back: references applied on one core
     /// while the other recharges re-stored chunks must not lose each other's update.
     counting: Arc<Mutex<()>>,
@@ -209,6 +260,7 @@ impl<'a> Run<'a> {
         info: &'a mut ImageInfo,
         refs: &'a mut RefDelta,
         base_segments: Vec<Fingerprint>,
+        base_extents: BaseExtents,
     ) -> Self {
         Run {
             repo,
@@ -225,8 +277,10 @@ impl<'a> Run<'a> {
             refs,
             pack_sizes: HashMap::new(),
             base_segments,
+            base_extents,
             segments: Vec::new(),
             bytes_reused: 0,
+            chunk_bytes_reused: 0,
             counting: Arc::new(Mutex::new(())),
         }
     }
@@ -252,7 +306,12 @@ impl<'a> Run<'a> {
             // for a writer that waits for packs.
             let piped = piped.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             let bytes_read = written.and(piped)?;
-            Ok(RunOutcome { bytes_read, bytes_reused: self.bytes_reused, segments: std::mem::take(&mut self.segments) })
+            Ok(RunOutcome {
+                bytes_read,
+                bytes_reused: self.bytes_reused,
+                chunk_bytes_reused: self.chunk_bytes_reused,
+                segments: std::mem::take(&mut self.segments),
+            })
         })
     }
 
@@ -266,14 +325,15 @@ impl<'a> Run<'a> {
         let window = (rayon::current_num_threads() * 2).max(2) as u64;
         let pool = BufferPool(Mutex::new(Vec::new()));
         let base = std::mem::take(&mut self.base_segments);
-        let read_window = |start: u64| -> Result<(Vec<Segment>, u64)> {
+        let mut base_extents = std::mem::replace(&mut self.base_extents, BaseExtents::new(None));
+        let mut read_window = |start: u64| -> Result<(Vec<Segment>, u64)> {
             let mut specs = Vec::new();
             for i in 0..window {
                 let off = start + i * seg;
                 if off >= size {
                     break;
                 }
-                specs.push(SegmentSpec::of(src, usage, off, (off + seg).min(size))?);
+                specs.push(SegmentSpec::of(src, usage, &mut base_extents, off, (off + seg).min(size))?);
             }
             let read: u64 = specs.iter().flat_map(|s| s.data.iter().map(|r| r.end - r.start)).sum();
             let segments: Result<Vec<Segment>> =
@@ -358,6 +418,7 @@ impl<'a> Run<'a> {
                 self.bytes_reused += s.buf.len() as u64;
                 continue;
             }
+            self.chunk_bytes_reused += s.chunks_taken;
             for e in &s.extents {
                 if e.is_unused() {
                     self.info.unused_bytes += e.len;
@@ -547,7 +608,8 @@ impl<'a> Run<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::subtract;
+    use super::{subtract, BaseExtents};
+    use crate::manifest::Extent;
 
     #[test]
     fn subtract_leaves_what_is_outside() {
@@ -556,5 +618,18 @@ mod tests {
         assert_eq!(subtract(&[0..10], &[0..10]), Vec::<std::ops::Range<u64>>::new());
         assert_eq!(subtract(&[0..10, 50..60], &[]), vec![0..10, 50..60]);
         assert_eq!(subtract(&[10..20], &[0..5, 25..30]), vec![10..20]);
+    }
+
+    #[test]
+    fn each_segment_gets_the_base_extents_that_reach_into_it() {
+        let e = |o: u64, l: u64| Extent::zero(o, l);
+        let view = vec![e(0, 10), e(10, 30), e(40, 5), e(45, 55)].into_iter().map(Ok);
+        let mut base = BaseExtents::new(Some(Box::new(view)));
+        assert_eq!(base.within(0, 20).unwrap(), vec![e(0, 10), e(10, 30)]);
+        assert_eq!(base.within(20, 40).unwrap(), vec![e(10, 30)]);
+        assert_eq!(base.within(40, 60).unwrap(), vec![e(40, 5), e(45, 55)]);
+        assert_eq!(base.within(60, 100).unwrap(), vec![e(45, 55)]);
+        assert_eq!(base.within(100, 120).unwrap(), vec![]);
+        assert_eq!(BaseExtents::new(None).within(0, 10).unwrap(), vec![]);
     }
 }

@@ -87,6 +87,7 @@ pub fn backup_json(o: &BackupOutcome) -> Result<serde_json::Value> {
     let mut v = serde_json::to_value(to_json(&o.info))?;
     v["bytes_read"] = o.bytes_read.into();
     v["bytes_reused"] = o.bytes_reused.into();
+    v["chunk_bytes_reused"] = o.chunk_bytes_reused.into();
     v["warnings"] = o.warnings.clone().into();
     v["regions"] = serde_json::to_value(&o.regions)?;
     Ok(v)
