@@ -2,12 +2,15 @@
 """Mostly unchanged disks, build against build: interleaved runs of a full of day 0 followed by
 incrementals of the next days and a re-read of the last day unchanged, medians per step.
 
-  days_vs.py WORKDIR STRATA [STRATA...] [--mib N] [--days D] [--runs R]
+  days_vs.py WORKDIR STRATA [STRATA...] [--mib N] [--days D] [--runs R] [--any-day]
 
 WORKDIR receives the reference workload (examples/workload.py: `build` for day 0, then `day N`
 on a copy of the day before), kept for reruns. Every run of every build backs the days up into a
 fresh, unencrypted repository under one source id, with the images in the page cache (read once
 before each run), as the end-to-end script measures them. Rates are over the whole disk.
+With --any-day the days are `workload.py any-day` instead (a run of new content and 4 KiB
+rewrites scattered over the whole disk, so nearly every 16 MiB segment changes); use another
+WORKDIR for them.
 """
 
 import argparse
@@ -31,7 +34,7 @@ def timed(cmd):
     return wall, after.children_user - before.children_user, after.children_system - before.children_system
 
 
-def images(work, mib, days):
+def images(work, mib, days, kind="day"):
     os.makedirs(work, exist_ok=True)
     out = []
     for d in range(days + 1):
@@ -43,7 +46,7 @@ def images(work, mib, days):
                 prev = out[-1]
                 shutil.copy(prev + ".files.json", img + ".files.json")
                 subprocess.run(["cp", "--sparse=always", prev, img], check=True)
-                subprocess.run([sys.executable, os.path.join(HERE, "workload.py"), "day", img, str(d)], check=True,
+                subprocess.run([sys.executable, os.path.join(HERE, "workload.py"), kind, img, str(d)], check=True,
                                stdout=subprocess.DEVNULL)
         out.append(img)
     return out
@@ -61,8 +64,9 @@ def main():
     ap.add_argument("--mib", type=int, default=2048)
     ap.add_argument("--days", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--any-day", action="store_true", help="scattered days (workload.py any-day)")
     a = ap.parse_args()
-    imgs = images(a.work, a.mib, a.days)
+    imgs = images(a.work, a.mib, a.days, "any-day" if a.any_day else "day")
     size = os.path.getsize(imgs[0])
     steps = ["full"] + [f"day {d}" for d in range(1, a.days + 1)] + ["unchanged"]
     times = {(b, s): [] for b in a.builds for s in steps}

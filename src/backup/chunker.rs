@@ -201,7 +201,9 @@ fn cdc(base: &mut Base, r: Range<usize>, out: &mut Vec<Extent>) {
             if is_zero(bytes) {
                 push_coalesced(out, Extent::zero(offset, c.length as u64));
             } else {
-                out.push(Extent::chunk(offset, c.length as u64, n.chunk_id(bytes)));
+                // A chunk the base also has here was hashed already if it was looked at.
+                let id = base.hashed(pos + c.offset, c.length).unwrap_or_else(|| n.chunk_id(bytes));
+                out.push(Extent::chunk(offset, c.length as u64, id));
             }
             let end = pos + c.offset + c.length;
             if end < r.end && base.starts_chunk(end) {
@@ -214,20 +216,21 @@ fn cdc(base: &mut Base, r: Range<usize>, out: &mut Vec<Extent>) {
 }
 
 /// The base image's extents of the segment being cut, and which of its chunks the segment
-/// still holds (each hashed at most once).
+/// still holds (the bytes at each hashed at most once).
 struct Base<'a> {
     cut: &'a Cut<'a>,
     buf: &'a [u8],
     seg_offset: u64,
-    /// Per base extent: `None` not looked at yet, then whether `buf` holds that whole chunk.
-    held: Vec<Option<bool>>,
+    /// Per base extent: `None` not looked at yet, then the hash of `buf`'s bytes where that
+    /// chunk lies (`Some(None)`: not a chunk, or not inside `buf`).
+    hashes: Vec<Option<Option<ChunkId>>>,
     /// Bytes of chunks taken from the base.
     taken: u64,
 }
 
 impl<'a> Base<'a> {
     fn new(cut: &'a Cut<'a>, buf: &'a [u8], seg_offset: u64) -> Self {
-        Base { cut, buf, seg_offset, held: vec![None; cut.base.len()], taken: 0 }
+        Base { cut, buf, seg_offset, hashes: vec![None; cut.base.len()], taken: 0 }
     }
 
     /// The index of the base extent that starts at `pos` of the segment.
@@ -239,26 +242,38 @@ impl<'a> Base<'a> {
         self.at(pos).is_some_and(|k| matches!(self.cut.base[k].content, Content::Chunk { .. }))
     }
 
+    /// The hash of `buf`'s bytes where base chunk `k` lies.
+    fn hash(&mut self, k: usize) -> Option<ChunkId> {
+        if let Some(known) = self.hashes[k] {
+            return known;
+        }
+        let e = &self.cut.base[k];
+        let hash = match e.content {
+            Content::Chunk { skip: 0, .. } => {
+                let start = e.offset.checked_sub(self.seg_offset).map(|s| s as usize);
+                start.and_then(|s| self.buf.get(s..s + e.len as usize)).map(|b| self.cut.naming.chunk_id(b))
+            }
+            _ => None,
+        };
+        self.hashes[k] = Some(hash);
+        hash
+    }
+
     /// Whether base extent `k` is a whole chunk whose bytes `buf` holds at the same place: its
     /// id is the hash of those bytes (a chunk the base's chain holds only in part does not hash
     /// to its id).
     fn holds(&mut self, k: usize) -> bool {
-        if let Some(known) = self.held[k] {
-            return known;
+        let Content::Chunk { id, .. } = self.cut.base[k].content else { return false };
+        self.hash(k) == Some(id)
+    }
+
+    /// The hash of `buf[pos .. pos + len]` if it was computed for the base chunk lying there.
+    fn hashed(&self, pos: usize, len: usize) -> Option<ChunkId> {
+        let k = self.at(pos)?;
+        if self.cut.base[k].len != len as u64 {
+            return None;
         }
-        let e = &self.cut.base[k];
-        let held = match e.content {
-            Content::Chunk { id, skip: 0 } => {
-                let start = e.offset.checked_sub(self.seg_offset).map(|s| s as usize);
-                match start.and_then(|s| self.buf.get(s..s + e.len as usize)) {
-                    Some(bytes) => self.cut.naming.chunk_id(bytes) == id,
-                    None => false,
-                }
-            }
-            _ => false,
-        };
-        self.held[k] = Some(held);
-        held
+        self.hashes[k].flatten()
     }
 
     /// The base chunk starting at `pos`, a point where the chunker (re)starts, if the chunker
