@@ -249,8 +249,8 @@ impl Error {
     }
 
     /// The same error again, for a request whose failure fails several reads: the kinds a
-    /// storage request gives (`Io` keeps its kind and message, `Remote` its fields), anything
-    /// else as `Internal` with its message.
+    /// storage request or a manifest read gives (`Io` keeps its kind and message, the others
+    /// their fields), anything else as `Internal` with its message.
     pub(crate) fn duplicate(&self) -> Error {
         match self {
             Error::Io { op, path, cause } => {
@@ -259,6 +259,11 @@ impl Error {
             Error::Remote { op, object, hint, detail } => {
                 Error::Remote { op, object: object.clone(), hint: hint.clone(), detail: detail.clone() }
             }
+            Error::CorruptManifest { image, reason } => {
+                Error::CorruptManifest { image: image.clone(), reason: reason.clone() }
+            }
+            Error::MissingManifest { image } => Error::MissingManifest { image: image.clone() },
+            Error::Decrypt { what } => Error::Decrypt { what: what.clone() },
             other => Error::Internal { reason: other.to_string() },
         }
     }

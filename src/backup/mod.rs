@@ -24,7 +24,7 @@ use crate::allocation::{self, Region, UsageMap};
 use crate::error::{Error, Result};
 use crate::id::ImageId;
 use crate::index::{Journal, RefDelta, Txn};
-use crate::manifest::{catalog, ChangeFilter, ImageInfo, Kind, ManifestWriter, View};
+use crate::manifest::{catalog, tee, ChangeFilter, ImageInfo, Kind, ManifestWriter};
 use crate::progress::Progress;
 use crate::repository::Repository;
 use pipeline::{BaseExtents, Run};
@@ -131,14 +131,12 @@ pub fn backup_outcome(
         let usage = if opts.all_blocks { UsageMap::every_block() } else { allocation::scan(&src)? };
         regions = usage.regions().to_vec();
         crate::failpoint::hit!("backup-read-start");
-        let view = || -> Result<Option<View>> {
-            if chain.is_empty() {
-                return Ok(None);
-            }
-            repo.view(&chain).map(Some).map_err(|e| base_unreadable(&base, e))
-        };
-        let filter = ChangeFilter::new(view()?);
-        let base_extents = BaseExtents::new(view()?);
+        let view =
+            if chain.is_empty() { None } else { Some(repo.view(&chain).map_err(|e| base_unreadable(&base, e))?) };
+        // The base's extents go to the change filter and, a window ahead, to the chunker.
+        let (filter_view, chunker_view) = view.map(tee).unzip();
+        let filter = ChangeFilter::new(filter_view);
+        let base_extents = BaseExtents::new(chunker_view);
         let run = Run::new(repo, filter, &mut manifest, &mut info, &mut delta, base_segments, base_extents);
         let outcome = run.run(&src, &usage, progress)?;
         (bytes_read, bytes_reused, chunk_bytes_reused) =

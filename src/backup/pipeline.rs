@@ -82,9 +82,10 @@ impl SegmentSpec {
     }
 }
 
-/// The base image's extents, read a second time beside the change filter's pass, handed out
-/// segment by segment: a segment that changed takes the base's chunks where its bytes did not
-/// (chunker.rs, `Cut`), instead of running the chunker over all of it.
+/// The base image's extents (the chunker's side of `manifest::tee`, a window ahead of the
+/// change filter's), handed out segment by segment: a segment that changed takes the base's
+/// chunks where its bytes did not (chunker.rs, `Cut`), instead of running the chunker over all
+/// of it.
 pub(super) struct BaseExtents {
     view: Option<View>,
     cur: Option<Extent>,

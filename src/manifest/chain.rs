@@ -1,6 +1,9 @@
 //! Chain resolution and change detection over sorted extent streams. Pure and streaming: memory
 //! stays constant whatever the disk size or chain length.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
 use super::extent::{Content, Extent};
 use crate::error::{Error, Result};
 
@@ -94,6 +97,43 @@ where
                 Some(Err(e))
             }
         }
+    }
+}
+
+/// One view read once by two readers, each at its own pace: what one reads first waits in the
+/// other's queue, so memory grows only with how far apart they are (a backup's readers are a
+/// window of segments apart). A read error goes to the reader that met it, and a copy of it to
+/// the other.
+pub fn tee(view: View) -> (View, View) {
+    let shared = Arc::new(Mutex::new(Tee { view, queues: [VecDeque::new(), VecDeque::new()] }));
+    (Box::new(TeeSide { shared: shared.clone(), side: 0 }), Box::new(TeeSide { shared, side: 1 }))
+}
+
+struct Tee {
+    view: View,
+    queues: [VecDeque<Result<Extent>>; 2],
+}
+
+struct TeeSide {
+    shared: Arc<Mutex<Tee>>,
+    side: usize,
+}
+
+impl Iterator for TeeSide {
+    type Item = Result<Extent>;
+
+    fn next(&mut self) -> Option<Result<Extent>> {
+        let mut t = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = t.queues[self.side].pop_front() {
+            return Some(e);
+        }
+        let e = t.view.next()?;
+        let copy = match &e {
+            Ok(x) => Ok(*x),
+            Err(err) => Err(err.duplicate()),
+        };
+        t.queues[1 - self.side].push_back(copy);
+        Some(e)
     }
 }
 
@@ -226,6 +266,21 @@ mod tests {
 
     fn ok(v: Vec<Extent>) -> impl Iterator<Item = Result<Extent>> {
         v.into_iter().map(Ok)
+    }
+
+    #[test]
+    fn both_sides_of_a_tee_read_the_whole_view_once_each() {
+        let v: Vec<Extent> = (0..10).map(|i| Extent::zero(i * 10, 10)).collect();
+        let (mut a, mut b) = tee(Box::new(ok(v.clone()).chain([Err(Error::MissingManifest { image: "x".into() })])));
+        let mut seen_a: Vec<Extent> = a.by_ref().take(7).map(|e| e.unwrap()).collect();
+        let seen_b: Vec<Extent> = b.by_ref().take(10).map(|e| e.unwrap()).collect();
+        seen_a.extend(a.by_ref().take(3).map(|e| e.unwrap()));
+        assert_eq!(seen_a, v);
+        assert_eq!(seen_b, v);
+        for side in [&mut a, &mut b] {
+            assert!(matches!(side.next(), Some(Err(Error::MissingManifest { .. }))), "the error reaches both");
+            assert!(side.next().is_none());
+        }
     }
 
     proptest! {

@@ -7,7 +7,7 @@ mod codec;
 pub mod extent;
 
 pub use catalog::DamagedImage;
-pub use chain::{ChangeFilter, Overlay, View};
+pub use chain::{tee, ChangeFilter, Overlay, View};
 pub use codec::open_manifest;
 pub use codec::Fingerprint;
 pub(crate) use codec::{read_fingerprints, read_info, ManifestWriter};
