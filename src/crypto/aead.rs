@@ -6,9 +6,9 @@
 //! ChaCha20-Poly1305 (its AVX-512 code where the CPU has it) is 1.4 to 1.8 times as fast here
 //! as ring's (2.9-3.9 against 2.0-2.1 GiB/s per core for 16 KiB to 1 MiB, measured back to back
 //! with `cargo bench --bench stages -- encryption`; RustCrypto's ran at half of ring's), and
-//! neither OpenSSL nor ring has XChaCha; `chacha20`'s `hchacha` supplies the extension. The
-//! bytes are the same: a test compares them with RustCrypto's on random inputs, and the
-//! envelope test pins a vector checked against other implementations.
+//! neither OpenSSL nor ring has XChaCha; `chacha20`'s `hchacha` supplies the extension. The bytes are the same: a
+//! test compares them with RustCrypto's on random inputs, and the envelope test pins a vector
+//! checked against other implementations.
 
 use chacha20::cipher::consts::U10;
 use openssl::cipher::Cipher;
