@@ -6,8 +6,10 @@
 //!
 //! Cuts IMAGE the way a backup does (16 MiB segments, zero runs, FastCDC with the default
 //! parameters), keeps each distinct chunk once, in disk order, then compresses them with zstd at
-//! each LEVEL (default 1 3 5): one frame per chunk (what format version 1 stores), and frames of
-//! 4, 16, 64 and 128 consecutive chunks. Prints stored bytes and single-threaded compression time.
+//! each LEVEL (default 1 3 5): one frame per chunk (what format version 1 stores), frames of 4,
+//! 16, 64 and 128 consecutive chunks, and frames of `FRAME_TARGET` bytes (1 MiB) and twice that
+//! (chunks added until a frame holds at least that many bytes, as a backup groups them). Prints
+//! stored bytes and single-threaded compression time.
 //! Used for the study in docs/BENCHMARKS.md; it reads the whole image into memory.
 
 use std::collections::HashSet;
@@ -17,6 +19,14 @@ use strata::backup::split_segment;
 use strata::config::ChunkerParams;
 use strata::crypto::Protection;
 use strata::manifest::Content;
+use strata::pack::FRAME_TARGET;
+
+/// How chunks are grouped into frames: a fixed number each, or until a frame holds this many bytes.
+#[derive(Clone, Copy, PartialEq)]
+enum Grouping {
+    Chunks(usize),
+    Bytes(usize),
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -47,22 +57,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("|---|---|---|---|---|");
     for level in levels {
         let mut single = 0usize;
-        for group in [1usize, 4, 16, 64, 128] {
+        let groupings = [1usize, 4, 16, 64, 128].map(Grouping::Chunks).into_iter();
+        for grouping in groupings.chain([Grouping::Bytes(FRAME_TARGET), Grouping::Bytes(2 * FRAME_TARGET)]) {
             let mut compressor = zstd::bulk::Compressor::new(level)?;
             let started = Instant::now();
             let mut stored = 0usize;
             let mut frame = Vec::new();
-            for g in chunks.chunks(group) {
-                frame.clear();
-                for &(offset, len) in g {
-                    frame.extend_from_slice(&data[offset..offset + len]);
+            let mut in_frame = 0;
+            for (i, &(offset, len)) in chunks.iter().enumerate() {
+                frame.extend_from_slice(&data[offset..offset + len]);
+                in_frame += 1;
+                let full = match grouping {
+                    Grouping::Chunks(n) => in_frame == n,
+                    Grouping::Bytes(n) => frame.len() >= n,
+                };
+                if full || i + 1 == chunks.len() {
+                    stored += compressor.compress(&frame)?.len().min(frame.len());
+                    frame.clear();
+                    in_frame = 0;
                 }
-                stored += compressor.compress(&frame)?.len().min(frame.len());
             }
             let seconds = started.elapsed().as_secs_f64();
-            if group == 1 {
+            if grouping == Grouping::Chunks(1) {
                 single = stored;
             }
+            let group = match grouping {
+                Grouping::Chunks(n) => n.to_string(),
+                Grouping::Bytes(n) => format!("{} MiB of them", n >> 20),
+            };
             println!(
                 "| {level} | {group} | {:.1} | {:+.1} % | {seconds:.2} |",
                 stored as f64 / 1e6,

@@ -8,6 +8,12 @@
                                        files written through ext4's own allocator (`debugfs -w`),
                                        and scattered 4 KiB page rewrites inside the database
                                        files; prints a JSON line with the 4 KiB blocks that changed
+  workload.py text IMAGE SIZE_MIB      make IMAGE: the text-heavy image of docs/BENCHMARKS.md, ext4
+                                       via `mkfs.ext4 -d` from this machine's C headers
+                                       (/usr/include), its documentation without the gzipped
+                                       files (/usr/share/doc) and its Python sources (*.py of
+                                       /usr/lib/python3*), up to 45 % of SIZE_MIB; compresses
+                                       about 6x with zstd
   workload.py any-day IMAGE N          the same kinds of change for any disk image (one this
                                        script did not build, any filesystem): a run of new file
                                        content (0.5 % of the disk) and scattered 4 KiB rewrites
@@ -102,6 +108,44 @@ def build(image, size_mib):
         run("mkfs.ext4", "-q", "-F", "-b", "4096", "-d", stage, image, f"{size_mib}M")
         with open(image + ".files.json", "w") as f:
             json.dump({"files": listing, "day": 0}, f)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# The text-heavy image: (directory, which files), in this order.
+TEXT_SOURCES = [
+    ("/usr/include", lambda name: True),
+    ("/usr/share/doc", lambda name: not name.endswith(".gz")),
+    ("/usr/lib/python3", lambda name: name.endswith(".py")),
+    ("/usr/lib/python3.11", lambda name: name.endswith(".py")),
+]
+
+
+def build_text(image, size_mib):
+    """Text files only (headers, documentation, Python sources), up to 45 % of the disk."""
+    limit, total = int((size_mib << 20) * 0.45), 0
+    stage = tempfile.mkdtemp(prefix="strata-text-")
+    try:
+        for root, wanted in TEXT_SOURCES:
+            if not os.path.isdir(root):
+                continue
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    p = os.path.join(dirpath, name)
+                    if not wanted(name) or not os.path.isfile(p) or os.path.islink(p):
+                        continue
+                    size = os.path.getsize(p)
+                    if total + size > limit:
+                        continue
+                    dest = os.path.join(stage, p.lstrip("/"))
+                    os.makedirs(os.path.dirname(dest), exist_ok=True)
+                    shutil.copy2(p, dest)
+                    total += size
+        if os.path.exists(image):
+            os.remove(image)
+        run("mkfs.ext4", "-q", "-F", "-b", "4096", "-d", stage, image, f"{size_mib}M")
+        print(json.dumps({"image": image, "text_bytes": total}))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -300,6 +344,8 @@ def main():
         sys.exit(0 if same(sys.argv[2], sys.argv[3]) else 1)
     if len(sys.argv) == 4 and sys.argv[1] == "build":
         build(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "text":
+        build_text(sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) == 4 and sys.argv[1] == "day":
         day(sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) == 4 and sys.argv[1] == "any-day":

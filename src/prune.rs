@@ -306,11 +306,11 @@ fn empty_pack(
     progress: &dyn Progress,
 ) -> Result<Emptied> {
     let mut out = Emptied { removed: 0, charged: Vec::new() };
-    let file = repo.backend().get(&pack.path())?;
+    let mut file = repo.backend().get(&pack.path())?;
     let entries = read_trailer(pack, repo.protection(), &file)?;
     let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
     let current = repo.index().locate(&ids)?;
-    let mut frames = FrameReader::new(&file, repo.protection(), *pack);
+    let mut frames = FrameReader::new(&mut file, repo.protection(), *pack);
     for (e, loc) in entries.iter().zip(current) {
         // The index may name another copy of the chunk: then this one is not the live one.
         if !loc.is_some_and(|l| l.is(pack, e)) {

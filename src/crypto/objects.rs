@@ -137,6 +137,12 @@ impl Backend for SealingBackend {
         Ok(out)
     }
 
+    fn get_into(&self, path: &str, buf: &mut Vec<u8>) -> Result<()> {
+        let Some(_) = Self::kind(path) else { return self.inner.get_into(path, buf) };
+        *buf = self.get(path)?;
+        Ok(())
+    }
+
     fn open(&self, path: &str) -> Result<Box<dyn Read + Send>> {
         let Some(kind) = Self::kind(path) else { return self.inner.open(path) };
         let stored = self.inner.size(path)?;

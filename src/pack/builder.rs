@@ -256,6 +256,56 @@ mod tests {
         assert!(read_trailer(&ppid, &keys, &pbytes).is_err());
     }
 
+    /// Check and prune read a whole encrypted pack with a `FrameReader`, which opens each frame
+    /// in place in their copy of the file, once: every chunk reads back in any order, the header
+    /// is left as it was, and an entry that names an opened frame under another shape (its
+    /// associated data would differ) is refused as opening it would refuse it.
+    #[test]
+    fn frame_reader_opens_encrypted_frames_in_place_once() {
+        let keys = Protection::keyed(MasterKey::generate().unwrap().keys());
+        let chunks: Vec<Vec<u8>> =
+            (0..6u8).map(|i| format!("chunk {i} of a frame ").repeat(150 + i as usize).into_bytes()).collect();
+        let ids: Vec<ChunkId> = chunks.iter().map(|c| keys.chunk_id(c)).collect();
+        let mut b = PackBuilder::with_buffer(Vec::new(), keys.clone());
+        for group in [0..3, 3..4, 4..6] {
+            let frame: Vec<(ChunkId, &[u8])> = group.clone().map(|i| (ids[i], chunks[i].as_slice())).collect();
+            let (codec, stored) = crate::pack::compress_frame(&frame, 3).unwrap();
+            let lens: Vec<(ChunkId, u32)> = frame.iter().map(|(id, c)| (*id, c.len() as u32)).collect();
+            b.add_frame(codec, &stored, &lens).unwrap();
+        }
+        let (pid, bytes, entries) = b.finish().unwrap();
+        let header = bytes[..entries[0].slot.offset as usize].to_vec();
+        // Trailer order, then back to the first frame after the others were opened.
+        let mut file = bytes.clone();
+        let mut frames = crate::pack::FrameReader::new(&mut file, &keys, pid);
+        for i in [0, 1, 2, 3, 4, 5, 1, 0, 5] {
+            assert_eq!(frames.chunk(&entries[i]).unwrap(), chunks[i].as_slice(), "chunk {i}");
+        }
+        assert_eq!(
+            frames.frame_bytes,
+            entries[0].slot.stored_len as u64 * 2
+                + entries[4].slot.stored_len as u64 * 2
+                + entries[3].slot.stored_len as u64
+        );
+        let mut forged = entries[1];
+        forged.slot.frame_raw += 1;
+        let mut other = entries[3];
+        other.slot.codec = Codec::Raw;
+        assert!(matches!(frames.chunk(&forged), Err(ChunkError::Sealed)), "an opened frame under another shape");
+        assert!(matches!(frames.chunk(&other), Err(ChunkError::Sealed)));
+        assert!(frames.chunk(&entries[3]).is_ok(), "the frame itself still reads");
+        assert_eq!(&file[..header.len()], header.as_slice(), "the header is not touched");
+        assert_ne!(file, bytes, "the frames were opened in the caller's copy, not in another");
+        // A damaged frame: its chunks are refused every time they are asked for, the others read.
+        let mut damaged = bytes.clone();
+        damaged[entries[3].slot.offset as usize + 30] ^= 1;
+        let mut frames = crate::pack::FrameReader::new(&mut damaged, &keys, pid);
+        for i in [3, 0, 3, 5] {
+            let got = frames.chunk(&entries[i]);
+            assert_eq!(got.is_err(), i == 3, "chunk {i}");
+        }
+    }
+
     #[test]
     fn truncated_pack_is_reported() {
         let mut b = PackBuilder::new();

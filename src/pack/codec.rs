@@ -1,6 +1,8 @@
 //! How one chunk is stored inside a pack: zstd-compressed, or raw when compression does not help.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ops::Range;
 
 use super::{frame_name, PackEntry, Slot};
 use crate::crypto::{ObjectKind, Protection};
@@ -167,39 +169,46 @@ pub fn chunk_of_frame<'f>(
 }
 
 /// Reads the chunks of a whole pack file in trailer order, decoding each frame once however
-/// many of its chunks follow one another (check, prune).
+/// many of its chunks follow one another (check, prune). An encrypted frame is opened in place
+/// in the caller's copy of the pack (which is why it is lent mutably): no second copy of the
+/// stored bytes. The file's bytes outside the frames (header, trailer) are left as they were.
 pub struct FrameReader<'a> {
-    file: &'a [u8],
+    file: &'a mut [u8],
     naming: &'a Protection,
     pack: PackId,
-    /// An encrypted frame opened in place (a copy: `file` is not ours to change).
-    opened: Vec<u8>,
-    /// The frame decoded last: its offset and its bytes, or why it does not decode.
-    last: Option<(u64, std::result::Result<Vec<u8>, ChunkError>)>,
+    /// The encrypted frames opened so far, by offset: the shape they were opened as and where
+    /// their plaintext now lies in `file`, or why they did not open (their bytes are then
+    /// undefined). A frame is opened once; a second entry at the same offset with another
+    /// shape gets what opening it under that shape would have given: refused.
+    opened: HashMap<u64, (FrameShape, Result<Range<usize>, ChunkError>)>,
+    /// The frame decoded last: its offset and shape, and its bytes or why it does not decode.
+    last: Option<((u64, FrameShape), std::result::Result<Vec<u8>, ChunkError>)>,
     /// Stored bytes of the frames decoded so far.
     pub frame_bytes: u64,
 }
 
+/// What an encrypted frame is opened as (its associated data names the offset, codec and
+/// decoded length; the stored length places its tag).
+type FrameShape = (u32, Codec, u32);
+
 impl<'a> FrameReader<'a> {
     /// `file` is the whole pack, whose trailer has been checked (`read_trailer`), so every
-    /// entry's frame lies inside it.
-    pub fn new(file: &'a [u8], naming: &'a Protection, pack: PackId) -> Self {
-        FrameReader { file, naming, pack, opened: Vec::new(), last: None, frame_bytes: 0 }
+    /// entry's frame lies inside it. Encrypted frames are opened in it, in place.
+    pub fn new(file: &'a mut [u8], naming: &'a Protection, pack: PackId) -> Self {
+        FrameReader { file, naming, pack, opened: HashMap::new(), last: None, frame_bytes: 0 }
     }
 
     /// The chunk `e` names, checked against its id.
     pub fn chunk(&mut self, e: &PackEntry) -> std::result::Result<&[u8], ChunkError> {
-        if self.last.as_ref().is_none_or(|(at, _)| *at != e.slot.offset) {
-            let stored = &self.file[e.slot.offset as usize..(e.slot.offset + e.slot.stored_len as u64) as usize];
+        let frame = (e.slot.offset, (e.slot.stored_len, e.slot.codec, e.slot.frame_raw));
+        if self.last.as_ref().is_none_or(|(last, _)| *last != frame) {
+            let at = e.slot.offset as usize..(e.slot.offset + e.slot.stored_len as u64) as usize;
             let decoded = if self.naming.is_encrypted() {
-                self.opened.clear();
-                self.opened.extend_from_slice(stored);
-                unseal_frame(self.naming, &self.pack, &e.slot, &mut self.opened)
-                    .and_then(|plain| decode_frame(e.slot.codec, plain, e.slot.frame_raw))
+                self.open(&e.slot, at).and_then(|plain| decode_frame(e.slot.codec, &self.file[plain], e.slot.frame_raw))
             } else {
-                decode_frame(e.slot.codec, stored, e.slot.frame_raw)
+                decode_frame(e.slot.codec, &self.file[at], e.slot.frame_raw)
             };
-            self.last = Some((e.slot.offset, decoded));
+            self.last = Some((frame, decoded));
             self.frame_bytes += e.slot.stored_len as u64;
         }
         match self.last.as_ref().map(|(_, f)| f) {
@@ -207,6 +216,18 @@ impl<'a> FrameReader<'a> {
             Some(Err(why)) => Err(why.clone()),
             None => Err(ChunkError::Decompress("no frame".into())),
         }
+    }
+
+    /// Opens the encrypted frame at `at` (once) and returns where its plaintext lies in the file.
+    fn open(&mut self, slot: &Slot, at: Range<usize>) -> Result<Range<usize>, ChunkError> {
+        let shape: FrameShape = (slot.stored_len, slot.codec, slot.frame_raw);
+        if let Some((opened_as, plain)) = self.opened.get(&slot.offset) {
+            return if *opened_as == shape { plain.clone() } else { Err(ChunkError::Sealed) };
+        }
+        let start = at.start + crate::crypto::NONCE_LEN;
+        let plain = unseal_frame(self.naming, &self.pack, slot, &mut self.file[at]).map(|p| start..start + p.len());
+        self.opened.insert(slot.offset, (shape, plain.clone()));
+        plain
     }
 }
 

@@ -275,6 +275,13 @@ impl Backend for LocalDir {
         fs::read(&full).map_err(|e| Error::io("read", &full, e))
     }
 
+    fn get_into(&self, path: &str, buf: &mut Vec<u8>) -> Result<()> {
+        let full = self.full(path);
+        buf.clear();
+        File::open(&full).and_then(|mut f| f.read_to_end(buf)).map_err(|e| Error::io("read", &full, e))?;
+        Ok(())
+    }
+
     fn open(&self, path: &str) -> Result<Box<dyn Read + Send>> {
         let full = self.full(path);
         let f = File::open(&full).map_err(|e| Error::io("open", &full, e))?;

@@ -28,6 +28,13 @@ pub trait Backend: Send + Sync {
     /// Begins a streamed object, invisible under `path` until it is committed.
     fn create(&self, path: &str) -> Result<Box<dyn ObjectWriter>>;
     fn get(&self, path: &str) -> Result<Vec<u8>>;
+    /// `get` into `buf`, replacing what it held: a command that reads many whole objects one
+    /// after another (`check` reading packs) keeps one buffer, whose pages are already touched,
+    /// instead of faulting in fresh memory for every object.
+    fn get_into(&self, path: &str, buf: &mut Vec<u8>) -> Result<()> {
+        *buf = self.get(path)?;
+        Ok(())
+    }
     fn open(&self, path: &str) -> Result<Box<dyn Read + Send>>;
     /// Reads exactly `len` bytes at `offset`; fewer bytes is an error.
     fn read_at(&self, path: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
