@@ -182,7 +182,7 @@ pub struct FrameReader<'a> {
     /// shape gets what opening it under that shape would have given: refused.
     opened: HashMap<u64, (FrameShape, Result<Range<usize>, ChunkError>)>,
     /// The frame decoded last: its offset and shape, and its bytes or why it does not decode.
-    last: Option<((u64, FrameShape), std::result::Result<Vec<u8>, ChunkError>)>,
+    last: Option<((u64, FrameShape), DecodedFrame)>,
     /// Stored bytes of the frames decoded so far.
     pub frame_bytes: u64,
 }
@@ -190,6 +190,9 @@ pub struct FrameReader<'a> {
 /// What an encrypted frame is opened as (its associated data names the offset, codec and
 /// decoded length; the stored length places its tag).
 type FrameShape = (u32, Codec, u32);
+
+/// A frame's decoded bytes, or why it does not decode.
+type DecodedFrame = std::result::Result<Vec<u8>, ChunkError>;
 
 impl<'a> FrameReader<'a> {
     /// `file` is the whole pack, whose trailer has been checked (`read_trailer`), so every
