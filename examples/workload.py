@@ -57,25 +57,30 @@ def run(*cmd, **kw):
     return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
-def real_files(limit_bytes, rng=None, skip=()):
-    """Regular files from SOURCES, in a stable order (or shuffled with rng), up to limit_bytes."""
-    picked, total = [], 0
-    for root in SOURCES:
+def regular_files(roots):
+    """(path, size) of the regular files under each (root, wanted) of roots whose name is wanted,
+    in a stable order (directories and names sorted); missing roots are skipped."""
+    for root, wanted in roots:
         if not os.path.isdir(root):
             continue
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(filenames):
                 p = os.path.join(dirpath, name)
-                if p in skip or not os.path.isfile(p) or os.path.islink(p):
-                    continue
-                size = os.path.getsize(p)
-                if size == 0 or size > 256 << 20:
-                    continue
-                if total + size > limit_bytes:
-                    return picked
-                picked.append(p)
-                total += size
+                if wanted(name) and os.path.isfile(p) and not os.path.islink(p):
+                    yield p, os.path.getsize(p)
+
+
+def real_files(limit_bytes, rng=None, skip=()):
+    """Regular files from SOURCES, in a stable order (or shuffled with rng), up to limit_bytes."""
+    picked, total = [], 0
+    for p, size in regular_files((root, lambda name: True) for root in SOURCES):
+        if p in skip or size == 0 or size > 256 << 20:
+            continue
+        if total + size > limit_bytes:
+            return picked
+        picked.append(p)
+        total += size
     return picked
 
 
@@ -126,22 +131,13 @@ def build_text(image, size_mib):
     limit, total = int((size_mib << 20) * 0.45), 0
     stage = tempfile.mkdtemp(prefix="strata-text-")
     try:
-        for root, wanted in TEXT_SOURCES:
-            if not os.path.isdir(root):
+        for p, size in regular_files(TEXT_SOURCES):
+            if total + size > limit:
                 continue
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    p = os.path.join(dirpath, name)
-                    if not wanted(name) or not os.path.isfile(p) or os.path.islink(p):
-                        continue
-                    size = os.path.getsize(p)
-                    if total + size > limit:
-                        continue
-                    dest = os.path.join(stage, p.lstrip("/"))
-                    os.makedirs(os.path.dirname(dest), exist_ok=True)
-                    shutil.copy2(p, dest)
-                    total += size
+            dest = os.path.join(stage, p.lstrip("/"))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copy2(p, dest)
+            total += size
         if os.path.exists(image):
             os.remove(image)
         run("mkfs.ext4", "-q", "-F", "-b", "4096", "-d", stage, image, f"{size_mib}M")
