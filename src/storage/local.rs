@@ -271,8 +271,9 @@ impl Backend for LocalDir {
     }
 
     fn get(&self, path: &str) -> Result<Vec<u8>> {
-        let full = self.full(path);
-        fs::read(&full).map_err(|e| Error::io("read", &full, e))
+        let mut buf = Vec::new();
+        self.get_into(path, &mut buf)?;
+        Ok(buf)
     }
 
     fn get_into(&self, path: &str, buf: &mut Vec<u8>) -> Result<()> {
