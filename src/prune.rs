@@ -261,8 +261,12 @@ pub fn execute(repo: &Repository, plan: &PrunePlan, progress: &dyn Progress) -> 
     let mut repacker = Repacker::new(repo);
     let mut old_charge: HashMap<ChunkId, u64> = HashMap::new();
     let dead: HashSet<ChunkId> = repo.index().counters().dead_chunks()?.into_iter().collect();
+    // One buffer for every pack read, so each is read into memory already touched.
+    let mut file = Vec::new();
     for (pack, (action, _)) in &plan.packs {
-        let moved = empty_pack(repo, pack, *action == PackAction::Repack, &dead, &mut txn, &mut repacker, progress)?;
+        let repack = *action == PackAction::Repack;
+        let moved = empty_pack(repo, pack, repack, &dead, &mut file, &mut txn, &mut repacker)?;
+        progress.advance(moved.charged.iter().map(|(_, charge)| charge).sum());
         report.chunks_removed += moved.removed;
         old_charge.extend(moved.charged);
         match action {
@@ -295,22 +299,23 @@ struct Emptied {
 }
 
 /// Removes the dead chunks of `pack` from the index (in `txn`) and, when it is repacked, hands
-/// its live chunks (verified: damage is never copied forward) to the repacker.
+/// its live chunks (verified: damage is never copied forward) to the repacker. `file` is the
+/// buffer the pack is read into.
 fn empty_pack(
     repo: &Repository,
     pack: &PackId,
     repack: bool,
     dead: &HashSet<ChunkId>,
+    file: &mut Vec<u8>,
     txn: &mut Txn,
     repacker: &mut Repacker,
-    progress: &dyn Progress,
 ) -> Result<Emptied> {
     let mut out = Emptied { removed: 0, charged: Vec::new() };
-    let mut file = repo.backend().get(&pack.path())?;
-    let entries = read_trailer(pack, repo.protection(), &file)?;
+    repo.backend().get_into(&pack.path(), file)?;
+    let entries = read_trailer(pack, repo.protection(), file)?;
     let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
     let current = repo.index().locate(&ids)?;
-    let mut frames = FrameReader::new(&mut file, repo.protection(), *pack);
+    let mut frames = FrameReader::new(file, repo.protection(), *pack);
     for (e, loc) in entries.iter().zip(current) {
         // The index may name another copy of the chunk: then this one is not the live one.
         if !loc.is_some_and(|l| l.is(pack, e)) {
@@ -326,7 +331,6 @@ fn empty_pack(
                 reason: err.to_string(),
             };
             let raw = frames.chunk(e).map_err(corrupt)?.to_vec();
-            progress.advance(e.charged());
             out.charged.push((e.id, e.charged()));
             repacker.push(e.id, raw)?;
         }
