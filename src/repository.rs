@@ -211,7 +211,7 @@ impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
             chunker: Default::default(),
-            compression_level: 3,
+            compression_level: crate::config::DEFAULT_COMPRESSION_LEVEL,
             pack_target_size: 32 * 1024 * 1024,
             max_chain_depth: crate::config::DEFAULT_MAX_CHAIN_DEPTH,
             encryption: Encryption::None,

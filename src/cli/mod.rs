@@ -79,8 +79,9 @@ enum Command {
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(4..=2048),
               conflicts_with = "copy_keys_from")]
         avg_chunk_kib: u32,
-        /// zstd level for chunk data
-        #[arg(long, default_value_t = 3)]
+        /// zstd level for chunk data, 1 (fastest) to 22 (smallest); fixed for the repository
+        #[arg(long, default_value_t = strata::config::DEFAULT_COMPRESSION_LEVEL,
+              value_parser = clap::value_parser!(i32).range(1..=22))]
         compression_level: i32,
     },
     /// The passwords of an encrypted repository: list, add, remove, passwd
