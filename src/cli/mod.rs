@@ -80,8 +80,7 @@ enum Command {
               conflicts_with = "copy_keys_from")]
         avg_chunk_kib: u32,
         /// zstd level for chunk data, 1 (fastest) to 22 (smallest); fixed for the repository
-        #[arg(long, default_value_t = strata::config::DEFAULT_COMPRESSION_LEVEL,
-              value_parser = clap::value_parser!(i32).range(1..=22))]
+        #[arg(long, default_value_t = strata::config::DEFAULT_COMPRESSION_LEVEL)]
         compression_level: i32,
     },
     /// The passwords of an encrypted repository: list, add, remove, passwd
