@@ -93,7 +93,7 @@ pub enum Error {
     Io { op: &'static str, path: PathBuf, cause: io::Error },
 
     #[error(
-        "no space left on the device holding {path}; free space and run the backup again (the repository is unchanged)"
+        "no space left on the device holding {path}; free space there and run the command again (what the repository held before the command is intact)"
     )]
     NoSpace { path: PathBuf },
 

@@ -146,6 +146,37 @@ fn a_full_disk_fails_the_backup_cleanly_and_the_repository_keeps_working() {
     assert!(repo.restore_bytes(&first) == small.bytes);
 }
 
+/// A restore that fills its target's filesystem fails with a clear error and takes its
+/// temporary file with it; the file it was to replace keeps its bytes.
+#[test]
+fn a_full_disk_fails_the_restore_cleanly_and_leaves_the_old_target_alone() {
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(mount) = Mount::tmpfs(&scratch.path().join("fs"), "16m") else {
+        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let repo = TestRepo::small();
+    let src = repo.file("disk.img");
+    let disk = Disk::new(33, 24 * MIB).random(0..24 * MIB);
+    disk.write_to(&src);
+    let image = repo.backup(&src, KindRequest::Full);
+
+    let target = mount.dir.join("old.img");
+    std::fs::write(&target, vec![0x55; MIB]).unwrap();
+    let out = repo.cli(&["restore", &image.id.to_string(), target.to_str().unwrap()]);
+    assert_clean_failure(&out, "no space left");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("restore") && !stderr.contains("backup again"), "{stderr}");
+    assert!(std::fs::read(&target).unwrap() == vec![0x55; MIB], "the old target was changed");
+    let left: Vec<_> = std::fs::read_dir(&mount.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("old.img")], "the temporary file was left behind");
+
+    // With space again, the same restore succeeds.
+    assert!(mount.resize("64m"), "remount failed");
+    repo.try_restore(&image.id.to_string(), &target).unwrap();
+    assert!(std::fs::read(&target).unwrap() == disk.bytes);
+}
+
 /// A 10 KB backup once failed with "no space left" on a filesystem with 83 MB free: RocksDB
 /// preallocated 70 MiB for its log, and the margin before each pack was 16 MiB on top. The
 /// margin now follows what the backup can need.

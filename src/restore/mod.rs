@@ -108,26 +108,30 @@ pub fn restore_with(
     let size = reader.map().size();
     preflight(&reader, opts.partial, is_device)?;
     let (out, temp) = open_target(target, size, opts.force)?;
-    match (write_all(&reader, &out, target, opts, progress), temp) {
-        (Ok(damaged), temp) => {
-            out.file().sync_all().map_err(|e| Error::io("fsync", target, e))?;
-            if let Some(temp) = temp {
-                crate::failpoint::hit!("restore-before-rename");
-                std::fs::rename(&temp, target).map_err(|e| Error::io("rename", &temp, e))?;
-                crate::storage::sync_dir(
-                    target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
-                )?;
-            }
-            progress.end();
-            let data = data_bytes(&reader);
-            Ok(report(&reader, if is_device { size } else { data }, damaged, started))
+    let finished = write_all(&reader, &out, target, opts, progress).and_then(|damaged| {
+        out.file().sync_all().map_err(|e| Error::io("fsync", target, e))?;
+        if let Some(temp) = &temp {
+            crate::failpoint::hit!("restore-before-rename");
+            std::fs::rename(temp, target).map_err(|e| Error::io("rename", temp, e))?;
         }
+        Ok(damaged)
+    });
+    let damaged = match (finished, &temp) {
+        (Ok(damaged), _) => damaged,
+        // Whatever failed, the target keeps what it held before: the temporary file goes (a
+        // full disk must not stay full of a half-restored image).
         (Err(e), Some(temp)) => {
-            let _ = std::fs::remove_file(&temp);
-            Err(e)
+            let _ = std::fs::remove_file(temp);
+            return Err(e);
         }
-        (Err(e), None) => Err(e),
+        (Err(e), None) => return Err(e),
+    };
+    if temp.is_some() {
+        crate::storage::sync_dir(target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     }
+    progress.end();
+    let data = data_bytes(&reader);
+    Ok(report(&reader, if is_device { size } else { data }, damaged, started))
 }
 
 /// A reader of `image`, or of its partition `partition` as a disk of its own.
