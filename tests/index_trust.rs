@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{assert_clean_failure, assert_intact, TestRepo};
+use common::{assert_clean_failure, assert_intact, strata_cmd, TestRepo};
 use strata::id::ImageId;
 use strata::index::Txn;
 use strata::progress::Silent;
@@ -31,9 +31,22 @@ fn stderr(out: &std::process::Output) -> String {
 /// damaged record and drops the rest; the index that is left must be refused, not trusted.
 #[test]
 fn a_damaged_index_log_makes_prune_refuse_instead_of_deleting_live_packs() {
-    let (repo, bytes) = history(1);
-    // After a rebuild every record of the index sits in its write-ahead log.
-    assert!(repo.cli(&["rebuild-index"]).status.success());
+    let (repo, mut bytes) = history(1);
+    // A writer killed before its index was flushed leaves its records in the write-ahead log:
+    // here a full (published; then killed as it closed the index).
+    let src = repo.file("disk.img");
+    let out = strata_cmd()
+        .arg("-r")
+        .arg(&repo.path)
+        .args(["backup", "--kind", "full"])
+        .arg(&src)
+        .env("STRATA_FAILPOINT", "index-before-flush")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the backup was not killed");
+    let killed = repo.images().last().unwrap().id;
+    assert!(!bytes.contains_key(&killed));
+    bytes.insert(killed, std::fs::read(&src).unwrap());
     let log = repo
         .files_in("index")
         .into_iter()

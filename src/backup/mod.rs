@@ -29,9 +29,6 @@ use crate::progress::Progress;
 use crate::repository::Repository;
 use pipeline::{BaseExtents, Run};
 
-/// Free space needed before the index's memtable is flushed at the end of a backup.
-const FLUSH_HEADROOM: u64 = 256 * 1024 * 1024;
-
 /// A file changed this close to the backup's start is read again by the next backup.
 const RACY_WINDOW_NS: i128 = 1_000_000_000;
 
@@ -244,13 +241,6 @@ fn update_index(repo: &Repository, info: &ImageInfo, delta: RefDelta) -> Vec<Str
         warnings.push(format!(
             "the image is stored, but bringing the index up to date after it failed ({e}); the next backup, forget or prune completes it"
         ));
-    }
-    // Writing the index's log out as a compressed table file only saves space (the log holds
-    // the same records uncompressed), so it is skipped when space is short (Debian's librocksdb
-    // aborts on some write errors) and its failure is not the backup's: the log stays and is
-    // replayed at the next open.
-    if repo.backend().available().is_none_or(|free| free > FLUSH_HEADROOM) {
-        let _ = repo.index().flush();
     }
     warnings
 }

@@ -70,12 +70,6 @@ impl Index {
         self.db.commit(txn.batch, !txn.provisional)
     }
 
-    /// Writes the memtable to a (compressed) table file so that the write-ahead log, which holds
-    /// the same records uncompressed, can go. Everything was already durable through the WAL.
-    pub fn flush(&self) -> Result<()> {
-        self.db.flush()
-    }
-
     /// True when the index was finished by `init` or `rebuild-index` and has this version.
     pub(crate) fn is_complete(&self) -> Result<bool> {
         let version = self.db.get(keys::VERSION)?;

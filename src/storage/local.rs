@@ -92,6 +92,18 @@ impl LocalDir {
     }
 }
 
+/// Free space for an unprivileged writer on the filesystem holding `path` (`None`: unknown).
+pub(crate) fn free_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// fsync of the directory makes a rename inside it durable (restic #3436).
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync directory", dir, e))
@@ -314,14 +326,7 @@ impl Backend for LocalDir {
     }
 
     fn available(&self) -> Option<u64> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(self.root.as_os_str().as_bytes()).ok()?;
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid NUL-terminated path and a zeroed out-parameter of the right type.
-        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-            return None;
-        }
-        Some(st.f_bavail as u64 * st.f_frsize as u64)
+        free_space(&self.root)
     }
 
     fn temporaries(&self) -> Result<Vec<(String, u64)>> {

@@ -13,8 +13,8 @@ pub mod remote_lock;
 pub mod s3;
 pub(crate) mod site;
 
-pub(crate) use local::sync_dir;
 pub use local::LocalDir;
+pub(crate) use local::{free_space, sync_dir};
 
 use std::io::{Read, Write};
 
