@@ -1,7 +1,6 @@
 //! Restore: an image's bytes, through the image reader, written to a file (zero runs stay holes)
 //! or a block device, verifying every chunk against its id. Everything that can be checked
-//! without reading chunk data is checked before the first byte is written to a device, and
-//! beside the writing pass for a file (whose temporary copy replaces it only at the end).
+//! without reading chunk data is checked before the first byte is written.
 
 mod delta;
 mod target;
@@ -9,7 +8,6 @@ mod target;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -108,21 +106,9 @@ pub fn restore_with(
     }
     let reader = open_reader(repo, image, opts.partition)?;
     let size = reader.map().size();
-    // A device is written in place: everything is checked first. A file is written under a
-    // temporary name that replaces it only once everything was written and verified, so its
-    // preflight runs beside the writing pass, in the cores' idle moments, and stops it on
-    // what it finds (before, 0.1 s of lookups on both cores came before the first write).
-    let beside = !is_device && !opts.partial;
-    if !beside {
-        preflight(&reader, opts.partial, is_device)?;
-    }
+    preflight(&reader, opts.partial, is_device)?;
     let (out, temp) = open_target(target, size, opts.force)?;
-    let written = if beside {
-        write_checked(&reader, &out, target, opts, progress)
-    } else {
-        write_all(&reader, &out, target, opts, progress, &AtomicBool::new(false))
-    };
-    let finished = written.and_then(|damaged| {
+    let finished = write_all(&reader, &out, target, opts, progress).and_then(|damaged| {
         out.file().sync_all().map_err(|e| Error::io("fsync", target, e))?;
         if let Some(temp) = &temp {
             crate::failpoint::hit!("restore-before-rename");
@@ -222,62 +208,21 @@ fn preflight(reader: &ImageReader, partial: bool, read_data: bool) -> Result<()>
     // Batches in parallel: index lookups are most of a restore's time before its first write.
     let pack_sizes: std::sync::Mutex<HashMap<PackId, u64>> = Default::default();
     let all: Vec<&[Piece]> = batches(reader.map().pieces(), BATCH).collect();
-    all.par_iter().try_for_each(|batch| preflight_batch(reader, batch, read_data, &pack_sizes))
-}
-
-/// `preflight` of one batch.
-fn preflight_batch(
-    reader: &ImageReader,
-    batch: &[Piece],
-    read_data: bool,
-    pack_sizes: &std::sync::Mutex<HashMap<PackId, u64>>,
-) -> Result<()> {
-    let ids: Vec<_> = batch.iter().map(|p| p.id).collect();
-    for (p, loc) in batch.iter().zip(reader.index().locate(&ids)?) {
-        if let Err(err) = chunk_present(reader, p, loc, pack_sizes) {
-            if reader.copies().intact(reader.backend(), reader.protection(), &p.id, loc.as_ref())?.is_none() {
-                return Err(err);
-            }
-        }
-    }
-    if read_data {
-        for data in reader.fetch(batch)? {
-            data?;
-        }
-    }
-    Ok(())
-}
-
-/// The writing pass with the preflight (without reading data) beside it on a thread of its own,
-/// batch after batch: what the preflight finds stops the writing pass at its next batch and is
-/// the error returned, so a damaged repository is still reported early (in its first tenth of a
-/// second or so), and the caller removes the temporary file.
-fn write_checked(
-    reader: &ImageReader,
-    out: &Target,
-    target: &Path,
-    opts: &RestoreOptions,
-    progress: &dyn Progress,
-) -> Result<Vec<DamagedRange>> {
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let checker = s.spawn(|| {
-            let pack_sizes = Default::default();
-            // To the end even when the writing pass failed: what it found is reported as the
-            // preflight before the writing pass reported it (which of the two reaches a damaged
-            // chunk first is a race; the error must not be).
-            for batch in batches(reader.map().pieces(), BATCH) {
-                if let Err(e) = preflight_batch(reader, batch, false, &pack_sizes) {
-                    stop.store(true, Ordering::Relaxed);
-                    return Err(e);
+    all.par_iter().try_for_each(|batch| {
+        let ids: Vec<_> = batch.iter().map(|p| p.id).collect();
+        for (p, loc) in batch.iter().zip(reader.index().locate(&ids)?) {
+            if let Err(err) = chunk_present(reader, p, loc, &pack_sizes) {
+                if reader.copies().intact(reader.backend(), reader.protection(), &p.id, loc.as_ref())?.is_none() {
+                    return Err(err);
                 }
             }
-            Ok(())
-        });
-        let written = write_all(reader, out, target, opts, progress, &stop);
-        let checked = checker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        // The preflight's error first: the writing pass may have stopped because of it.
-        checked.and(written)
+        }
+        if read_data {
+            for data in reader.fetch(batch)? {
+                data?;
+            }
+        }
+        Ok(())
     })
 }
 
@@ -328,14 +273,12 @@ struct Decoded<'m> {
 /// `SETTLE_LAG` batches later: settled after the next one, the writer spent as long waiting for
 /// the disk as writing. Its buffer goes back to the decoding side, so the same few buffers carry
 /// the whole disk (fresh memory is slow to touch). Returns the damaged ranges (`partial`).
-/// Stops early, at a batch boundary, when `stop` is set (by `write_checked`, which then fails).
 fn write_all(
     reader: &ImageReader,
     out: &Target,
     target: &Path,
     opts: &RestoreOptions,
     progress: &dyn Progress,
-    stop: &AtomicBool,
 ) -> Result<Vec<DamagedRange>> {
     let size = reader.map().size();
     progress.begin("restore", size);
@@ -363,9 +306,6 @@ fn write_all(
         });
         let decoded = (|| {
             for pieces in batches(reader.map().pieces(), BATCH) {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
                 let buf = spare.try_recv().unwrap_or_default();
                 let (batch, lost) = decode(reader, pieces, opts.partial, buf)?;
                 damaged.extend(lost);
