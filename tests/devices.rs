@@ -104,6 +104,17 @@ impl Mount {
     }
 }
 
+/// A tmpfs of `size` in a temporary directory (unmounted before the directory goes), or `None`
+/// with a SKIP line when this process may not mount.
+fn small_tmpfs(size: &str) -> Option<(tempfile::TempDir, Mount)> {
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(mount) = Mount::tmpfs(&scratch.path().join("fs"), size) else {
+        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+        return None;
+    };
+    Some((scratch, mount))
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.dir).status();
@@ -112,11 +123,7 @@ impl Drop for Mount {
 
 #[test]
 fn a_full_disk_fails_the_backup_cleanly_and_the_repository_keeps_working() {
-    let scratch = tempfile::tempdir().unwrap();
-    let Some(mount) = Mount::tmpfs(&scratch.path().join("fs"), "40m") else {
-        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
-        return;
-    };
+    let Some((_scratch, mount)) = small_tmpfs("40m") else { return };
     let repo_path = mount.dir.join("repo");
     let init = strata::InitOptions {
         chunker: common::small_params(),
@@ -150,11 +157,7 @@ fn a_full_disk_fails_the_backup_cleanly_and_the_repository_keeps_working() {
 /// temporary file with it; the file it was to replace keeps its bytes.
 #[test]
 fn a_full_disk_fails_the_restore_cleanly_and_leaves_the_old_target_alone() {
-    let scratch = tempfile::tempdir().unwrap();
-    let Some(mount) = Mount::tmpfs(&scratch.path().join("fs"), "16m") else {
-        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
-        return;
-    };
+    let Some((_scratch, mount)) = small_tmpfs("16m") else { return };
     let repo = TestRepo::small();
     let src = repo.file("disk.img");
     let disk = Disk::new(33, 24 * MIB).random(0..24 * MIB);
