@@ -30,6 +30,8 @@ pub struct Repository {
     health: IndexHealth,
     /// Temporary files of dead writers that opening for writing removed: (count, bytes).
     temporaries_removed: (usize, u64),
+    /// After `index`: fields are dropped in order, so the index closes (and flushes its log,
+    /// `index::rocks::Db`'s `Drop`) while this writer still holds the repository's lock.
     locks: Vec<RepoLock>,
     /// How the writer's lock shares the repository (`None` for a reader).
     mode: Option<LockMode>,
