@@ -230,6 +230,16 @@ fn small_things_a_user_noticed() {
     let said = String::from_utf8_lossy(&repo.cli(&["restore", "latest", target.to_str().unwrap()]).stdout).into_owned();
     assert!(said.contains("of data written") && said.contains("MiB/s written"), "{said}");
 
+    // `check` without --read-data says it read no data, not "0 packs read and verified".
+    let said = String::from_utf8_lossy(&repo.cli(&["check"]).stdout).into_owned();
+    assert!(said.contains("structure of 2 images checked") && said.contains("no chunk data read"), "{said}");
+    assert!(!said.contains("read and verified"), "{said}");
+    let said = String::from_utf8_lossy(&repo.cli(&["check", "--read-data"]).stdout).into_owned();
+    assert!(
+        said.contains("no problems found: ") && !said.contains(": 0 packs") && said.contains("read and verified"),
+        "{said}"
+    );
+
     // The lock record names the command, never its arguments (no paths in the lock file). A
     // bucket's lock object is gone once its holder is done.
     if common::s3_base().is_none() {

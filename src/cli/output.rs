@@ -537,10 +537,19 @@ pub fn check(r: &CheckReport, json: bool) -> Result<()> {
             r.orphan_packs.len()
         );
     }
+    let verdict = if r.is_clean() { "no problems found" } else { "problems found" };
+    if r.packs_read == 0 {
+        // The structure alone (without --read-data): say so, not "0 packs read and verified".
+        println!(
+            "{verdict}: the structure of {} images checked in {:.2} s, no chunk data read (--read-data reads and re-hashes every chunk)",
+            r.images.len(),
+            r.seconds
+        );
+        return Ok(());
+    }
     let rate = mib_per_s(r.bytes_read, r.seconds);
     println!(
-        "{}: {} packs, {} chunks ({}) read and verified in {:.2} s ({rate:.0} MiB/s)",
-        if r.is_clean() { "no problems found" } else { "problems found" },
+        "{verdict}: {} packs, {} chunks ({}) read and verified in {:.2} s ({rate:.0} MiB/s)",
         r.packs_read,
         r.chunks_read,
         human(r.bytes_read),
