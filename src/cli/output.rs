@@ -540,9 +540,10 @@ pub fn check(r: &CheckReport, json: bool) -> Result<()> {
     let verdict = if r.is_clean() { "no problems found" } else { "problems found" };
     if r.packs_read == 0 {
         // The structure alone (without --read-data): say so, not "0 packs read and verified".
+        let n = r.images.len();
         println!(
-            "{verdict}: the structure of {} images checked in {:.2} s, no chunk data read (--read-data reads and re-hashes every chunk)",
-            r.images.len(),
+            "{verdict}: the structure of {n} image{} checked in {:.2} s, no chunk data read (--read-data reads and re-hashes every chunk)",
+            if n == 1 { "" } else { "s" },
             r.seconds
         );
         return Ok(());
