@@ -234,17 +234,17 @@ fn a_lost_pack_fails_a_restore_to_a_file_with_the_preflights_error_and_no_write(
     let target = repo.file("target.img");
     let packs = packs_of(&repo, &latest);
     assert!(packs.len() >= 2, "the image spans only {} pack", packs.len());
+    let stored = repo.stored();
     for pack in packs {
-        let kept = repo.file("kept.pack");
-        std::fs::copy(repo.path.join(&pack), &kept).unwrap();
-        repo.stored().remove(&pack).unwrap();
+        let kept = stored.get(&pack).unwrap();
+        stored.remove(&pack).unwrap();
         std::fs::write(&target, b"the old contents").unwrap();
         let out = repo.cli(&["restore", &latest.id.to_string(), target.to_str().unwrap()]);
         common::assert_clean_failure(&out, &format!("pack {} is damaged: missing", base_name(&pack)));
         assert_eq!(std::fs::read(&target).unwrap(), b"the old contents", "{pack}: the target was touched");
         let leftovers = std::fs::read_dir(repo.dir.path()).unwrap().flatten();
         assert_eq!(leftovers.filter(|e| e.file_name().to_string_lossy().contains("strata-restore")).count(), 0);
-        std::fs::rename(&kept, repo.path.join(&pack)).unwrap();
+        stored.put(&pack, &kept).unwrap();
     }
     repo.try_restore(&latest.id.to_string(), &target).unwrap();
     assert!(std::fs::read(&target).unwrap() == bytes[&latest.id]);
