@@ -19,7 +19,7 @@ use crate::manifest::ImageInfo;
 use crate::progress::Progress;
 use crate::reader::{ImageReader, Piece};
 use crate::repository::Repository;
-use target::{open_device, open_target, settle, start_writeback, write_zeros, Target};
+use target::{directory_of, open_device, open_target, settle, start_writeback, write_zeros, Target};
 
 /// A batch holds at most this many pieces and this many bytes of chunk data: memory stays a few
 /// batches (three in flight: decoded, waiting, written) whatever the chunk size or disk size.
@@ -113,22 +113,21 @@ pub fn restore_with(
         if let Some(temp) = &temp {
             crate::failpoint::hit!("restore-before-rename");
             std::fs::rename(temp, target).map_err(|e| Error::io("rename", temp, e))?;
+            crate::storage::sync_dir(directory_of(target))?;
         }
         Ok(damaged)
     });
     let damaged = match (finished, &temp) {
         (Ok(damaged), _) => damaged,
-        // Whatever failed, the target keeps what it held before: the temporary file goes (a
-        // full disk must not stay full of a half-restored image).
+        // Whatever failed before the rename, the target keeps what it held and the temporary
+        // file goes (a full disk must not stay full of a half-restored image); after the rename
+        // (the directory's fsync) there is no temporary file left to remove.
         (Err(e), Some(temp)) => {
             let _ = std::fs::remove_file(temp);
             return Err(e);
         }
         (Err(e), None) => return Err(e),
     };
-    if temp.is_some() {
-        crate::storage::sync_dir(target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
-    }
     progress.end();
     let data = data_bytes(&reader);
     Ok(report(&reader, if is_device { size } else { data }, damaged, started))

@@ -71,10 +71,15 @@ pub(super) fn open_target(target: &Path, needed: u64, force: bool) -> Result<(Ta
     }
 }
 
+/// The directory a target file lies in (`.` for a bare name).
+pub(super) fn directory_of(target: &Path) -> &Path {
+    target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 /// Removes the temporary files that killed restores to the same target left beside it (full
 /// size each): those whose process no longer exists. Best effort: a leftover costs space only.
 fn remove_dead_temporaries(target: &Path, name: &str) {
-    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = directory_of(target);
     let prefix = format!(".{name}.strata-restore.");
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
