@@ -144,7 +144,7 @@ fn make_zero(f: &File, device: bool, target: &Path, from: u64, to: u64, d: &mut 
         f.read_exact_at(&mut buf[..n], at).map_err(|e| Error::io("read", target, e))?;
         if !crate::backup::is_zero(&buf[..n]) {
             if device {
-                write_zeros(f, at, n as u64).map_err(|e| Error::io("write", target, e))?;
+                write_zeros(f, &mut None, at, n as u64).map_err(|e| Error::io("write", target, e))?;
             } else {
                 punch_hole(f, at, n as u64).map_err(|e| Error::io("punch a hole in", target, e))?;
             }
@@ -164,5 +164,5 @@ fn punch_hole(f: &File, at: u64, len: u64) -> std::io::Result<()> {
         return Ok(());
     }
     // A filesystem that cannot punch holes gets zeros written instead.
-    write_zeros(f, at, len)
+    write_zeros(f, &mut None, at, len)
 }

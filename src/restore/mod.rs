@@ -6,7 +6,6 @@ mod delta;
 mod target;
 
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,7 +18,9 @@ use crate::manifest::ImageInfo;
 use crate::progress::Progress;
 use crate::reader::{ImageReader, Piece};
 use crate::repository::Repository;
-use target::{directory_of, open_device, open_target, settle, start_writeback, write_zeros, Target};
+use target::{
+    directory_of, open_device, open_direct, open_target, settle, start_writeback, write_run, write_zeros, Target, ALIGN,
+};
 
 /// A batch holds at most this many pieces and this many bytes of chunk data: memory stays a few
 /// batches (three in flight: decoded, waiting, written) whatever the chunk size or disk size.
@@ -108,7 +109,8 @@ pub fn restore_with(
     let size = reader.map().size();
     preflight(&reader, opts.partial, is_device)?;
     let (out, temp) = open_target(target, size, opts.force)?;
-    let finished = write_all(&reader, &out, target, opts, progress).and_then(|damaged| {
+    let direct = open_direct(temp.as_deref().unwrap_or(target));
+    let finished = write_all(&reader, &out, direct, target, opts, progress).and_then(|damaged| {
         out.file().sync_all().map_err(|e| Error::io("fsync", target, e))?;
         if let Some(temp) = &temp {
             crate::failpoint::hit!("restore-before-rename");
@@ -255,12 +257,33 @@ fn chunk_present(
     Ok(())
 }
 
-/// A decoded batch: its pieces' bytes one after another in `bytes` (a piece that could not be
-/// had, with `partial`, holds whatever the buffer held before and is not written).
+/// A decoded batch: piece `i`'s bytes at `at[i]` in `bytes`, placed by `layout` (a piece that
+/// could not be had, with `partial`, holds whatever the buffer held before and is not written).
 struct Decoded<'m> {
     pieces: &'m [Piece],
     bytes: Vec<u8>,
+    at: Vec<usize>,
     intact: Vec<bool>,
+}
+
+/// Where each piece of a batch goes in a buffer that starts at an aligned address: pieces
+/// adjacent on the disk one after another, and each run of them at the same offset modulo
+/// `ALIGN` as on the disk (at most `ALIGN - 1` bytes of padding before it), so that the whole
+/// blocks of every run lie at aligned addresses and can be written with `O_DIRECT` straight from
+/// the buffer. Returns each piece's start and the bytes the buffer needs.
+fn layout(pieces: &[Piece]) -> (Vec<usize>, usize) {
+    let mut at = Vec::with_capacity(pieces.len());
+    let (mut next, mut disk_end) = (0usize, None);
+    for p in pieces {
+        if disk_end != Some(p.offset) {
+            let want = (p.offset % ALIGN as u64) as usize;
+            next += (want + ALIGN - next % ALIGN) % ALIGN;
+        }
+        at.push(next);
+        next += p.len as usize;
+        disk_end = Some(p.end());
+    }
+    (at, next)
 }
 
 /// The writing pass. Batches are decoded (frames in parallel on the pool) on the calling thread
@@ -275,6 +298,7 @@ struct Decoded<'m> {
 fn write_all(
     reader: &ImageReader,
     out: &Target,
+    direct: Option<std::fs::File>,
     target: &Path,
     opts: &RestoreOptions,
     progress: &dyn Progress,
@@ -284,13 +308,14 @@ fn write_all(
     let mut damaged = Vec::new();
     let (to_writer, from_decoder) = std::sync::mpsc::sync_channel::<Decoded>(1);
     let (to_decoder, spare) = std::sync::mpsc::channel::<Vec<u8>>();
-    let written_to = std::thread::scope(|s| {
+    let (written_to, mut direct) = std::thread::scope(|s| {
         let writer = s.spawn(move || {
+            let mut direct = direct;
             let mut written_to = 0u64; // everything below is written (or a hole)
             let mut settled_to = 0u64; // everything below is on the disk and out of the page cache
             let mut ends = std::collections::VecDeque::new(); // of the batches written since
             for batch in from_decoder {
-                let end = write_batch(out, target, written_to, &batch)?;
+                let end = write_batch(out, &mut direct, target, written_to, &batch)?;
                 let _ = to_decoder.send(batch.bytes);
                 ends.push_back(end);
                 if ends.len() > SETTLE_LAG {
@@ -301,7 +326,7 @@ fn write_all(
                 progress.advance(end - written_to);
                 written_to = end;
             }
-            Ok::<_, Error>(written_to)
+            Ok::<_, Error>((written_to, direct))
         });
         let decoded = (|| {
             for pieces in batches(reader.map().pieces(), BATCH) {
@@ -319,7 +344,8 @@ fn write_all(
         decoded.and(written)
     })?;
     if let Target::Device(f) = out {
-        write_zeros(f, written_to, size - written_to).map_err(|e| Error::io("write", PathBuf::from(target), e))?;
+        write_zeros(f, &mut direct, written_to, size - written_to)
+            .map_err(|e| Error::io("write", PathBuf::from(target), e))?;
     }
     progress.advance(size - written_to);
     Ok(damaged)
@@ -334,16 +360,20 @@ fn decode<'m>(
     partial: bool,
     mut buf: Vec<u8>,
 ) -> Result<(Decoded<'m>, Vec<DamagedRange>)> {
-    let total: usize = pieces.iter().map(|p| p.len as usize).sum();
-    if buf.len() < total {
-        buf.resize(total, 0);
+    let (mut at, total) = layout(pieces);
+    if buf.len() < total + ALIGN {
+        buf = vec![0; total + ALIGN]; // nothing in it to keep; zeroed memory comes cheap
     }
+    let base = (buf.as_ptr() as usize).next_multiple_of(ALIGN) - buf.as_ptr() as usize;
     let mut slices: Vec<&mut [u8]> = Vec::with_capacity(pieces.len());
-    let mut rest = &mut buf[..total];
-    for p in pieces {
-        let (slice, tail) = rest.split_at_mut(p.len as usize);
+    let mut rest = &mut buf[base..base + total];
+    let mut consumed = 0;
+    for (p, a) in pieces.iter().zip(&mut at) {
+        let (slice, tail) = std::mem::take(&mut rest)[*a - consumed..].split_at_mut(p.len as usize);
         slices.push(slice);
         rest = tail;
+        consumed = *a + p.len as usize;
+        *a += base;
     }
     // Parts of the batch fetched at once: while one part waits for the last of its frames on
     // one core, the other core works on another part instead of idling at that part's end.
@@ -367,39 +397,44 @@ fn decode<'m>(
             Err(err) => return Err(err),
         }
     }
-    Ok((Decoded { pieces, bytes: buf, intact }, lost))
+    Ok((Decoded { pieces, bytes: buf, at, intact }, lost))
 }
 
 /// Writes a decoded batch: each run of adjacent intact pieces (adjacent in the buffer too) with
-/// one write; the zero runs between them (from `from` on) stay holes in a file and are written
-/// as zeros on a block device, as are damaged pieces. Returns the end of the batch.
-fn write_batch(out: &Target, target: &Path, from: u64, batch: &Decoded) -> Result<u64> {
+/// one `write_run` (its whole blocks through `direct` when there is one); the zero runs between
+/// them (from `from` on) stay holes in a file and are written as zeros on a block device, as are
+/// damaged pieces. Returns the end of the batch.
+fn write_batch(
+    out: &Target,
+    direct: &mut Option<std::fs::File>,
+    target: &Path,
+    from: u64,
+    batch: &Decoded,
+) -> Result<u64> {
     let fail = |err: std::io::Error| Error::io("write", PathBuf::from(target), err);
     let pieces = batch.pieces;
     let mut at = from;
-    let mut in_buf = 0usize; // where piece i's bytes start in the buffer
     let mut i = 0;
     while i < pieces.len() {
         let start = pieces[i].offset;
         if let Target::Device(f) = out {
-            write_zeros(f, at, start - at).map_err(fail)?;
+            write_zeros(f, direct, at, start - at).map_err(fail)?;
         }
-        let (run_from, mut end) = (in_buf, start);
+        let (run_from, mut end) = (batch.at[i], start);
         while i < pieces.len() && pieces[i].offset == end && batch.intact[i] {
             end += pieces[i].len as u64;
-            in_buf += pieces[i].len as usize;
             i += 1;
         }
         if end == start {
             // A damaged piece of a partial restore: zeros.
             if let Target::Device(f) = out {
-                write_zeros(f, start, pieces[i].len as u64).map_err(fail)?;
+                write_zeros(f, direct, start, pieces[i].len as u64).map_err(fail)?;
             }
             end = pieces[i].end();
-            in_buf += pieces[i].len as usize;
             i += 1;
         } else {
-            out.file().write_all_at(&batch.bytes[run_from..in_buf], start).map_err(fail)?;
+            let run = &batch.bytes[run_from..run_from + (end - start) as usize];
+            write_run(out.file(), direct, run, start).map_err(fail)?;
         }
         at = end;
     }
@@ -407,4 +442,39 @@ fn write_batch(out: &Target, target: &Path, from: u64, batch: &Decoded) -> Resul
         start_writeback(out.file(), first.offset, at - first.offset);
     }
     Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(offset: u64, len: u32) -> Piece {
+        Piece { offset, len, skip: 0, id: crate::id::ChunkId::of(&offset.to_le_bytes()) }
+    }
+
+    #[test]
+    fn layout_keeps_runs_contiguous_and_aligned_as_on_the_disk() {
+        // Two adjacent pieces, a hole, a run starting mid-block, a piece right after a hole of
+        // less than a block, and a run starting on a block boundary.
+        let pieces = [piece(100, 5000), piece(5100, 3000), piece(20000, 7000), piece(27010, 50), piece(40960, 4096)];
+        let (at, len) = layout(&pieces);
+        for (i, p) in pieces.iter().enumerate() {
+            assert_eq!(
+                at[i] % ALIGN,
+                (p.offset % ALIGN as u64) as usize,
+                "piece {i} at {} for disk offset {}",
+                at[i],
+                p.offset
+            );
+            if i > 0 {
+                let prev = &pieces[i - 1];
+                assert!(at[i] >= at[i - 1] + prev.len as usize, "piece {i} overlaps the one before");
+                if prev.end() == p.offset {
+                    assert_eq!(at[i], at[i - 1] + prev.len as usize, "adjacent pieces {} and {i} apart", i - 1);
+                }
+                assert!(at[i] - (at[i - 1] + prev.len as usize) < ALIGN, "more padding than a block before piece {i}");
+            }
+        }
+        assert_eq!(len, at[4] + 4096);
+    }
 }
