@@ -35,6 +35,10 @@ const BATCH: usize = 16;
 #[cfg(feature = "failpoints")]
 const BATCH_BYTES: u64 = 256 << 10;
 
+/// A batch buffer's size: a batch's bytes, a last piece that passes `BATCH_BYTES`, and the padding
+/// of `layout`, all but always within it.
+const BUFFER_BYTES: usize = BATCH_BYTES as usize + BATCH_BYTES as usize / 8;
+
 /// Batches written after the one a restore settles (waits for on the disk, drops from the page
 /// cache): the disk has had this long for it, and its pages are soon written into again.
 const SETTLE_LAG: usize = 3;
@@ -362,7 +366,9 @@ fn decode<'m>(
 ) -> Result<(Decoded<'m>, Vec<DamagedRange>)> {
     let (mut at, total) = layout(pieces);
     if buf.len() < total + ALIGN {
-        buf = vec![0; total + ALIGN]; // nothing in it to keep; zeroed memory comes cheap
+        // Room for the batches after this one too (their padding and last piece vary): a
+        // buffer too short for the next batch would be replaced by fresh memory, slow to touch.
+        buf = vec![0; (total + ALIGN).max(BUFFER_BYTES)];
     }
     let base = (buf.as_ptr() as usize).next_multiple_of(ALIGN) - buf.as_ptr() as usize;
     let mut slices: Vec<&mut [u8]> = Vec::with_capacity(pieces.len());
