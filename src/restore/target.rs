@@ -163,14 +163,15 @@ pub(super) fn write_run(file: &File, direct: &mut Option<File>, bytes: &[u8], at
 /// Writes `len` zeros at `at` (on a block device: its holes), whole blocks through `direct` as
 /// `write_run` writes them.
 pub(super) fn write_zeros(f: &File, direct: &mut Option<File>, mut at: u64, len: u64) -> std::io::Result<()> {
-    let zeros = vec![0u8; (len as usize).min(1 << 20) + ALIGN];
+    let most = (len as usize).min(1 << 20);
+    // Room for `most` bytes from any offset within the first two blocks.
+    let zeros = vec![0u8; most + 2 * ALIGN];
     let aligned = (zeros.as_ptr() as usize).next_multiple_of(ALIGN) - zeros.as_ptr() as usize;
     let end = at + len;
     while at < end {
-        let n = ((end - at) as usize).min(zeros.len() - ALIGN);
+        let n = ((end - at) as usize).min(most);
         // At the same offset modulo ALIGN in memory as on the disk, as `write_run` wants.
         let from = aligned + (at % ALIGN as u64) as usize;
-        let n = n.min(zeros.len() - from);
         write_run(f, direct, &zeros[from..from + n], at)?;
         at += n as u64;
     }
@@ -242,7 +243,9 @@ mod tests {
         let mut direct = open_direct(&path);
         let opened = direct.is_some();
         // More than one zero buffer's worth from mid-block, a part of one block, and whole blocks.
-        for (at, n) in [(ALIGN + 300, (2 << 20) + 7 * ALIGN), (100, 200), (700 * ALIGN, 2 * ALIGN)] {
+        for (at, n) in
+            [(ALIGN + 300, (2 << 20) + 7 * ALIGN), (100, 200), (700 * ALIGN, 2 * ALIGN), (750 * ALIGN + 4000, 50)]
+        {
             write_zeros(&file, &mut direct, at as u64, n as u64).unwrap();
             expect[at..at + n].fill(0);
         }
