@@ -370,7 +370,7 @@ fn decode<'m>(
         // buffer too short for the next batch would be replaced by fresh memory, slow to touch.
         buf = vec![0; (total + ALIGN).max(BUFFER_BYTES)];
     }
-    let base = (buf.as_ptr() as usize).next_multiple_of(ALIGN) - buf.as_ptr() as usize;
+    let base = crate::storage::first_aligned(&buf);
     let mut slices: Vec<&mut [u8]> = Vec::with_capacity(pieces.len());
     let mut rest = &mut buf[base..base + total];
     let mut consumed = 0;

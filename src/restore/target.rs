@@ -122,9 +122,9 @@ pub(super) fn settle(f: &File, offset: u64, len: u64) {
     }
 }
 
-/// The alignment of `O_DIRECT` writes: of the file offset, the length and the memory (4 KiB
-/// serves devices of 512-byte and of 4 KiB logical blocks and the usual filesystem blocks).
-pub(super) const ALIGN: usize = 4096;
+use crate::storage::first_aligned;
+/// The alignment of `O_DIRECT` writes: of the file offset, the length and the memory.
+pub(super) use crate::storage::DIRECT_ALIGN as ALIGN;
 
 /// The target opened a second time, with `O_DIRECT`: a restore writes its whole blocks through it,
 /// straight from its batch buffers to the disk, so the kernel neither copies them into the page
@@ -166,7 +166,7 @@ pub(super) fn write_zeros(f: &File, direct: &mut Option<File>, mut at: u64, len:
     let most = (len as usize).min(1 << 20);
     // Room for `most` bytes from any offset within the first two blocks.
     let zeros = vec![0u8; most + 2 * ALIGN];
-    let aligned = (zeros.as_ptr() as usize).next_multiple_of(ALIGN) - zeros.as_ptr() as usize;
+    let aligned = first_aligned(&zeros);
     let end = at + len;
     while at < end {
         let n = ((end - at) as usize).min(most);
@@ -185,7 +185,7 @@ mod tests {
     /// `len` bytes of a pattern, at an address `misalign` bytes past an aligned one.
     fn bytes_at(buf: &mut Vec<u8>, misalign: usize, len: usize) -> &[u8] {
         *buf = vec![0; len + 2 * ALIGN];
-        let base = (buf.as_ptr() as usize).next_multiple_of(ALIGN) - buf.as_ptr() as usize + misalign;
+        let base = first_aligned(buf) + misalign;
         for (i, b) in buf[base..base + len].iter_mut().enumerate() {
             *b = (i * 7 + i / 4093) as u8;
         }

@@ -187,8 +187,15 @@ const DIRECT_MIN: usize = 1 << 20;
 /// Larger objects (packs of a repository configured for bigger ones) are written the usual way:
 /// the aligned buffer, kept for the process's life, stays at most this size.
 const DIRECT_MAX: usize = 64 << 20;
-/// `O_DIRECT` wants the buffer, the file offset and the length aligned to the logical block size.
-const DIRECT_ALIGN: usize = 4096;
+/// `O_DIRECT` wants the buffer, the file offset and the length aligned to the logical block size
+/// (4 KiB serves devices of 512-byte and of 4 KiB logical blocks and the usual filesystem blocks).
+pub(crate) const DIRECT_ALIGN: usize = 4096;
+
+/// The index of `buf`'s first byte at an address aligned for `O_DIRECT`.
+pub(crate) fn first_aligned(buf: &[u8]) -> usize {
+    let at = buf.as_ptr() as usize;
+    at.next_multiple_of(DIRECT_ALIGN) - at
+}
 
 /// A buffer for `O_DIRECT`, kept for the next pack (one writer thread writes packs; a second
 /// `put` waits for it): allocated `DIRECT_ALIGN` bytes longer than needed and used from its
@@ -202,8 +209,7 @@ impl Staging {
         if self.0.len() < len + DIRECT_ALIGN {
             self.0 = vec![0; len + DIRECT_ALIGN];
         }
-        let at = self.0.as_ptr() as usize;
-        let from = at.next_multiple_of(DIRECT_ALIGN) - at;
+        let from = first_aligned(&self.0);
         &mut self.0[from..from + len]
     }
 }

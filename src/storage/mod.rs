@@ -14,7 +14,7 @@ pub mod s3;
 pub(crate) mod site;
 
 pub use local::LocalDir;
-pub(crate) use local::{free_space, sync_dir};
+pub(crate) use local::{first_aligned, free_space, sync_dir, DIRECT_ALIGN};
 
 use std::io::{Read, Write};
 
