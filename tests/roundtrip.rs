@@ -63,6 +63,23 @@ fn a_chain_of_full_incrementals_and_a_differential_restores_every_image_byte_for
 }
 
 #[test]
+fn a_backup_called_from_the_only_thread_of_a_pool_reads_every_segment_while_it_waits() {
+    // The pipeline reads segments on the pool while its caller waits for them in disk order; a
+    // caller that is itself the pool's only thread must run those reads instead of blocking.
+    let repo = TestRepo::small();
+    let src = repo.file("disk.img");
+    let disk = Disk::new(7, 3 * MIB + 5000).random(0..MIB).text(MIB..3 * MIB + 5000);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a pool of one thread");
+    disk.write_to(&src);
+    let full = pool.install(|| repo.backup(&src, KindRequest::Full));
+    let changed = disk.clone().scatter_blocks(20);
+    changed.write_to(&src);
+    let incremental = pool.install(|| repo.backup(&src, KindRequest::Incremental));
+    assert!(repo.restore_bytes(&full) == disk.bytes, "the full differs");
+    assert!(repo.restore_bytes(&incremental) == changed.bytes, "the incremental differs");
+}
+
+#[test]
 fn a_disk_that_grows_and_shrinks_between_images_restores_at_each_size() {
     let repo = TestRepo::small();
     let src = repo.file("disk.img");

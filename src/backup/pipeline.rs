@@ -1,10 +1,10 @@
 //! The backup pipeline: read → cut (FastCDC) → hash (BLAKE3), segments in parallel → compare
 //! with the base image → batched dedup lookups → frames of new chunks, zstd + verify in parallel
-//! → packs, handed to the pack writer thread (`packer`). The next window of segments is read and
-//! chunked while the current one is compressed. Memory is bounded by two windows of segments and
-//! three packs, whatever the disk size.
+//! → packs, handed to the pack writer thread (`packer`). Segments are read and chunked on the
+//! pool up to two windows ahead of the window being compressed. Memory is bounded by two windows
+//! of segments and three packs, whatever the disk size.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -186,6 +186,37 @@ fn read_segment(
     Ok(Segment { buf, offset, extents, fingerprint: fp, reused, chunks_taken })
 }
 
+/// Segment `i` as its reader sent it; segments that arrive before it wait in `arrived`. On a
+/// thread of the pool (the library called from inside one) the wait runs other tasks instead
+/// of blocking a thread that the reads may need.
+fn segment_in_order(
+    rx: &Receiver<(usize, Result<Segment>)>,
+    arrived: &mut BTreeMap<usize, Result<Segment>>,
+    i: usize,
+) -> Result<Segment> {
+    loop {
+        if let Some(s) = arrived.remove(&i) {
+            return s;
+        }
+        let got = if rayon::current_thread_index().is_none() {
+            rx.recv().ok()
+        } else {
+            match rx.try_recv() {
+                Ok(got) => Some(got),
+                Err(TryRecvError::Empty) => {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::thread::yield_now();
+                    }
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => None,
+            }
+        };
+        let (j, s) = got.ok_or_else(|| Error::Internal { reason: "a segment reader stopped".into() })?;
+        arrived.insert(j, s);
+    }
+}
+
 /// Sources are read in pieces of this size, each fingerprinted while it is in the L2 cache.
 const READ_PIECE: usize = 256 * 1024;
 
@@ -316,46 +347,58 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Reads window after window of segments; the next window is read and chunked while the
-    /// current one is compared, compressed and packed.
+    /// Reads segment after segment on the pool, at most two windows ahead of the stores, and
+    /// stores them a window at a time in disk order. A window is not a barrier: while the main
+    /// thread waits for the slowest segment of the next window (one that changed, chunked while
+    /// the others were only hashed), the other core already reads the window after it.
     fn read_all(&mut self, src: &Source, usage: &UsageMap, progress: &dyn Progress) -> Result<u64> {
         let params = self.repo.config().chunker.clone();
         let naming = self.repo.protection().clone();
         let seg = params.segment_size as u64;
         let size = src.size();
-        let window = (rayon::current_num_threads() * 2).max(2) as u64;
+        let count = size.div_ceil(seg) as usize;
+        let window = (rayon::current_num_threads() * 2).max(2);
         let pool = BufferPool(Mutex::new(Vec::new()));
         let base = std::mem::take(&mut self.base_segments);
         let mut base_extents = std::mem::replace(&mut self.base_extents, BaseExtents::new(None));
-        let mut read_window = |start: u64| -> Result<(Vec<Segment>, u64)> {
-            let mut specs = Vec::new();
-            for i in 0..window {
-                let off = start + i * seg;
-                if off >= size {
-                    break;
-                }
-                specs.push(SegmentSpec::of(src, usage, &mut base_extents, off, (off + seg).min(size))?);
-            }
-            let read: u64 = specs.iter().flat_map(|s| s.data.iter().map(|r| r.end - r.start)).sum();
-            let segments: Result<Vec<Segment>> =
-                specs.par_iter().map(|spec| read_segment(src, spec, &params, &naming, &pool, &base)).collect();
-            segments.map(|s| (s, read))
-        };
+        let (params, naming, pool_ref, base) = (&params, &naming, &pool, &base);
+        let (tx, rx) = channel::<(usize, Result<Segment>)>();
+        let mut bytes_read = 0;
         progress.begin("backup", size);
-        let (mut current, mut bytes_read) = read_window(0)?;
-        let mut next_start = window * seg;
-        while !current.is_empty() {
-            let (stored, next) = rayon::join(|| self.store_window(&current), || read_window(next_start));
-            stored?;
-            progress.advance(current.iter().map(|s| s.buf.len() as u64).sum());
-            for s in current {
-                pool.give(s.buf);
+        // Every segment spawned is waited for before the scope returns, also after an error.
+        rayon::in_place_scope(|scope| -> Result<()> {
+            let mut arrived = BTreeMap::new();
+            let (mut spawned, mut stored) = (0, 0);
+            while stored < count {
+                // Memory: at most two windows of segment buffers, as read or being stored.
+                while spawned < count && spawned < stored + 2 * window {
+                    let off = spawned as u64 * seg;
+                    let spec = SegmentSpec::of(src, usage, &mut base_extents, off, (off + seg).min(size))?;
+                    bytes_read += spec.data.iter().map(|r| r.end - r.start).sum::<u64>();
+                    let (tx, i) = (tx.clone(), spawned);
+                    scope.spawn(move |_| {
+                        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            read_segment(src, &spec, params, naming, pool_ref, base)
+                        }));
+                        // A panic (a bug) must still be answered, or the store would wait forever.
+                        let read = read
+                            .unwrap_or_else(|_| Err(Error::Internal { reason: "reading a segment panicked".into() }));
+                        let _ = tx.send((i, read));
+                    });
+                    spawned += 1;
+                }
+                let end = (stored + window).min(count);
+                let segments =
+                    (stored..end).map(|i| segment_in_order(&rx, &mut arrived, i)).collect::<Result<Vec<_>>>()?;
+                self.store_window(&segments)?;
+                progress.advance(segments.iter().map(|s| s.buf.len() as u64).sum());
+                for s in segments {
+                    pool_ref.give(s.buf);
+                }
+                stored = end;
             }
-            let (segments, read) = next?;
-            current = segments;
-            bytes_read += read;
-            next_start += window * seg;
-        }
+            Ok(())
+        })?;
         progress.end();
         Ok(bytes_read)
     }
