@@ -97,7 +97,7 @@ impl Counters<'_> {
             if new.is_empty() {
                 txn.mark_dead(id);
             } else {
-                txn.put_owners(id, &new);
+                txn.put_owners(id, &new, deads[i].is_some());
             }
         }
         Self::store(&usage, &mut txn);
@@ -151,7 +151,7 @@ impl Counters<'_> {
                 txn.mark_dead(&id);
             } else {
                 usage.change(&loc, &[], &owners, false)?;
-                txn.put_owners(&id, &owners);
+                txn.put_owners(&id, &owners, false); // every dead marker was cleared above
             }
             pending += 1;
             if pending >= 50_000 {

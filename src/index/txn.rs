@@ -104,9 +104,14 @@ impl Txn {
         self.batch.put(keys::VERSION, keys::INDEX_VERSION.to_le_bytes());
     }
 
-    pub(super) fn put_owners(&mut self, id: &ChunkId, owners: &[(SetId, u32)]) {
+    /// The chunk's owners; `was_dead`: it carries a dead marker, which goes (deleting a marker
+    /// that is not there would cost a record in the memtable per chunk: a full's end waited on
+    /// them).
+    pub(super) fn put_owners(&mut self, id: &ChunkId, owners: &[(SetId, u32)], was_dead: bool) {
         self.batch.put(keys::owners(id), encode_owners(owners));
-        self.batch.delete(keys::dead(id));
+        if was_dead {
+            self.batch.delete(keys::dead(id));
+        }
     }
 
     /// The chunk has no owner left: prune's candidate.
