@@ -130,10 +130,10 @@ impl Db {
     /// before this returns (a durable step for the crash tests).
     pub(super) fn commit(&self, mut ops: Batch, durable: bool) -> Result<()> {
         // In key order, as a stable sort (two changes to one key keep their order, so the batch
-        // means what it did): RocksDB inserts a sorted batch into its memtable several times
-        // faster, each search starting where the last one's path is still in cache. A backup's
-        // batch of 10,000 owner records and marker deletes, interleaved, took 44-51 ms, and
-        // 12-18 ms sorted (docs/BENCHMARKS.md, "The end of a full").
+        // means what it did): RocksDB wrote a backup's batch of 10,000 owner records and as
+        // many dead-marker deletes, interleaved, in 44-51 ms, and sorted in 12-18 ms (its
+        // memtable's searches follow one another through the same nodes; docs/BENCHMARKS.md,
+        // "Sorted index batches").
         ops.0.sort_by(|a, b| a.0.cmp(&b.0));
         let mut batch = WriteBatch::default();
         for (key, value) in ops.0 {
